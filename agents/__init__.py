@@ -1,0 +1,1 @@
+"""The roles: researcher, competitor analyst, implementer, evaluator. Plain functions over plain data."""

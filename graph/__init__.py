@@ -1,0 +1,1 @@
+"""The wiring: state, graph, checkpoints, ledger, traces and the command line."""

@@ -1,0 +1,62 @@
+"""The `readfirst` command. Each command group lives in its own module; this one wires them and handles errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from ..config import Paths
+from ..errors import ReadfirstError
+from .cli_common import AppContext
+
+app = typer.Typer(
+    help="readfirst: read papers, forks and sibling backends first, then run measured experiments on a C/C++ "
+         "code base (llama.cpp first) in Docker sandboxes, keeping only what is faster and still correct.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          home: Optional[Path] = typer.Option(None, "--home", envvar="READFIRST_HOME",
+                                              help="Data directory for caches, knowledge base and runs "
+                                                   "(default: the user's data directory)."),
+          cache: Optional[Path] = typer.Option(None, "--cache", envvar="READFIRST_CACHE",
+                                               help="Where expensive artifacts (sources, builds, models) live "
+                                                    "(default: HOME/cache).")) -> None:
+    ctx.obj = AppContext(paths=Paths.resolve(home, cache))
+
+
+def _register() -> None:
+    from . import cli_main, cli_sandbox
+    cli_main.register(app)
+    cli_sandbox.register(app)
+    try:
+        from . import cli_kb
+    except ImportError:  # the knowledge-base commands are optional while they are being built
+        return
+    cli_kb.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ReadfirstError as e:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}")
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)

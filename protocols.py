@@ -1,0 +1,54 @@
+"""The seams: the four small interfaces the roles depend on. Each has more than one implementation.
+
+Roles import these, never a concrete class: a remote sandbox (SkyPilot), a Chroma server, a scripted LLM or a
+generic target fit behind the same calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from .sandbox.docker_sandbox import Mount
+from .sandbox.records import BenchResult, BuildResult, CommandResult, KLDResult, TestResult
+
+
+class Sandbox(Protocol):
+    """Runs one command in isolation with the given mounts; the local Docker one, or a remote worker."""
+
+    def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
+            env: Mapping[str, str] | None = None, log_path: Path | None = None) -> CommandResult: ...
+
+    def gc(self, *, everything: bool = False) -> int: ...
+
+
+class Target(Protocol):
+    """A project that can be fetched, patched, built, tested and benchmarked (llama.cpp; a generic config)."""
+
+    name: str
+
+    def prepare(self) -> str: ...                                        # returns the baseline commit
+
+    def commit_patch(self, patch: str, *, base: str, message: str) -> str: ...  # returns the new commit
+
+    def build(self, commit: str, *, worker: int = 0) -> BuildResult: ...
+
+    def test(self, commit: str, *, worker: int = 0) -> TestResult: ...
+
+    def bench(self, commit: str, *, worker: int = 0, **options: Any) -> BenchResult: ...
+
+    def logits_check(self, commit: str, *, worker: int = 0) -> KLDResult: ...
+
+
+class LLM(Protocol):
+    """A chat model: Anthropic, a scripted one for tests, or the recorded responses of a trace."""
+
+    def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int = 4096) -> dict[str, Any]: ...
+
+
+class KnowledgeStore(Protocol):
+    """Chunks with their origins, searchable by meaning and by exact identifiers."""
+
+    def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...

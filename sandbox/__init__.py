@@ -1,0 +1,1 @@
+"""Execution: the base image, the Docker sandbox, and the targets that build, test and benchmark in it."""

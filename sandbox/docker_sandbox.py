@@ -1,0 +1,237 @@
+"""Run commands in throw-away Docker containers, safely.
+
+Every container: no network, an unprivileged user, all capabilities dropped, no-new-privileges, memory / CPU /
+pids limits, a read-only root with scratch on tmpfs, only the mounts it is given (each checked to lie under an
+allowed root), no host environment. A timeout kills the container on the sandbox's own clock (docker-py's
+`wait(timeout=)` only bounds an HTTP read, docker-py #2964), and inside the container `timeout -s KILL` bounds the
+command again, so the work stops even when the host process dies. Containers are labelled with their owner; a
+new sandbox removes those whose owner is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from ..errors import SandboxError
+from .image import ENV_PATH, SANDBOX_UID
+from .records import CommandResult
+
+LABEL = "io.readfirst.sandbox"
+OWNER_LABEL = "io.readfirst.owner"
+
+# Host paths never mounted, nor anything under them (the Docker socket, system trees).
+_SYSTEM = tuple(map(Path, ("/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker", "/etc", "/proc", "/sys",
+                           "/dev", "/boot", "/usr", "/bin", "/sbin", "/lib")))
+# Never mounted themselves, nor anything that contains them (a host's home); a data directory below is fine.
+_HOMES = tuple(map(Path, ("/root", "/home", os.path.expanduser("~"))))
+
+
+@dataclass(frozen=True)
+class Mount:
+    host: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: str = "8g"
+    cpus: float = 2.0
+    pids: int = 1024
+    tmpfs_size: str = "4g"
+    output_tail_bytes: int = 64 * 1024    # what the result carries: the end of the log is what matters
+    log_max_bytes: int = 64 * 1024 * 1024  # what the log file on disk keeps at most
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        # Field 22 of /proc/PID/stat is the start time: with the pid it identifies a process across pid reuse.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_id(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return True  # another machine's container: not ours to judge
+    return pid.isdigit() and _process_start(int(pid)) == start
+
+
+class _OutputCollector:
+    """Reads a container's output stream: keeps the tail in memory and at most log_max_bytes on disk."""
+
+    def __init__(self, stream, limits: Limits, log_path: Path | None):
+        self._stream = stream
+        self._limits = limits
+        self._log = open(log_path, "wb") if log_path else None
+        self.tail = bytearray()
+        self.total = 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._stream:
+                if self._log is not None and self.total < self._limits.log_max_bytes:
+                    self._log.write(chunk[: self._limits.log_max_bytes - self.total])
+                self.total += len(chunk)
+                self.tail += chunk
+                if len(self.tail) > 2 * self._limits.output_tail_bytes:
+                    del self.tail[: len(self.tail) - self._limits.output_tail_bytes]
+        except (requests.exceptions.RequestException, OSError, ValueError):
+            pass  # the stream ends when the container is killed and removed
+        finally:
+            if self._log is not None:
+                self._log.close()
+
+    def text(self) -> str:
+        data = bytes(self.tail[-self._limits.output_tail_bytes:])
+        return data.decode("utf-8", errors="replace")
+
+
+class DockerSandbox:
+    """The local implementation of the Sandbox seam."""
+
+    def __init__(self, client: docker.DockerClient, image: str, *, allowed_roots: Sequence[Path],
+                 limits: Limits = Limits(), audit: Callable[[dict[str, Any]], None] | None = None):
+        self.client = client
+        self.image = image
+        self.allowed_roots = [Path(r).resolve() for r in allowed_roots]
+        self.limits = limits
+        self.audit = audit
+        self.owner = owner_id()
+        self.user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+
+    # -- mounts -------------------------------------------------------------------------------------------
+    def _check_mount(self, mount: Mount) -> str:
+        host = Path(mount.host).resolve()  # resolve: a symlinked mount source must not lead elsewhere
+        for bad in _SYSTEM:
+            if host == bad or bad in host.parents or host in bad.parents:
+                raise SandboxError(f"refusing to mount {host}: host system paths are never mounted")
+        for home in _HOMES:
+            if host == home or host in home.parents:
+                raise SandboxError(f"refusing to mount {host}: a home directory is never mounted")
+        if not self._under_allowed(host):
+            raise SandboxError(f"refusing to mount {host}: not under the sandbox's data directories")
+        if not host.exists():
+            raise SandboxError(f"mount source {host} does not exist")
+        if not mount.read_only and os.geteuid() == 0 and host.stat().st_uid != SANDBOX_UID:
+            # The sandbox user must be able to write its workspace; files it creates are its own already.
+            for p in [host, *host.rglob("*")]:
+                os.lchown(p, SANDBOX_UID, SANDBOX_UID)
+        return str(host)
+
+    def _under_allowed(self, host: Path) -> bool:
+        return any(host == r or r in host.parents for r in self.allowed_roots)
+
+    # -- running ------------------------------------------------------------------------------------------
+    def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
+            env: Mapping[str, str] | None = None, log_path: Path | None = None) -> CommandResult:
+        volumes = {self._check_mount(m): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts}
+        environment = {"PATH": ENV_PATH, "HOME": "/tmp", "LC_ALL": "C.UTF-8", **(env or {})}
+        # The inner timeout is the backstop when this process dies; our own clock normally fires first.
+        inner = int(timeout_s) + 30
+        argv = ["timeout", "-s", "KILL", str(inner), "/bin/sh", "-c", command]
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        container = None
+        start = time.monotonic()
+        try:
+            container = self.client.containers.create(
+                self.image, argv, user=self.user, working_dir=workdir, environment=environment,
+                network_mode="none", network_disabled=True, cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"], read_only=True, privileged=False,
+                tmpfs={"/tmp": f"rw,exec,nosuid,size={self.limits.tmpfs_size}"},
+                mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
+                nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, init=True,
+                volumes=volumes, labels={LABEL: "1", OWNER_LABEL: self.owner},
+                log_config=docker.types.LogConfig(type="none"),
+                ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+            )
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+            collector = _OutputCollector(stream, self.limits, log_path)
+            collector.thread.start()
+            start = time.monotonic()
+            container.start()
+            if self.audit is not None:
+                container.reload()
+                self.audit(container.attrs)
+            exit_code, timed_out = self._wait(container, start + timeout_s)
+            duration = time.monotonic() - start
+            collector.thread.join(timeout=10)
+            return CommandResult(command=command, exit_code=exit_code, duration_s=round(duration, 3),
+                                 output_tail=collector.text(), output_bytes=collector.total,
+                                 truncated=collector.total > self.limits.output_tail_bytes, timed_out=timed_out,
+                                 log_path=str(log_path) if log_path else None)
+        except docker.errors.ImageNotFound as e:
+            raise SandboxError(f"the sandbox image {self.image} is missing: run `readfirst sandbox image`") from e
+        except docker.errors.APIError as e:
+            raise SandboxError(f"the Docker engine refused to run the sandbox: {e.explanation or e}") from e
+        finally:
+            if container is not None:
+                _remove(container)
+
+    def _wait(self, container, deadline: float) -> tuple[int, bool]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                try:
+                    container.kill()  # SIGKILL to the init process: the whole pid namespace goes with it
+                except docker.errors.APIError:
+                    pass
+                try:
+                    container.wait(timeout=30)
+                except (requests.exceptions.RequestException, docker.errors.APIError):
+                    pass
+                return 137, True
+            try:
+                status = container.wait(timeout=min(remaining, 5.0) + 0.01)
+                return int(status.get("StatusCode", -1)), False
+            except requests.exceptions.ConnectionError:
+                continue  # the HTTP read timed out; the container is still running
+            except requests.exceptions.ReadTimeout:
+                continue
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def gc(self, *, everything: bool = False) -> int:
+        """Remove sandbox containers whose owner process is gone (all of them with everything=True)."""
+        return collect_garbage(self.client, everything=everything, keep_owner=self.owner)
+
+
+def collect_garbage(client: docker.DockerClient, *, everything: bool = False, keep_owner: str | None = None) -> int:
+    removed = 0
+    for c in client.containers.list(all=True, filters={"label": LABEL}):
+        owner = c.labels.get(OWNER_LABEL, "")
+        if owner == keep_owner and not everything:
+            continue
+        if everything or not owner_alive(owner):
+            _remove(c)
+            removed += 1
+    return removed
+
+
+def _remove(container) -> None:
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as e:
+        if "already in progress" not in str(e):
+            raise

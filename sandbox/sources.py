@@ -1,0 +1,192 @@
+"""Where a target's source comes from, and how it becomes a git repository with a `baseline` commit.
+
+A source is a pinned PyPI sdist (its vendored tree: llama-cpp-python's `vendor/llama.cpp`), a git URL + ref, or
+a local path. Each is prepared once into the cache as a git repository whose first commit is tagged `baseline`.
+Experiments are commits on branches of that repository, so every patch is an exact diff against a known base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from ..errors import SourceError
+
+PYPI_SIMPLE = os.environ.get("READFIRST_PYPI_SIMPLE", "https://pypi.org/simple")
+
+
+@dataclass(frozen=True)
+class SdistSpec:
+    """A tree vendored inside a PyPI sdist."""
+    package: str
+    version: str
+    subdir: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.package}-{self.version}-{self.subdir.replace('/', '_')}"
+
+
+# Known names resolve to pinned sdists; anything else is a git URL or a path.
+KNOWN_SOURCES: dict[str, SdistSpec] = {
+    "llama.cpp": SdistSpec("llama-cpp-python", "0.3.36", "vendor/llama.cpp"),
+    "ik_llama.cpp": SdistSpec("ik-llama-cpp-python", "0.1.5", "vendor/ik_llama.cpp"),
+}
+
+
+@dataclass(frozen=True)
+class SourceRepo:
+    """A prepared source: a git repository in the cache, and its baseline commit."""
+    path: Path
+    baseline: str
+    origin: str  # what the user named: "llama.cpp", a URL@ref, a path
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+
+def git(repo: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    base_env = {**os.environ, "GIT_AUTHOR_NAME": "readfirst", "GIT_AUTHOR_EMAIL": "readfirst@localhost",
+                "GIT_COMMITTER_NAME": "readfirst", "GIT_COMMITTER_EMAIL": "readfirst@localhost",
+                "GIT_TERMINAL_PROMPT": "0"}
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, input=input,
+                          env={**base_env, **(env or {})})
+    if check and proc.returncode != 0:
+        raise SourceError(f"git {' '.join(args[:3])} failed in {repo}: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+# -- PyPI sdists ---------------------------------------------------------------------------------------------
+
+def fetch_sdist(spec: SdistSpec, sdists_dir: Path) -> Path:
+    """Download the sdist (sha256-checked against PyPI's index) once; later calls reuse the file."""
+    sdists_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sdists_dir / f".{spec.package}.lock")):
+        for existing in sdists_dir.glob(f"{spec.package.replace('-', '_')}-{spec.version}.tar.gz"):
+            return existing
+        url = f"{PYPI_SIMPLE}/{spec.package}/"
+        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                index = json.load(resp)
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+            raise SourceError(f"cannot read PyPI's index for {spec.package} ({url}): {e}") from e
+        wanted = f"-{spec.version}.tar.gz"
+        files = [f for f in index.get("files", []) if f["filename"].endswith(wanted)
+                 and f["filename"].replace("_", "-").startswith(spec.package + "-")]
+        if not files:
+            raise SourceError(f"PyPI has no sdist of {spec.package}=={spec.version}")
+        entry = files[0]
+        target = sdists_dir / entry["filename"]
+        tmp = target.with_suffix(".part")
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(entry["url"], timeout=300) as resp, open(tmp, "wb") as out:
+                while chunk := resp.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, TimeoutError) as e:
+            tmp.unlink(missing_ok=True)
+            raise SourceError(f"downloading {entry['filename']} failed: {e}") from e
+        expected = entry.get("hashes", {}).get("sha256")
+        if expected and digest.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise SourceError(f"{entry['filename']}: sha256 mismatch (PyPI says {expected})")
+        tmp.rename(target)
+        return target
+
+
+def _extract_subdir(tarball: Path, subdir: str, dest: Path) -> None:
+    with tarfile.open(tarball) as tar:
+        top = tar.getmembers()[0].name.split("/")[0]
+        prefix = f"{top}/{subdir.strip('/')}/"
+        members = []
+        for m in tar.getmembers():
+            if not m.name.startswith(prefix):
+                continue
+            m.name = m.name[len(prefix):]
+            if m.name:
+                members.append(m)
+        if not members:
+            raise SourceError(f"{tarball.name} has no {subdir}/")
+        # The "data" filter refuses absolute paths, '..' and links that leave the tree.
+        tar.extractall(dest, members=members, filter="data")
+
+
+# -- preparation ---------------------------------------------------------------------------------------------
+
+def _commit_baseline(repo: Path, origin: str) -> str:
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "core.autocrlf", "false")
+    # -f: the vendored tree's own .gitignore files must not drop files from the exact copy.
+    git(repo, "add", "-A", "-f", ".")
+    git(repo, "commit", "-q", "--no-verify", "-m", f"baseline: {origin}")
+    git(repo, "tag", "-f", "baseline")
+    return git(repo, "rev-parse", "HEAD").stdout.strip()
+
+
+def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *, ref: str | None = None) -> SourceRepo:
+    """Prepare (once) and return the source named: a known name, a git URL (+ ref), or a local path."""
+    sources_dir.mkdir(parents=True, exist_ok=True)
+    spec = KNOWN_SOURCES.get(name_or_location)
+    if spec is not None:
+        key = spec.key
+    else:
+        digest = hashlib.sha256(f"{name_or_location}@{ref or ''}".encode()).hexdigest()[:12]
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name_or_location.rstrip("/").split("/")[-1])[:40]
+        key = f"{stem}-{digest}"
+    repo = sources_dir / key
+    with FileLock(str(sources_dir / f".{key}.lock")):
+        if (repo / ".git").is_dir() and git(repo, "rev-parse", "-q", "--verify", "baseline^{commit}",
+                                            check=False).returncode == 0:
+            return SourceRepo(repo, git(repo, "rev-parse", "baseline^{commit}").stdout.strip(), name_or_location)
+        shutil.rmtree(repo, ignore_errors=True)  # a half-prepared tree from an interrupted run
+        with tempfile.TemporaryDirectory(dir=sources_dir, prefix=f".{key}-") as tmp:
+            work = Path(tmp) / "tree"
+            if spec is not None:
+                tarball = fetch_sdist(spec, sdists_dir)
+                work.mkdir()
+                _extract_subdir(tarball, spec.subdir, work)
+                _commit_baseline(work, f"{spec.package}=={spec.version} {spec.subdir}")
+            elif _is_git_url(name_or_location):
+                proc = subprocess.run(["git", "clone", "-q", name_or_location, str(work)], capture_output=True,
+                                      text=True, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                if proc.returncode != 0:
+                    raise SourceError(f"git clone {name_or_location} failed: {proc.stderr.strip()[-500:]}")
+                git(work, "checkout", "-q", "--detach", ref or "HEAD")
+                git(work, "tag", "-f", "baseline")
+            else:
+                local = Path(name_or_location).expanduser()
+                if not local.is_dir():
+                    raise SourceError(f"source {name_or_location!r} is neither a known name "
+                                      f"({', '.join(KNOWN_SOURCES)}), a git URL, nor a directory")
+                if (local / ".git").exists():
+                    proc = subprocess.run(["git", "clone", "-q", str(local), str(work)], capture_output=True,
+                                          text=True)
+                    if proc.returncode != 0:
+                        raise SourceError(f"cloning {local} failed: {proc.stderr.strip()[-500:]}")
+                    git(work, "checkout", "-q", "--detach", ref or "HEAD")
+                    git(work, "tag", "-f", "baseline")
+                else:
+                    shutil.copytree(local, work, symlinks=True)
+                    _commit_baseline(work, str(local.resolve()))
+            work.rename(repo)
+        return SourceRepo(repo, git(repo, "rev-parse", "baseline^{commit}").stdout.strip(), name_or_location)
+
+
+def _is_git_url(s: str) -> bool:
+    return bool(re.match(r"^(https?|git|ssh|file)://", s)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", s))
