@@ -1,0 +1,262 @@
+"""The evaluator's statistics: speedup with a confidence interval, the keep rule, the noise floor, the KLD gate.
+
+Pure functions over plain data. The unit of evidence is a *pair*: one baseline run and one candidate run taken
+back to back (the evaluator interleaves them ABBA-style), each a dict of tokens/s per llama-bench test, e.g.
+{"tg128": 70.1, "pp512": 290.3}. Effects are relative speedups: +0.03 means 3% more tokens/s.
+
+Why these choices (numbers below are from the shared 2-core machine: tg 70.4 ± 1.0 then 68.0 ± 2.0 t/s):
+- Per-pair log ratios, not two independent samples. The machine drifts by a few percent between runs; a pair's
+  two runs share that drift, so log(candidate / baseline) cancels most of it. Logs make 2x and 0.5x symmetric and
+  turn the ratio into a difference, so exp(location) - 1 is a geometric-mean speedup. A ratio of the two arms'
+  means or medians would throw the pairing away.
+- Hodges-Lehmann location (median of the pairwise Walsh averages), not the mean and not the median. One run hit
+  by a neighbour's build is 10-30% slow; with 8 pairs the mean moves by up to ~4%, more than the effects we look
+  for. The median ignores it but has 64% of the mean's efficiency on clean noise (≈1.6x the runs for the same
+  interval, and runs are what cost time here) and a lumpy bootstrap distribution at small n. Hodges-Lehmann has
+  95% efficiency on normal noise and tolerates up to 29% outlying pairs: the natural location for paired
+  differences (it is the estimator behind the Wilcoxon signed-rank test).
+- Bootstrap over pairs (scipy.stats.bootstrap), percentile method *expanded* for small samples (Hesterberg 2015,
+  "What teachers should know about the bootstrap"): plain bootstrap intervals are too narrow at n < 20 (they use
+  the plug-in variance and normal tails); the expansion widens them as a Student-t interval would, so that the
+  early looks of the adaptive loop do not keep noise. BCa is no better at these n and fails on ties.
+- Drift inside a pair is cancelled by the ABBA order: half the pairs run baseline first, half candidate first,
+  and decisions are only taken on complete ABBA blocks (the evaluator's job), so a linear drift adds as much as
+  it removes. The bootstrap resamples pairs without stratifying by order: the leftover imbalance in a resample
+  only widens the interval (a conservative error), and stratifying would leave 2 values per stratum at n = 4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from ..sandbox.records import KLDResult
+
+Pair = tuple[Mapping[str, float], Mapping[str, float]]  # (baseline, candidate) tokens/s per test, back to back
+
+# Hodges-Lehmann's efficiency relative to the mean on normal noise (3/pi): its standard error is sigma/sqrt(0.955 n).
+HL_EFFICIENCY = 3 / math.pi
+
+
+@dataclass
+class Effect:
+    """Relative speedup of candidate over baseline for one metric, with its confidence interval."""
+    metric: str
+    estimate: float  # +0.03 = 3% more tokens/s
+    low: float
+    high: float
+    n_pairs: int
+    confidence: float
+
+    def describe(self) -> str:
+        return (f"{self.metric} {self.estimate:+.1%} [{self.low:+.1%}, {self.high:+.1%}] "
+                f"({self.confidence:.0%} CI, {self.n_pairs} pairs)")
+
+
+@dataclass
+class DecisionRule:
+    """When a candidate is kept. Defaults: tg optimized, at least +1% with 95% confidence, pp may not lose >2%."""
+    optimize: dict[str, float] = field(default_factory=lambda: {"tg": 1.0})
+    """Weights per test name or prefix ("tg" matches "tg128"); several make a weighted geometric mean of ratios."""
+    min_effect: float = 0.01
+    """The interval's lower bound must exceed this. 1%: the reference's code-only 'gains' of 0.6-0.9% were noise,
+    and a real fusion win on this bandwidth-bound workload is several percent."""
+    max_regression: float = 0.02
+    """Every test not optimized must be shown no worse than this (its interval's lower bound above -2%): a tg win
+    may not buy a hidden pp loss, and 2% is about one run's noise, so it is provable within the run cap."""
+    confidence: float = 0.95
+    n_resamples: int = 2000
+    """2000 resamples put the Monte Carlo error of a 95% percentile bound at ~0.05 of a standard error."""
+    seed: int = 0
+    """Fixed, so that the same samples always give the same verdict (replays of a trace agree)."""
+
+
+@dataclass
+class PerfDecision:
+    outcome: str  # "keep" | "discard" | "undecided"
+    reason: str
+    objective: Effect
+    effects: dict[str, Effect]
+
+
+@dataclass
+class NoiseFloor:
+    """What A/A pairs (the baseline against itself) say about one metric's noise."""
+    metric: str
+    bias: Effect            # should contain 0; if not, something favours one position of the pair
+    pair_sd: float          # robust SD of a pair's log ratio
+    run_cv: float           # the per-run noise it implies, pair_sd / sqrt(2)
+    planned_pairs: int
+    detectable_effect: float  # true speedup kept with 80% probability after planned_pairs pairs
+
+
+def hodges_lehmann(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Median of the Walsh averages (x_i + x_j) / 2, i <= j; vectorized over the other axes for the bootstrap."""
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)
+    i, j = np.triu_indices(x.shape[-1])
+    return np.median((x[..., i] + x[..., j]) / 2, axis=-1)
+
+
+def expanded_confidence(confidence: float, n: int) -> float:
+    """The percentile level that makes a bootstrap interval as wide as a t interval on n values (Hesterberg)."""
+    alpha = 1 - confidence
+    z = math.sqrt(n / (n - 1)) * stats.t.ppf(1 - alpha / 2, df=n - 1)
+    return min(1 - 2 * stats.norm.sf(z), 1 - 1e-9)
+
+
+def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float]) -> np.ndarray:
+    """Per pair, the weighted sum of log(candidate / baseline) over the weighted tests (weights sum to 1)."""
+    out = np.zeros(len(pairs))
+    for test, weight in weights.items():
+        base = np.array([b[test] for b, _ in pairs], dtype=float)
+        cand = np.array([c[test] for _, c in pairs], dtype=float)
+        if np.any(base <= 0) or np.any(cand <= 0) or not (np.all(np.isfinite(base)) and np.all(np.isfinite(cand))):
+            raise ValueError(f"{test}: tokens/s must be positive and finite")
+        out += weight * np.log(cand / base)
+    return out
+
+
+def speedup(ratios: np.ndarray, *, metric: str, confidence: float = 0.95, n_resamples: int = 2000,
+            seed: int = 0) -> Effect:
+    """Hodges-Lehmann speedup of paired log ratios with an expanded-percentile bootstrap interval."""
+    d = np.asarray(ratios, dtype=float)
+    n = len(d)
+    if n == 0:
+        return Effect(metric, math.nan, -math.inf, math.inf, 0, confidence)
+    estimate = float(hodges_lehmann(d))
+    if n == 1:  # one pair says nothing about noise
+        low, high = -math.inf, math.inf
+    elif np.ptp(d) == 0:  # identical ratios (a deterministic fake): no spread to resample
+        low = high = estimate
+    else:
+        result = stats.bootstrap((d,), hodges_lehmann, n_resamples=n_resamples, method="percentile",
+                                 confidence_level=expanded_confidence(confidence, n), vectorized=True,
+                                 rng=np.random.default_rng(seed))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return Effect(metric, math.expm1(estimate), math.expm1(low), math.expm1(high), n, confidence)
+
+
+def resolve_weights(optimize: Mapping[str, float], tests: Sequence[str]) -> dict[str, float]:
+    """Map {"tg": 1} onto the measured tests ({"tg128": 1.0}); a key shared by several tests splits its weight."""
+    weights: dict[str, float] = {}
+    for key, weight in optimize.items():
+        matched = [t for t in tests if t == key] or [t for t in tests if t.startswith(key)]
+        if not matched:
+            raise ValueError(f"the rule optimizes {key!r}, but the benchmark measured only {sorted(tests)}")
+        if weight < 0:
+            raise ValueError(f"weight of {key!r} is negative")
+        for test in matched:
+            weights[test] = weights.get(test, 0.0) + weight / len(matched)
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError("the rule's weights sum to zero")
+    return {t: w / total for t, w in weights.items() if w > 0}
+
+
+def measured_tests(pairs: Sequence[Pair]) -> list[str]:
+    """Tests present in every run of every pair."""
+    common: set[str] | None = None
+    for base, cand in pairs:
+        keys = set(base) & set(cand)
+        common = keys if common is None else common & keys
+    return sorted(common or ())
+
+
+def decide(pairs: Sequence[Pair], rule: DecisionRule = DecisionRule()) -> PerfDecision:
+    """Keep, discard or undecided (more runs would help), with one sentence saying why.
+
+    Discard as soon as the objective's interval lies wholly below the minimum effect (it cannot be a worthwhile
+    win) or a guarded test's interval lies wholly below -max_regression (a proven regression). Keep only when the
+    objective's lower bound clears the minimum and every guarded test's lower bound clears -max_regression.
+    """
+    tests = measured_tests(pairs)
+    weights = resolve_weights(rule.optimize, tests)
+    kw = dict(confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
+    effects = {t: speedup(log_ratios(pairs, {t: 1.0}), metric=t, **kw) for t in tests}  # type: ignore[arg-type]
+    if len(weights) == 1:
+        objective = effects[next(iter(weights))]
+    else:
+        name = "objective(" + " + ".join(f"{w:.2g}*{t}" for t, w in weights.items()) + ")"
+        objective = speedup(log_ratios(pairs, weights), metric=name, **kw)  # type: ignore[arg-type]
+    guarded = [effects[t] for t in tests if t not in weights]
+    floor = -rule.max_regression
+
+    if objective.high < rule.min_effect:
+        return PerfDecision("discard", f"{objective.describe()} cannot reach the {rule.min_effect:+.1%} minimum.",
+                            objective, effects)
+    regressed = [e for e in guarded if e.high < floor]
+    if regressed:
+        return PerfDecision("discard", f"{regressed[0].describe()} regresses past the {floor:.1%} limit.",
+                            objective, effects)
+    unproven = [e for e in guarded if e.low <= floor]
+    if objective.low > rule.min_effect and not unproven:
+        guards = "".join(f"; {e.describe()} within the {floor:.1%} limit" for e in guarded)
+        return PerfDecision("keep", f"{objective.describe()} clears the {rule.min_effect:+.1%} minimum{guards}.",
+                            objective, effects)
+    if objective.low <= rule.min_effect:
+        reason = f"{objective.describe()} does not yet clear the {rule.min_effect:+.1%} minimum."
+    else:
+        reason = f"{unproven[0].describe()} cannot yet rule out a regression past {floor:.1%}."
+    return PerfDecision("undecided", reason, objective, effects)
+
+
+def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule = DecisionRule(),
+                planned_pairs: int = 12, power: float = 0.8) -> dict[str, NoiseFloor]:
+    """From A/A pairs, per test: the noise, any bias, and the smallest effect the rule would detect.
+
+    The pair SD is 1.4826 x MAD, so that an outlier in the calibration does not inflate the floor (the comparison
+    itself is robust to it). A true effect delta is kept with probability `power` when
+    delta - c * se > min_effect, with c the expanded interval's multiplier and se = pair_sd / sqrt(0.955 n):
+    delta = min_effect + (c + z_power) * se, in log space.
+    """
+    floors = {}
+    n = planned_pairs
+    c = math.sqrt(n / (n - 1)) * stats.t.ppf(1 - (1 - rule.confidence) / 2, df=n - 1)
+    for test in measured_tests(aa_pairs):
+        d = log_ratios(aa_pairs, {test: 1.0})
+        bias = speedup(d, metric=test, confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
+        pair_sd = float(stats.median_abs_deviation(d, scale="normal")) if len(d) > 1 else math.nan
+        se = pair_sd / math.sqrt(HL_EFFICIENCY * n)
+        detectable = math.expm1(math.log1p(rule.min_effect) + (c + stats.norm.ppf(power)) * se)
+        floors[test] = NoiseFloor(test, bias, pair_sd, pair_sd / math.sqrt(2), n, detectable)
+    return floors
+
+
+@dataclass
+class KLDThresholds:
+    """Logits of a candidate against the baseline's (llama-perplexity --kl-divergence). Rounding passes; wrong
+    numerics fail. Anchors: a harmless change (flash attention on vs off) gave max KLD 2e-6; deliberate precision
+    losses are far above that (Q8_0 vs F16 is ~1e-3 mean KLD, Q4_0 ~1e-2 and more); a broken kernel (wrong scale,
+    off-by-one block) scrambles logits to mean KLD of 1e-2 to 1 and drops the same-top-token rate well below 99%.
+    """
+    max_mean: float = 1e-5
+    """5x the harmless *max*, so ~50-100x its mean: fusions reorder more float operations than the fa toggle and
+    the rounding compounds over the layers; still 100x below a Q8_0-sized precision loss."""
+    max_p999: float = 1e-4
+    """The tail that a systematic error in a rare path (one quant type, one row length) shows first."""
+    max_max: float = 1e-3
+    """500x the harmless max: the single worst token is the most volatile figure (a near-flat distribution
+    amplifies rounding), so it gets the widest margin, yet stays below any real numeric error."""
+    min_same_top_p: float = 99.0
+    """Percent of tokens whose top-1 token is the baseline's. Rounding only flips near-ties (well under 1% of
+    tokens); a broken kernel flips a large share."""
+
+
+def kld_failure(kld: KLDResult, thresholds: KLDThresholds = KLDThresholds()) -> str | None:
+    """The first KLD threshold the candidate fails, as a sentence; None when the logits pass."""
+    if not kld.ok:
+        return "the logits check did not complete" + (f": {kld.log_tail.strip()[-200:]}" if kld.log_tail else ".")
+    checks = [("mean KLD", kld.mean_kld, thresholds.max_mean), ("99.9th percentile KLD", kld.p999_kld,
+              thresholds.max_p999), ("max KLD", kld.max_kld, thresholds.max_max)]
+    for name, value, limit in checks:
+        if not value <= limit:  # also catches NaN
+            return f"logits differ from the baseline's: {name} {value:.2e} > {limit:.0e}."
+    if not kld.same_top_p >= thresholds.min_same_top_p:
+        return (f"logits differ from the baseline's: the same top token in {kld.same_top_p:.2f}% of positions "
+                f"< {thresholds.min_same_top_p:.1f}%.")
+    return None
+
