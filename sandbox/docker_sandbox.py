@@ -162,7 +162,9 @@ class DockerSandbox:
                 mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
                 nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, init=True,
                 volumes=volumes, labels={LABEL: "1", OWNER_LABEL: self.owner},
-                log_config=docker.types.LogConfig(type="none"),
+                # Output is streamed through attach; the engine's own copy is kept small so a flood cannot fill
+                # its disk ("none" is not registered on every engine, so json-file with a tight cap).
+                log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
                 ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
             )
             stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)

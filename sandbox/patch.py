@@ -107,10 +107,10 @@ def parse_patch(patch: str) -> list[PatchFile]:
 
 def _check_symlink(path: str, target: str) -> None:
     if target.startswith("/"):
-        raise PatchRejected(f"patch adds symlink {path} -> {target}: absolute targets leave the tree")
+        raise PatchRejected(f"symlink {path} -> {target} leaves the tree (absolute target)")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if resolved == ".." or resolved.startswith("../"):
-        raise PatchRejected(f"patch adds symlink {path} -> {target}, which leaves the tree")
+        raise PatchRejected(f"symlink {path} -> {target} leaves the tree")
 
 
 def check_patch(patch: str, *, protected: Sequence[str] = ()) -> list[PatchFile]:

@@ -119,7 +119,8 @@ def _extract_subdir(tarball: Path, subdir: str, dest: Path) -> None:
             if not m.name.startswith(prefix):
                 continue
             m.name = m.name[len(prefix):]
-            if m.name:
+            # A vendored submodule carries a `.git` file pointing into the parent's repository: not ours.
+            if m.name and ".git" not in m.name.split("/"):
                 members.append(m)
         if not members:
             raise SourceError(f"{tarball.name} has no {subdir}/")

@@ -1,0 +1,306 @@
+"""The llama.cpp target: build, test, benchmark and check logits of a commit, inside the sandbox.
+
+Container layout for every command: /src the worker's checkout (read-only), /build its build directory for the
+configuration, /ccache the compiler cache, /models the models (read-only), /out a fresh scratch directory whose
+files are read back without following symlinks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Paths
+from ..errors import SandboxError
+from .docker_sandbox import DockerSandbox, Mount
+from .patch import commit_patch
+from .readback import read_text_inside
+from .records import (BenchResult, BenchSample, BuildConfig, BuildResult, CommandResult, KLDResult, TestCase,
+                      TestResult)
+from .sources import SourceRepo
+from .workers import Worker, cpu_has, cpu_model, cpu_signature, short_digest, worker
+
+# The fast ctest subset that exercises ggml's CPU numerics directly: quantize/dequantize and vec_dot of every
+# type against the reference implementation (test-quantize-fns), RoPE (test-rope), the tiled matmul path against
+# a naive one (test-tiled-mulmat), and the thread pool barrier the CPU graph executor relies on (test-barrier).
+# Tokenizer, grammar, chat and server tests do not touch the kernels a performance patch changes.
+FAST_TESTS = ("test-quantize-fns", "test-rope", "test-tiled-mulmat", "test-barrier")
+TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
+# The benchmark, the logits check and the tests are read-only to experiments.
+PROTECTED = ("tools/llama-bench/*", "tools/perplexity/*", "tools/quantize/*", "tests/*")
+
+BASE_CMAKE = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_CCACHE=ON", "-DLLAMA_CURL=OFF",
+              "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON",
+              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+              "-DLLAMA_USE_PREBUILT_UI=OFF")
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+_LINK_ERRORS = re.compile(r"undefined reference|collect2: error|ld returned|ld: cannot find|multiple definition")
+
+
+def native_config() -> BuildConfig:
+    return BuildConfig(cmake_flags=list(BASE_CMAKE), c_flags="", note="native")
+
+
+def fallback_configs() -> list[BuildConfig]:
+    """Configurations to try when the native baseline crashes or fails its checks, most native first.
+
+    Seen: on AVX-512 + AMX Xeons the pinned llama.cpp crashes in its AMX matmul during prompt processing
+    (upstream #20824); native flags without AMX run.
+    """
+    configs = []
+    if cpu_has_amx():
+        configs.append(BuildConfig(list(BASE_CMAKE), NO_AMX, "native without AMX (AMX matmul crashes: #20824)"))
+    configs.append(BuildConfig([f for f in BASE_CMAKE if f != "-DGGML_NATIVE=ON"] + ["-DGGML_NATIVE=OFF"], "",
+                               "portable (GGML_NATIVE=OFF)"))
+    return configs
+
+
+def cpu_has_amx() -> bool:
+    return cpu_has("amx_tile")
+
+
+def config_key(config: BuildConfig) -> str:
+    return short_digest(json.dumps([config.cmake_flags, config.c_flags, cpu_signature()]))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    n_prompt: int = 512
+    n_gen: int = 128
+    threads: int = 2
+    flash_attn: bool = True
+    repetitions: int = 5
+
+
+class LlamaCppTarget:
+    name = "llama.cpp"
+    protected = PROTECTED
+
+    def __init__(self, paths: Paths, sandbox: DockerSandbox, source: SourceRepo, *,
+                 config: BuildConfig | None = None, say: Callable[[str], None] = lambda _: None,
+                 build_timeout_s: float = 3600, run_timeout_s: float = 1800):
+        self.paths = paths
+        self.sandbox = sandbox
+        self.source = source
+        self.config = config or native_config()
+        self.say = say
+        self.build_timeout_s = build_timeout_s
+        self.run_timeout_s = run_timeout_s
+
+    # -- source --------------------------------------------------------------------------------------------
+    def prepare(self) -> str:
+        return self.source.baseline
+
+    def commit_patch(self, patch: str, *, base: str | None = None, message: str = "experiment") -> str:
+        return commit_patch(self.source.path, patch, base=base or self.source.baseline, message=message,
+                            protected=self.protected)
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    def _worker(self, index: int) -> Worker:
+        return worker(self.paths.builds, self.source, index)
+
+    def _run(self, w: Worker, command: str, *, timeout_s: float, log_name: str,
+             extra: Sequence[Mount] = ()) -> tuple[CommandResult, Path]:
+        out = self.paths.cache / "scratch" / uuid.uuid4().hex
+        out.mkdir(parents=True)
+        ccache = self.paths.ccache / short_digest(cpu_signature())
+        ccache.mkdir(parents=True, exist_ok=True)
+        self.paths.models.mkdir(parents=True, exist_ok=True)
+        mounts = [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(self.config)), "/build", False),
+                  Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
+                  Mount(out, "/out", False), *extra]
+        env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1"}
+        log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
+        result = self.sandbox.run(command, mounts=mounts, workdir="/build", timeout_s=timeout_s, env=env,
+                                  log_path=log)
+        return result, out
+
+    @staticmethod
+    def _discard(out: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    # -- build ---------------------------------------------------------------------------------------------
+    def build(self, commit: str, *, worker: int = 0, targets: Sequence[str] = TOOLS + FAST_TESTS) -> BuildResult:
+        w = self._worker(worker)
+        with w.locked():
+            w.checkout(commit)
+            flags = " ".join(self.config.cmake_flags)
+            if self.config.c_flags:
+                flags += f" '-DCMAKE_C_FLAGS={self.config.c_flags}' '-DCMAKE_CXX_FLAGS={self.config.c_flags}'"
+            configure, out = self._run(w, f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure")
+            self._discard(out)
+            if not configure.ok:
+                return self._build_result(False, "timeout" if configure.timed_out else "configure", configure,
+                                          commit)
+            jobs = max(1, int(self.sandbox.limits.cpus))
+            build, out = self._run(w, f"cmake --build /build -j {jobs} --target {' '.join(targets)}",
+                                   timeout_s=self.build_timeout_s, log_name="build")
+            self._discard(out)
+            duration = configure.duration_s + build.duration_s
+            if build.ok:
+                return self._build_result(True, "ok", build, commit, duration)
+            stage = "timeout" if build.timed_out else ("link" if _LINK_ERRORS.search(build.output_tail)
+                                                       else "compile")
+            return self._build_result(False, stage, build, commit, duration)
+
+    def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str,
+                      duration: float | None = None) -> BuildResult:
+        return BuildResult(ok=ok, stage=stage, duration_s=round(duration if duration is not None else r.duration_s, 3),
+                           log_tail=r.output_tail[-8000:], config=self.config, commit=commit, log_path=r.log_path)
+
+    # -- tests ---------------------------------------------------------------------------------------------
+    def test(self, commit: str, *, worker: int = 0, tests: Sequence[str] = FAST_TESTS) -> TestResult:
+        """Run the fast ctest subset on a build of `commit` (build it first)."""
+        w = self._worker(worker)
+        with w.locked():
+            w.checkout(commit)
+            pattern = "^(" + "|".join(re.escape(t) for t in tests) + ")$"
+            r, out = self._run(w, f"ctest --test-dir /build -R '{pattern}' --timeout 600 --output-on-failure "
+                                  f"--output-junit /out/junit.xml", timeout_s=self.run_timeout_s, log_name="ctest")
+            try:
+                cases = _parse_junit(read_text_inside(out, "junit.xml"))
+            except (OSError, ET.ParseError):
+                cases = []
+            finally:
+                self._discard(out)
+        found = {c.name for c in cases}
+        missing = [TestCase(t, False, 0.0) for t in tests if t not in found]
+        cases += missing
+        return TestResult(ok=r.ok and not missing and all(c.passed for c in cases), cases=cases,
+                          log_tail=r.output_tail[-6000:], duration_s=r.duration_s)
+
+    # -- benchmark -------------------------------------------------------------------------------------------
+    def bench(self, commit: str, *, model: Path, worker: int = 0, options: BenchOptions = BenchOptions()) -> BenchResult:
+        w = self._worker(worker)
+        rel = self._model_in_container(model)
+        with w.locked():
+            w.checkout(commit)
+            cmd = (f"/build/bin/llama-bench -m {rel} -p {options.n_prompt} -n {options.n_gen} "
+                   f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions} -o json "
+                   f"> /out/bench.json")
+            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="bench")
+            try:
+                text = read_text_inside(out, "bench.json") if r.ok else ""
+            finally:
+                self._discard(out)
+        if not r.ok:
+            raise SandboxError(f"llama-bench failed (exit {r.exit_code}{', timed out' if r.timed_out else ''}): "
+                               f"{r.output_tail[-1500:]}")
+        return parse_bench_json(text, options=options, config=self.config, model=model.name)
+
+    def _model_in_container(self, model: Path) -> str:
+        model = Path(model).resolve()
+        models = self.paths.models.resolve()
+        if models not in model.parents:
+            raise SandboxError(f"model {model} is not in the model cache {models}")
+        return "/models/" + str(model.relative_to(models))
+
+    # -- logits ----------------------------------------------------------------------------------------------
+    def kld_base(self, commit: str, *, model: Path, worker: int = 0, ctx: int = 128, chunks: int = 8) -> Path:
+        """The baseline's logits (llama-perplexity --kl-divergence-base), cached per commit, config and model."""
+        dest = (self.paths.cache / "kld" / f"{commit[:12]}-{config_key(self.config)}-{model.stem}-c{ctx}x{chunks}"
+                / "base.kld")
+        if dest.exists():
+            return dest
+        w = self._worker(worker)
+        rel = self._model_in_container(model)
+        with w.locked():
+            w.checkout(commit)
+            cmd = (f"cat /src/README.md /src/docs/build.md /src/CONTRIBUTING.md > /tmp/text.txt && "
+                   f"/build/bin/llama-perplexity -m {rel} -f /tmp/text.txt -c {ctx} --chunks {chunks} -t 2 "
+                   f"--kl-divergence-base /out/base.kld")
+            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="kld-base")
+            try:
+                if not r.ok:
+                    raise SandboxError(f"llama-perplexity (baseline logits) failed: {r.output_tail[-1500:]}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = out / "base.kld"
+                if src.is_symlink() or not src.is_file():
+                    raise SandboxError("the baseline logits file is missing or not a regular file")
+                shutil.copyfile(src, dest, follow_symlinks=False)
+            finally:
+                self._discard(out)
+        return dest
+
+    def logits_check(self, commit: str, *, model: Path, base_logits: Path, worker: int = 0, ctx: int = 128,
+                     chunks: int = 8, thresholds: "KLDThresholds | None" = None) -> KLDResult:
+        thresholds = thresholds or KLDThresholds()
+        w = self._worker(worker)
+        rel = self._model_in_container(model)
+        with w.locked():
+            w.checkout(commit)
+            cmd = (f"cat /src/README.md /src/docs/build.md /src/CONTRIBUTING.md > /tmp/text.txt && "
+                   f"/build/bin/llama-perplexity -m {rel} -f /tmp/text.txt -c {ctx} --chunks {chunks} -t 2 "
+                   f"--kl-divergence-base /kld/base.kld --kl-divergence")
+            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="kld",
+                               extra=[Mount(base_logits.parent, "/kld", True)])
+            self._discard(out)
+        if not r.ok:
+            return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
+                             f"llama-perplexity failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
+        return parse_kld(r.output_tail, thresholds)
+
+
+@dataclass(frozen=True)
+class KLDThresholds:
+    """Allow rounding, not wrong answers: flash attention on vs off (a harmless reordering) gives max KLD ~2e-6."""
+    mean: float = 1e-4
+    max: float = 1e-2
+    p999: float = 5e-3
+    same_top_p: float = 99.0  # percent
+
+
+_KLD_LINE = {
+    "mean": re.compile(r"Mean\s+KLD:\s*([-\d.eE+naif]+)"),
+    "max": re.compile(r"Maximum KLD:\s*([-\d.eE+naif]+)"),
+    "p999": re.compile(r"99\.9%\s+KLD:\s*([-\d.eE+naif]+)"),
+    "same": re.compile(r"Same top p:\s*([-\d.eE+naif]+)"),
+}
+
+
+def parse_kld(output: str, thresholds: KLDThresholds) -> KLDResult:
+    values = {}
+    for key, rx in _KLD_LINE.items():
+        m = rx.findall(output)
+        if not m:
+            return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
+                             f"no '{key}' line in llama-perplexity's output: {output[-1000:]}")
+        values[key] = float(m[-1])
+    ok = (values["mean"] <= thresholds.mean and values["max"] <= thresholds.max and values["p999"] <= thresholds.p999
+          and values["same"] >= thresholds.same_top_p)
+    tail = output[output.rfind("KLD") - 600:] if "KLD" in output else output[-600:]
+    return KLDResult(values["mean"], values["max"], values["p999"], values["same"], ok, tail[-1500:])
+
+
+def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, model: str) -> BenchResult:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SandboxError(f"llama-bench wrote no valid JSON: {e}") from e
+    samples = []
+    for row in rows:
+        n_prompt, n_gen = int(row.get("n_prompt", 0)), int(row.get("n_gen", 0))
+        test = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
+        samples.append(BenchSample(test=test, n_prompt=n_prompt, n_gen=n_gen,
+                                   samples_ts=[float(x) for x in row.get("samples_ts", [])],
+                                   mean_ts=float(row.get("avg_ts", 0.0)), stddev_ts=float(row.get("stddev_ts", 0.0))))
+    first = rows[0] if rows else {}
+    return BenchResult(samples=samples, threads=options.threads, flash_attn=options.flash_attn,
+                       cpu=first.get("cpu_info") or cpu_model(), build_commit=str(first.get("build_commit", "")),
+                       config=config, model=model, raw=rows)
+
+
+def _parse_junit(text: str) -> list[TestCase]:
+    root = ET.fromstring(text)
+    cases = []
+    for tc in root.iter("testcase"):
+        failed = tc.find("failure") is not None or tc.find("error") is not None or tc.get("status") == "fail"
+        skipped = tc.find("skipped") is not None
+        cases.append(TestCase(tc.get("name", "?"), not failed and not skipped, float(tc.get("time", 0) or 0)))
+    return cases
