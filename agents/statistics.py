@@ -49,25 +49,33 @@ class Effect:
     estimate: float  # +0.03 = 3% more tokens/s
     low: float
     high: float
-    n_pairs: int
+    n_pairs: int      # pairs behind the interval
     confidence: float
+    n_outliers: int = 0  # pairs set aside as gross outliers, not counted in n_pairs
 
     def describe(self) -> str:
+        aside = f", {self.n_outliers} outlier{'s' * (self.n_outliers > 1)} set aside" if self.n_outliers else ""
         return (f"{self.metric} {self.estimate:+.1%} [{self.low:+.1%}, {self.high:+.1%}] "
-                f"({self.confidence:.0%} CI, {self.n_pairs} pairs)")
+                f"({self.confidence:.0%} CI, {self.n_pairs} pairs{aside})")
 
 
 @dataclass
 class DecisionRule:
-    """When a candidate is kept. Defaults: tg optimized, at least +1% with 95% confidence, pp may not lose >2%."""
+    """When a candidate is kept. Defaults: tg optimized, at least +1% with 95% confidence, pp may not lose >3%."""
     optimize: dict[str, float] = field(default_factory=lambda: {"tg": 1.0})
     """Weights per test name or prefix ("tg" matches "tg128"); several make a weighted geometric mean of ratios."""
     min_effect: float = 0.01
     """The interval's lower bound must exceed this. 1%: the reference's code-only 'gains' of 0.6-0.9% were noise,
     and a real fusion win on this bandwidth-bound workload is several percent."""
-    max_regression: float = 0.02
-    """Every test not optimized must be shown no worse than this (its interval's lower bound above -2%): a tg win
-    may not buy a hidden pp loss, and 2% is about one run's noise, so it is provable within the run cap."""
+    max_regression: float = 0.03
+    """Every test not optimized must be shown no worse than this (its interval's lower bound above -3%): a tg win
+    may not buy a hidden pp loss. Not 2%: at ~1.5% run noise and 12 pairs, proving "no worse than -2%" for an
+    untouched pp fails ~18% of the time and took that much power from a real 3% tg win (simulated); at 3% the
+    guard costs ~1% of power and still rejects a true 3%+ regression almost always."""
+    min_pairs_to_keep: int = 6
+    """A bootstrap interval cannot reach past the data's range, so with n pairs it covers at most 1 - 2^(1-n):
+    87.5% at 4 pairs, 97% at 6. Discarding a clear loss at 4 pairs is safe (most candidates lose; that is where
+    early stops save time); keeping needs 6."""
     confidence: float = 0.95
     n_resamples: int = 2000
     """2000 resamples put the Monte Carlo error of a 95% percentile bound at ~0.05 of a standard error."""
@@ -120,13 +128,40 @@ def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float]) -> np.ndarra
     return out
 
 
+def gross_outliers(d: np.ndarray, *, k: float = 6.0, max_fraction: float = 0.1) -> np.ndarray:
+    """Mask of the pairs that lie more than k robust SDs from the median, at most ceil(max_fraction * n) of them.
+
+    Why screen at all when Hodges-Lehmann is robust: its *estimate* is, but the bootstrap is not. A resample that
+    draws one hit pair three or four times out of ten drags the Walsh-average median with it, and the interval's
+    tail is made of exactly such resamples: one pair 40% slow among ten gave [-18%, +4%] around a true +3%.
+    k = 6 robust SDs, from 8 pairs on: the MAD of a few values is unsteady, so on clean normal noise this still
+    sets a pair aside in ~2.5% of 8-pair samples (5% at k = 5; 6% at 6 pairs), and that costs interval coverage;
+    a run hit by a neighbour's build (15-40% slow against ~2% pair noise) lies 7-20 SDs out. Smaller hits stay
+    and are Hodges-Lehmann's job. The cap keeps a candidate that is *often* slow (a bimodal patch) from having
+    its slow runs explained away: past 10% of the pairs, slowness is behaviour, not accident.
+    """
+    d = np.asarray(d, dtype=float)
+    mask = np.zeros(len(d), dtype=bool)
+    if len(d) < 8:
+        return mask
+    centre = np.median(d)
+    # Floor the scale at 0.1%, far below any real machine's noise, so that tied fakes do not divide by zero.
+    scale = max(float(stats.median_abs_deviation(d, scale="normal")), 1e-3)
+    distance = np.abs(d - centre) / scale
+    worst_first = np.argsort(-distance)[:math.ceil(max_fraction * len(d))]
+    mask[worst_first[distance[worst_first] > k]] = True
+    return mask
+
+
 def speedup(ratios: np.ndarray, *, metric: str, confidence: float = 0.95, n_resamples: int = 2000,
-            seed: int = 0) -> Effect:
+            seed: int = 0, screen_outliers: bool = True) -> Effect:
     """Hodges-Lehmann speedup of paired log ratios with an expanded-percentile bootstrap interval."""
     d = np.asarray(ratios, dtype=float)
+    outliers = gross_outliers(d) if screen_outliers else np.zeros(len(d), dtype=bool)
+    d = d[~outliers]
     n = len(d)
     if n == 0:
-        return Effect(metric, math.nan, -math.inf, math.inf, 0, confidence)
+        return Effect(metric, math.nan, -math.inf, math.inf, 0, confidence, int(outliers.sum()))
     estimate = float(hodges_lehmann(d))
     if n == 1:  # one pair says nothing about noise
         low, high = -math.inf, math.inf
@@ -137,7 +172,8 @@ def speedup(ratios: np.ndarray, *, metric: str, confidence: float = 0.95, n_resa
                                  confidence_level=expanded_confidence(confidence, n), vectorized=True,
                                  rng=np.random.default_rng(seed))
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return Effect(metric, math.expm1(estimate), math.expm1(low), math.expm1(high), n, confidence)
+    return Effect(metric, math.expm1(estimate), math.expm1(low), math.expm1(high), n, confidence,
+                  int(outliers.sum()))
 
 
 def resolve_weights(optimize: Mapping[str, float], tests: Sequence[str]) -> dict[str, float]:
@@ -193,12 +229,14 @@ def decide(pairs: Sequence[Pair], rule: DecisionRule = DecisionRule()) -> PerfDe
         return PerfDecision("discard", f"{regressed[0].describe()} regresses past the {floor:.1%} limit.",
                             objective, effects)
     unproven = [e for e in guarded if e.low <= floor]
-    if objective.low > rule.min_effect and not unproven:
+    if objective.low > rule.min_effect and not unproven and objective.n_pairs >= rule.min_pairs_to_keep:
         guards = "".join(f"; {e.describe()} within the {floor:.1%} limit" for e in guarded)
         return PerfDecision("keep", f"{objective.describe()} clears the {rule.min_effect:+.1%} minimum{guards}.",
                             objective, effects)
     if objective.low <= rule.min_effect:
         reason = f"{objective.describe()} does not yet clear the {rule.min_effect:+.1%} minimum."
+    elif not unproven:
+        reason = f"{objective.describe()} looks clear, but keeping needs {rule.min_pairs_to_keep} pairs."
     else:
         reason = f"{unproven[0].describe()} cannot yet rule out a regression past {floor:.1%}."
     return PerfDecision("undecided", reason, objective, effects)
@@ -208,10 +246,12 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule = DecisionRule(),
                 planned_pairs: int = 12, power: float = 0.8) -> dict[str, NoiseFloor]:
     """From A/A pairs, per test: the noise, any bias, and the smallest effect the rule would detect.
 
-    The pair SD is 1.4826 x MAD, so that an outlier in the calibration does not inflate the floor (the comparison
-    itself is robust to it). A true effect delta is kept with probability `power` when
-    delta - c * se > min_effect, with c the expanded interval's multiplier and se = pair_sd / sqrt(0.955 n):
-    delta = min_effect + (c + z_power) * se, in log space.
+    The pair SD is the plain SD after dropping pairs beyond 3.5 MADs of the median: as efficient as the SD on
+    clean noise (MAD alone needs ~2.7x the pairs for the same precision, and its error made the predicted floor
+    ~10% optimistic with 40 pairs), yet one hit run does not inflate the floor. A true effect delta is kept with
+    probability `power` when delta - c * se > min_effect, with c the expanded interval's multiplier and
+    se = pair_sd / sqrt(0.955 n): delta = min_effect + (c + t_power) * se, in log space. It covers the objective
+    alone; guarded tests cost a little more power (see DecisionRule.max_regression).
     """
     floors = {}
     n = planned_pairs
@@ -219,11 +259,19 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule = DecisionRule(),
     for test in measured_tests(aa_pairs):
         d = log_ratios(aa_pairs, {test: 1.0})
         bias = speedup(d, metric=test, confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
-        pair_sd = float(stats.median_abs_deviation(d, scale="normal")) if len(d) > 1 else math.nan
+        pair_sd = _outlier_resistant_sd(d)
         se = pair_sd / math.sqrt(HL_EFFICIENCY * n)
-        detectable = math.expm1(math.log1p(rule.min_effect) + (c + stats.norm.ppf(power)) * se)
+        detectable = math.expm1(math.log1p(rule.min_effect) + (c + stats.t.ppf(power, df=n - 1)) * se)
         floors[test] = NoiseFloor(test, bias, pair_sd, pair_sd / math.sqrt(2), n, detectable)
     return floors
+
+
+def _outlier_resistant_sd(d: np.ndarray) -> float:
+    if len(d) < 2:
+        return math.nan
+    mad = stats.median_abs_deviation(d, scale="normal")
+    kept = d[np.abs(d - np.median(d)) <= 3.5 * mad] if mad > 0 else d
+    return float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
 
 
 @dataclass
