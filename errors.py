@@ -42,3 +42,7 @@ class BuildFailed(ReadfirstError):
 
 class BaselineBroken(ReadfirstError):
     """No configuration of the baseline passes its own checks; nothing can be measured against it."""
+
+
+class KnowledgeBaseError(ReadfirstError):
+    """The knowledge base cannot be opened, written or queried (locked, unreadable, server down, bad input)."""

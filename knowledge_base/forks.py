@@ -1,0 +1,210 @@
+"""A fork against its upstream, as chunks: what the fork changed, and the code only the fork has.
+
+Two shapes of fork:
+- with shared history (a git fork): the commits since the merge base, each hunk a chunk with its commit message;
+- without (a vendored tree, e.g. ik_llama.cpp from its sdist against llama.cpp from another): the diff of every
+  file both trees have (one chunk per hunk), and every fork-only source file chunked by function.
+
+Both repositories are read through a scratch bare repository whose object store borrows theirs (git alternates):
+git then diffs the two baselines directly, renames included, without copying or touching either repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from unidiff import PatchSet
+
+from ..errors import KnowledgeBaseError
+from .chunking import (CODE_EXTENSIONS, MAX_CHUNK_LINES, MAX_FILE_BYTES, Chunk, Skipped, Unit, chunk_code,
+                       chunk_text, function_spans, symbol_at)
+
+FORK_EXTENSIONS = CODE_EXTENSIONS | {".md"}
+MAX_COMMITS = 500
+
+
+@dataclass(frozen=True)
+class Side:
+    """One repository at one revision, and the name chunks cite it by."""
+    name: str
+    repo: Path
+    revision: str
+
+
+class ScratchRepo:
+    """A bare repository that sees the objects of both sides, for diffs between unrelated trees."""
+
+    def __init__(self, directory: Path, fork: Side, upstream: Side):
+        self.fork, self.upstream = fork, upstream
+        key = hashlib.sha256(f"{fork.repo}\0{upstream.repo}".encode()).hexdigest()[:12]
+        self.path = directory / f"scratch-{key}.git"
+        if not (self.path / "objects").is_dir():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.git("init", "-q", "--bare", str(self.path), cwd=False)
+        stores = [_object_dir(fork.repo), _object_dir(upstream.repo)]
+        (self.path / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (self.path / "objects" / "info" / "alternates").write_text("\n".join(str(s) for s in stores) + "\n")
+
+    def git(self, *args: str, cwd: bool = True, check: bool = True) -> str:
+        cmd = ["git", "--git-dir", str(self.path), *args] if cwd else ["git", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        if check and proc.returncode != 0:
+            raise KnowledgeBaseError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+        return proc.stdout
+
+    def merge_base(self) -> str | None:
+        out = self.git("merge-base", self.fork.revision, self.upstream.revision, check=False).strip()
+        return out or None
+
+    def blob(self, revision: str, path: str) -> str | Skipped:
+        size = self.git("cat-file", "-s", f"{revision}:{path}", check=False).strip()
+        if size.isdigit() and int(size) > MAX_FILE_BYTES:
+            return Skipped(path, f"larger than {MAX_FILE_BYTES // 2**20} MiB")
+        proc = subprocess.run(["git", "--git-dir", str(self.path), "cat-file", "blob", f"{revision}:{path}"],
+                              capture_output=True)
+        if proc.returncode != 0:
+            return Skipped(path, "unreadable in git")
+        if b"\0" in proc.stdout[:8192]:
+            return Skipped(path, "binary file")
+        return proc.stdout.decode("utf-8", errors="replace")
+
+
+def _object_dir(repo: Path) -> Path:
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-common-dir"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KnowledgeBaseError(f"{repo} is not a git repository")
+    common = Path(proc.stdout.strip())
+    return ((repo / common) if not common.is_absolute() else common).resolve() / "objects"
+
+
+def _wanted(path: str, subdirs: Sequence[str]) -> bool:
+    return Path(path).suffix.lower() in FORK_EXTENSIONS and (
+        not subdirs or any(path == s or path.startswith(s.rstrip("/") + "/") for s in subdirs))
+
+
+def _hunk_chunks(patch_file, *, header: str, kind: str, unit: str, fork: Side, spans, extra: dict,
+                 revision: str) -> list[Chunk]:
+    chunks = []
+    for hunk in patch_file:
+        lines = [str(line).rstrip("\n") for line in hunk]
+        head = f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@ " \
+               f"{hunk.section_header}".rstrip()
+        for part, start in enumerate(range(0, len(lines), MAX_CHUNK_LINES)):
+            piece = lines[start:start + MAX_CHUNK_LINES]
+            first_changed = next((ln for ln in hunk[start:start + MAX_CHUNK_LINES]
+                                  if ln.is_added or ln.is_removed), None)
+            line_no = (first_changed.target_line_no or first_changed.source_line_no) if first_changed else \
+                hunk.target_start
+            symbol = symbol_at(spans, line_no) if spans else ""
+            if not symbol and hunk.section_header:
+                symbol = hunk.section_header.split("(")[0].split()[-1] if "(" in hunk.section_header else ""
+            target_lines = [ln.target_line_no for ln in hunk[start:start + MAX_CHUNK_LINES] if ln.target_line_no]
+            origin = {"repo": fork.name, "revision": revision, "path": patch_file.path,
+                      "start_line": min(target_lines) if target_lines else hunk.target_start,
+                      "end_line": max(target_lines) if target_lines else hunk.target_start,
+                      "symbol": symbol.strip("*&"), **extra}
+            where = f"{patch_file.path}:{origin['start_line']}-{origin['end_line']} {origin['symbol']}".rstrip()
+            text = f"// {header}: {where}\n{head}\n" + "\n".join(piece)
+            chunks.append(Chunk(text, kind, unit, origin))
+    return chunks
+
+
+def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()) -> Iterator[Unit | Skipped]:
+    """Vendored trees: a unit per changed file (its hunks) and per fork-only file (its functions)."""
+    fork, upstream = scratch.fork, scratch.upstream
+    status = scratch.git("diff", "--name-status", "-M", "--no-color", upstream.revision, fork.revision,
+                         "--", *subdirs)
+    for line in status.splitlines():
+        fields = line.split("\t")
+        code, path = fields[0], fields[-1]
+        if not _wanted(path, subdirs) or code.startswith("D"):
+            continue  # upstream-only files say nothing about the fork
+        if code.startswith("A"):
+            unit = f"{source}::file:{path}"
+            text = scratch.blob(fork.revision, path)
+            if isinstance(text, Skipped):
+                yield Skipped(unit, text.reason)
+                continue
+            if Path(path).suffix.lower() in CODE_EXTENSIONS:
+                chunks = chunk_code(text, path=path, kind="fork-code", unit=unit, repo=fork.name,
+                                    revision=fork.revision)
+            else:
+                chunks = chunk_text(text, path=path, kind="fork-code", unit=unit, repo=fork.name,
+                                    revision=fork.revision)
+            yield Unit(unit, chunks)
+            continue
+        unit = f"{source}::diff:{path}"
+        old_path = fields[1] if code.startswith("R") else path
+        diff = scratch.git("diff", "-U3", "--no-color", "-M", upstream.revision, fork.revision, "--",
+                           old_path, path)
+        text = scratch.blob(fork.revision, path)
+        if isinstance(text, Skipped):
+            yield Skipped(unit, text.reason)
+            continue
+        spans = function_spans(text, Path(path).suffix) if Path(path).suffix.lower() in CODE_EXTENSIONS else []
+        try:
+            patch = PatchSet(diff)
+        except Exception as e:  # unidiff raises its own parse error for diffs it cannot read
+            yield Skipped(unit, f"diff not readable: {e}")
+            continue
+        chunks = []
+        for patch_file in patch:
+            if patch_file.is_binary_file:
+                continue
+            chunks += _hunk_chunks(patch_file, header=f"fork-diff {fork.name} vs {upstream.name}",
+                                   kind="fork-diff", unit=unit, fork=fork, spans=spans,
+                                   extra={"upstream": upstream.name}, revision=fork.revision)
+        yield Unit(unit, chunks)
+
+
+def commit_units(scratch: ScratchRepo, merge_base: str, *, source: str, subdirs: Sequence[str] = (),
+                 max_commits: int = MAX_COMMITS) -> Iterator[Unit | Skipped]:
+    """A git fork: one unit per commit since the merge base, each hunk a chunk that carries the commit message."""
+    fork, upstream = scratch.fork, scratch.upstream
+    shas = scratch.git("rev-list", "--no-merges", f"--max-count={max_commits}",
+                       f"{merge_base}..{fork.revision}", "--", *subdirs).split()
+    for sha in shas:
+        unit = f"{source}::commit:{sha}"
+        message = scratch.git("log", "-1", "--format=%s%n%n%b", sha).strip()
+        diff = scratch.git("show", "--format=", "-U3", "--no-color", sha, "--", *subdirs)
+        try:
+            patch = PatchSet(diff)
+        except Exception as e:
+            yield Skipped(unit, f"diff not readable: {e}")
+            continue
+        chunks = []
+        for patch_file in patch:
+            if patch_file.is_binary_file or not _wanted(patch_file.path, subdirs):
+                continue
+            spans = []
+            if Path(patch_file.path).suffix.lower() in CODE_EXTENSIONS and not patch_file.is_removed_file:
+                text = scratch.blob(sha, patch_file.path)
+                spans = function_spans(text, Path(patch_file.path).suffix) if isinstance(text, str) else []
+            title = message.splitlines()[0][:120] if message else sha[:12]
+            chunks += _hunk_chunks(patch_file, header=f"fork-diff {fork.name} commit {sha[:12]} \"{title}\"",
+                                   kind="fork-diff", unit=unit, fork=fork, spans=spans,
+                                   extra={"upstream": upstream.name, "commit": sha, "message": title},
+                                   revision=sha)
+        # The message is searchable on its own too: it often names the idea better than the code does.
+        if message:
+            chunks.append(Chunk(f"// fork commit {fork.name} {sha[:12]}\n{message}", "fork-diff", unit,
+                                {"repo": fork.name, "revision": sha, "commit": sha, "section": "commit message",
+                                 "upstream": upstream.name}))
+        yield Unit(unit, chunks)
+
+
+def fork_units(scratch_dir: Path, fork: Side, upstream: Side, *, source: str, subdirs: Sequence[str] = (),
+               as_trees: bool = False) -> Iterator[Unit | Skipped]:
+    """The fork's units: by commits when the two share history, by trees when asked to (or vendored)."""
+    scratch = ScratchRepo(scratch_dir, fork, upstream)
+    if as_trees:
+        return tree_units(scratch, source=source, subdirs=subdirs)
+    base = scratch.merge_base()
+    if base is None:
+        raise KnowledgeBaseError(f"{fork.name} and {upstream.name} share no git history; compare them as "
+                                 f"vendored trees instead (--as-trees)")
+    return commit_units(scratch, base, source=source, subdirs=subdirs)

@@ -1,0 +1,190 @@
+"""Ingestion recipes: what the user asked to ingest, recorded so that `kb rebuild` can do it again.
+
+A recipe is plain data ({"kind": "fork", "fork": "ik_llama.cpp", ...}); `run_recipe` resolves its sources
+(known names → pinned sdists, else git URL or path) and feeds its units to the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import Paths
+from ..errors import KnowledgeBaseError, SourceError
+from ..sandbox.sources import KNOWN_SOURCES, prepare_source
+from .backends import gap_units, scan_backends
+from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
+from .forks import Side, fork_units
+from .papers import ARXIV_ID, arxiv_client, arxiv_units, document_unit, find_papers, reading_list, \
+    reading_list_units
+from .store import IngestSummary, KnowledgeBase
+
+Progress = Callable[[str], None]
+
+
+def fork_recipe(fork: str, upstream: str = "llama.cpp", *, subdirs: Sequence[str] = (),
+                as_trees: bool | None = None) -> dict[str, Any]:
+    # Two pinned sdists are vendored trees with no shared history: compare them as trees.
+    trees = as_trees if as_trees is not None else (fork in KNOWN_SOURCES and upstream in KNOWN_SOURCES)
+    return {"kind": "fork", "fork": fork, "upstream": upstream, "subdirs": list(subdirs), "as_trees": trees}
+
+
+def source_key(recipe: dict[str, Any]) -> str:
+    kind = recipe["kind"]
+    if kind == "fork":
+        scope = f":{','.join(recipe['subdirs'])}" if recipe.get("subdirs") else ""
+        return f"fork:{recipe['fork']}..{recipe['upstream']}{scope}"
+    if kind == "backends":
+        return f"backends:{recipe['target']}"
+    if kind == "papers":
+        return f"papers:{recipe['item']}"
+    if kind == "path":
+        return f"path:{recipe['path']}"
+    raise KnowledgeBaseError(f"unknown ingestion kind {kind!r}")
+
+
+def _prepare(name: str, paths: Paths, *, need_git: bool):
+    local = Path(name).expanduser()
+    if need_git and name not in KNOWN_SOURCES and local.is_dir() and not (local / ".git").exists():
+        raise KnowledgeBaseError(f"{name} is not a git repository; a fork is compared by its git history "
+                                 f"(pass --as-trees to compare the directories file by file)")
+    try:
+        return prepare_source(name, paths.sources, paths.sdists)
+    except SourceError as e:
+        raise KnowledgeBaseError(f"cannot prepare {name}: {e}") from e
+
+
+def _display_name(name: str) -> str:
+    return name if name in KNOWN_SOURCES else Path(name.rstrip("/")).name.removesuffix(".git") or name
+
+
+def _path_units(root: Path, *, source: str) -> Iterator[Unit | Skipped]:
+    if root.is_file():
+        yield _one_path(root, root.parent, source)
+        return
+    if not root.is_dir():
+        yield Skipped(f"{source}::{root}", "no such file or directory")
+        return
+    listing = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True, text=True)
+    files = ([root / p for p in listing.stdout.splitlines()] if listing.returncode == 0 and listing.stdout
+             else sorted(p for p in root.rglob("*") if p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(root).parts)))
+    for path in files:
+        yield _one_path(path, root, source)
+
+
+def _one_path(path: Path, root: Path, source: str) -> Unit | Skipped:
+    if path.suffix.lower() == ".pdf" or path.suffix.lower() in TEXT_EXTENSIONS:
+        return document_unit(path, source=source)
+    rel = str(path.relative_to(root)) if path != root else path.name
+    if path.suffix.lower() in CODE_EXTENSIONS:
+        return chunk_file(path, rel, kind="doc", unit=f"{source}::file:{rel}", repo=root.name)
+    return Skipped(f"{source}::file:{rel}", f"not a source, text or PDF file ({path.suffix or 'no extension'})")
+
+
+def recipe_units(recipe: dict[str, Any], paths: Paths, *, arxiv_url: str | None = None,
+                 scratch: Path | None = None) -> Iterator[Unit | Skipped]:
+    """The units a recipe yields (sources are prepared first, so errors come before anything is written)."""
+    source = source_key(recipe)
+    kind = recipe["kind"]
+    if kind == "fork":
+        fork = _prepare(recipe["fork"], paths, need_git=not recipe["as_trees"])
+        upstream = _prepare(recipe["upstream"], paths, need_git=not recipe["as_trees"])
+        return fork_units(scratch or paths.knowledge_base / "git",
+                          Side(_display_name(recipe["fork"]), fork.path, fork.baseline),
+                          Side(_display_name(recipe["upstream"]), upstream.path, upstream.baseline),
+                          source=source, subdirs=recipe.get("subdirs", ()), as_trees=recipe["as_trees"])
+    if kind == "backends":
+        target = _prepare(recipe["target"], paths, need_git=False)
+        scan = scan_backends(target.path, target.baseline)
+        return gap_units(scan, repo=_display_name(recipe["target"]), revision=target.baseline, source=source)
+    if kind == "path":
+        return _path_units(Path(recipe["path"]), source=source)
+    if kind == "papers":
+        item = recipe["item"]
+        if item == "reading-list":
+            return reading_list_units(source=source)
+        local = Path(item).expanduser()
+        if local.exists():
+            return _path_units(local.resolve(), source=source)
+        client = arxiv_client(arxiv_url or recipe.get("arxiv_url"))
+        try:
+            if ARXIV_ID.match(item):
+                papers = find_papers(client, ids=[ARXIV_ID.match(item).group(1)])
+            else:
+                papers = find_papers(client, query=item, max_results=int(recipe.get("max_results", 5)))
+        except Exception as e:  # the arxiv client raises HTTP, connection and parse errors of several types
+            raise KnowledgeBaseError(f"arXiv did not answer for {item!r} ({type(e).__name__}: "
+                                     f"{str(e)[:200]})") from e
+        return arxiv_units(papers, source=source, fetch_pdf=recipe.get("fetch_pdf", True))
+    raise KnowledgeBaseError(f"unknown ingestion kind {kind!r}")
+
+
+def paper_recipes(items: Sequence[str], *, max_results: int = 5, fetch_pdf: bool = True,
+                  arxiv_url: str | None = None) -> list[dict[str, Any]]:
+    recipes = []
+    for item in items:
+        local = Path(item).expanduser()
+        recipe = {"kind": "papers", "item": str(local.resolve()) if local.exists() else item,
+                  "max_results": max_results, "fetch_pdf": fetch_pdf}
+        if arxiv_url:
+            recipe["arxiv_url"] = arxiv_url
+        recipes.append(recipe)
+    return recipes
+
+
+def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progress: Progress | None = None,
+               arxiv_url: str | None = None) -> tuple[str, IngestSummary]:
+    source = source_key(recipe)
+    units = recipe_units(recipe, paths, arxiv_url=arxiv_url)
+    kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
+    # A query or reading-list item may return different papers over time: never prune papers.
+    return source, kb.ingest(source, units, prune=recipe["kind"] != "papers", progress=progress)
+
+
+def reading_list_ids() -> list[str]:
+    return [e["arxiv"] for e in reading_list() if e.get("arxiv")]
+
+
+def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:
+    """Remove the store (holding the writer's lock) and return the recorded recipes, for `kb rebuild`.
+
+    Works even when the store no longer opens: the recipes are a plain JSON file beside it.
+    """
+    import json
+
+    from filelock import FileLock, Timeout
+    manifest = directory / ("sources.json" if not chroma_url else "sources-server.json")
+    try:
+        recipes = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        recipes = {}
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / "write.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise KnowledgeBaseError(f"another process is writing to the knowledge base at {directory}; "
+                                 f"wait for it before rebuilding") from None
+    try:
+        if chroma_url:
+            from .store import COLLECTION, open_client
+            try:
+                open_client(directory, chroma_url).delete_collection(COLLECTION)
+            except KnowledgeBaseError:
+                raise
+            except Exception:
+                pass  # no collection yet
+            for f in directory.glob("lexical-*.sqlite*"):
+                f.unlink()
+        else:
+            shutil.rmtree(directory / "chroma", ignore_errors=True)
+            for f in directory.glob("lexical.sqlite*"):
+                f.unlink()
+    finally:
+        lock.release()
+    return recipes
+

@@ -1,0 +1,111 @@
+"""The lexical side of search: SQLite FTS5 with BM25 ranking, beside Chroma (local Chroma has no sparse index).
+
+FTS5 over bm25s because it updates in place (add and delete by id, in a transaction) and persists on its own,
+so it stays consistent with Chroma through the same chunk ids. Identifiers are kept whole (`_` is a token
+character) *and* split into their parts, so `ggml_compute_forward_rms_norm` matches exactly, and "rms norm" still
+finds it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+STOPWORDS = frozenset("a an and are as at be by for from how in is it of on or the to what where which with does "
+                      "do this that".split())
+
+
+def identifier_parts(text: str) -> list[str]:
+    """The pieces of every compound identifier: snake_case and CamelCase split, numbers kept."""
+    parts = []
+    for word in _WORD.findall(text):
+        if "_" in word or _CAMEL.search(word):
+            parts += [p for p in re.split(r"_+", _CAMEL.sub("_", word)) if p]
+    return parts
+
+
+def match_expression(query: str) -> str:
+    """An FTS5 OR-query of the query's words and identifier parts (quoted: no FTS syntax leaks through)."""
+    terms: list[str] = []
+    for word in _WORD.findall(query):
+        low = word.lower()
+        if low in STOPWORDS:
+            continue
+        terms.append(low)
+        terms += [p.lower() for p in identifier_parts(word)]
+    unique = list(dict.fromkeys(t for t in terms if t))
+    return " OR ".join(f'"{t}"' for t in unique)
+
+
+class LexicalIndex:
+    """An FTS5 table of chunk id → searchable text, with the metadata needed to filter."""
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")  # readers keep working while one writer writes
+        self._db.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
+            "id UNINDEXED, kind UNINDEXED, repo UNINDEXED, path UNINDEXED, source UNINDEXED, body, "
+            "tokenize = \"unicode61 tokenchars '_'\")")
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+    def ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT id FROM chunks")}
+
+    def add(self, rows: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
+        """Rows of (id, text, metadata); an id already present is replaced, not doubled."""
+        rows = list(rows)
+        with self._db:
+            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(r[0],) for r in rows])
+            self._db.executemany(
+                "INSERT INTO chunks (id, kind, repo, path, source, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(cid, meta.get("kind", ""), meta.get("repo", ""), meta.get("path", ""), meta.get("source", ""),
+                  f"{text}\n{' '.join(identifier_parts(text))}") for cid, text, meta in rows])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        with self._db:
+            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
+
+    def clear(self) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM chunks")
+
+    def search(self, query: str, *, k: int = 50, kinds: Sequence[str] = (), repo: str | None = None,
+               path_glob: str | None = None, source: str | None = None) -> list[tuple[str, float]]:
+        """(id, bm25 score) best first; higher is better (FTS5's bm25() is negated)."""
+        expression = match_expression(query)
+        if not expression:
+            return []
+        sql = "SELECT id, bm25(chunks) FROM chunks WHERE chunks MATCH ?"
+        args: list[Any] = [expression]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
+        if repo:
+            sql += " AND repo = ?"
+            args.append(repo)
+        if source:
+            sql += " AND source = ?"
+            args.append(source)
+        if path_glob:
+            sql += " AND path GLOB ?"
+            args.append(path_glob)
+        sql += " ORDER BY bm25(chunks) LIMIT ?"
+        args.append(k)
+        try:
+            rows = self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return []  # an expression FTS5 cannot parse finds nothing rather than failing the whole query
+        return [(cid, -score) for cid, score in rows]

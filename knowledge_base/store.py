@@ -1,0 +1,354 @@
+"""The knowledge base: chunks in Chroma (dense) and SQLite FTS5 (lexical), searched together.
+
+- Embedded Chroma (`PersistentClient`) under the data directory by default; a Chroma server when a URL is given.
+- One writer at a time (a file lock taken without waiting: a second writer is told at once); readers never lock.
+- Ingestion works unit by unit (a file, a diff, a paper): a unit's new chunks are written before its stale ones
+  are deleted, so an interrupted ingestion leaves a usable store and running it again completes it.
+- The lexical index is derived from Chroma's documents; a writer checks on open that both hold the same ids and
+  repairs the lexical side if not.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
+
+from ..errors import KnowledgeBaseError
+from .chunking import Chunk, Skipped, Unit
+from .embedder import Embedder
+from .lexical import LexicalIndex
+from .search import fuse, lexical_weight, to_chroma_where
+
+COLLECTION = "readfirst-kb"
+MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass
+class IngestSummary:
+    """What one ingestion did, unit by unit (a unit is a file, a diff, a commit or a paper)."""
+    added: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    removed: int = 0
+    chunks_added: int = 0
+    chunks_deleted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "unchanged": self.unchanged, "replaced": self.replaced,
+                "removed": self.removed, "chunks_added": self.chunks_added,
+                "chunks_deleted": self.chunks_deleted,
+                "skipped": [{"unit": u, "reason": r} for u, r in self.skipped]}
+
+
+def _chroma_settings():
+    from chromadb.config import Settings
+    return Settings(anonymized_telemetry=False, allow_reset=True)  # telemetry would send traffic off this host
+
+
+def open_client(directory: Path, chroma_url: str | None):
+    """A Chroma client: a server's when a URL is given (checked with a heartbeat), else the embedded one."""
+    import chromadb
+    if chroma_url:
+        url = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
+        if not url.hostname:
+            raise KnowledgeBaseError(f"not a Chroma server URL: {chroma_url!r} (expected http://HOST:PORT)")
+        try:
+            client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https",
+                                         settings=_chroma_settings())
+            client.heartbeat()
+        except Exception as e:  # the client raises several unrelated types for "nobody answers"
+            raise KnowledgeBaseError(f"no Chroma server answers at {chroma_url} ({type(e).__name__}: "
+                                     f"{str(e)[:200]})") from e
+        return client
+    try:
+        return chromadb.PersistentClient(path=str(directory / "chroma"), settings=_chroma_settings())
+    except Exception as e:
+        raise KnowledgeBaseError(f"the knowledge base at {directory} cannot be opened ({str(e)[:200]}); "
+                                 f"`readfirst kb rebuild` re-creates it from its recorded sources") from e
+
+
+class KnowledgeBase:
+    """Chunks with their origins, searchable by meaning and by exact identifiers. Satisfies KnowledgeStore."""
+
+    def __init__(self, directory: Path, embedder: Embedder, *, chroma_url: str | None = None,
+                 writable: bool = False, batch_size: int = 64):
+        self.directory = Path(directory)
+        self.embedder = embedder
+        self.chroma_url = chroma_url
+        self.writable = writable
+        self.batch_size = batch_size
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock: FileLock | None = None
+        if writable:
+            self._acquire_lock()
+        try:
+            self._client = open_client(self.directory, chroma_url)
+            self._collection = self._open_collection()
+            suffix = "" if not chroma_url else "-" + re.sub(r"[^A-Za-z0-9]+", "_", chroma_url).strip("_")
+            self.lexical = LexicalIndex(self.directory / f"lexical{suffix}.sqlite")
+            if writable:
+                self._check_consistency()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening, locking, checking -------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        lock_path = self.directory / "write.lock"
+        self._lock = FileLock(str(lock_path))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            holder = (self.directory / "write.pid").read_text().strip() if (self.directory / "write.pid").exists() \
+                else "unknown"
+            self._lock = None
+            raise KnowledgeBaseError(f"another process (pid {holder}) is writing to the knowledge base at "
+                                     f"{self.directory}; wait for it to finish (queries keep working)") from None
+        (self.directory / "write.pid").write_text(str(os.getpid()))
+
+    def _open_collection(self):
+        try:
+            if self.writable:
+                collection = self._client.get_or_create_collection(
+                    COLLECTION, embedding_function=None,
+                    metadata={"hnsw:space": "cosine", "embedder": self.embedder.name})
+            else:
+                try:
+                    collection = self._client.get_collection(COLLECTION, embedding_function=None)
+                except Exception:
+                    return None  # nothing ingested yet: an empty store answers every query with nothing
+            collection.count()
+        except KnowledgeBaseError:
+            raise
+        except Exception as e:
+            raise KnowledgeBaseError(f"the knowledge base at {self.chroma_url or self.directory} is unreadable "
+                                     f"({str(e)[:200]}); `readfirst kb rebuild` re-creates it") from e
+        built_with = (collection.metadata or {}).get("embedder")
+        if built_with and built_with != self.embedder.name:
+            raise KnowledgeBaseError(f"the knowledge base was built with the embedding model {built_with!r}, not "
+                                     f"{self.embedder.name!r}; use that model or `readfirst kb rebuild`")
+        return collection
+
+    def _all_ids(self, where: Mapping[str, Any] | None = None, include: list[str] | None = None):
+        """Pages through Chroma (a server limits one response), yielding (id, metadata or None)."""
+        if self._collection is None:
+            return
+        offset, page = 0, 5000
+        while True:
+            got = self._collection.get(where=where or None, include=include or [], limit=page, offset=offset)
+            metas = got.get("metadatas") or [None] * len(got["ids"])
+            docs = got.get("documents") or [None] * len(got["ids"])
+            yield from zip(got["ids"], metas, docs)
+            if len(got["ids"]) < page:
+                return
+            offset += page
+
+    def _check_consistency(self) -> None:
+        chroma_ids = {cid for cid, _, _ in self._all_ids()}
+        lexical_ids = self.lexical.ids()
+        if chroma_ids == lexical_ids:
+            return
+        self.lexical.delete(sorted(lexical_ids - chroma_ids))
+        missing = sorted(chroma_ids - lexical_ids)
+        for start in range(0, len(missing), 1000):
+            got = self._collection.get(ids=missing[start:start + 1000], include=["documents", "metadatas"])
+            self.lexical.add(zip(got["ids"], got["documents"], got["metadatas"]))
+
+    def close(self) -> None:
+        lexical = getattr(self, "lexical", None)
+        if lexical is not None:
+            lexical.close()
+        if self._lock is not None:
+            (self.directory / "write.pid").unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "KnowledgeBase":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- sources (what `kb rebuild` replays) -----------------------------------------------------------------
+
+    @property
+    def _manifest_path(self) -> Path:
+        return self.directory / ("sources.json" if not self.chroma_url else "sources-server.json")
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        try:
+            return json.loads(self._manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def record_source(self, source: str, recipe: Mapping[str, Any]) -> None:
+        sources = self.sources()
+        sources[source] = dict(recipe)
+        tmp = self._manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sources, indent=2, sort_keys=True))
+        tmp.replace(self._manifest_path)
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise KnowledgeBaseError("the knowledge base was opened read-only")
+
+    def ingest(self, source: str, items: Iterable[Unit | Skipped], *, prune: bool = True,
+               progress: Callable[[str], None] | None = None) -> IngestSummary:
+        """Write every unit of one source; units the source no longer has are removed when `prune`."""
+        self._require_writable()
+        summary = IngestSummary()
+        existing: dict[str, set[str]] = {}
+        for cid, meta, _ in self._all_ids({"source": source}, include=["metadatas"]):
+            existing.setdefault(meta["unit"], set()).add(cid)
+        pending: list[tuple[list[Chunk], list[str]]] = []
+        pending_chunks = 0
+        for item in items:
+            if progress:
+                progress(item.key if isinstance(item, Unit) else item.unit)
+            if isinstance(item, Skipped):
+                summary.skipped.append((item.unit, item.reason))
+                existing.pop(item.unit, None)  # a unit that became unreadable keeps its last good chunks
+                continue
+            chunks = list({c.id: c for c in item.chunks}.values())
+            new_ids = {c.id for c in chunks}
+            old_ids = existing.pop(item.key, set())
+            if not new_ids and not old_ids:
+                summary.skipped.append((item.key, "nothing to index"))
+                continue
+            if new_ids == old_ids:
+                summary.unchanged += 1
+                continue
+            if old_ids:
+                summary.replaced += 1
+            else:
+                summary.added += 1
+            pending.append(([c for c in chunks if c.id not in old_ids], sorted(old_ids - new_ids)))
+            pending_chunks += len(pending[-1][0])
+            if pending_chunks >= self.batch_size:
+                self._flush(source, pending, summary)
+                pending, pending_chunks = [], 0
+        self._flush(source, pending, summary)
+        if prune and existing:
+            gone = sorted(cid for ids in existing.values() for cid in ids)
+            self._delete(gone)
+            summary.removed += len(existing)
+            summary.chunks_deleted += len(gone)
+        return summary
+
+    def _flush(self, source: str, pending: list[tuple[list[Chunk], list[str]]], summary: IngestSummary) -> None:
+        new_chunks = [c for chunks, _ in pending for c in chunks]
+        if new_chunks:
+            vectors = self.embedder.embed([c.text for c in new_chunks])
+            metas = [c.metadata(source) for c in new_chunks]
+            ids = [c.id for c in new_chunks]
+            self._collection.upsert(ids=ids, embeddings=vectors, documents=[c.text for c in new_chunks],
+                                    metadatas=metas)
+            self.lexical.add(zip(ids, [c.text for c in new_chunks], metas))
+            summary.chunks_added += len(new_chunks)
+        stale = [cid for _, old in pending for cid in old]
+        if stale:  # only after the replacements are in: an interruption never leaves a unit empty
+            self._delete(stale)
+            summary.chunks_deleted += len(stale)
+
+    def _delete(self, ids: list[str]) -> None:
+        for start in range(0, len(ids), 5000):
+            self._collection.delete(ids=ids[start:start + 5000])
+        self.lexical.delete(ids)
+
+    def reset(self) -> None:
+        """Remove every chunk and every recorded source."""
+        self._require_writable()
+        try:
+            self._client.delete_collection(COLLECTION)
+        except Exception:
+            pass  # there was none
+        self._collection = self._open_collection()
+        self.lexical.clear()
+        self._manifest_path.unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return 0 if self._collection is None else self._collection.count()
+
+    def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None,
+              mode: str = "hybrid") -> list[dict[str, Any]]:
+        """The k best chunks for `text`. `where`: kind (one or a list), repo, source, path (a glob).
+
+        hybrid fuses the dense and lexical rankings by reciprocal rank; dense and lexical are there to compare.
+        """
+        if mode not in MODES:
+            raise KnowledgeBaseError(f"unknown query mode {mode!r}; choose one of {', '.join(MODES)}")
+        if self._collection is None or not text.strip():
+            return []
+        total = self.count()
+        if total == 0:
+            return []
+        where = dict(where or {})
+        path_glob = where.pop("path", None)
+        kinds = where.get("kind") or []
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        depth = max(50, 4 * k)
+        dense: list[tuple[str, float]] = []
+        found: dict[str, tuple[str, dict]] = {}
+        if mode in ("hybrid", "dense"):
+            # A path glob is not a Chroma filter: fetch deeper and filter here.
+            n = min(total, depth * (10 if path_glob else 1))
+            res = self._collection.query(query_embeddings=self.embedder.embed([text]), n_results=n,
+                                         where=to_chroma_where(where),
+                                         include=["documents", "metadatas", "distances"])
+            for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
+                                            res["distances"][0]):
+                if path_glob and not fnmatch.fnmatchcase(meta.get("path", ""), path_glob):
+                    continue
+                dense.append((cid, 1.0 - dist))
+                found[cid] = (doc, meta)
+        lexical: list[tuple[str, float]] = []
+        if mode in ("hybrid", "lexical"):
+            lexical = self.lexical.search(text, k=depth, kinds=kinds, repo=where.get("repo"),
+                                          path_glob=path_glob, source=where.get("source"))
+        ranked = fuse(dense, lexical, k=k, weights=(1.0, lexical_weight(text))) if mode == "hybrid" else (dense or lexical)[:k]
+        missing = [cid for cid, _ in ranked if cid not in found]
+        if missing:
+            got = self._collection.get(ids=missing, include=["documents", "metadatas"])
+            found.update({cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"],
+                                                                        got["metadatas"])})
+        dense_rank = {cid: i + 1 for i, (cid, _) in enumerate(dense)}
+        lexical_rank = {cid: i + 1 for i, (cid, _) in enumerate(lexical)}
+        results = []
+        for cid, score in ranked:
+            if cid not in found:
+                continue  # the lexical index is ahead of Chroma (an interrupted write); the next writer repairs it
+            doc, meta = found[cid]
+            results.append({"id": cid, "score": round(float(score), 6), **meta, "text": doc,
+                            "snippet": snippet(doc), "dense_rank": dense_rank.get(cid),
+                            "lexical_rank": lexical_rank.get(cid)})
+        return results
+
+    def stats(self) -> dict[str, Any]:
+        by_kind: dict[str, int] = {}
+        by_source: dict[str, int] = {}
+        for _, meta, _ in self._all_ids(include=["metadatas"]):
+            by_kind[meta.get("kind", "?")] = by_kind.get(meta.get("kind", "?"), 0) + 1
+            by_source[meta.get("source", "?")] = by_source.get(meta.get("source", "?"), 0) + 1
+        return {"location": self.chroma_url or str(self.directory), "embedder": self.embedder.name,
+                "chunks": self.count(), "lexical_chunks": self.lexical.count(), "by_kind": by_kind,
+                "by_source": by_source, "sources": self.sources()}
+
+
+def snippet(text: str, lines: int = 6, width: int = 160) -> str:
+    body = [ln.rstrip()[:width] for ln in text.splitlines()[1:] if ln.strip()] or text.splitlines()[:1]
+    return "\n".join(body[:lines])
