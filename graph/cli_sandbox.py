@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Optional
 
+import typer
+from rich.table import Table
+
+from ..errors import ReadfirstError
 from ..sandbox import engine, image
+from ..sandbox.baseline import establish_baseline
 from ..sandbox.docker_sandbox import collect_garbage
-from .cli_common import app_context
+from ..sandbox.llama_cpp import BenchOptions
+from ..sandbox.model import QUANT_TYPES, validate_gguf
+from ..sandbox.records import BenchResult, to_dict
+from .cli_common import AppContext, app_context
+from .deps import model_maker, open_llama_target, open_sandbox
 
 sandbox_app = typer.Typer(help="The Docker sandbox: base image, leftover containers, benchmarks.",
                           no_args_is_help=True)
+model_app = typer.Typer(help="Models to benchmark: a synthetic TinyLlama-shaped GGUF, or a real one.",
+                        no_args_is_help=True)
 
 
 @sandbox_app.command("image")
@@ -18,8 +30,7 @@ def image_cmd(ctx: typer.Context,
     """Build (once) the base image: C/C++ toolchain, cmake, ccache, git, python3."""
     app = app_context(ctx)
     client = engine.require_engine()
-    tag = image.ensure_image(client, rebuild=rebuild, say=app.say)
-    app.console.print(tag)
+    app.console.print(image.ensure_image(client, rebuild=rebuild, say=app.say))
 
 
 @sandbox_app.command("gc")
@@ -32,5 +43,128 @@ def gc_cmd(ctx: typer.Context,
     app.console.print(f"removed {n} container{'s' if n != 1 else ''}")
 
 
+def _check_quant(quant: str) -> str:
+    if quant not in QUANT_TYPES:
+        raise typer.BadParameter(f"unknown type {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    return quant
+
+
+@sandbox_app.command("bench")
+def bench_cmd(ctx: typer.Context,
+              patch: Optional[Path] = typer.Option(None, "--patch", exists=True, dir_okay=False,
+                                                   help="A unified diff against the baseline: built, tested, "
+                                                        "logits-checked and benchmarked beside the baseline."),
+              source: str = typer.Option("llama.cpp", "--source", help="llama.cpp (the pinned sdist), a git URL, "
+                                                                      "or a local path."),
+              ref: Optional[str] = typer.Option(None, "--ref", help="Git ref, with a git URL or repository path."),
+              model: Optional[Path] = typer.Option(None, "--model", help="A real GGUF model instead of the "
+                                                                         "synthetic one."),
+              quant: str = typer.Option("Q4_0", "--quant", callback=_check_quant,
+                                        help="Quantization of the synthetic model."),
+              n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=0, help="Prompt tokens (pp test)."),
+              n_gen: int = typer.Option(128, "-n", "--n-gen", min=0, help="Generated tokens (tg test)."),
+              threads: int = typer.Option(2, "-t", "--threads", min=1),
+              flash_attn: bool = typer.Option(True, "--flash-attn/--no-flash-attn"),
+              repetitions: int = typer.Option(5, "-r", "--repetitions", min=1),
+              as_json: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
+    """Build llama.cpp in the sandbox and benchmark it with llama-bench (and a patch beside it)."""
+    app = app_context(ctx)
+    if model is not None:
+        validate_gguf(model)  # a bad path fails before any build starts
+    sandbox = open_sandbox(app.paths, say=app.say)
+    target = open_llama_target(app.paths, sandbox, source=source, ref=ref, say=app.say)
+    baseline, model_path = establish_baseline(target, model=None, say=app.say,
+                                              build_model=model_maker(app.paths, model=model, quant=quant,
+                                                                      say=app.say))
+    options = BenchOptions(n_prompt=n_prompt, n_gen=n_gen, threads=threads, flash_attn=flash_attn,
+                           repetitions=repetitions)
+    report: dict = {"baseline": {"commit": baseline.commit, "config": to_dict(baseline.config),
+                                 "fallback": baseline.fallback_reason, "build_s": baseline.build.duration_s}}
+    app.say("benchmarking the baseline")
+    base = target.bench(baseline.commit, model=model_path, options=options)
+    report["baseline"]["bench"] = to_dict(base)
+    cand = None
+    if patch is not None:
+        commit = target.commit_patch(patch.read_text(), base=baseline.commit, message=f"patch {patch.name}")
+        app.say("building the patched tree")
+        build = target.build(commit)
+        report["candidate"] = {"commit": commit, "build": to_dict(build)}
+        if build.ok:
+            tests = target.test(commit)
+            base_logits = target.kld_base(baseline.commit, model=model_path)
+            kld = target.logits_check(commit, model=model_path, base_logits=base_logits)
+            report["candidate"].update(tests=to_dict(tests), kld=to_dict(kld))
+            app.say("benchmarking the patched tree")
+            cand = target.bench(commit, model=model_path, options=options)
+            report["candidate"]["bench"] = to_dict(cand)
+    if as_json:
+        app.emit_json(report)
+        return
+    _print_bench(app, base, cand, report)
+
+
+def _print_bench(app: AppContext, base: BenchResult, cand: BenchResult | None, report: dict) -> None:
+    table = Table(title=f"llama-bench · {base.model} · {base.cpu} · {base.threads} threads · "
+                        f"fa {'on' if base.flash_attn else 'off'}")
+    table.add_column("test")
+    table.add_column("baseline t/s", justify="right")
+    if cand is not None:
+        table.add_column("patched t/s", justify="right")
+        table.add_column("change", justify="right")
+    for s in base.samples:
+        row = [s.test, f"{s.mean_ts:.2f} ± {s.stddev_ts:.2f}"]
+        c = cand.get(s.test) if cand is not None else None
+        if c is not None:
+            row += [f"{c.mean_ts:.2f} ± {c.stddev_ts:.2f}", f"{(c.mean_ts / s.mean_ts - 1) * 100:+.1f}%"]
+        table.add_row(*row)
+    app.console.print(table)
+    app.console.print(f"build config: {base.config.note}; samples per test: {len(base.samples[0].samples_ts)}"
+                      if base.samples else "no samples")
+    cand_report = report.get("candidate")
+    if cand_report:
+        b = cand_report["build"]
+        if not b["ok"]:
+            app.console.print(f"[red]patched build failed at {b['stage']}[/red]:\n{b['log_tail'][-1500:]}")
+        else:
+            t, k = cand_report["tests"], cand_report["kld"]
+            failed = [c["name"] for c in t["cases"] if not c["passed"]]
+            app.console.print(f"tests: {'pass' if t['ok'] else 'FAIL ' + ', '.join(failed)}; "
+                              f"KLD mean {k['mean_kld']:.2e} max {k['max_kld']:.2e} p99.9 {k['p999_kld']:.2e}, "
+                              f"same top p {k['same_top_p']:.2f}% → {'ok' if k['ok'] else 'FAIL'}")
+
+
+@model_app.command("synth")
+def synth_cmd(ctx: typer.Context,
+              quant: str = typer.Option("Q4_0", "--quant", callback=_check_quant, help="Quantization type."),
+              source: str = typer.Option("llama.cpp", "--source", help="Source whose gguf-py, vocab and "
+                                                                      "llama-quantize are used."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Write the synthetic TinyLlama-1.1B-shaped GGUF (random weights), cached by its parameters."""
+    app = app_context(ctx)
+    sandbox = open_sandbox(app.paths, say=app.say)
+    target = open_llama_target(app.paths, sandbox, source=source, say=app.say)
+    app.say("building llama-quantize")
+    build = target.build(target.prepare(), targets=("llama-quantize",))
+    if not build.ok:
+        raise ReadfirstError(f"llama-quantize did not build ({build.stage}): {build.log_tail[-800:]}")
+    path = model_maker(app.paths, model=None, quant=quant, say=app.say)(target, target.prepare())
+    info = validate_gguf(path)
+    if as_json:
+        app.emit_json({"path": str(path), **info})
+    else:
+        app.console.print(f"{path}  ({info['bytes'] / 2**20:.1f} MiB, {info['tensors']} tensors)")
+
+
+@model_app.command("check")
+def check_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="A GGUF file."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Validate a GGUF model file (magic, header, tensor table, size)."""
+    app = app_context(ctx)
+    info = validate_gguf(path)
+    app.emit_json(info) if as_json else app.console.print(
+        f"{path}: {info['architecture']}, {info['tensors']} tensors, {info['bytes'] / 2**20:.1f} MiB")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(sandbox_app, name="sandbox")
+    app.add_typer(model_app, name="model")

@@ -8,6 +8,7 @@ files are read back without following symlinks.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import uuid
@@ -92,6 +93,7 @@ class LlamaCppTarget:
         self.say = say
         self.build_timeout_s = build_timeout_s
         self.run_timeout_s = run_timeout_s
+        self.use_ccache = True  # off only to measure cold builds
 
     # -- source --------------------------------------------------------------------------------------------
     def prepare(self) -> str:
@@ -116,6 +118,8 @@ class LlamaCppTarget:
                   Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
                   Mount(out, "/out", False), *extra]
         env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1"}
+        if not self.use_ccache:
+            env["CCACHE_DISABLE"] = "1"
         log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
         result = self.sandbox.run(command, mounts=mounts, workdir="/build", timeout_s=timeout_s, env=env,
                                   log_path=log)
@@ -200,6 +204,25 @@ class LlamaCppTarget:
         if models not in model.parents:
             raise SandboxError(f"model {model} is not in the model cache {models}")
         return "/models/" + str(model.relative_to(models))
+
+    # -- models --------------------------------------------------------------------------------------------
+    def quantize(self, commit: str, *, source_model: Path, dest: Path, quant: str, worker: int = 0) -> Path:
+        """Quantize a model in the model cache with this build's llama-quantize; the result lands at `dest`."""
+        w = self._worker(worker)
+        rel = self._model_in_container(source_model)
+        with w.locked():
+            w.checkout(commit)
+            r, out = self._run(w, f"/build/bin/llama-quantize {rel} /out/model.gguf {quant} 2",
+                               timeout_s=self.run_timeout_s, log_name="quantize")
+            try:
+                produced = out / "model.gguf"
+                if not r.ok or produced.is_symlink() or not produced.is_file():
+                    raise SandboxError(f"llama-quantize failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(produced, dest)
+            finally:
+                self._discard(out)
+        return dest
 
     # -- logits ----------------------------------------------------------------------------------------------
     def kld_base(self, commit: str, *, model: Path, worker: int = 0, ctx: int = 128, chunks: int = 8) -> Path:

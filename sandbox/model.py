@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -156,3 +157,42 @@ def validate_gguf(path: Path) -> dict:
     if end > size:
         raise ModelError(f"{path} is truncated: tensors end at byte {end}, the file has {size}")
     return {"architecture": arch, "tensors": len(reader.tensors), "bytes": size}
+
+
+def synthesize(target, commit: str, models_dir: Path, *, quant: str = "Q4_0", shape: ModelShape = ModelShape(),
+               say: Callable[[str], None] = lambda _: None,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
+    """The synthetic model quantized to `quant`, cached by its parameters; built with `target`'s llama-quantize."""
+    if quant not in QUANT_TYPES:
+        raise ModelError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    dest = models_dir / f"{shape.key(quant)}.gguf"
+    if dest.is_file():
+        return dest
+    models_dir.mkdir(parents=True, exist_ok=True)
+    f16 = models_dir / f".{shape.key('F16')}.f16.gguf"
+    if not f16.is_file():
+        say(f"writing the synthetic F16 model ({shape.name}, random weights)")
+        write_f16(target.source.path, f16, shape, progress)
+    if quant == "F16":
+        os.replace(f16, dest)
+        return dest
+    say(f"quantizing it to {quant} with llama-quantize")
+    target.quantize(commit, source_model=f16, dest=dest, quant=quant)
+    f16.unlink(missing_ok=True)  # 2.2 GB that nothing else needs
+    return dest
+
+
+def import_model(path: Path, models_dir: Path) -> Path:
+    """Validate a user's GGUF and place it in the model cache (hard link when possible), which sandboxes mount."""
+    info = validate_gguf(path)
+    path = Path(path).resolve()
+    digest = hashlib.sha256(f"{path}:{info['bytes']}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+    dest = models_dir / "user" / f"{path.stem}-{digest}.gguf"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, dest)
+    except OSError:  # another file system
+        shutil.copyfile(path, dest)
+    return dest

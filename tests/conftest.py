@@ -31,6 +31,11 @@ def paths(_isolated_home) -> Paths:
 
 
 @pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    return SHARED_CACHE
+
+
+@pytest.fixture(scope="session")
 def docker_client():
     """A client for the running engine. Under CI a missing engine fails the run instead of skipping it."""
     from readfirst.sandbox.engine import connect

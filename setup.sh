@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One command on a bare machine: install readfirst and everything it needs, then run the main job.
+#   ./setup.sh            install, then `readfirst run` (offline when no ANTHROPIC_API_KEY)
+#   ./setup.sh --no-run   install only (the test command uses this)
+# Idempotent: a second run reuses the venv, the Docker engine, the base image and the cached builds.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+run_main=1
+[ "${1:-}" = "--no-run" ] && run_main=0
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+if ! command -v python3 >/dev/null; then
+  echo "python3 (3.11+) is required" >&2; exit 1
+fi
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  [ "$(id -u)" = 0 ] || { echo "python3-venv is missing; install it (as root: apt-get install -y python3-venv)" >&2; exit 1; }
+  say "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtual environment (.venv)"
+  python3 -m venv .venv
+fi
+# torch first and pinned: an unpinned one pulled by sentence-transformers brings GBs of CUDA packages.
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  say "installing torch 2.13.0 (CPU)"
+  .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+fi
+say "installing readfirst and its dependencies"
+.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c 'import readfirst' || { echo "the install failed" >&2; exit 1; }
+
+# Docker engine (installed and started when none answers), base image, llama.cpp source.
+.venv/bin/readfirst setup
+
+if [ "$run_main" = 1 ]; then
+  say "running the main job: readfirst run"
+  exec .venv/bin/readfirst run
+fi

@@ -1,0 +1,53 @@
+"""Model files and paths: clear errors for bad input, shapes that match TinyLlama 1.1B."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from readfirst.config import Paths
+from readfirst.errors import ModelError
+from readfirst.sandbox.model import ModelShape, tensor_shapes, validate_gguf
+
+
+def test_tinyllama_shapes_have_1_1b_parameters():
+    total = sum(int(np.prod(dims)) for _, dims in tensor_shapes(ModelShape()))
+    assert 1.09e9 < total < 1.11e9
+    names = [n for n, _ in tensor_shapes(ModelShape())]
+    assert len(names) == len(set(names)) == 3 + 22 * 9
+    assert dict(tensor_shapes(ModelShape()))["blk.0.attn_k.weight"] == (256, 2048)  # 4 KV heads of 64
+
+
+def test_model_keys_change_with_parameters():
+    assert ModelShape().key("Q4_0") != ModelShape(seed=1).key("Q4_0") != ModelShape().key("Q8_0")
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "does not exist"),
+    (b"", "not a GGUF"),
+    (b"PK\x03\x04" + b"\0" * 100, "not a GGUF"),
+    (b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (0).to_bytes(8, "little"), "corrupt"),
+    (b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (2).to_bytes(8, "little") + b"\x01" * 30,
+     "corrupt"),
+])
+def test_bad_model_files_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / "m.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=match):
+        validate_gguf(path)
+
+
+def test_a_directory_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="not a file"):
+        validate_gguf(tmp_path)
+
+
+def test_paths_follow_flags_then_environment_then_defaults(tmp_path):
+    env = {"READFIRST_HOME": str(tmp_path / "h")}
+    assert Paths.resolve(environ=env).home == tmp_path / "h"
+    assert Paths.resolve(environ=env).cache == tmp_path / "h" / "cache"
+    assert Paths.resolve(tmp_path / "flag", environ=env).home == tmp_path / "flag"
+    both = Paths.resolve(environ={**env, "READFIRST_CACHE": str(tmp_path / "c")})
+    assert both.cache == tmp_path / "c" and both.knowledge_base == tmp_path / "h" / "knowledge_base"
+    assert Paths.resolve(environ={}).home.name == "readfirst"

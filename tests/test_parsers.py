@@ -1,0 +1,68 @@
+"""Parsing what llama.cpp's tools print, and the records that carry it: no Docker needed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from readfirst.sandbox.llama_cpp import KLDThresholds, _parse_junit, parse_bench_json, parse_kld, BenchOptions
+from readfirst.sandbox.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
+
+KLD_OUTPUT = """
+====== Perplexity statistics ======
+Mean PPL(Q)                   :  35.123456 ±   1.234567
+====== KL divergence statistics ======
+Mean    KLD:   0.000002 ±   0.000000
+Maximum KLD:   0.000019
+99.9%   KLD:   0.000015
+99.0%   KLD:   0.000009
+Median  KLD:   0.000001
+====== Token probability statistics ======
+Same top p: 99.902 ±  0.098 %
+"""
+
+
+def test_kld_within_thresholds_passes_and_values_are_read():
+    r = parse_kld(KLD_OUTPUT, KLDThresholds())
+    assert r.ok
+    assert math.isclose(r.mean_kld, 2e-6) and math.isclose(r.max_kld, 1.9e-5) and math.isclose(r.p999_kld, 1.5e-5)
+    assert math.isclose(r.same_top_p, 99.902)
+
+
+def test_kld_over_a_threshold_or_missing_fails():
+    broken = KLD_OUTPUT.replace("Maximum KLD:   0.000019", "Maximum KLD:   2.500000")
+    assert not parse_kld(broken, KLDThresholds()).ok
+    flipped = KLD_OUTPUT.replace("Same top p: 99.902", "Same top p: 91.000")
+    assert not parse_kld(flipped, KLDThresholds()).ok
+    truncated = KLD_OUTPUT.split("Maximum")[0]
+    r = parse_kld(truncated, KLDThresholds())
+    assert not r.ok and "max" in r.log_tail
+
+
+def test_bench_json_keeps_every_sample():
+    rows = [
+        {"n_prompt": 512, "n_gen": 0, "avg_ts": 290.5, "stddev_ts": 3.1, "samples_ts": [288.0, 293.0, 290.5],
+         "cpu_info": "AMD EPYC", "build_commit": "abc123"},
+        {"n_prompt": 0, "n_gen": 128, "avg_ts": 70.2, "stddev_ts": 1.0, "samples_ts": [69.0, 70.4, 71.2]},
+    ]
+    r = parse_bench_json(json.dumps(rows), options=BenchOptions(), config=BuildConfig(note="native"), model="m.gguf")
+    assert [s.test for s in r.samples] == ["pp512", "tg128"]
+    assert r.get("tg128").samples_ts == [69.0, 70.4, 71.2]
+    assert r.cpu == "AMD EPYC" and r.build_commit == "abc123"
+    again = from_dict(BenchResult, json.loads(json.dumps(to_dict(r))))
+    assert again.get("pp512").samples_ts == [288.0, 293.0, 290.5] and again.config.note == "native"
+
+
+def test_records_load_with_fields_they_do_not_know():
+    data = to_dict(BuildResult(True, "ok", 1.0, "", BuildConfig(), "c0ffee"))
+    data["added_in_a_later_version"] = 42
+    data["config"]["also_new"] = "x"
+    assert from_dict(BuildResult, data).commit == "c0ffee"
+
+
+def test_junit_cases_pass_fail_and_skip():
+    xml = """<testsuite><testcase name="test-rope" time="1.5" status="run"/>
+    <testcase name="test-quantize-fns" time="2"><failure message="x"/></testcase>
+    <testcase name="test-barrier" time="0"><skipped/></testcase></testsuite>"""
+    cases = {c.name: c.passed for c in _parse_junit(xml)}
+    assert cases == {"test-rope": True, "test-quantize-fns": False, "test-barrier": False}
