@@ -86,30 +86,61 @@ def _wanted(path: str, subdirs: Sequence[str]) -> bool:
         not subdirs or any(path == s or path.startswith(s.rstrip("/") + "/") for s in subdirs))
 
 
+def _span_index(spans, line: int | None) -> int | None:
+    if line is None:
+        return None
+    for i, span in enumerate(spans):
+        if span.start_line <= line <= span.end_line:
+            return i
+    return None
+
+
+def _pieces(hunk, spans) -> list[list]:
+    """A hunk's lines cut where the fork file's functions begin or end (and at MAX_CHUNK_LINES), so that a
+    large added region (a new file, a rewritten one) is chunked by function as fork-only code is."""
+    pieces: list[list] = [[]]
+    current = None
+    last_target = hunk.target_start
+    for line in hunk:
+        last_target = line.target_line_no or last_target
+        index = _span_index(spans, last_target) if spans else None
+        piece = pieces[-1]
+        if piece and (len(piece) >= MAX_CHUNK_LINES or (index != current and len(piece) >= 3)):
+            pieces.append([])
+        pieces[-1].append(line)
+        current = index
+    return [p for p in pieces if p]
+
+
 def _hunk_chunks(patch_file, *, header: str, kind: str, unit: str, fork: Side, spans, extra: dict,
                  revision: str) -> list[Chunk]:
     chunks = []
     for hunk in patch_file:
-        lines = [str(line).rstrip("\n") for line in hunk]
         head = f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@ " \
                f"{hunk.section_header}".rstrip()
-        for part, start in enumerate(range(0, len(lines), MAX_CHUNK_LINES)):
-            piece = lines[start:start + MAX_CHUNK_LINES]
-            first_changed = next((ln for ln in hunk[start:start + MAX_CHUNK_LINES]
-                                  if ln.is_added or ln.is_removed), None)
-            line_no = (first_changed.target_line_no or first_changed.source_line_no) if first_changed else \
-                hunk.target_start
-            symbol = symbol_at(spans, line_no) if spans else ""
-            if not symbol and hunk.section_header:
-                symbol = hunk.section_header.split("(")[0].split()[-1] if "(" in hunk.section_header else ""
-            target_lines = [ln.target_line_no for ln in hunk[start:start + MAX_CHUNK_LINES] if ln.target_line_no]
+        for piece in _pieces(hunk, spans):
+            changed = [ln for ln in piece if ln.is_added or ln.is_removed]
+            if not changed:
+                continue  # context only: the change is in a neighbouring piece
+            # The function holding most of the changed lines names the chunk.
+            votes: dict[str, int] = {}
+            last_target = hunk.target_start
+            for ln in piece:
+                last_target = ln.target_line_no or last_target
+                if ln.is_added or ln.is_removed:
+                    name = symbol_at(spans, last_target) if spans else ""
+                    votes[name] = votes.get(name, 0) + 1
+            symbol = max((n for n in votes if n), key=lambda n: votes[n], default="")
+            if not symbol and "(" in hunk.section_header:
+                symbol = hunk.section_header.split("(")[0].split()[-1]
+            target_lines = [ln.target_line_no for ln in piece if ln.target_line_no]
             origin = {"repo": fork.name, "revision": revision, "path": patch_file.path,
                       "start_line": min(target_lines) if target_lines else hunk.target_start,
                       "end_line": max(target_lines) if target_lines else hunk.target_start,
                       "symbol": symbol.strip("*&"), **extra}
             where = f"{patch_file.path}:{origin['start_line']}-{origin['end_line']} {origin['symbol']}".rstrip()
-            text = f"// {header}: {where}\n{head}\n" + "\n".join(piece)
-            chunks.append(Chunk(text, kind, unit, origin))
+            body = "\n".join(str(ln).rstrip("\n") for ln in piece)
+            chunks.append(Chunk(f"// {header}: {where}\n{head}\n{body}", kind, unit, origin))
     return chunks
 
 
