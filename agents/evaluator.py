@@ -1,0 +1,244 @@
+"""The evaluator role: measure a candidate against the baseline and decide keep or discard.
+
+Dependencies come in as arguments: `measure(which)` runs one benchmark of "baseline" or "candidate" and returns
+tokens/s per test ({"tg128": 70.1, "pp512": 290.3}); `clock` returns seconds (time.monotonic; a fake in tests).
+The statistics live in agents/statistics.py; this module owns the schedule and the records.
+
+Schedule, and why:
+- Warm-up: the first run of each build pays for page-cache misses (binary, 600 MiB model) and is discarded.
+- Interleaved ABBA blocks (A B B A, A B B A, ...): baseline and candidate alternate run by run, never one block
+  after the other, so the machine's drift (a few % between runs on a shared box) hits both arms alike; within a
+  block one pair runs A first and one B first, so a linear drift cancels. Decisions are taken only after whole
+  blocks, when the orders are balanced.
+- Adaptive: after `min_pairs`, stop as soon as the rule's verdict is clear either way; otherwise add a block,
+  until the run cap or the time budget. A block is started only if it fits the budget at the slowest run seen so
+  far. Still undecided at the end means discard: the burden of proof is on the candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..sandbox.records import KLDResult, TestResult, from_dict
+from .statistics import (DecisionRule, Effect, KLDThresholds, NoiseFloor, Pair, PerfDecision, decide, kld_failure,
+                         noise_floor)
+
+SCHEMA_VERSION = 1
+BASELINE, CANDIDATE = "baseline", "candidate"
+
+Measure = Callable[[str], Mapping[str, float]]
+Clock = Callable[[], float]
+
+
+@dataclass
+class EvaluatorConfig:
+    rule: DecisionRule = field(default_factory=DecisionRule)
+    warmup_runs: int = 1
+    """Per arm, discarded."""
+    min_pairs: int = 4
+    """No verdict before two ABBA blocks: below 4 pairs the interval is mostly the expansion for small n."""
+    max_runs: int = 26
+    """Every run counts, warm-ups included: 2 + 6 blocks = 12 pairs, enough to detect ~3% at ~1.5% run noise."""
+    time_budget_s: float = 900.0
+    """Per candidate; at ~25 s per llama-bench run (tg128 + pp512, 2 threads) the run cap binds first."""
+
+
+@dataclass
+class Run:
+    """One benchmark invocation."""
+    index: int
+    which: str       # "baseline" | "candidate"
+    warmup: bool
+    values: dict[str, float]
+    started_s: float  # since the evaluation began
+    duration_s: float
+
+
+@dataclass
+class Verdict:
+    """What the evaluator decided and all the evidence behind it."""
+    decision: str     # "keep" | "discard"
+    reason: str       # one sentence
+    gate: str         # what decided: "tests" | "logits" | "performance"
+    stopped: str      # "clear" | "max runs" | "time budget" | "not measured"
+    objective: Effect | None
+    effects: dict[str, Effect]
+    runs: list[Run]
+    pairs_used: int
+    runs_used: int
+    time_spent_s: float
+    rule: DecisionRule | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.decision == "keep"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Verdict":
+        """Tolerates unknown keys (newer writers) at every level."""
+        data = dict(data)
+        if data.get("objective") is not None:
+            data["objective"] = from_dict(Effect, data["objective"])
+        data["effects"] = {k: from_dict(Effect, v) for k, v in (data.get("effects") or {}).items()}
+        data["runs"] = [from_dict(Run, r) for r in data.get("runs") or []]
+        if data.get("rule") is not None:
+            data["rule"] = from_dict(DecisionRule, data["rule"])
+        return from_dict(cls, data)
+
+
+@dataclass
+class Calibration:
+    """A/A comparison of the baseline against itself: the run's noise floor."""
+    floors: dict[str, NoiseFloor]
+    runs: list[Run]
+    time_spent_s: float
+
+    def describe(self) -> str:
+        return "; ".join(f"{f.metric}: run noise {f.run_cv:.1%}, A/A bias {f.bias.estimate:+.1%} "
+                         f"[{f.bias.low:+.1%}, {f.bias.high:+.1%}], smallest detectable effect "
+                         f"{f.detectable_effect:+.1%} in {f.planned_pairs} pairs" for f in self.floors.values())
+
+
+class _Session:
+    """Runs and timings of one evaluation; enforces the run cap and the time budget before each block."""
+
+    def __init__(self, measure: Measure, config: EvaluatorConfig, clock: Clock):
+        self.measure, self.config, self.clock = measure, config, clock
+        self.start = clock()
+        self.runs: list[Run] = []
+        self.pairs: list[Pair] = []
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def run(self, which: str, warmup: bool = False) -> dict[str, float]:
+        began = self.clock()
+        values = {k: float(v) for k, v in self.measure(which).items()}
+        bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
+        if not values or bad:
+            raise ValueError(f"measure({which!r}) returned no usable tokens/s: {values}")
+        self.runs.append(Run(len(self.runs), which, warmup, values, began - self.start, self.clock() - began))
+        return values
+
+    def warm_up(self) -> None:
+        for _ in range(self.config.warmup_runs):
+            self.run(BASELINE, warmup=True)
+            self.run(CANDIDATE, warmup=True)
+
+    def block_fits(self) -> str | None:
+        """Why the next ABBA block may not start, or None when it may."""
+        if len(self.runs) + 4 > self.config.max_runs:
+            return "max runs"
+        slowest = max((r.duration_s for r in self.runs), default=0.0)
+        if self.elapsed() + 4 * slowest > self.config.time_budget_s:
+            return "time budget"
+        return None
+
+    def abba_block(self) -> None:
+        a1 = self.run(BASELINE)
+        b1 = self.run(CANDIDATE)
+        b2 = self.run(CANDIDATE)
+        a2 = self.run(BASELINE)
+        self.pairs += [(a1, b1), (a2, b2)]
+
+
+def evaluate(measure: Measure, config: EvaluatorConfig = EvaluatorConfig(), *,
+             clock: Clock = time.monotonic) -> Verdict:
+    """Interleaved, adaptive A/B of candidate against baseline; the performance verdict (gates come after)."""
+    session = _Session(measure, config, clock)
+    session.warm_up()
+    decision: PerfDecision | None = None
+    stopped = ""
+    while True:
+        limit = session.block_fits()
+        if limit:
+            stopped = limit
+            break
+        session.abba_block()
+        if len(session.pairs) >= config.min_pairs:
+            decision = decide(session.pairs, config.rule)
+            if decision.outcome != "undecided":
+                stopped = "clear"
+                break
+    if decision is None and session.pairs:  # stopped before min_pairs: judge what there is
+        decision = decide(session.pairs, config.rule)
+    return _performance_verdict(decision, session, stopped, config.rule)
+
+
+def _performance_verdict(decision: PerfDecision | None, session: _Session, stopped: str,
+                         rule: DecisionRule) -> Verdict:
+    common = dict(gate="performance", stopped=stopped, runs=session.runs, pairs_used=len(session.pairs),
+                  runs_used=len(session.runs), time_spent_s=session.elapsed(), rule=rule)
+    if decision is None:
+        return Verdict("discard", f"no measured pair fitted the {stopped} before a verdict.", objective=None,
+                       effects={}, **common)  # type: ignore[arg-type]
+    if decision.outcome == "undecided":
+        limit = "run cap" if stopped == "max runs" else stopped
+        reason = f"not shown within the {limit} ({len(session.runs)} runs): {decision.reason}"
+        return Verdict("discard", reason, objective=decision.objective, effects=decision.effects,
+                       **common)  # type: ignore[arg-type]
+    return Verdict(decision.outcome, decision.reason, objective=decision.objective, effects=decision.effects,
+                   **common)  # type: ignore[arg-type]
+
+
+def calibrate(measure: Measure, config: EvaluatorConfig = EvaluatorConfig(), *, pairs: int = 8,
+              clock: Clock = time.monotonic) -> Calibration:
+    """A/A: the same interleaved schedule with the baseline in both arms, a fixed number of pairs (no early stop),
+    so the report can state the smallest effect this run can detect within the evaluator's run cap."""
+    session = _Session(lambda _which: measure(BASELINE), config, clock)
+    session.warm_up()
+    while len(session.pairs) < pairs:
+        session.abba_block()
+    planned = max(2, (config.max_runs - 2 * config.warmup_runs) // 4 * 2)
+    return Calibration(noise_floor(session.pairs, config.rule, planned_pairs=planned), session.runs,
+                       session.elapsed())
+
+
+def failed_tests_reason(tests: TestResult) -> str | None:
+    """The tests' failure as a sentence naming the failed cases; None when they pass."""
+    failed = [c.name for c in tests.cases if not c.passed]
+    if tests.ok and not failed:
+        return None
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return f"tests failed: {shown} ({len(failed)} of {len(tests.cases)})."
+    tail = tests.log_tail.strip().splitlines()[-1:] or ["no output"]
+    return f"tests failed: {tail[0][:200]}"
+
+
+def gates(tests: TestResult | None, kld: KLDResult | None, performance: Verdict | None, *,
+          kld_thresholds: KLDThresholds = KLDThresholds(), require_kld: bool = True) -> Verdict:
+    """One verdict from the correctness gates and the performance verdict, with the first failing reason.
+
+    Order: tests, logits, performance. Correctness comes first because a wrong candidate is wrong at any speed.
+    Missing evidence fails its gate: nothing is kept on a check that did not run. The performance evidence, when
+    there is some, stays in the verdict whatever decided it.
+    """
+    failure: tuple[str, str] | None = None
+    if tests is None:
+        failure = ("tests", "the tests did not run.")
+    elif (reason := failed_tests_reason(tests)) is not None:
+        failure = ("tests", reason)
+    elif kld is None and require_kld:
+        failure = ("logits", "the logits check did not run.")
+    elif kld is not None and (reason := kld_failure(kld, kld_thresholds)) is not None:
+        failure = ("logits", reason)
+    if failure is None and performance is not None:
+        return performance
+    if failure is None:
+        failure = ("performance", "the candidate was not measured.")
+    gate, reason = failure
+    if performance is None:
+        return Verdict("discard", reason, gate, "not measured", None, {}, [], 0, 0, 0.0)
+    return Verdict("discard", reason, gate, performance.stopped, performance.objective, performance.effects,
+                   performance.runs, performance.pairs_used, performance.runs_used, performance.time_spent_s,
+                   performance.rule)
