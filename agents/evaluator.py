@@ -151,9 +151,10 @@ class _Session:
         self.pairs += [(a1, b1), (a2, b2)]
 
 
-def evaluate(measure: Measure, config: EvaluatorConfig = EvaluatorConfig(), *,
+def evaluate(measure: Measure, config: EvaluatorConfig | None = None, *,
              clock: Clock = time.monotonic) -> Verdict:
     """Interleaved, adaptive A/B of candidate against baseline; the performance verdict (gates come after)."""
+    config = config or EvaluatorConfig()
     session = _Session(measure, config, clock)
     session.warm_up()
     decision: PerfDecision | None = None
@@ -190,10 +191,11 @@ def _performance_verdict(decision: PerfDecision | None, session: _Session, stopp
                    **common)  # type: ignore[arg-type]
 
 
-def calibrate(measure: Measure, config: EvaluatorConfig = EvaluatorConfig(), *, pairs: int = 8,
+def calibrate(measure: Measure, config: EvaluatorConfig | None = None, *, pairs: int = 8,
               clock: Clock = time.monotonic) -> Calibration:
     """A/A: the same interleaved schedule with the baseline in both arms, a fixed number of pairs (no early stop),
     so the report can state the smallest effect this run can detect within the evaluator's run cap."""
+    config = config or EvaluatorConfig()
     session = _Session(lambda _which: measure(BASELINE), config, clock)
     session.warm_up()
     while len(session.pairs) < pairs:
@@ -216,7 +218,7 @@ def failed_tests_reason(tests: TestResult) -> str | None:
 
 
 def gates(tests: TestResult | None, kld: KLDResult | None, performance: Verdict | None, *,
-          kld_thresholds: KLDThresholds = KLDThresholds(), require_kld: bool = True) -> Verdict:
+          kld_thresholds: KLDThresholds | None = None, require_kld: bool = True) -> Verdict:
     """One verdict from the correctness gates and the performance verdict, with the first failing reason.
 
     Order: tests, logits, performance. Correctness comes first because a wrong candidate is wrong at any speed.
@@ -230,7 +232,7 @@ def gates(tests: TestResult | None, kld: KLDResult | None, performance: Verdict 
         failure = ("tests", reason)
     elif kld is None and require_kld:
         failure = ("logits", "the logits check did not run.")
-    elif kld is not None and (reason := kld_failure(kld, kld_thresholds)) is not None:
+    elif kld is not None and (reason := kld_failure(kld, kld_thresholds or KLDThresholds())) is not None:
         failure = ("logits", reason)
     if failure is None and performance is not None:
         return performance

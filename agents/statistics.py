@@ -202,13 +202,14 @@ def measured_tests(pairs: Sequence[Pair]) -> list[str]:
     return sorted(common or ())
 
 
-def decide(pairs: Sequence[Pair], rule: DecisionRule = DecisionRule()) -> PerfDecision:
+def decide(pairs: Sequence[Pair], rule: DecisionRule | None = None) -> PerfDecision:
     """Keep, discard or undecided (more runs would help), with one sentence saying why.
 
     Discard as soon as the objective's interval lies wholly below the minimum effect (it cannot be a worthwhile
     win) or a guarded test's interval lies wholly below -max_regression (a proven regression). Keep only when the
     objective's lower bound clears the minimum and every guarded test's lower bound clears -max_regression.
     """
+    rule = rule or DecisionRule()
     tests = measured_tests(pairs)
     weights = resolve_weights(rule.optimize, tests)
     kw = dict(confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
@@ -242,7 +243,7 @@ def decide(pairs: Sequence[Pair], rule: DecisionRule = DecisionRule()) -> PerfDe
     return PerfDecision("undecided", reason, objective, effects)
 
 
-def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule = DecisionRule(),
+def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule | None = None,
                 planned_pairs: int = 12, power: float = 0.8) -> dict[str, NoiseFloor]:
     """From A/A pairs, per test: the noise, any bias, and the smallest effect the rule would detect.
 
@@ -253,6 +254,7 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule = DecisionRule(),
     se = pair_sd / sqrt(0.955 n): delta = min_effect + (c + t_power) * se, in log space. It covers the objective
     alone; guarded tests cost a little more power (see DecisionRule.max_regression).
     """
+    rule = rule or DecisionRule()
     floors = {}
     n = planned_pairs
     c = math.sqrt(n / (n - 1)) * stats.t.ppf(1 - (1 - rule.confidence) / 2, df=n - 1)
@@ -294,8 +296,9 @@ class KLDThresholds:
     tokens); a broken kernel flips a large share."""
 
 
-def kld_failure(kld: KLDResult, thresholds: KLDThresholds = KLDThresholds()) -> str | None:
+def kld_failure(kld: KLDResult, thresholds: KLDThresholds | None = None) -> str | None:
     """The first KLD threshold the candidate fails, as a sentence; None when the logits pass."""
+    thresholds = thresholds or KLDThresholds()
     if not kld.ok:
         return "the logits check did not complete" + (f": {kld.log_tail.strip()[-200:]}" if kld.log_tail else ".")
     checks = [("mean KLD", kld.mean_kld, thresholds.max_mean), ("99.9th percentile KLD", kld.p999_kld,
