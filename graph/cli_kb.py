@@ -58,13 +58,13 @@ def _report(app: AppContext, source: str, summary: IngestSummary, *, as_json: bo
         app.console.print(f"[bold]{source}[/bold]: {summary.added} added, {summary.unchanged} unchanged, "
                           f"{summary.replaced} replaced, {summary.removed} removed, "
                           f"{len(summary.skipped)} skipped ({summary.chunks_added} chunks written, "
-                          f"{summary.chunks_deleted} deleted)")
+                          f"{summary.chunks_deleted} deleted)", soft_wrap=True)
         reasons: dict[str, int] = {}
         for _, reason in summary.skipped:
             reasons[reason] = reasons.get(reason, 0) + 1
         for reason, n in sorted(reasons.items(), key=lambda r: -r[1]):
             example = next(u for u, r in summary.skipped if r == reason).split("::")[-1]
-            app.console.print(f"  skipped {n}: {reason} (e.g. {example})")
+            app.console.print(f"  skipped {n}: {reason} (e.g. {example})", soft_wrap=True, markup=False)
     return data
 
 
@@ -159,10 +159,11 @@ def query(ctx: typer.Context,
         where = r.get("path", "") + (f":{r['start_line']}-{r['end_line']}" if r.get("start_line") else "")
         what = r.get("symbol") or r.get("section") or ""
         cite = " ".join(x for x in (r.get("repo") or r.get("paper_id") or r.get("title", ""), where, what) if x)
+        # soft_wrap: a path or identifier cut by the terminal's width could not be copied back.
         app.console.print(f"[bold]{i:>2}.[/bold] {r['score']:.4f} [cyan]{r['kind']}[/cyan] {cite}",
-                          markup=True, highlight=False)
+                          markup=True, highlight=False, soft_wrap=True)
         for line in r["snippet"].splitlines()[:4]:
-            app.console.print(f"      {line}", markup=False, highlight=False)
+            app.console.print(f"      {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @kb_app.command("stats")

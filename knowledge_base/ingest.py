@@ -181,6 +181,8 @@ def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:
             for f in directory.glob("lexical-*.sqlite*"):
                 f.unlink()
         else:
+            from chromadb.api.shared_system_client import SharedSystemClient
+            SharedSystemClient.clear_system_cache()  # a client opened earlier in this process holds the old files
             shutil.rmtree(directory / "chroma", ignore_errors=True)
             for f in directory.glob("lexical.sqlite*"):
                 f.unlink()
