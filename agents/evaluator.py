@@ -12,7 +12,8 @@ Schedule, and why:
   blocks, when the orders are balanced.
 - Adaptive: after `min_pairs`, stop as soon as the rule's verdict is clear either way; otherwise add a block,
   until the run cap or the time budget. A block is started only if it fits the budget at the slowest run seen so
-  far. Still undecided at the end means discard: the burden of proof is on the candidate.
+  far. At the end the rule's final form decides: an unproven gain is discarded (the burden of proof is on the
+  candidate); a proven gain with a guard still open is judged by the guard's estimate.
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def evaluate(measure: Measure, config: EvaluatorConfig | None = None, *,
             if decision.outcome != "undecided":
                 stopped = "clear"
                 break
-    if decision is None and session.pairs:  # stopped before min_pairs: judge what there is
-        decision = decide(session.pairs, config.rule)
+    if session.pairs and (decision is None or decision.outcome == "undecided"):  # out of runs or time
+        decision = decide(session.pairs, config.rule, final=True)
     return _performance_verdict(decision, session, stopped, config.rule)
 
 
@@ -182,12 +183,11 @@ def _performance_verdict(decision: PerfDecision | None, session: _Session, stopp
     if decision is None:
         return Verdict("discard", f"no measured pair fitted the {stopped} before a verdict.", objective=None,
                        effects={}, **common)  # type: ignore[arg-type]
-    if decision.outcome == "undecided":
+    reason = decision.reason
+    if decision.outcome == "discard" and stopped != "clear":
         limit = "run cap" if stopped == "max runs" else stopped
-        reason = f"not shown within the {limit} ({len(session.runs)} runs): {decision.reason}"
-        return Verdict("discard", reason, objective=decision.objective, effects=decision.effects,
-                       **common)  # type: ignore[arg-type]
-    return Verdict(decision.outcome, decision.reason, objective=decision.objective, effects=decision.effects,
+        reason = f"not shown within the {limit} ({len(session.runs)} runs): {reason}"
+    return Verdict(decision.outcome, reason, objective=decision.objective, effects=decision.effects,
                    **common)  # type: ignore[arg-type]
 
 

@@ -24,11 +24,12 @@ class FakeBench:
 
     def __init__(self, *, tg_effect: float = 0.0, pp_effect: float | None = 0.0, cv: float = 0.015,
                  drift_per_run: float = 0.0, run_s: float | list[float] = 25.0, hit_every: int = 0,
-                 hit: float = 0.65, warmup_factor: float = 1.0, seed: int = 0):
+                 hit: float = 0.65, warmup_factor: float = 1.0, pp_cv: float | None = None, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.tg_effect, self.pp_effect, self.cv = tg_effect, pp_effect, cv
         self.drift_per_run, self.run_s, self.hit_every, self.hit = drift_per_run, run_s, hit_every, hit
         self.warmup_factor = warmup_factor
+        self.pp_cv = cv if pp_cv is None else pp_cv
         self.now = 1000.0
         self.calls: list[str] = []
 
@@ -48,7 +49,7 @@ class FakeBench:
         cand = which == CANDIDATE
         out = {"tg128": 70.0 * level * (1 + self.tg_effect * cand) * math.exp(self.rng.normal(0, self.cv))}
         if self.pp_effect is not None:
-            out["pp512"] = 290.0 * level * (1 + self.pp_effect * cand) * math.exp(self.rng.normal(0, self.cv))
+            out["pp512"] = 290.0 * level * (1 + self.pp_effect * cand) * math.exp(self.rng.normal(0, self.pp_cv))
         return out
 
 
@@ -107,6 +108,12 @@ def test_an_ambiguous_candidate_gets_more_runs_then_is_discarded():
 def test_a_tg_win_with_a_pp_regression_is_discarded():
     verdict = run(FakeBench(tg_effect=0.10, pp_effect=-0.10))
     assert verdict.decision == "discard" and "pp512" in verdict.reason and "regresses" in verdict.reason
+
+
+def test_a_clear_win_with_noisy_pp_is_kept_at_the_cap_on_pp_estimate():
+    verdict = run(FakeBench(tg_effect=0.10, pp_cv=0.08, seed=0))
+    assert (verdict.decision, verdict.stopped, verdict.runs_used) == ("keep", "max runs", 26)
+    assert "by its estimate" in verdict.reason
 
 
 def test_aa_is_rarely_kept_by_the_adaptive_loop():

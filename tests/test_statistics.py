@@ -174,6 +174,28 @@ def test_keeping_needs_six_pairs_but_a_clear_loss_is_dropped_at_four():
     assert decide(make_pairs(4, tg_effect=-0.10)).outcome == "discard"
 
 
+def with_noisy_pp(pairs, *, sd: float, seed: int):
+    rng = np.random.default_rng(seed)
+    for _, cand in pairs:
+        cand["pp512"] *= math.exp(rng.normal(0, sd))
+    return pairs
+
+
+def test_the_final_look_judges_a_still_open_guard_by_its_estimate():
+    pairs = with_noisy_pp(make_pairs(8, tg_effect=0.10, pp_effect=-0.01, seed=1), sd=0.04, seed=101)
+    assert decide(pairs).outcome == "undecided"  # pp's interval reaches past -3%
+    final = decide(pairs, final=True)
+    assert final.outcome == "keep" and "pp512" in final.reason and "by its estimate" in final.reason
+
+    lossy = with_noisy_pp(make_pairs(8, tg_effect=0.10, pp_effect=-0.05, seed=1), sd=0.04, seed=101)
+    assert decide(lossy).outcome == "undecided"
+    assert decide(lossy).effects["pp512"].estimate < -0.03
+    assert decide(lossy, final=True).outcome == "discard"
+    # the objective is never judged by its estimate: an unproven gain is a discard
+    unproven = decide(make_pairs(8, tg_effect=0.01, seed=1), final=True)
+    assert unproven.outcome == "discard" and "does not yet clear" in unproven.reason
+
+
 def test_pp_can_be_the_optimized_metric_with_tg_guarded():
     rule = DecisionRule(optimize={"pp": 1.0})
     d = decide(make_pairs(8, pp_effect=0.10), rule)
