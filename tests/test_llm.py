@@ -1,0 +1,173 @@
+"""The LLM layer: the real anthropic client against a local fake Messages API; budget, accounting, the hook."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_anthropic import Fail, FakeAnthropic, Hang  # noqa: E402
+
+from readfirst.agents.llm import (AnthropicLLM, Budget, BudgetExceeded, LLMError, LLMResponse, LLMUnavailable,
+                                  ScriptedLLM, cost_usd, make_client, message_json, tool_use_block)
+from readfirst.errors import ReadfirstError
+
+pytestmark = pytest.mark.timeout(60)
+MODEL = "claude-sonnet-4-6"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def fake():
+    with FakeAnthropic() as server:
+        yield server
+
+
+def llm_for(fake, *, timeout_s=5.0, max_retries=2, **kwargs) -> AnthropicLLM:
+    return AnthropicLLM(make_client("test-key", base_url=fake.url, timeout_s=timeout_s, max_retries=max_retries),
+                        model=MODEL, **kwargs)
+
+
+def test_text_reply_is_plain_data_with_tokens_and_dollars(fake):
+    fake.add(message_json("hi there", input_tokens=1000, output_tokens=200))
+    messages = [{"role": "user", "content": "hello"}]
+    response = llm_for(fake).complete(messages, system="be brief", max_tokens=77)
+    assert response.content == [{"type": "text", "text": "hi there"}]
+    assert response.stop_reason == "end_turn" and response.text == "hi there"
+    assert (response.input_tokens, response.output_tokens, response.model) == (1000, 200, MODEL)
+    assert response.cost_usd == pytest.approx((1000 * 3 + 200 * 15) / 1e6)
+    assert response.latency_s > 0
+    sent = fake.requests[0]["body"]
+    assert sent["model"] == MODEL and sent["max_tokens"] == 77
+    assert sent["system"][0]["text"] == "be brief"
+    # The repeated prefix is marked for caching on the wire, but the caller's conversation is not touched.
+    assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert messages == [{"role": "user", "content": "hello"}]
+
+
+def test_tool_use_blocks_come_back_as_dicts(fake):
+    call = tool_use_block("read_file", {"path": "a.c"}, id="toolu_1")
+    fake.add(message_json([{"type": "text", "text": "Let me look."}, call]))
+    tools = [{"name": "read_file", "description": "read", "input_schema": {"type": "object", "properties": {}}}]
+    response = llm_for(fake).complete(HELLO, tools=tools)
+    assert response.stop_reason == "tool_use"
+    assert response.tool_uses == [{"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "a.c"}}]
+    assert fake.requests[0]["body"]["tools"][0]["name"] == "read_file"
+
+
+def test_429_is_retried_by_the_sdk_after_retry_after(fake):
+    fake.add(Fail(429, retry_after=0.3), message_json("ok"))
+    response = llm_for(fake).complete(HELLO)
+    assert response.text == "ok"
+    assert fake.count == 2
+    assert fake.requests[1]["time"] - fake.requests[0]["time"] >= 0.3  # the retry-after was honoured
+    assert fake.requests[1]["headers"]["x-stainless-retry-count"] == "1"  # the SDK's own retry, not ours
+
+
+def test_500_is_retried(fake):
+    fake.add(Fail(500), message_json("ok"))
+    assert llm_for(fake).complete(HELLO).text == "ok"
+    assert [r["status"] for r in fake.requests] == [500, 200]
+
+
+def test_a_hang_past_the_timeout_is_retried(fake):
+    fake.add(Hang(30), message_json("ok"))
+    start = time.monotonic()
+    response = llm_for(fake, timeout_s=0.5).complete(HELLO)
+    assert response.text == "ok" and fake.count == 2
+    assert time.monotonic() - start < 5  # the client gave up on the hang; it did not wait it out
+
+
+def test_retries_exhausted_is_a_named_error_and_costs_nothing(fake):
+    fake.add(Fail(500), Fail(500), message_json("too late"))
+    budget, seen = Budget(1.0), []
+    with pytest.raises(LLMError, match="failed after retries"):
+        llm_for(fake, max_retries=1, budget=budget, on_call=seen.append).complete(HELLO, agent="researcher")
+    assert fake.count == 2 and fake.remaining == 1
+    assert budget.spent_usd == 0 and budget.by_agent() == {}
+    assert seen[0]["response"] is None and "500" in seen[0]["error"]
+
+
+def test_a_bad_key_is_not_retried_and_says_so(fake):
+    fake.add(Fail(401, message="invalid x-api-key"))
+    with pytest.raises(LLMUnavailable, match="invalid x-api-key"):
+        llm_for(fake).complete(HELLO)
+    assert fake.count == 1
+    assert issubclass(LLMUnavailable, ReadfirstError) and issubclass(BudgetExceeded, ReadfirstError)
+
+
+def test_budget_refuses_the_next_call_once_spent(fake):
+    # 10k input + 1k output tokens at $3/$15 per Mtok = $0.045 per call; the limit is $0.05.
+    fake.add(*[message_json("x", input_tokens=10_000, output_tokens=1_000) for _ in range(3)])
+    budget = Budget(0.05)
+    llm = llm_for(fake, budget=budget)
+    llm.complete(HELLO, agent="implementer", experiment="e1")
+    assert not budget.exhausted and budget.remaining_usd == pytest.approx(0.005)
+    llm.complete(HELLO, agent="implementer", experiment="e1")  # starts under the limit, ends over it
+    assert budget.exhausted
+    with pytest.raises(BudgetExceeded, match=r"\$0\.05"):
+        llm.complete(HELLO, agent="implementer", experiment="e2")
+    assert fake.count == 2  # the refused call never reached the API
+    assert budget.spent_usd == pytest.approx(0.09)
+
+
+def test_spend_is_counted_per_agent_and_per_experiment(fake):
+    fake.add(message_json("a", input_tokens=1000, output_tokens=100),
+             message_json("b", input_tokens=2000, output_tokens=300))
+    budget = Budget(10.0)
+    real = llm_for(fake, budget=budget)
+    scripted = ScriptedLLM([message_json("c", input_tokens=500, output_tokens=50)], model=MODEL, budget=budget)
+    real.complete(HELLO, agent="implementer", experiment="e1")
+    real.complete(HELLO, agent="researcher")
+    scripted.complete(HELLO, agent="implementer", experiment="e2")
+    agents = budget.by_agent()
+    assert agents["implementer"]["calls"] == 2
+    assert agents["implementer"]["input_tokens"] == 1500 and agents["implementer"]["output_tokens"] == 150
+    assert agents["implementer"]["cost_usd"] == pytest.approx(cost_usd(MODEL, 1500, 150))
+    assert agents["researcher"]["cost_usd"] == pytest.approx((2000 * 3 + 300 * 15) / 1e6)
+    experiments = budget.by_experiment()
+    assert set(experiments) == {"e1", "e2"}  # a call outside any experiment is not charged to one
+    assert experiments["e1"]["input_tokens"] == 1000 and experiments["e2"]["output_tokens"] == 50
+    restored = Budget.restore(budget.snapshot())
+    assert restored.spent_usd == pytest.approx(budget.spent_usd) and restored.by_agent() == agents
+
+
+def test_on_call_hook_sees_every_call(fake):
+    seen = []
+    fake.add(message_json("ok", input_tokens=10, output_tokens=2))
+    tools = [{"name": "t", "input_schema": {"type": "object"}}]
+    llm_for(fake, on_call=seen.append).complete(HELLO, system="s", tools=tools, agent="researcher", experiment="e9")
+    ScriptedLLM([message_json("s")], on_call=seen.append).complete(HELLO, agent="implementer")
+    assert len(seen) == 2
+    first = seen[0]
+    assert first["messages"] == HELLO and first["tools"] == tools and first["system"] == "s"
+    assert (first["agent"], first["experiment"], first["input_tokens"], first["output_tokens"]) == \
+        ("researcher", "e9", 10, 2)
+    assert first["cost_usd"] > 0 and first["latency_s"] > 0 and first["response"]["content"][0]["text"] == "ok"
+    assert seen[1]["agent"] == "implementer" and seen[1]["response"]["content"][0]["text"] == "s"
+
+
+def test_scripted_llm_records_requests_and_runs_out_loudly():
+    conversation = [{"role": "user", "content": "one"}]
+    llm = ScriptedLLM([message_json("first"), lambda req: message_json(f"saw {len(req['messages'])} messages")])
+    assert llm.complete(conversation).text == "first"
+    conversation += [{"role": "assistant", "content": "first"}, {"role": "user", "content": "two"}]
+    assert llm.complete(conversation, agent="a").text == "saw 3 messages"
+    assert len(llm.calls[0]["messages"]) == 1  # a copy of what was sent, not the caller's growing list
+    with pytest.raises(LLMError, match="no reply left"):
+        llm.complete(conversation)
+
+
+def test_response_round_trips_through_plain_data():
+    response = LLMResponse([{"type": "text", "text": "x"}], "end_turn", 1, 2, 0.1, 0.2, MODEL)
+    data = {**response.to_dict(), "added_in_a_later_version": True}
+    assert LLMResponse.from_dict(data) == response
+
+
+def test_unknown_model_is_charged_the_default_price(caplog):
+    assert cost_usd("claude-unknown", 1_000_000, 0) == pytest.approx(3.0)
+    assert cost_usd("claude-unknown", 0, 0, cache_read_tokens=1_000_000) == pytest.approx(0.3)
+    assert "no price known" in caplog.text
