@@ -33,8 +33,9 @@ def _root(ctx: typer.Context,
 
 
 def _register() -> None:
-    from . import cli_main, cli_sandbox
+    from . import cli_main, cli_run, cli_sandbox
     cli_main.register(app)
+    cli_run.register(app)
     cli_sandbox.register(app)
     try:
         from . import cli_kb

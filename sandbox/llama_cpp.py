@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from ..config import Paths
 from ..errors import SandboxError
 from .docker_sandbox import DockerSandbox, Mount
@@ -24,7 +26,7 @@ from .patch import commit_patch
 from .readback import read_text_inside
 from .records import (BenchResult, BenchSample, BuildConfig, BuildResult, CommandResult, KLDResult, TestCase,
                       TestResult)
-from .sources import SourceRepo
+from .sources import SourceRepo, git
 from .workers import Worker, cpu_has, cpu_model, cpu_signature, short_digest, worker
 
 # The fast ctest subset that exercises ggml's CPU numerics directly: quantize/dequantize and vec_dot of every
@@ -77,6 +79,7 @@ class BenchOptions:
     threads: int = 2
     flash_attn: bool = True
     repetitions: int = 5
+    ubatch: int = 0  # 0: llama-bench's default
 
 
 class LlamaCppTarget:
@@ -107,66 +110,90 @@ class LlamaCppTarget:
     def _worker(self, index: int) -> Worker:
         return worker(self.paths.builds, self.source, index)
 
-    def _run(self, w: Worker, command: str, *, timeout_s: float, log_name: str,
-             extra: Sequence[Mount] = ()) -> tuple[CommandResult, Path]:
+    def artifact_dir(self, commit: str, config: BuildConfig | None = None) -> Path:
+        """Where a build's binaries are kept, so benchmarks of any two builds can alternate without rebuilding."""
+        return self.paths.cache / "artifacts" / self.source.key / f"{commit[:16]}-{config_key(config or self.config)}"
+
+    def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
+             workdir: str = "/tmp") -> tuple[CommandResult, Path]:
         out = self.paths.cache / "scratch" / uuid.uuid4().hex
         out.mkdir(parents=True)
         ccache = self.paths.ccache / short_digest(cpu_signature())
         ccache.mkdir(parents=True, exist_ok=True)
         self.paths.models.mkdir(parents=True, exist_ok=True)
-        mounts = [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(self.config)), "/build", False),
-                  Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
-                  Mount(out, "/out", False), *extra]
         env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1"}
         if not self.use_ccache:
             env["CCACHE_DISABLE"] = "1"
         log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
-        result = self.sandbox.run(command, mounts=mounts, workdir="/build", timeout_s=timeout_s, env=env,
+        all_mounts = [Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
+                      Mount(out, "/out", False), *mounts]
+        result = self.sandbox.run(command, mounts=all_mounts, workdir=workdir, timeout_s=timeout_s, env=env,
                                   log_path=log)
         return result, out
+
+    def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
+        return [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(config)), "/build", False)]
+
+    def _tool_mounts(self, commit: str, config: BuildConfig | None) -> list[Mount]:
+        """A finished build's binaries at the path they were linked for (/build/bin), read-only."""
+        art = self.artifact_dir(commit, config)
+        if not (art / "bin" / "llama-bench").is_file():
+            raise SandboxError(f"no build of {commit[:10]} ({(config or self.config).note}) to run: build it first")
+        return [Mount(art / "bin", "/build/bin", True)]
 
     @staticmethod
     def _discard(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
     # -- build ---------------------------------------------------------------------------------------------
-    def build(self, commit: str, *, worker: int = 0, targets: Sequence[str] = TOOLS + FAST_TESTS) -> BuildResult:
+    def build(self, commit: str, *, worker: int = 0, targets: Sequence[str] = TOOLS + FAST_TESTS,
+              config: BuildConfig | None = None) -> BuildResult:
+        config = config or self.config
         w = self._worker(worker)
         with w.locked():
             w.checkout(commit)
-            flags = " ".join(self.config.cmake_flags)
-            if self.config.c_flags:
-                flags += f" '-DCMAKE_C_FLAGS={self.config.c_flags}' '-DCMAKE_CXX_FLAGS={self.config.c_flags}'"
-            configure, out = self._run(w, f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure")
+            mounts = self._worker_mounts(w, config)
+            flags = " ".join(config.cmake_flags)
+            if config.c_flags:
+                flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
+            configure, out = self._run(f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure",
+                                       mounts=mounts, workdir="/build")
             self._discard(out)
             if not configure.ok:
                 return self._build_result(False, "timeout" if configure.timed_out else "configure", configure,
-                                          commit)
+                                          commit, config)
+            art = self.artifact_dir(commit, config)
+            art.mkdir(parents=True, exist_ok=True)
             jobs = max(1, int(self.sandbox.limits.cpus))
-            build, out = self._run(w, f"cmake --build /build -j {jobs} --target {' '.join(targets)}",
-                                   timeout_s=self.build_timeout_s, log_name="build")
+            build, out = self._run(f"cmake --build /build -j {jobs} --target {' '.join(targets)} && "
+                                   f"rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
+                                   timeout_s=self.build_timeout_s, log_name="build",
+                                   mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build")
             self._discard(out)
             duration = configure.duration_s + build.duration_s
             if build.ok:
-                return self._build_result(True, "ok", build, commit, duration)
+                return self._build_result(True, "ok", build, commit, config, duration)
             stage = "timeout" if build.timed_out else ("link" if _LINK_ERRORS.search(build.output_tail)
                                                        else "compile")
-            return self._build_result(False, stage, build, commit, duration)
+            return self._build_result(False, stage, build, commit, config, duration)
 
-    def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str,
+    def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str, config: BuildConfig,
                       duration: float | None = None) -> BuildResult:
         return BuildResult(ok=ok, stage=stage, duration_s=round(duration if duration is not None else r.duration_s, 3),
-                           log_tail=r.output_tail[-8000:], config=self.config, commit=commit, log_path=r.log_path)
+                           log_tail=r.output_tail[-8000:], config=config, commit=commit, log_path=r.log_path)
 
     # -- tests ---------------------------------------------------------------------------------------------
-    def test(self, commit: str, *, worker: int = 0, tests: Sequence[str] = FAST_TESTS) -> TestResult:
-        """Run the fast ctest subset on a build of `commit` (build it first)."""
+    def test(self, commit: str, *, worker: int = 0, tests: Sequence[str] = FAST_TESTS,
+             config: BuildConfig | None = None) -> TestResult:
+        """Run the fast ctest subset in the worker's build of `commit` (build it first)."""
+        config = config or self.config
         w = self._worker(worker)
         with w.locked():
             w.checkout(commit)
             pattern = "^(" + "|".join(re.escape(t) for t in tests) + ")$"
-            r, out = self._run(w, f"ctest --test-dir /build -R '{pattern}' --timeout 600 --output-on-failure "
-                                  f"--output-junit /out/junit.xml", timeout_s=self.run_timeout_s, log_name="ctest")
+            r, out = self._run(f"ctest --test-dir /build -R '{pattern}' --timeout 600 --output-on-failure "
+                               f"--output-junit /out/junit.xml", timeout_s=self.run_timeout_s, log_name="ctest",
+                               mounts=self._worker_mounts(w, config), workdir="/build")
             try:
                 cases = _parse_junit(read_text_inside(out, "junit.xml"))
             except (OSError, ET.ParseError):
@@ -180,23 +207,26 @@ class LlamaCppTarget:
                           log_tail=r.output_tail[-6000:], duration_s=r.duration_s)
 
     # -- benchmark -------------------------------------------------------------------------------------------
-    def bench(self, commit: str, *, model: Path, worker: int = 0, options: BenchOptions = BenchOptions()) -> BenchResult:
-        w = self._worker(worker)
+    def bench(self, commit: str, *, model: Path, options: BenchOptions = BenchOptions(),
+              config: BuildConfig | None = None, worker: int = 0) -> BenchResult:
+        """llama-bench on a finished build. Benchmarks are serialized machine-wide: two at once measure each other."""
         rel = self._model_in_container(model)
-        with w.locked():
-            w.checkout(commit)
-            cmd = (f"/build/bin/llama-bench -m {rel} -p {options.n_prompt} -n {options.n_gen} "
-                   f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions} -o json "
-                   f"> /out/bench.json")
-            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="bench")
-            try:
-                text = read_text_inside(out, "bench.json") if r.ok else ""
-            finally:
-                self._discard(out)
+        mounts = self._tool_mounts(commit, config)
+        extra = f" -ub {options.ubatch}" if options.ubatch else ""
+        cmd = (f"/build/bin/llama-bench -m {rel} -p {options.n_prompt} -n {options.n_gen} "
+               f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions}{extra} -o json "
+               f"> /out/bench.json")
+        self.paths.cache.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.paths.cache / "bench.lock")):
+            r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts)
+        try:
+            text = read_text_inside(out, "bench.json") if r.ok else ""
+        finally:
+            self._discard(out)
         if not r.ok:
             raise SandboxError(f"llama-bench failed (exit {r.exit_code}{', timed out' if r.timed_out else ''}): "
                                f"{r.output_tail[-1500:]}")
-        return parse_bench_json(text, options=options, config=self.config, model=model.name)
+        return parse_bench_json(text, options=options, config=config or self.config, model=model.name)
 
     def _model_in_container(self, model: Path) -> str:
         model = Path(model).resolve()
@@ -206,64 +236,71 @@ class LlamaCppTarget:
         return "/models/" + str(model.relative_to(models))
 
     # -- models --------------------------------------------------------------------------------------------
-    def quantize(self, commit: str, *, source_model: Path, dest: Path, quant: str, worker: int = 0) -> Path:
-        """Quantize a model in the model cache with this build's llama-quantize; the result lands at `dest`."""
-        w = self._worker(worker)
+    def quantize(self, commit: str, *, source_model: Path, dest: Path, quant: str,
+                 config: BuildConfig | None = None) -> Path:
+        """Quantize a model in the model cache with a build's llama-quantize; the result lands at `dest`."""
         rel = self._model_in_container(source_model)
-        with w.locked():
-            w.checkout(commit)
-            r, out = self._run(w, f"/build/bin/llama-quantize {rel} /out/model.gguf {quant} 2",
-                               timeout_s=self.run_timeout_s, log_name="quantize")
-            try:
-                produced = out / "model.gguf"
-                if not r.ok or produced.is_symlink() or not produced.is_file():
-                    raise SandboxError(f"llama-quantize failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(produced, dest)
-            finally:
-                self._discard(out)
+        r, out = self._run(f"/build/bin/llama-quantize {rel} /out/model.gguf {quant} 2",
+                           timeout_s=self.run_timeout_s, log_name="quantize", mounts=self._tool_mounts(commit, config))
+        try:
+            produced = out / "model.gguf"
+            if not r.ok or produced.is_symlink() or not produced.is_file():
+                raise SandboxError(f"llama-quantize failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(produced, dest)
+        finally:
+            self._discard(out)
         return dest
 
     # -- logits ----------------------------------------------------------------------------------------------
-    def kld_base(self, commit: str, *, model: Path, worker: int = 0, ctx: int = 128, chunks: int = 8) -> Path:
-        """The baseline's logits (llama-perplexity --kl-divergence-base), cached per commit, config and model."""
-        dest = (self.paths.cache / "kld" / f"{commit[:12]}-{config_key(self.config)}-{model.stem}-c{ctx}x{chunks}"
-                / "base.kld")
+    def _kld_text(self) -> Path:
+        """The evaluation text: documentation of the baseline tree, fixed for the whole life of the source."""
+        path = self.paths.cache / "kld" / f"text-{self.source.baseline[:12]}" / "text.txt"
+        if not path.exists():
+            parts = [git(self.source.path, "show", f"{self.source.baseline}:{f}", check=False).stdout
+                     for f in ("README.md", "docs/build.md", "CONTRIBUTING.md")]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n".join(p for p in parts if p))
+        return path
+
+    def _perplexity(self, commit: str, config: BuildConfig | None, model: Path, args: str, ctx: int, chunks: int,
+                    flash_attn: bool, extra: Sequence[Mount], log_name: str) -> tuple[CommandResult, Path]:
+        rel = self._model_in_container(model)
+        text = self._kld_text()
+        cmd = (f"/build/bin/llama-perplexity -m {rel} -f /text/text.txt -c {ctx} --chunks {chunks} -t 2 "
+               f"-fa {'on' if flash_attn else 'off'} {args}")
+        return self._run(cmd, timeout_s=self.run_timeout_s, log_name=log_name,
+                         mounts=[*self._tool_mounts(commit, config), Mount(text.parent, "/text", True), *extra])
+
+    def kld_base(self, commit: str, *, model: Path, config: BuildConfig | None = None, ctx: int = 128,
+                 chunks: int = 8, flash_attn: bool = True) -> Path:
+        """The baseline's logits (llama-perplexity --kl-divergence-base), cached per build, model and settings."""
+        config = config or self.config
+        dest = (self.paths.cache / "kld" / f"{commit[:12]}-{config_key(config)}-{model.stem}-c{ctx}x{chunks}"
+                f"-fa{int(flash_attn)}" / "base.kld")
         if dest.exists():
             return dest
-        w = self._worker(worker)
-        rel = self._model_in_container(model)
-        with w.locked():
-            w.checkout(commit)
-            cmd = (f"cat /src/README.md /src/docs/build.md /src/CONTRIBUTING.md > /tmp/text.txt && "
-                   f"/build/bin/llama-perplexity -m {rel} -f /tmp/text.txt -c {ctx} --chunks {chunks} -t 2 "
-                   f"--kl-divergence-base /out/base.kld")
-            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="kld-base")
-            try:
-                if not r.ok:
-                    raise SandboxError(f"llama-perplexity (baseline logits) failed: {r.output_tail[-1500:]}")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = out / "base.kld"
-                if src.is_symlink() or not src.is_file():
-                    raise SandboxError("the baseline logits file is missing or not a regular file")
-                shutil.copyfile(src, dest, follow_symlinks=False)
-            finally:
-                self._discard(out)
+        r, out = self._perplexity(commit, config, model, "--kl-divergence-base /out/base.kld", ctx, chunks,
+                                  flash_attn, (), "kld-base")
+        try:
+            if not r.ok:
+                raise SandboxError(f"llama-perplexity (baseline logits) failed: {r.output_tail[-1500:]}")
+            src = out / "base.kld"
+            if src.is_symlink() or not src.is_file():
+                raise SandboxError("the baseline logits file is missing or not a regular file")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        finally:
+            self._discard(out)
         return dest
 
-    def logits_check(self, commit: str, *, model: Path, base_logits: Path, worker: int = 0, ctx: int = 128,
-                     chunks: int = 8, thresholds: "KLDThresholds | None" = None) -> KLDResult:
+    def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: BuildConfig | None = None,
+                     ctx: int = 128, chunks: int = 8, flash_attn: bool = True,
+                     thresholds: "KLDThresholds | None" = None) -> KLDResult:
         thresholds = thresholds or KLDThresholds()
-        w = self._worker(worker)
-        rel = self._model_in_container(model)
-        with w.locked():
-            w.checkout(commit)
-            cmd = (f"cat /src/README.md /src/docs/build.md /src/CONTRIBUTING.md > /tmp/text.txt && "
-                   f"/build/bin/llama-perplexity -m {rel} -f /tmp/text.txt -c {ctx} --chunks {chunks} -t 2 "
-                   f"--kl-divergence-base /kld/base.kld --kl-divergence")
-            r, out = self._run(w, cmd, timeout_s=self.run_timeout_s, log_name="kld",
-                               extra=[Mount(base_logits.parent, "/kld", True)])
-            self._discard(out)
+        r, out = self._perplexity(commit, config, model, "--kl-divergence-base /kld/base.kld --kl-divergence", ctx,
+                                  chunks, flash_attn, [Mount(base_logits.parent, "/kld", True)], "kld")
+        self._discard(out)
         if not r.ok:
             return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
                              f"llama-perplexity failed (exit {r.exit_code}): {r.output_tail[-1500:]}")

@@ -196,3 +196,16 @@ def import_model(path: Path, models_dir: Path) -> Path:
     except OSError:  # another file system
         shutil.copyfile(path, dest)
     return dest
+
+
+def bytes_read_per_token(path: Path) -> int:
+    """Weight bytes one generated token reads: every tensor, except that the embedding lookup reads one row."""
+    import gguf as _gguf
+    reader = _gguf.GGUFReader(str(path))
+    total = 0
+    for t in reader.tensors:
+        n = int(t.n_bytes)
+        if t.name == "token_embd.weight":
+            n //= max(1, int(t.shape[-1]) if len(t.shape) > 1 else 1)  # one row of n_vocab
+        total += n
+    return total

@@ -161,20 +161,24 @@ def test_no_container_is_left_behind_when_the_host_process_is_killed(docker_clie
     def mine():
         return [c for c in docker_client.containers.list(all=True, filters={"label": LABEL})
                 if f":{proc.pid}:" in c.labels.get(OWNER_LABEL, "")]
-    deadline = time.monotonic() + 60
-    while not mine() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert mine(), "the child never started its container"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert mine()  # killed hard: nothing in the dead process could clean up...
-    # ...so the next sandbox's housekeeping does (also for a container created but never started).
-    dead_created = docker_client.containers.create(base_image, ["true"], labels={LABEL: "1",
-                                                   OWNER_LABEL: f"{socket.gethostname()}:{proc.pid}:0"})
-    assert collect_garbage(docker_client) >= 2
-    assert not mine()
-    with pytest.raises(Exception):
-        dead_created.reload()
+    try:
+        deadline = time.monotonic() + 60
+        while not mine() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert mine(), "the child never started its container"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert mine()  # killed hard: nothing in the dead process could clean up...
+        # ...so the next sandbox's housekeeping does (also for a container created but never started).
+        dead_created = docker_client.containers.create(base_image, ["true"], labels={LABEL: "1",
+                                                       OWNER_LABEL: f"{socket.gethostname()}:{proc.pid}:0"})
+        assert collect_garbage(docker_client) >= 2
+        assert not mine()
+        with pytest.raises(Exception):
+            dead_created.reload()
+    finally:
+        if proc.poll() is None:  # the test failed before its kill: do not leave the child behind
+            proc.kill()
 
 
 def test_every_container_the_sandbox_started_was_locked_down():

@@ -1,0 +1,179 @@
+"""`readfirst run`, `readfirst runs`, `readfirst report`: the research-driven loop and what it leaves behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import ReadfirstError
+from ..sandbox.model import validate_gguf
+from .cli_common import AppContext, app_context
+from .cli_sandbox import _check_quant
+from .deps import model_maker, open_llama_target, open_sandbox
+from .ledger import Ledger
+from .report import experiment_table
+from .runner import RunNotFound, execute, list_runs, new_run_id, read_meta, run_dir, write_meta
+from .workflow import RunDeps, RunOptions
+
+
+def run(ctx: typer.Context,
+        target: str = typer.Option("llama.cpp", "--target", help="What to optimize (llama.cpp)."),
+        source: str = typer.Option("llama.cpp", "--source", help="llama.cpp (the pinned sdist), a git URL, or a "
+                                                                "local path."),
+        ref: Optional[str] = typer.Option(None, "--ref", help="Git ref with a git URL or repository path."),
+        model: Optional[Path] = typer.Option(None, "--model", help="A real GGUF instead of the synthetic model."),
+        quant: str = typer.Option("Q4_0", "--quant", callback=_check_quant, help="Synthetic model quantization."),
+        budget_experiments: int = typer.Option(6, "--budget-experiments", min=1, help="Stop after N experiments."),
+        budget_minutes: float = typer.Option(120, "--budget-minutes", min=1, help="Stop after M minutes."),
+        budget_usd: float = typer.Option(5.0, "--budget-usd", min=0, help="Stop once the LLM spent X dollars."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Experiments per wave (builds in parallel, "
+                                                                "benchmarks one at a time)."),
+        forks: list[str] = typer.Option([], "--fork", help="A fork to read before researching (ik_llama.cpp, a "
+                                                           "path or a git URL), against the target's source."),
+        papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
+        offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks, build and runtime "
+                                                              "experiments."),
+        n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="Prompt tokens per benchmark."),
+        n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="Generated tokens per benchmark."),
+        threads: int = typer.Option(2, "-t", "--threads", min=1),
+        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most."),
+        calibration_pairs: int = typer.Option(4, "--calibration-pairs", min=0, help="A/A pairs for the noise "
+                                                                                    "floor (0: skip)."),
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by its id."),
+        as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON.")) -> None:
+    """Read, hypothesize, experiment and keep what wins, until the budget is spent.
+
+    Without ANTHROPIC_API_KEY pass --offline: the loop then runs real experiments from fork hunks, build
+    configurations and runtime parameters. Ctrl-C saves; `--resume RUN_ID` continues where it stopped.
+    """
+    app = app_context(ctx)
+    if target != "llama.cpp":
+        raise ReadfirstError(f"unknown target {target!r}; known: llama.cpp")
+    if not offline and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise ReadfirstError("no ANTHROPIC_API_KEY is set: set it, or pass --offline to run without an LLM")
+    if model is not None:
+        validate_gguf(model)  # before any work starts
+    if resume:
+        directory = run_dir(app.paths, resume)
+        meta = read_meta(directory)
+        if meta.get("status") == "finished":
+            raise ReadfirstError(f"run {resume} has finished; see `readfirst report {resume}`")
+        options = None
+        src = meta.get("source", source)
+        run_id = resume
+        app.say(f"resuming run {run_id}")
+    else:
+        run_id = new_run_id()
+        directory = app.paths.runs / run_id
+        directory.mkdir(parents=True)
+        options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
+                             budget_usd=budget_usd, workers=workers, offline=offline, n_prompt=n_prompt,
+                             n_gen=n_gen, threads=threads, calibration_pairs=calibration_pairs, max_runs=max_runs)
+        meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": target,
+                "model": str(model) if model else None, "quant": quant, "forks": forks, "papers": papers,
+                "status": "starting"}
+        write_meta(directory, meta)
+        src = source
+        app.say(f"run {run_id} → {directory}")
+    sandbox = open_sandbox(app.paths, say=app.say)
+    tgt = open_llama_target(app.paths, sandbox, source=src, ref=meta.get("ref"), say=app.say)
+    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []), upstream=src)
+    ledger = Ledger(directory / "ledger.sqlite")
+    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say,
+                   make_model=model_maker(app.paths, model=Path(meta["model"]) if meta.get("model") else None,
+                                          quant=meta.get("quant", quant), say=app.say))
+    try:
+        summary = execute(deps, directory, run_id, options=options, meta=meta)
+    except KeyboardInterrupt:
+        app.err.print(f"interrupted: progress is saved; continue with `readfirst run --resume {run_id}`")
+        raise typer.Exit(130)
+    finally:
+        ledger.close()
+    if as_json:
+        app.emit_json(summary)
+    else:
+        _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows())
+
+
+def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str):
+    """Ingest what the run names first (one writer at a time), then open the store for reading."""
+    from ..knowledge_base.embedder import SentenceTransformerEmbedder
+    from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
+    from ..knowledge_base.store import KnowledgeBase
+    embedder = SentenceTransformerEmbedder()
+    recipes = [fork_recipe(f, upstream=upstream, subdirs=["ggml/src"]) for f in forks]
+    recipes += paper_recipes(papers) if papers else []
+    if recipes:
+        kb = KnowledgeBase(app.paths.knowledge_base, embedder, writable=True)
+        try:
+            for recipe in recipes:
+                app.say(f"reading {recipe.get('fork') or recipe.get('item')} into the knowledge base")
+                source, summary = run_recipe(kb, recipe, app.paths)
+                app.say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
+                        f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
+        finally:
+            kb.close()
+    kb = KnowledgeBase(app.paths.knowledge_base, embedder)
+    return kb if kb.count() else None
+
+
+def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
+    app.console.print(experiment_table(rows, title=f"run {summary['run_id']}"))
+    best = summary.get("best_speedup")
+    app.console.print(f"stopped: {summary['stop_reason']}; {summary['experiments']} experiments, "
+                      f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
+    if summary.get("calibration"):
+        app.console.print(f"noise floor: {summary['calibration']}")
+    for p in summary.get("best_patches") or []:
+        app.console.print(f"patch: {p}")
+    app.console.print(f"results: {summary['results_tsv']}" + (f"; plot: {summary['report']}" if summary.get("report") else ""))
+
+
+def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List runs with their status, experiments and best speedup."""
+    app = app_context(ctx)
+    items = list_runs(app.paths)
+    if as_json:
+        app.emit_json(items)
+        return
+    table = Table(title=f"runs in {app.paths.runs}")
+    for col in ("run", "status", "source", "experiments", "kept", "best", "stopped"):
+        table.add_column(col)
+    for m in items:
+        s = m.get("summary") or {}
+        best = s.get("best_speedup")
+        table.add_row(m["run_id"], m.get("status", "?"), str(m.get("source", "")), str(s.get("experiments", "")),
+                      str(len(s.get("kept", []))) if s else "", "" if best is None else f"{best:+.1%}",
+                      s.get("stop_reason", ""))
+    app.console.print(table)
+
+
+def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id (see `readfirst runs`)."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print a run's experiment table and write its plot (report.png in the run directory)."""
+    app = app_context(ctx)
+    directory = run_dir(app.paths, run_id)
+    ledger = Ledger(directory / "ledger.sqlite")
+    rows = ledger.rows()
+    ledger.close()
+    meta = read_meta(directory)
+    from .report import write_plot
+    state = {"baseline": ((meta.get("summary") or {}).get("baseline")) or {}}
+    plot = write_plot(rows, state, directory / "report.png")
+    if as_json:
+        app.emit_json({"run": meta, "experiments": rows, "plot": str(plot) if plot else None})
+        return
+    app.console.print(experiment_table(rows, title=f"run {run_id} ({meta.get('status')})"))
+    if plot:
+        app.console.print(f"plot: {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("runs")(runs)
+    app.command("report")(report)

@@ -1,0 +1,111 @@
+"""The ledger: every experiment of a run, durable before the next starts.
+
+SQLite (WAL, busy timeout) in the run directory; the schema migrates forward by number, so old ledgers stay
+readable. A row is keyed by the hypothesis key: a node re-run after a crash finds its recorded result instead of
+adding a second row. Exports: results.tsv, and the kept patches as `git am`-able files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS = [
+    """
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        seq INTEGER NOT NULL,
+        wave INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        title TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        speedup REAL, ci_low REAL, ci_high REAL,
+        usd REAL NOT NULL DEFAULT 0,
+        tokens INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        row JSON NOT NULL
+    );
+    """,
+]
+
+TSV_COLUMNS = ("id", "wave", "kind", "title", "decision", "speedup", "ci_low", "ci_high", "tg_base", "tg_cand",
+               "build_s", "bench_s", "usd", "reason")
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            for statement in (s for s in sql.split(";") if s.strip()):
+                self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version={number}")
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        got = self.db.execute("SELECT row FROM experiments WHERE key=?", (key,)).fetchone()
+        return json.loads(got[0]) if got else None
+
+    def record(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Insert once per key; a second record of the same key returns the first (idempotent re-runs)."""
+        existing = self.find(row["key"])
+        if existing is not None:
+            return existing
+        seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM experiments").fetchone()[0]
+        row = {**row, "id": row.get("id") or f"E{seq:03d}", "seq": seq}
+        llm = row.get("llm") or {}
+        self.db.execute(
+            "INSERT INTO experiments (id, key, seq, wave, kind, title, decision, reason, speedup, ci_low, ci_high,"
+            " usd, tokens, created_at, row) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["id"], row["key"], seq, row.get("wave", 0), row["kind"], row["title"], row["decision"],
+             row["reason"], row.get("speedup"), row.get("ci_low"), row.get("ci_high"), float(llm.get("usd", 0)),
+             int(llm.get("tokens", 0)), time.time(), json.dumps(row, default=str)))
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT row FROM experiments ORDER BY seq")]
+
+    def export_tsv(self, dest: Path) -> Path:
+        with open(dest, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(TSV_COLUMNS)
+            for r in self.rows():
+                tg = _arm_means(r)
+                w.writerow([r["id"], r.get("wave", 0), r["kind"], r["title"], r["decision"],
+                            _fmt(r.get("speedup")), _fmt(r.get("ci_low")), _fmt(r.get("ci_high")),
+                            _fmt(tg[0], 2), _fmt(tg[1], 2), _fmt((r.get("durations") or {}).get("build"), 1),
+                            _fmt((r.get("durations") or {}).get("bench"), 1),
+                            _fmt((r.get("llm") or {}).get("usd", 0), 4), r["reason"].replace("\t", " ")])
+        return dest
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _arm_means(row: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Mean generation throughput of each arm over the measured (non-warm-up) runs."""
+    runs = (row.get("verdict") or {}).get("runs") or []
+    out = []
+    for which in ("baseline", "candidate"):
+        vals = [v for r in runs if r["which"] == which and not r["warmup"]
+                for k, v in r["values"].items() if k.startswith("tg")]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out[0], out[1]

@@ -1,0 +1,146 @@
+"""A run: its directory, its dependencies, the checkpointed graph, and what it leaves behind.
+
+runs/<id>/ holds everything needed to show, resume and replay it: meta.json (options, status, parent),
+checkpoints.sqlite (LangGraph's, one thread per run), ledger.sqlite (every experiment), and on completion
+results.tsv, best.json, patches/ (the kept patch stack, `git am`-able onto the baseline) and report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from ..config import Paths
+from ..errors import ReadfirstError
+from ..sandbox.sources import git
+from .ledger import Ledger
+from .workflow import RunDeps, RunOptions, build_graph
+
+Say = Callable[[str], None]
+
+
+class RunNotFound(ReadfirstError):
+    pass
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def run_dir(paths: Paths, run_id: str) -> Path:
+    d = paths.runs / run_id
+    if not d.is_dir() or "/" in run_id or run_id.startswith("."):
+        raise RunNotFound(f"no run {run_id!r} in {paths.runs} (see `readfirst runs`)")
+    return d
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"run_id": directory.name, "status": "unknown"}
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    tmp = directory / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, directory / "meta.json")
+
+
+def open_checkpointer(directory: Path) -> tuple[SqliteSaver, sqlite3.Connection]:
+    conn = sqlite3.connect(directory / "checkpoints.sqlite", check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return SqliteSaver(conn), conn
+
+
+def execute(deps: RunDeps, directory: Path, run_id: str, *, options: RunOptions | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume, when `options` is None) the graph to its end; export what the run produced."""
+    saver, conn = open_checkpointer(directory)
+    with closing(conn):
+        graph = build_graph(deps, checkpointer=saver)
+        config = {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000}
+        initial = None if options is None else {"run_id": run_id, "options": asdict(options),
+                                                 "started_at": deps.clock()}
+        meta.update(status="running", pid=os.getpid())
+        write_meta(directory, meta)
+        try:
+            graph.invoke(initial, config, durability="sync")
+        except KeyboardInterrupt:
+            meta.update(status="interrupted")
+            write_meta(directory, meta)
+            raise
+        except BaseException as e:
+            meta.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+            write_meta(directory, meta)
+            raise
+        state = graph.get_state(config).values
+    summary = export(deps, directory, state)
+    meta.update(status="finished", finished_at=time.time(), summary=summary)
+    write_meta(directory, meta)
+    return summary
+
+
+def export(deps: RunDeps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
+    ledger = deps.ledger
+    rows = ledger.rows()
+    ledger.export_tsv(directory / "results.tsv")
+    best = state.get("best", {})
+    baseline = state.get("baseline", {})
+    patches = directory / "patches"
+    patches.mkdir(exist_ok=True)
+    for old in patches.glob("*.patch"):
+        old.unlink()
+    patch_files: list[str] = []
+    if best and baseline and best.get("commit") != baseline.get("commit"):
+        git(deps.target.source.path, "format-patch", "-q", "-o", str(patches),
+                  f"{baseline['commit']}..{best['commit']}")
+        patch_files = [str(p) for p in sorted(patches.glob("*.patch"))]
+    (directory / "best.json").write_text(json.dumps({"baseline": baseline, "best": best}, indent=2, default=str))
+    kept = [r for r in rows if r["decision"] == "keep" and r["id"] in set(best.get("stack", []))]
+    total = None
+    if kept:
+        total = 1.0
+        for r in kept:
+            total *= 1 + (r["speedup"] or 0)
+        total -= 1
+    from .report import write_plot
+    plot = write_plot(rows, state, directory / "report.png")
+    return {"run_id": state.get("run_id", directory.name), "experiments": len(rows),
+            "kept": [r["id"] for r in kept], "best_speedup": total,
+            "best_interval": [kept[-1]["ci_low"], kept[-1]["ci_high"]] if len(kept) == 1 else None,
+            "stop_reason": state.get("stop_reason", ""), "best_patches": patch_files,
+            "best_config": best.get("config"), "best_options": best.get("options"),
+            "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
+            "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", [])}
+
+
+def list_runs(paths: Paths) -> list[dict[str, Any]]:
+    if not paths.runs.is_dir():
+        return []
+    runs = []
+    for d in sorted(paths.runs.iterdir()):
+        if d.is_dir():
+            meta = read_meta(d)
+            if meta.get("status") == "running" and meta.get("pid") and not _alive(meta["pid"]):
+                meta["status"] = "crashed"
+            runs.append(meta)
+    return runs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,258 @@
+"""The wiring: nodes and edges of the research-driven loop, in one function.
+
+profile → research → competitors → hypothesize ─Send×K→ experiment → decide ─┬→ hypothesize (a win: go on)
+                                      ↑                                         ├→ research (no win: read again)
+                                      └─────────────────────────────────────────┴→ END (budget spent, exhausted)
+
+Nodes are thin: they read the state, call a role with the dependencies in RunDeps, and return an update. Every
+node is safe to re-run after a crash: the profile and the experiments find their recorded results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from ..agents import competitor_analyst, offline_policy, researcher
+from ..agents.evaluator import BASELINE, EvaluatorConfig, calibrate
+from ..agents.experiment import run_experiment
+from ..agents.findings import finding
+from ..agents.profiling import make_profile, measure_read_bandwidth
+from ..sandbox.baseline import establish_baseline
+from ..sandbox.llama_cpp import BenchOptions, LlamaCppTarget
+from ..sandbox.model import bytes_read_per_token
+from ..sandbox.records import to_dict
+from ..sandbox.sources import git
+from .ledger import Ledger
+from .state import RunState
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    """What `readfirst run` was asked to do; stored in the state so a resumed run keeps its settings."""
+    budget_experiments: int = 6
+    budget_minutes: float = 120.0
+    budget_usd: float = 5.0
+    workers: int = 1
+    offline: bool = True
+    n_prompt: int = 512
+    n_gen: int = 128
+    threads: int = 2
+    flash_attn: bool = True
+    calibration_pairs: int = 4
+    max_runs: int = 26
+    max_research_rounds: int = 3
+
+
+@dataclass
+class RunDeps:
+    target: LlamaCppTarget
+    ledger: Ledger
+    run_dir: Path
+    make_model: Callable[[LlamaCppTarget, str], Path]
+    kb: Any = None                       # a KnowledgeStore, or None when the knowledge base is empty
+    llm: Any = None                      # an LLM, or None for the offline policy
+    implement: Callable | None = None    # LLM implementer: (hypothesis, base commit) -> (patch, info)
+    plan: Callable | None = None         # LLM planner: (facts, findings, tried, n) -> hypotheses
+    spent_usd: Callable[[], float] = lambda: 0.0
+    say: Say = lambda _: None
+    clock: Callable[[], float] = time.time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _options(state: RunState) -> RunOptions:
+    return RunOptions(**state["options"])
+
+
+def build_graph(deps: RunDeps, checkpointer=None):
+    say = deps.say
+
+    def evaluator_config(opts: RunOptions) -> EvaluatorConfig:
+        return EvaluatorConfig(max_runs=opts.max_runs)
+
+    # -- profile ---------------------------------------------------------------------------------------------------
+    def profile(state: RunState) -> dict[str, Any]:
+        opts = _options(state)
+        target = deps.target
+        say("profile: building and checking the baseline")
+        baseline, model = establish_baseline(target, say=say, build_model=deps.make_model)
+        run_opts = BenchOptions(n_prompt=opts.n_prompt, n_gen=opts.n_gen, threads=opts.threads,
+                                flash_attn=opts.flash_attn, repetitions=3)
+        say("profile: benchmarking the baseline and measuring read bandwidth")
+        bench = target.bench(baseline.commit, model=model, options=run_opts)
+        read_gbs = measure_read_bandwidth(target.sandbox, target.paths.cache / "probes", threads=opts.threads)
+        prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+        for fact in prof.facts:
+            say(f"fact: {fact}")
+        calibration = ""
+        if opts.calibration_pairs > 0:
+            say(f"profile: A/A calibration ({opts.calibration_pairs} pairs) for the noise floor")
+            single = replace(run_opts, repetitions=1)
+            cal = calibrate(lambda _w: {s.test: s.mean_ts for s in
+                                        target.bench(baseline.commit, model=model, options=single).samples},
+                            evaluator_config(opts), pairs=opts.calibration_pairs)
+            calibration = cal.describe()
+            say(f"noise floor: {calibration}")
+        best = {"commit": baseline.commit, "config": to_dict(baseline.config),
+                "options": asdict(replace(run_opts, repetitions=1)), "stack": [],
+                "metrics": {s.test: s.mean_ts for s in bench.samples}}
+        base = {**best, "tests": to_dict(baseline.tests), "model": str(model),
+                "fallback": baseline.fallback_reason}
+        return {"baseline": base, "best": best, "profile": {**prof.to_dict(), "bench": to_dict(bench)},
+                "calibration": calibration,
+                "findings": [finding("profiler", "profile", " ".join(prof.facts), extra={"facts": prof.facts})],
+                "wave": 0, "experiments": 0, "research_round": 0}
+
+    # -- research ----------------------------------------------------------------------------------------------------
+    def research(state: RunState) -> dict[str, Any]:
+        if deps.kb is None:
+            say("research: the knowledge base is empty; only build and runtime experiments are possible")
+            return {}
+        round_ = state.get("research_round", 0)
+        say(f"research: reading papers and docs (round {round_ + 1})")
+        found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_)
+        known = {f["id"] for f in state.get("findings", [])}
+        return {"findings": [f for f in found if f["id"] not in known]}
+
+    def competitors(state: RunState) -> dict[str, Any]:
+        if deps.kb is None:
+            return {}
+        round_ = state.get("research_round", 0)
+        say(f"competitors: reading fork diffs and backend gaps (round {round_ + 1})")
+        found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_)
+        known = {f["id"] for f in state.get("findings", [])}
+        return {"findings": [f for f in found if f["id"] not in known]}
+
+    # -- hypothesize ---------------------------------------------------------------------------------------------------
+    def hypothesize(state: RunState) -> dict[str, Any]:
+        opts = _options(state)
+        stop = _budget_spent(state, opts)
+        if stop:
+            return {"stop_reason": stop, "hypotheses": []}
+        tried = set(state.get("tried", []))
+        findings = state.get("findings", [])
+        profile_finding = next(f["id"] for f in findings if f["role"] == "profiler")
+        best = state["best"]
+
+        def read_file(path: str) -> str | None:
+            got = git(deps.target.source.path, "show", f"{best['commit']}:{path}", check=False)
+            return got.stdout if got.returncode == 0 else None
+
+        ranked: list[dict[str, Any]] = []
+        if deps.plan is not None:
+            ranked = [h for h in deps.plan(state["profile"]["facts"], findings, tried, 2 * opts.workers)
+                      if h["key"] not in tried]
+        ranked += offline_policy.propose(findings, best=best, tried=tried, profile_finding=profile_finding,
+                                         read_file=read_file)
+        if not ranked:
+            if state.get("research_round", 0) + 1 < opts.max_research_rounds and deps.kb is not None:
+                return {"hypotheses": [], "research_round": state.get("research_round", 0) + 1}
+            return {"hypotheses": [], "stop_reason": "hypotheses exhausted"}
+        say(f"hypothesize: {len(ranked)} untried; next: " + "; ".join(h["title"] for h in ranked[:opts.workers]))
+        return {"hypotheses": ranked, "wave": state.get("wave", 0) + 1}
+
+    def after_hypothesize(state: RunState):
+        if state.get("stop_reason"):
+            return END
+        queue = state.get("hypotheses", [])
+        if not queue:
+            return "research"
+        opts = _options(state)
+        room = opts.budget_experiments - state.get("experiments", 0)
+        wave = queue[:max(1, min(opts.workers, room))]
+        return [Send("experiment", {"hypothesis": h, "worker": i, "wave": state["wave"], "best": state["best"],
+                                    "baseline": state["baseline"], "options": state["options"]})
+                for i, h in enumerate(wave)]
+
+    # -- experiment (one per Send) ---------------------------------------------------------------------------------------
+    def experiment(payload: dict[str, Any]) -> dict[str, Any]:
+        h = payload["hypothesis"]
+        key = f"{payload['best']['commit'][:12]}:{_config_id(payload['best'])}:{h['key']}"
+        recorded = deps.ledger.find(key)
+        if recorded is None:
+            opts = RunOptions(**payload["options"])
+            say(f"wave {payload['wave']}: {h['title']}")
+            row = run_experiment(h, target=deps.target, best=payload["best"], baseline=payload["baseline"],
+                                 model=Path(payload["baseline"]["model"]), worker=payload["worker"],
+                                 evaluator_config=evaluator_config(opts),
+                                 bench_options=BenchOptions(n_prompt=opts.n_prompt, n_gen=opts.n_gen),
+                                 implement=deps.implement, say=say)
+            recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"]})
+        return {"wave_results": [_summary(recorded)], "tried": [h["key"]]}
+
+    # -- decide ------------------------------------------------------------------------------------------------------
+    def decide(state: RunState) -> dict[str, Any]:
+        results = state.get("wave_results", [])
+        done = state.get("experiments", 0) + len(results)
+        update: dict[str, Any] = {"wave_results": None, "experiments": done}
+        kept = [r for r in results if r["decision"] == "keep"]
+        if kept:
+            win = max(kept, key=lambda r: r["speedup"] or 0)
+            cand = win["candidate"]
+            best = {"commit": cand["commit"], "config": cand["config"], "options": cand["options"],
+                    "stack": state["best"]["stack"] + [win["id"]], "metrics": state["best"].get("metrics", {})}
+            say(f"decide: kept {win['id']} ({win['title']}), {_pct(win['speedup'])} "
+                f"[{_pct(win['ci_low'])}, {_pct(win['ci_high'])}]; the next wave starts from it")
+            update.update(best=best, kept=[win["id"]], last_wave_won=True)
+        else:
+            update["last_wave_won"] = False
+            say("decide: no win in this wave; reading again")
+            update["research_round"] = state.get("research_round", 0) + 1
+        stop = _budget_spent({**state, "experiments": done}, _options(state))
+        if stop:
+            update["stop_reason"] = stop
+        return update
+
+    def after_decide(state: RunState) -> str:
+        if state.get("stop_reason"):
+            return END
+        return "hypothesize" if state.get("last_wave_won") else "research"
+
+    def _budget_spent(state: RunState, opts: RunOptions) -> str:
+        if state.get("experiments", 0) >= opts.budget_experiments:
+            return f"experiment budget spent ({opts.budget_experiments})"
+        if deps.clock() - state.get("started_at", deps.clock()) > opts.budget_minutes * 60:
+            return f"time budget spent ({opts.budget_minutes:g} min)"
+        if deps.spent_usd() >= opts.budget_usd:
+            return f"dollar budget spent (${opts.budget_usd:g})"
+        return ""
+
+    g = StateGraph(RunState)
+    g.add_node("profile", profile)
+    g.add_node("research", research)
+    g.add_node("competitors", competitors)
+    g.add_node("hypothesize", hypothesize)
+    g.add_node("experiment", experiment)
+    g.add_node("decide", decide)
+    g.add_edge(START, "profile")
+    g.add_edge("profile", "research")
+    g.add_edge("research", "competitors")
+    g.add_edge("competitors", "hypothesize")
+    g.add_conditional_edges("hypothesize", after_hypothesize, ["experiment", "research", END])
+    g.add_edge("experiment", "decide")
+    g.add_conditional_edges("decide", after_decide, ["hypothesize", "research", END])
+    return g.compile(checkpointer=checkpointer)
+
+
+def _config_id(best: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([best["config"], best["options"]], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    """What the state keeps of an experiment; the ledger keeps everything."""
+    return {k: row.get(k) for k in ("id", "key", "kind", "title", "decision", "reason", "speedup", "ci_low",
+                                    "ci_high", "candidate")}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1%}"

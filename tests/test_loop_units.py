@@ -1,0 +1,106 @@
+"""The loop's pieces that need no sandbox: ledger, reducers, offline policy, profile facts, findings."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from readfirst.agents.findings import finding
+from readfirst.agents.offline_policy import anchored_patch, hunk_sides, interleave, propose
+from readfirst.agents.profiling import make_profile
+from readfirst.graph.ledger import Ledger
+from readfirst.graph.state import extend_or_reset
+from readfirst.sandbox.records import BenchResult, BenchSample, BuildConfig
+
+ROW = {"key": "k1", "kind": "runtime", "title": "t", "decision": "discard", "reason": "r", "speedup": 0.01,
+       "ci_low": -0.01, "ci_high": 0.03, "wave": 1}
+
+
+def test_ledger_records_once_per_key_and_survives_reopening(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    first = ledger.record(ROW)
+    again = ledger.record({**ROW, "reason": "a re-run after a crash"})
+    assert first["id"] == again["id"] == "E001" and again["reason"] == "r"
+    second = ledger.record({**ROW, "key": "k2"})
+    assert second["id"] == "E002"
+    ledger.close()
+    reopened = Ledger(tmp_path / "l.sqlite")
+    assert [r["id"] for r in reopened.rows()] == ["E001", "E002"]
+    tsv = reopened.export_tsv(tmp_path / "results.tsv").read_text().splitlines()
+    assert tsv[0].startswith("id\twave\tkind") and len(tsv) == 3 and tsv[1].split("\t")[0] == "E001"
+
+
+def test_ledger_schema_is_versioned(tmp_path):
+    Ledger(tmp_path / "l.sqlite").close()
+    version = sqlite3.connect(tmp_path / "l.sqlite").execute("PRAGMA user_version").fetchone()[0]
+    assert version >= 1
+
+
+def test_wave_results_append_and_reset():
+    assert extend_or_reset([1], [2]) == [1, 2]
+    assert extend_or_reset([1, 2], None) == []
+    assert extend_or_reset(None, [3]) == [3]
+
+
+CHUNK = """// fork ik_llama.cpp vs llama.cpp: ggml/src/ggml-cpu/ops.cpp:10-14 rms_norm
+@@ -10,5 +10,5 @@ static void rms_norm
+ int a = 1;
+-int b = 2;
++int b = 3;
+ int c = 4;"""
+
+
+def test_fork_hunk_is_anchored_once_and_becomes_a_real_diff():
+    old, new = hunk_sides(CHUNK)
+    assert old == ["int a = 1;", "int b = 2;", "int c = 4;"] and new[1] == "int b = 3;"
+    current = "x\nint a = 1;\nint b = 2;\nint c = 4;\ny\n"
+    patch = anchored_patch("f.c", current, old, new)
+    assert patch.startswith("diff --git a/f.c b/f.c\n--- a/f.c\n+++ b/f.c\n")
+    assert "-int b = 2;\n+int b = 3;\n" in patch
+    # Twice in the file: ambiguous, so not a candidate; absent: not a candidate either.
+    assert anchored_patch("f.c", current + current, old, new) is None
+    assert anchored_patch("f.c", "nothing here\n", old, new) is None
+
+
+def test_pure_additions_and_non_diffs_have_no_anchor():
+    assert hunk_sides("// x\n@@ -1,0 +1,2 @@\n+new line\n+another") is None
+    assert hunk_sides("just text") is None
+
+
+def test_propose_interleaves_kinds_cites_findings_and_skips_tried():
+    fork_finding = finding("competitor_analyst", "q", "fork does X",
+                           extra={"fork_hunks": [{"id": "c1", "path": "f.c", "symbol": "rms_norm", "text": CHUNK}]})
+    best = {"config": {"cmake_flags": ["-DGGML_NATIVE=ON"]}, "options": {"threads": 2, "flash_attn": True}}
+    read = lambda path: "int a = 1;\nint b = 2;\nint c = 4;\n" if path == "f.c" else None  # noqa: E731
+    ranked = propose([fork_finding], best=best, tried=set(), profile_finding="Fprof", read_file=read, cpus=2)
+    kinds = [h["kind"] for h in ranked]
+    assert kinds[:3] == ["patch", "build", "runtime"]
+    assert ranked[0]["citations"] == [fork_finding["id"]] and all(h["citations"] for h in ranked)
+    again = propose([fork_finding], best=best, tried={ranked[0]["key"], ranked[1]["key"]}, profile_finding="Fprof",
+                    read_file=read, cpus=2)
+    assert {h["key"] for h in again}.isdisjoint({ranked[0]["key"], ranked[1]["key"]})
+    assert len(again) == len(ranked) - 2
+    assert interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]
+
+
+def _bench(tg: float, pp: float) -> BenchResult:
+    return BenchResult([BenchSample("pp512", 512, 0, [pp], pp, 0), BenchSample("tg128", 0, 128, [tg], tg, 0)],
+                       2, True, "AMD EPYC", "x", BuildConfig(), "m.gguf")
+
+
+@pytest.mark.parametrize("tg,memory_bound", [(70.0, True), (20.0, False)])
+def test_profile_states_the_roofline(tg, memory_bound):
+    p = make_profile(_bench(tg, 290.0), read_gbs=50.0, bytes_per_token=600 * 2**20)
+    assert p.tg_limit == pytest.approx(50e9 / (600 * 2**20))
+    assert f"{100 * tg / p.tg_limit:.0f}% of that limit" in " ".join(p.facts)
+    assert any("memory-bound" in f for f in p.facts) is memory_bound
+    assert any("compute-bound" in f for f in p.facts)
+
+
+def test_findings_ids_are_stable_and_content_derived():
+    a = finding("r", "q", "claim", [{"id": "c", "path": "p.c", "repo": "r", "start_line": 1, "end_line": 2}])
+    b = finding("r", "q", "claim", [{"id": "c", "path": "p.c", "repo": "r", "start_line": 1, "end_line": 2}])
+    c = finding("r", "q", "other claim")
+    assert a["id"] == b["id"] != c["id"]
+    assert a["citations"][0]["origin"] == "r p.c:1-2"
