@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..knowledge_base import ingest as recipes
@@ -45,17 +46,17 @@ def _progress(app: AppContext, title: str):
     """A spinner with a count of units and the current one, on stderr (stdout stays clean for --json)."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} units"),
                   TimeElapsedColumn(), console=app.err, transient=True) as bar:
-        task = bar.add_task(title, total=None)
+        task = bar.add_task(escape(title), total=None)
 
         def step(unit: str) -> None:
-            bar.update(task, advance=1, description=f"{title} · {unit.split('::')[-1][-60:]}")
+            bar.update(task, advance=1, description=escape(f"{title} · {unit.split('::')[-1][-60:]}"))
         yield step
 
 
 def _report(app: AppContext, source: str, summary: IngestSummary, *, as_json: bool) -> dict[str, Any]:
     data = {"source": source, **summary.as_dict()}
     if not as_json:
-        app.console.print(f"[bold]{source}[/bold]: {summary.added} added, {summary.unchanged} unchanged, "
+        app.console.print(f"[bold]{escape(source)}[/bold]: {summary.added} added, {summary.unchanged} unchanged, "
                           f"{summary.replaced} replaced, {summary.removed} removed, "
                           f"{len(summary.skipped)} skipped ({summary.chunks_added} chunks written, "
                           f"{summary.chunks_deleted} deleted)", soft_wrap=True)
@@ -160,7 +161,7 @@ def query(ctx: typer.Context,
         what = r.get("symbol") or r.get("section") or ""
         cite = " ".join(x for x in (r.get("repo") or r.get("paper_id") or r.get("title", ""), where, what) if x)
         # soft_wrap: a path or identifier cut by the terminal's width could not be copied back.
-        app.console.print(f"[bold]{i:>2}.[/bold] {r['score']:.4f} [cyan]{r['kind']}[/cyan] {cite}",
+        app.console.print(f"[bold]{i:>2}.[/bold] {r['score']:.4f} [cyan]{r['kind']}[/cyan] {escape(cite)}",
                           markup=True, highlight=False, soft_wrap=True)
         for line in r["snippet"].splitlines()[:4]:
             app.console.print(f"      {line}", markup=False, highlight=False, soft_wrap=True)

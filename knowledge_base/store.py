@@ -87,8 +87,12 @@ class KnowledgeBase:
         self.chroma_url = chroma_url
         self.writable = writable
         self.batch_size = batch_size
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._lock: FileLock | None = None
+        self.lexical: LexicalIndex | None = None
+        self._collection = None
+        if not writable and not chroma_url and not (self.directory / "chroma").is_dir():
+            return  # nothing ingested here yet: a reader creates nothing and finds nothing
+        self.directory.mkdir(parents=True, exist_ok=True)
         if writable:
             self._acquire_lock()
         try:
@@ -166,9 +170,9 @@ class KnowledgeBase:
             self.lexical.add(zip(got["ids"], got["documents"], got["metadatas"]))
 
     def close(self) -> None:
-        lexical = getattr(self, "lexical", None)
-        if lexical is not None:
-            lexical.close()
+        if self.lexical is not None:
+            self.lexical.close()
+            self.lexical = None
         if self._lock is not None:
             (self.directory / "write.pid").unlink(missing_ok=True)
             self._lock.release()
@@ -338,6 +342,21 @@ class KnowledgeBase:
                             "lexical_rank": lexical_rank.get(cid)})
         return results
 
+    def chunks(self, *, vectors: bool = False):
+        """Every stored chunk as (id, text, metadata[, vector]), page by page."""
+        if self._collection is None:
+            return
+        offset, page = 0, 2000
+        include = ["documents", "metadatas"] + (["embeddings"] if vectors else [])
+        while True:
+            got = self._collection.get(include=include, limit=page, offset=offset)
+            rows = zip(got["ids"], got["documents"], got["metadatas"],
+                       *([got["embeddings"]] if vectors else []))
+            yield from rows
+            if len(got["ids"]) < page:
+                return
+            offset += page
+
     def stats(self) -> dict[str, Any]:
         by_kind: dict[str, int] = {}
         by_source: dict[str, int] = {}
@@ -345,7 +364,8 @@ class KnowledgeBase:
             by_kind[meta.get("kind", "?")] = by_kind.get(meta.get("kind", "?"), 0) + 1
             by_source[meta.get("source", "?")] = by_source.get(meta.get("source", "?"), 0) + 1
         return {"location": self.chroma_url or str(self.directory), "embedder": self.embedder.name,
-                "chunks": self.count(), "lexical_chunks": self.lexical.count(), "by_kind": by_kind,
+                "chunks": self.count(), "lexical_chunks": self.lexical.count() if self.lexical else 0,
+                "by_kind": by_kind,
                 "by_source": by_source, "sources": self.sources()}
 
 
