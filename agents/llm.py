@@ -16,12 +16,16 @@ finishes, so a run overshoots by at most one call per parallel worker.
 from __future__ import annotations
 
 import copy
+import html
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from string import Template
 from typing import Any
 
 from ..errors import ReadfirstError
@@ -173,6 +177,23 @@ class Budget:
 
 def _zero() -> dict[str, float]:
     return {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------
+
+def render_prompt(name: str, **values: Any) -> str:
+    """agents/prompts/<name>.md with $placeholders filled; a missing value is an error, not a silent blank."""
+    text = (resources.files("readfirst.agents") / "prompts" / f"{name}.md").read_text(encoding="utf-8")
+    return Template(text).substitute({k: str(v) for k, v in values.items()}).strip()
+
+
+def data_block(tag: str, text: str, *, limit: int = 8000, **attrs: Any) -> str:
+    """Untrusted text (papers, forks, build logs) fenced in <tag ...>...</tag>. Any tag inside the text that
+    could open or close such a fence is neutralized, so quoted text cannot end its block and pose as ours."""
+    body = text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters cut]"
+    body = re.sub(r"<(/?)\s*(untrusted-source|build-log|current-diff)", r"&lt;\1\2", body, flags=re.IGNORECASE)
+    attributes = "".join(f' {k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items() if v is not None)
+    return f"<{tag}{attributes}>\n{body}\n</{tag}>"
 
 
 # -- Messages API shapes (used by the scripted model, the fake server and tests) ---------------------------------

@@ -1,0 +1,332 @@
+"""The implementer role, LLM mode: a model turns one hypothesis into edits of a git worktree, and the edits become
+the patch (`git diff` of the tree).
+
+The model acts only through the tools below, each confined to the tree: a path that is absolute, has a '..'
+component, reaches into .git, or resolves (through symlinks) outside the tree is refused, and the refusal goes
+back to the model as the tool's result. Nothing the model says is ever run on the host: the only effects are file
+edits inside the tree. Text from papers, forks and build logs is fenced as untrusted data in the prompts.
+
+Errors: BudgetExceeded and LLMUnavailable propagate (they end the run); any other failed call, a step limit, or a
+model that changed nothing is an Implementation with `error` set, which the caller records as a failed experiment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..sandbox.sources import git
+from .llm import LLMError, data_block, render_prompt
+
+AGENT = "implementer"
+MAX_READ_LINES = 300
+MAX_READ_CHARS = 24_000
+MAX_SEARCH_MATCHES = 80
+MAX_LIST_ENTRIES = 400
+MAX_WRITE_BYTES = 1_000_000
+# Older tool outputs are replaced by a stub once all of them together pass this size: a 20-step loop that reads
+# big files would otherwise outgrow the context window, and pay for every byte again at each step.
+KEEP_TOOL_OUTPUT_CHARS = 200_000
+ELIDED = "[output elided to save context; call the tool again if you still need it]"
+
+_PATH = {"type": "string", "description": "path relative to the root of the target tree"}
+TOOL_SPECS: list[dict[str, Any]] = [
+    {"name": "read_file", "description": f"Read a text file with line numbers (at most {MAX_READ_LINES} lines "
+     "per call; page with start_line/end_line).",
+     "input_schema": {"type": "object", "properties": {"path": _PATH, "start_line": {"type": "integer"},
+                                                       "end_line": {"type": "integer"}}, "required": ["path"]}},
+    {"name": "search", "description": "Search file contents with an extended regular expression (a fixed string "
+     "when it is not a valid regex). Returns path:line:text, bounded.",
+     "input_schema": {"type": "object", "properties": {
+         "pattern": {"type": "string"},
+         "path_glob": {"type": "string", "description": "limit to paths matching this glob, e.g. ggml/src/**/*.c"}},
+         "required": ["pattern"]}},
+    {"name": "list_dir", "description": "List a directory of the tree ('.' is the root); directories end in '/'.",
+     "input_schema": {"type": "object", "properties": {"path": _PATH}, "required": ["path"]}},
+    {"name": "replace_in_file", "description": "Replace one exact, unique occurrence of `old` with `new`.",
+     "input_schema": {"type": "object", "properties": {"path": _PATH, "old": {"type": "string"},
+                                                       "new": {"type": "string"}},
+                      "required": ["path", "old", "new"]}},
+    {"name": "write_file", "description": "Create or overwrite a file with `content`.",
+     "input_schema": {"type": "object", "properties": {"path": _PATH, "content": {"type": "string"}},
+                      "required": ["path", "content"]}},
+]
+
+
+class ToolRefused(Exception):
+    """A tool call the tree does not allow; its message is the tool result the model sees."""
+
+
+@dataclass
+class Implementation:
+    patch: str | None          # git diff of the tree against its HEAD; None when the tree is unchanged
+    summary: str               # the model's final text
+    steps: int                 # model calls made
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {name, input, ok[, message]}
+    error: str | None = None   # set: not a candidate (the tree may still hold partial edits)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.patch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TreeTools:
+    """The model's only access to the target: read, search, list, and edit files inside `tree`."""
+
+    def __init__(self, tree: Path, *, protected: Sequence[str] = ()):
+        self.root = Path(tree).resolve()
+        self.protected = tuple(protected)
+
+    def call(self, name: str, arguments: Any) -> tuple[bool, str]:
+        """(ok, text) for one tool_use; refusals and I/O errors become text for the model, never exceptions."""
+        handler = {"read_file": self.read_file, "search": self.search, "list_dir": self.list_dir,
+                   "replace_in_file": self.replace_in_file, "write_file": self.write_file}.get(name)
+        if handler is None:
+            return False, f"unknown tool {name!r}; the tools are read_file, search, list_dir, replace_in_file, write_file"
+        if not isinstance(arguments, Mapping):
+            return False, "tool input must be an object"
+        try:
+            inspect.signature(handler).bind(**arguments)
+        except TypeError as e:  # missing or unknown argument names
+            return False, f"bad arguments for {name}: {e}"
+        try:
+            return True, handler(**arguments)
+        except ToolRefused as e:
+            return False, str(e)
+        except (OSError, UnicodeError, ValueError) as e:
+            return False, f"{name} failed: {e}"
+
+    def resolve(self, path: Any, *, write: bool = False) -> Path:
+        if not isinstance(path, str) or not path.strip() or "\x00" in path:
+            raise ToolRefused("a path relative to the tree root is required")
+        pure = PurePosixPath(path.replace("\\", "/"))
+        if pure.is_absolute() or path.startswith("~") or re.match(r"^[A-Za-z]:", path):
+            raise ToolRefused(f"refused: {path!r} is absolute; use a path relative to the tree root")
+        if ".." in pure.parts:
+            raise ToolRefused(f"refused: {path!r} contains '..'; paths must stay inside the tree")
+        if ".git" in (p.lower() for p in pure.parts):
+            raise ToolRefused(f"refused: {path!r} is git metadata, not source")
+        full = (self.root / pure).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise ToolRefused(f"refused: {path!r} resolves outside the tree (through a symlink)")
+        relative = full.relative_to(self.root).as_posix()
+        if ".git" in relative.lower().split("/"):
+            raise ToolRefused(f"refused: {path!r} resolves into git metadata")
+        if write:
+            for pattern in self.protected:
+                if fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(pure.as_posix(), pattern):
+                    raise ToolRefused(f"refused: {path!r} is protected ({pattern}); tests and benchmarks are "
+                                      "read-only")
+        return full
+
+    def _text(self, full: Path, path: str) -> str:
+        if not full.is_file():
+            raise ToolRefused(f"{path!r} is not a file" + ("" if full.exists() else " (it does not exist)"))
+        data = full.read_bytes()
+        if b"\x00" in data[:8192]:
+            raise ToolRefused(f"{path!r} is a binary file")
+        return data.decode("utf-8", errors="replace")
+
+    def read_file(self, path: str, start_line: int | None = None, end_line: int | None = None) -> str:
+        lines = self._text(self.resolve(path), path).splitlines()
+        start = max(1, int(start_line or 1))
+        end = min(len(lines), int(end_line) if end_line else start + MAX_READ_LINES - 1, start + MAX_READ_LINES - 1)
+        shown, size = [], 0
+        for number in range(start, end + 1):
+            line = f"{number:6d}\t{lines[number - 1]}"
+            if size + len(line) > MAX_READ_CHARS:
+                end = number - 1
+                break
+            shown.append(line)
+            size += len(line) + 1
+        if not lines:
+            return f"{path} is empty"
+        note = f"[{path}: lines {start}-{end} of {len(lines)}]"
+        if end < len(lines):
+            note += f" [more: read_file with start_line={end + 1}]"
+        return note + "\n" + "\n".join(shown)
+
+    def search(self, pattern: str, path_glob: str | None = None) -> str:
+        if not isinstance(pattern, str) or not pattern:
+            raise ToolRefused("pattern must be a non-empty string")
+        pathspec = []
+        if path_glob:
+            self.resolve(path_glob.rstrip("/") or ".")  # same rules as any path; the glob is matched by git
+            pathspec = [f":(glob){path_glob}"]
+        note = ""
+        for mode in ("-E", "-F"):
+            # argv, never a shell: the pattern is one argument after -e. Bounded per file and in time.
+            proc = subprocess.run(["git", "-C", str(self.root), "grep", "-n", "-I", "--untracked", "--no-color",
+                                   "--max-count=20", mode, "-e", pattern, "--", *pathspec],
+                                  capture_output=True, text=True, errors="replace", timeout=30)
+            if proc.returncode != 128:
+                break
+            note = "[not a valid regular expression; searched as a fixed string]\n"
+        if proc.returncode not in (0, 1):
+            raise ToolRefused(f"search failed: {proc.stderr.strip()[-300:]}")
+        matches = proc.stdout.splitlines()
+        if not matches:
+            return note + "no matches"
+        shown = [m if len(m) <= 240 else m[:240] + " [...]" for m in matches[:MAX_SEARCH_MATCHES]]
+        more = len(matches) - len(shown)
+        return note + "\n".join(shown) + (f"\n[{more} more matches not shown; narrow the pattern or path_glob]"
+                                          if more > 0 else "")
+
+    def list_dir(self, path: str = ".") -> str:
+        full = self.resolve(path)
+        if not full.is_dir():
+            raise ToolRefused(f"{path!r} is not a directory")
+        entries = sorted(e for e in full.iterdir() if e.name != ".git")
+        shown = [e.name + ("/" if e.is_dir() else "") for e in entries[:MAX_LIST_ENTRIES]]
+        more = len(entries) - len(shown)
+        return "\n".join(shown) + (f"\n[{more} more entries]" if more > 0 else "") if shown else "(empty)"
+
+    def replace_in_file(self, path: str, old: str, new: str) -> str:
+        full = self.resolve(path, write=True)
+        if not isinstance(old, str) or not isinstance(new, str) or not old:
+            raise ToolRefused("old must be a non-empty string and new a string")
+        text = self._text(full, path)
+        count = text.count(old)
+        if count == 0:
+            raise ToolRefused(f"the old text was not found in {path}; read the file again and copy the exact text, "
+                              "whitespace included, without line numbers")
+        if count > 1:
+            raise ToolRefused(f"the old text occurs {count} times in {path}; include more surrounding lines so it "
+                              "is unique")
+        line = text[:text.index(old)].count("\n") + 1
+        full.write_text(text.replace(old, new, 1), encoding="utf-8", newline="")
+        return f"replaced 1 occurrence in {path} at line {line}"
+
+    def write_file(self, path: str, content: str) -> str:
+        full = self.resolve(path, write=True)
+        if not isinstance(content, str):
+            raise ToolRefused("content must be a string")
+        if len(content.encode()) > MAX_WRITE_BYTES:
+            raise ToolRefused(f"content is larger than {MAX_WRITE_BYTES} bytes")
+        if full.is_dir():
+            raise ToolRefused(f"{path!r} is a directory")
+        self.resolve(PurePosixPath(path).parent.as_posix() or ".", write=True)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        existed = full.exists()
+        full.write_text(content, encoding="utf-8", newline="")
+        if not existed:
+            # intent-to-add: a new file shows up in `git diff HEAD` without staging its content
+            git(self.root, "add", "--intent-to-add", "--", full.relative_to(self.root).as_posix())
+        return f"{'overwrote' if existed else 'created'} {path} ({len(content.encode())} bytes)"
+
+
+def tree_diff(tree: Path) -> str | None:
+    """The tree's edits against its HEAD as a git patch (external diff drivers and colour off)."""
+    diff = git(Path(tree), "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary").stdout
+    return diff or None
+
+
+def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps: int = 20,
+              context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
+              protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
+    """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn."""
+    citations = [data_block("untrusted-source", str(c.get("text", "")), id=c.get("id"), origin=c.get("origin"))
+                 for c in hypothesis.get("citations") or []]
+    excerpts = [data_block("untrusted-source", str(c.get("text", "")), limit=4000, id=c.get("id"),
+                           origin=_origin(c)) for c in context]
+    task = render_prompt("implementer_task", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
+                         rationale=hypothesis.get("rationale", ""),
+                         files=", ".join(hypothesis.get("files") or []) or "(none given)",
+                         citations="\n\n".join(citations) or "(none)", context="\n\n".join(excerpts) or "(none)")
+    return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
+                     experiment=experiment or hypothesis.get("id"))
+
+
+def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: str, *, max_steps: int = 10,
+           experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
+    """Continue from the tree as it is (the failed change still in it), given the tail of the build's log."""
+    task = render_prompt("implementer_repair", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
+                         rationale=hypothesis.get("rationale", ""),
+                         diff=(tree_diff(tree) or "(no changes)")[:20_000],
+                         build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
+    return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
+                     experiment=experiment or hypothesis.get("id"))
+
+
+def _origin(chunk: Mapping[str, Any]) -> str:
+    if chunk.get("origin"):
+        return str(chunk["origin"])
+    parts = [chunk.get(k) for k in ("kind", "repo", "source", "path") if chunk.get(k)]
+    return " ".join(str(p) for p in parts) or "unknown"
+
+
+def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_tokens: int,
+              experiment: str | None) -> Implementation:
+    system = render_prompt("implementer_system")
+    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
+    result = Implementation(patch=None, summary="", steps=0)
+
+    def finish(error: str | None = None) -> Implementation:
+        result.patch = tree_diff(tools.root)
+        if error is None and result.patch is None:
+            error = "the model made no change" + (f": {result.summary[:500]}" if result.summary else "")
+        result.error = error
+        return result
+
+    while result.steps < max_steps:
+        try:
+            response = llm.complete(messages, system=system, tools=TOOL_SPECS, max_tokens=max_tokens, agent=AGENT,
+                                    experiment=experiment)
+        except LLMError as e:
+            if type(e) is not LLMError:  # LLMUnavailable: a configuration problem that every later call shares
+                raise
+            return finish(f"model call failed: {e}")
+        result.steps += 1
+        result.input_tokens += response.input_tokens + response.cache_write_tokens + response.cache_read_tokens
+        result.output_tokens += response.output_tokens
+        result.cost_usd += response.cost_usd
+        if response.text:
+            result.summary = response.text
+        messages.append({"role": "assistant", "content": response.content})
+        uses = response.tool_uses
+        if uses:
+            cut = response.stop_reason == "max_tokens"
+            answers = []
+            for use in uses:
+                ok, text = ((False, "not run: your reply was cut at the output limit; make smaller edits")
+                            if cut else tools.call(use["name"], use.get("input")))
+                result.tool_calls.append({"name": use["name"], "input": use.get("input"), "ok": ok,
+                                          **({} if ok else {"message": text[:300]})})
+                answers.append({"type": "tool_result", "tool_use_id": use["id"], "content": text,
+                                **({} if ok else {"is_error": True})})
+            messages.append({"role": "user", "content": answers})
+            _elide_old_outputs(messages)
+        elif response.stop_reason == "max_tokens":
+            messages.append({"role": "user", "content": "Your reply was cut at the output limit. Continue; keep "
+                                                        "each step short."})
+        elif response.stop_reason == "refusal":
+            return finish(f"the model refused: {response.text[:500]}")
+        else:  # end_turn or a stop sequence: the model is done
+            return finish()
+    return finish(f"the model did not finish within {max_steps} steps")
+
+
+def _elide_old_outputs(messages: list[dict[str, Any]]) -> None:
+    """Stub out the oldest tool outputs (never the latest turn's) until all of them fit KEEP_TOOL_OUTPUT_CHARS."""
+    results = [block for message in messages[:-1] if message["role"] == "user" and isinstance(message["content"], list)
+               for block in message["content"] if block.get("type") == "tool_result"]
+    latest = [b for b in messages[-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+    total = sum(len(str(b["content"])) for b in results + latest)
+    for block in results:
+        if total <= KEEP_TOOL_OUTPUT_CHARS:
+            break
+        if block["content"] != ELIDED:
+            total -= len(str(block["content"])) - len(ELIDED)
+            block["content"] = ELIDED
