@@ -154,7 +154,11 @@ class _Session:
 
 def evaluate(measure: Measure, config: EvaluatorConfig | None = None, *,
              clock: Clock = time.monotonic) -> Verdict:
-    """Interleaved, adaptive A/B of candidate against baseline; the performance verdict (gates come after)."""
+    """Interleaved, adaptive A/B of candidate against baseline; the performance verdict (gates come after).
+
+    An exception from `measure` propagates (a crashed benchmark is the caller's to turn into a result); a
+    measurement that is not positive, finite tokens/s is a ValueError.
+    """
     config = config or EvaluatorConfig()
     session = _Session(measure, config, clock)
     session.warm_up()
@@ -180,12 +184,12 @@ def _performance_verdict(decision: PerfDecision | None, session: _Session, stopp
                          rule: DecisionRule) -> Verdict:
     common = dict(gate="performance", stopped=stopped, runs=session.runs, pairs_used=len(session.pairs),
                   runs_used=len(session.runs), time_spent_s=session.elapsed(), rule=rule)
+    limit = {"max runs": "run cap"}.get(stopped, stopped)
     if decision is None:
-        return Verdict("discard", f"no measured pair fitted the {stopped} before a verdict.", objective=None,
+        return Verdict("discard", f"not one ABBA block fitted the {limit} after the warm-up runs.", objective=None,
                        effects={}, **common)  # type: ignore[arg-type]
     reason = decision.reason
     if decision.outcome == "discard" and stopped != "clear":
-        limit = "run cap" if stopped == "max runs" else stopped
         reason = f"not shown within the {limit} ({len(session.runs)} runs): {reason}"
     return Verdict(decision.outcome, reason, objective=decision.objective, effects=decision.effects,
                    **common)  # type: ignore[arg-type]
