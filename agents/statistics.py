@@ -40,7 +40,7 @@ from ..sandbox.records import KLDResult
 
 Pair = tuple[Mapping[str, float], Mapping[str, float]]  # (baseline, candidate) tokens/s per test, back to back
 
-# Hodges-Lehmann's efficiency relative to the mean on normal noise (3/pi): its standard error is sigma/sqrt(0.955 n).
+# Hodges-Lehmann's efficiency relative to the mean on normal noise (3/pi): its SE is sigma / sqrt(0.955 n).
 HL_EFFICIENCY = 3 / math.pi
 
 

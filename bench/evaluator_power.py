@@ -91,7 +91,8 @@ def trial_row(model: NoiseModel, effect: float, trials: int, seed0: int, max_run
     runs = [v.runs_used for v in verdicts]
     minutes = np.median([v.time_spent_s for v in verdicts]) / 60
     early = sum(v.stopped == "clear" for v in verdicts) / trials
-    label = ("A/A (no effect)" if effect == 0 else f"{effect:+.0%} tg") + (f", cap {max_runs}" if max_runs != 26 else "")
+    label = "A/A (no effect)" if effect == 0 else f"{effect:+.0%} tg"
+    label += f", cap {max_runs}" if max_runs != 26 else ""
     return (f"| {label} | {trials} | {kept / trials:.1%} [{low:.1%}, {high:.1%}] | {1 - kept / trials:.1%} "
             f"| {np.median(runs):.0f} | {minutes:.1f} | {early:.0%} |")
 
@@ -118,7 +119,8 @@ def main() -> None:
     sections = []
     for model in (SHARED_BOX, QUIET):
         rows = [trial_row(model, 0.0, args.aa_trials, 0)]
-        rows += [trial_row(model, e, args.trials, 1_000 * (i + 1)) for i, e in enumerate((0.03, -0.03, 0.10, -0.10))]
+        effects = (0.03, -0.03, 0.10, -0.10)
+        rows += [trial_row(model, e, args.trials, 1_000 * (i + 1)) for i, e in enumerate(effects)]
         # the price of power: a longer run cap, with the A/A rate it costs (more looks)
         rows += [trial_row(model, 0.0, args.aa_trials, 0, max_runs=42),
                  trial_row(model, 0.03, args.trials, 1_000, max_runs=42)]
@@ -129,7 +131,8 @@ def main() -> None:
     body = (
         "**Simulation, not a measurement.** The real `evaluate` loop with its defaults (keep when the 95% "
         "interval's lower bound clears +1% on tg, pp guarded at -3%; 1+1 warm-up runs, ABBA blocks, first look "
-        "at 4 pairs, keep from 6, at most 26 runs unless the row says otherwise) against a noise model; real-build evidence (identical builds, "
+        "at 4 pairs, keep from 6, at most 26 runs unless the row says otherwise) against a noise model; "
+        "real-build evidence (identical builds, "
         "planted ±3% / ±10% slowdowns in a kernel) comes later from the llama.cpp target. "
         f"Runs take {RUN_S:.0f} s of simulated time each. The fitted model: machine level AR(1) with SD 2.5% and "
         "lag-one correlation 0.5, 1.0% within-run noise per test, 3% of runs hit by a neighbour (-10% to -35%), "

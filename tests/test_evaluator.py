@@ -244,3 +244,5 @@ def test_verdict_round_trips_and_tolerates_unknown_fields(kept):
     data["effects"]["tg128"]["also_new"] = "x"
     data["runs"][0]["cpu_temp"] = 60
     assert Verdict.from_dict(data) == kept
+    unmeasured = gates(None, None, None)
+    assert Verdict.from_dict(unmeasured.to_dict()) == unmeasured
