@@ -103,6 +103,17 @@ class Calibration:
     runs: list[Run]
     time_spent_s: float
 
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
+        floors = {k: from_dict(NoiseFloor, {**v, "bias": from_dict(Effect, v["bias"])})
+                  for k, v in (data.get("floors") or {}).items()}
+        return cls(floors, [from_dict(Run, r) for r in data.get("runs") or []], data.get("time_spent_s", 0.0))
+
     def describe(self) -> str:
         return "; ".join(f"{f.metric}: run noise {f.run_cv:.1%}, A/A bias {f.bias.estimate:+.1%} "
                          f"[{f.bias.low:+.1%}, {f.bias.high:+.1%}], smallest detectable effect "

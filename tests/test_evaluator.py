@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from readfirst.agents.evaluator import (BASELINE, CANDIDATE, EvaluatorConfig, Verdict, calibrate, evaluate, gates,
-                                        failed_tests_reason)
+from readfirst.agents.evaluator import (BASELINE, CANDIDATE, Calibration, EvaluatorConfig, Verdict, calibrate,
+                                        evaluate, failed_tests_reason, gates)
 from readfirst.agents.statistics import DecisionRule
 from readfirst.sandbox import records
 from readfirst.sandbox.records import KLDResult
@@ -176,6 +176,7 @@ def test_calibration_measures_only_the_baseline_and_states_the_floor():
     assert 0.008 < tg.run_cv < 0.025 and tg.planned_pairs == 12
     assert 0.015 < tg.detectable_effect < 0.05
     assert "smallest detectable effect" in calibration.describe()
+    assert Calibration.from_dict({**calibration.to_dict(), "new_field": 1}) == calibration
 
 
 # --- gates --------------------------------------------------------------------------------------------------
