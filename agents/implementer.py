@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..sandbox.sources import git
-from .llm import LLMError, data_block, render_prompt
+from .llm import LLMError, chunk_origin, data_block, render_prompt
 
 AGENT = "implementer"
 MAX_READ_LINES = 300
@@ -237,10 +237,12 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
               context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
               protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
     """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn."""
-    citations = [data_block("untrusted-source", str(c.get("text", "")), id=c.get("id"), origin=c.get("origin"))
+    # A citation is a chunk {"id", "origin", "text"}; a bare id (not yet resolved by the caller) is shown as one.
+    citations = [data_block("untrusted-source", str(c.get("text", "")), id=c.get("id"), origin=chunk_origin(c))
+                 if isinstance(c, Mapping) else data_block("untrusted-source", "(text not given)", id=c)
                  for c in hypothesis.get("citations") or []]
     excerpts = [data_block("untrusted-source", str(c.get("text", "")), limit=4000, id=c.get("id"),
-                           origin=_origin(c)) for c in context]
+                           origin=chunk_origin(c)) for c in context]
     task = render_prompt("implementer_task", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
                          rationale=hypothesis.get("rationale", ""),
                          files=", ".join(hypothesis.get("files") or []) or "(none given)",
@@ -258,13 +260,6 @@ def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: 
                          build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
     return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
                      experiment=experiment or hypothesis.get("id"))
-
-
-def _origin(chunk: Mapping[str, Any]) -> str:
-    if chunk.get("origin"):
-        return str(chunk["origin"])
-    parts = [chunk.get(k) for k in ("kind", "repo", "source", "path") if chunk.get(k)]
-    return " ".join(str(p) for p in parts) or "unknown"
 
 
 def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_tokens: int,

@@ -196,6 +196,13 @@ def data_block(tag: str, text: str, *, limit: int = 8000, **attrs: Any) -> str:
     return f"<{tag}{attributes}>\n{body}\n</{tag}>"
 
 
+def chunk_origin(chunk: Mapping[str, Any]) -> str:
+    """Where a knowledge-base chunk comes from, for the fence around it: its origin, else kind/repo/source/path."""
+    if chunk.get("origin"):
+        return str(chunk["origin"])
+    return " ".join(str(chunk[k]) for k in ("kind", "repo", "source", "path") if chunk.get(k)) or "unknown"
+
+
 # -- Messages API shapes (used by the scripted model, the fake server and tests) ---------------------------------
 
 _ids = itertools.count(1)

@@ -1,0 +1,162 @@
+"""LLM-mode research steps that answer in JSON: findings from knowledge-base chunks, ranked hypotheses from
+findings.
+
+A model's JSON is checked, never trusted: an answer that does not parse is asked for once more, then returned as
+a CheckedList with `error` set (the run goes on and the error stays visible). Items that parse but break the rules
+(a finding citing no given chunk, a hypothesis citing no known finding or repeating a tried one) are dropped with
+their reason. BudgetExceeded and LLMUnavailable propagate: they end the run, not one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt, text_block
+
+
+@dataclass
+class CheckedList:
+    items: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # {"item": what the model said, "reason": why}
+    error: str | None = None  # the model's answer was unusable (after one retry) or the call failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize_findings(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]], *, agent: str = "researcher",
+                       experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
+    """Findings {"id", "claim", "citations": [chunk ids]} that the chunks support, each citing at least one."""
+    known = [str(c["id"]) for c in chunks if c.get("id") is not None]
+    excerpts = "\n\n".join(data_block("untrusted-source", str(c.get("text", "")), limit=3000, id=c.get("id"),
+                                      origin=chunk_origin(c)) for c in chunks)
+    task = render_prompt("summarize_task", query=query, chunks=excerpts or "(none)")
+    parsed, error = _ask_for_list(llm, render_prompt("summarize_system"), task, agent=agent, experiment=experiment,
+                                  max_tokens=max_tokens)
+    result = CheckedList(error=error)
+    seen: set[str] = set()
+    for raw in parsed or []:
+        claim = raw.get("claim")
+        if not isinstance(claim, str) or not claim.strip():
+            result.dropped.append({"item": raw, "reason": "no claim"})
+            continue
+        citations = _known_ids(raw.get("citations"), known)
+        if not citations:
+            result.dropped.append({"item": raw, "reason": "cites none of the given chunks"})
+        elif _normal(claim) in seen:
+            result.dropped.append({"item": raw, "reason": "repeats an earlier finding"})
+        else:
+            seen.add(_normal(claim))
+            result.items.append({"id": _stable_id("f", claim), "claim": claim.strip(), "citations": citations})
+    return result
+
+
+def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[str, Any]], tried: Sequence[Any],
+                    *, n: int = 5, experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
+    """At most n hypotheses, best first: {"id", "title", "rationale", "files", "findings" (finding ids),
+    "chunk_ids" (the chunks those findings cite), "expected_gain"}. `tried`: titles, or dicts with a "title"."""
+    by_id = {str(f["id"]): f for f in findings if f.get("id") is not None}
+    tried_titles = {_normal(t.get("title", "") if isinstance(t, Mapping) else str(t)) for t in tried}
+    tried_titles.discard("")
+    findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in by_id.items())
+    task = render_prompt(
+        "hypothesize_task", n=n,
+        facts="\n".join(f"- {f if isinstance(f, str) else json.dumps(f, sort_keys=True)}" for f in facts) or "(none)",
+        findings=data_block("untrusted-source", findings_text, limit=40_000, id="findings") if by_id else "(none)",
+        tried="\n".join(f"- {t}" for t in sorted(tried_titles)) or "(nothing yet)")
+    parsed, error = _ask_for_list(llm, render_prompt("hypothesize_system"), task, agent="hypothesize",
+                                  experiment=experiment, max_tokens=max_tokens)
+    result = CheckedList(error=error)
+    for raw in parsed or []:
+        title = raw.get("title")
+        cited = _known_ids(raw.get("findings"), list(by_id))
+        if not isinstance(title, str) or not title.strip():
+            reason = "no title"
+        elif not cited:
+            reason = "cites no known finding"
+        elif _normal(title) in tried_titles:
+            reason = "repeats a tried or an earlier hypothesis"
+        elif len(result.items) >= n:
+            reason = f"beyond the {n} asked for"
+        else:
+            reason = None
+        if reason:
+            result.dropped.append({"item": raw, "reason": reason})
+            continue
+        tried_titles.add(_normal(title))
+        chunk_ids = list(dict.fromkeys(str(c) for fid in cited for c in by_id[fid].get("citations") or []))
+        files = [f for f in raw.get("files") or [] if isinstance(f, str)] if isinstance(raw.get("files"), list) else []
+        result.items.append({"id": _stable_id("h", title), "title": title.strip(),
+                             "rationale": str(raw.get("rationale") or ""), "files": files, "findings": cited,
+                             "chunk_ids": chunk_ids, "expected_gain": str(raw.get("expected_gain") or "")})
+    return result
+
+
+def parse_json_list(text: str) -> list[dict[str, Any]]:
+    """The list of objects in a model's answer: bare JSON, a fenced block, or the outermost [...] / {...} in prose.
+    An object holding one list ({"hypotheses": [...]}) counts as that list. Raises ValueError saying what is wrong."""
+    candidates = [text.strip()]
+    candidates += [m.strip() for m in re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)]
+    list_start, object_start = text.find("["), text.find("{")
+    if 0 <= list_start < text.rfind("]"):
+        candidates.append(text[list_start:text.rindex("]") + 1])
+    # An object alone, not one cut out of a truncated list: that would silently lose the rest of the list.
+    if 0 <= object_start < text.rfind("}") and not 0 <= list_start < object_start:
+        candidates.append(text[object_start:text.rindex("}") + 1])
+    problem = "the answer is empty" if not text.strip() else "no JSON found"
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError as e:
+            problem = f"invalid JSON ({e})"
+            continue
+        if isinstance(value, dict):
+            lists = [v for v in value.values() if isinstance(v, list)]
+            value = lists[0] if len(lists) == 1 else [value]
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return value
+        problem = "expected a JSON list of objects"
+    raise ValueError(problem)
+
+
+def _ask_for_list(llm: Any, system: str, task: str, *, agent: str, experiment: str | None,
+                  max_tokens: int) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(items, None), or (None, why) after one retry that shows the model what was wrong with its answer."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
+    problem = ""
+    for _ in range(2):
+        try:
+            response = llm.complete(messages, system=system, max_tokens=max_tokens, agent=agent,
+                                    experiment=experiment)
+        except LLMUnavailable:
+            raise
+        except LLMError as e:
+            return None, f"model call failed: {e}"
+        try:
+            return parse_json_list(response.text), None
+        except ValueError as e:
+            problem = str(e)
+        messages += [{"role": "assistant", "content": response.content or [text_block("(empty answer)")]},
+                     {"role": "user", "content": render_prompt("json_retry", problem=problem)}]
+    return None, f"the model's answer was not usable JSON, even after a retry: {problem}"
+
+
+def _known_ids(value: Any, known: Sequence[str]) -> list[str]:
+    if not isinstance(value, list):
+        value = [value] if isinstance(value, (str, int)) else []
+    wanted = {str(v) for v in value}
+    return [k for k in known if k in wanted]
+
+
+def _normal(title: str) -> str:
+    """Titles compare without case, punctuation or spacing: "Fuse RMS-norm + mul" repeats "fuse rms norm mul"."""
+    return " ".join(re.sub(r"[^\w]+", " ", title.casefold()).split())
+
+
+def _stable_id(prefix: str, text: str) -> str:
+    return f"{prefix}-{hashlib.sha1(_normal(text).encode()).hexdigest()[:10]}"
