@@ -49,6 +49,13 @@ class LLM(Protocol):
 
 
 class KnowledgeStore(Protocol):
-    """Chunks with their origins, searchable by meaning and by exact identifiers."""
+    """Chunks with their origins, searchable by meaning and by exact identifiers (embedded Chroma, a server).
+
+    `where`: kind (one of paper, fork-diff, fork-code, backend-gap, doc, or a list), repo, source, path (a glob).
+    Each result: id, score, kind, text, snippet and the origin: repo, revision, path, start_line, end_line,
+    symbol for code; paper_id, title, section for papers (absent fields are missing, not None).
+    """
 
     def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def count(self) -> int: ...
