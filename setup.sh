@@ -35,6 +35,10 @@ say "installing readfirst and its dependencies"
 .venv/bin/readfirst setup
 
 if [ "$run_main" = 1 ]; then
-  say "running the main job: readfirst run"
-  exec .venv/bin/readfirst run
+  # A short run of the loop: read ik_llama.cpp's CPU backend against llama.cpp, then three experiments.
+  # Without an API key the offline policy runs real experiments with no LLM.
+  mode=()
+  [ -n "${ANTHROPIC_API_KEY:-}" ] || mode=(--offline)
+  say "running the main job: readfirst run ${mode[*]} --fork ik_llama.cpp --budget-experiments 3"
+  exec .venv/bin/readfirst run "${mode[@]}" --fork ik_llama.cpp --budget-experiments 3
 fi

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..agents.statistics import kld_failure
 from ..errors import ReadfirstError
 from ..sandbox import engine, image
 from ..sandbox.baseline import establish_baseline
@@ -93,7 +94,7 @@ def bench_cmd(ctx: typer.Context,
             tests = target.test(commit)
             base_logits = target.kld_base(baseline.commit, model=model_path)
             kld = target.logits_check(commit, model=model_path, base_logits=base_logits)
-            report["candidate"].update(tests=to_dict(tests), kld=to_dict(kld))
+            report["candidate"].update(tests=to_dict(tests), kld=to_dict(kld), kld_verdict=kld_failure(kld))
             app.say("benchmarking the patched tree")
             cand = target.bench(commit, model=model_path, options=options)
             report["candidate"]["bench"] = to_dict(cand)
@@ -130,7 +131,7 @@ def _print_bench(app: AppContext, base: BenchResult, cand: BenchResult | None, r
             failed = [c["name"] for c in t["cases"] if not c["passed"]]
             app.console.print(f"tests: {'pass' if t['ok'] else 'FAIL ' + ', '.join(failed)}; "
                               f"KLD mean {k['mean_kld']:.2e} max {k['max_kld']:.2e} p99.9 {k['p999_kld']:.2e}, "
-                              f"same top p {k['same_top_p']:.2f}% → {'ok' if k['ok'] else 'FAIL'}")
+                              f"same top p {k['same_top_p']:.2f}% → {cand_report['kld_verdict'] or 'ok'}")
 
 
 @model_app.command("synth")

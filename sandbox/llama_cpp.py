@@ -8,6 +8,7 @@ files are read back without following symlinks.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -295,25 +296,14 @@ class LlamaCppTarget:
         return dest
 
     def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: BuildConfig | None = None,
-                     ctx: int = 128, chunks: int = 8, flash_attn: bool = True,
-                     thresholds: "KLDThresholds | None" = None) -> KLDResult:
-        thresholds = thresholds or KLDThresholds()
+                     ctx: int = 128, chunks: int = 8, flash_attn: bool = True) -> KLDResult:
         r, out = self._perplexity(commit, config, model, "--kl-divergence-base /kld/base.kld --kl-divergence", ctx,
                                   chunks, flash_attn, [Mount(base_logits.parent, "/kld", True)], "kld")
         self._discard(out)
         if not r.ok:
             return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
                              f"llama-perplexity failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
-        return parse_kld(r.output_tail, thresholds)
-
-
-@dataclass(frozen=True)
-class KLDThresholds:
-    """Allow rounding, not wrong answers: flash attention on vs off (a harmless reordering) gives max KLD ~2e-6."""
-    mean: float = 1e-4
-    max: float = 1e-2
-    p999: float = 5e-3
-    same_top_p: float = 99.0  # percent
+        return parse_kld(r.output_tail)
 
 
 _KLD_LINE = {
@@ -324,7 +314,9 @@ _KLD_LINE = {
 }
 
 
-def parse_kld(output: str, thresholds: KLDThresholds) -> KLDResult:
+def parse_kld(output: str) -> KLDResult:
+    """The KLD figures of llama-perplexity's output. `ok` says the check ran to the end; the evaluator judges
+    the figures (agents.statistics.kld_failure), the sandbox only measures."""
     values = {}
     for key, rx in _KLD_LINE.items():
         m = rx.findall(output)
@@ -332,8 +324,7 @@ def parse_kld(output: str, thresholds: KLDThresholds) -> KLDResult:
             return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
                              f"no '{key}' line in llama-perplexity's output: {output[-1000:]}")
         values[key] = float(m[-1])
-    ok = (values["mean"] <= thresholds.mean and values["max"] <= thresholds.max and values["p999"] <= thresholds.p999
-          and values["same"] >= thresholds.same_top_p)
+    ok = all(math.isfinite(v) for v in values.values())
     tail = output[output.rfind("KLD") - 600:] if "KLD" in output else output[-600:]
     return KLDResult(values["mean"], values["max"], values["p999"], values["same"], ok, tail[-1500:])
 

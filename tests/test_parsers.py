@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from readfirst.sandbox.llama_cpp import KLDThresholds, _parse_junit, parse_bench_json, parse_kld, BenchOptions
+from readfirst.agents.statistics import kld_failure
+from readfirst.sandbox.llama_cpp import BenchOptions, _parse_junit, parse_bench_json, parse_kld
 from readfirst.sandbox.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 
 KLD_OUTPUT = """
@@ -23,20 +24,20 @@ Same top p: 99.902 ±  0.098 %
 
 
 def test_kld_within_thresholds_passes_and_values_are_read():
-    r = parse_kld(KLD_OUTPUT, KLDThresholds())
-    assert r.ok
+    r = parse_kld(KLD_OUTPUT)
+    assert r.ok and kld_failure(r) is None
     assert math.isclose(r.mean_kld, 2e-6) and math.isclose(r.max_kld, 1.9e-5) and math.isclose(r.p999_kld, 1.5e-5)
     assert math.isclose(r.same_top_p, 99.902)
 
 
 def test_kld_over_a_threshold_or_missing_fails():
     broken = KLD_OUTPUT.replace("Maximum KLD:   0.000019", "Maximum KLD:   2.500000")
-    assert not parse_kld(broken, KLDThresholds()).ok
+    assert "max KLD" in kld_failure(parse_kld(broken))
     flipped = KLD_OUTPUT.replace("Same top p: 99.902", "Same top p: 91.000")
-    assert not parse_kld(flipped, KLDThresholds()).ok
+    assert "same top token" in kld_failure(parse_kld(flipped))
     truncated = KLD_OUTPUT.split("Maximum")[0]
-    r = parse_kld(truncated, KLDThresholds())
-    assert not r.ok and "max" in r.log_tail
+    r = parse_kld(truncated)
+    assert not r.ok and "max" in r.log_tail and "did not complete" in kld_failure(r)
 
 
 def test_bench_json_keeps_every_sample():
