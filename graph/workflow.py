@@ -67,6 +67,7 @@ class RunDeps:
     spent_usd: Callable[[], float] = lambda: 0.0
     say: Say = lambda _: None
     clock: Callable[[], float] = time.time
+    wrap_node: Callable[[str, Callable], Callable] = lambda name, fn: fn  # the trace recorder's hook
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,12 +229,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
         return ""
 
     g = StateGraph(RunState)
-    g.add_node("profile", profile)
-    g.add_node("research", research)
-    g.add_node("competitors", competitors)
-    g.add_node("hypothesize", hypothesize)
-    g.add_node("experiment", experiment)
-    g.add_node("decide", decide)
+    for name, fn in (("profile", profile), ("research", research), ("competitors", competitors),
+                     ("hypothesize", hypothesize), ("experiment", experiment), ("decide", decide)):
+        g.add_node(name, deps.wrap_node(name, fn))
     g.add_edge(START, "profile")
     g.add_edge("profile", "research")
     g.add_edge("research", "competitors")

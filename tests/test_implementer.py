@@ -65,6 +65,8 @@ def tree(tmp_path) -> Path:
     (repo / "tests" / "test-ops.c").write_text("int main(void) { return 0; }\n")
     (repo / "link_out").symlink_to(outside, target_is_directory=True)
     (repo / "link_secret.c").symlink_to(outside / "secret.txt")
+    (repo / "dangling.c").symlink_to(outside / "planted-through-dangling.c")
+    (repo / "gitlink").symlink_to(".git")
     sh(repo, "git", "init", "-q", "-b", "main")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
@@ -135,6 +137,8 @@ ESCAPES = [
     ("list_dir", {"path": "link_out"}, "outside the tree"),
     ("search", {"pattern": "SECRET", "path_glob": "../outside/*"}, "'..'"),
     ("write_file", {"path": "link_out/planted.c", "content": "x"}, "outside the tree"),
+    ("write_file", {"path": "dangling.c", "content": "x"}, "outside the tree"),
+    ("write_file", {"path": "gitlink/config", "content": "[core]\n"}, "resolves into git metadata"),
     ("write_file", {"path": ".git/config", "content": "[core]\n\tfsmonitor = touch /tmp/pwned\n"}, "git metadata"),
     ("replace_in_file", {"path": ".git/config", "old": "[core]", "new": "[x]"}, "git metadata"),
     ("write_file", {"path": "tests/test-ops.c", "content": "int main(void) { return 1; }\n"}, "protected"),
@@ -175,6 +179,7 @@ def test_tools_inside_the_tree(tree):
     ok, fixed = tools.call("search", {"pattern": "scale(", "path_glob": "src/**"})
     assert ok and fixed.startswith("[not a valid regular expression") and "src/ops.h:1:" in fixed
     assert tools.call("search", {"pattern": "scale", "path_glob": "tests/*"}) == (True, "no matches")
+    assert tools.call("search", {"pattern": "TOP-SECRET"}) == (True, "no matches")  # symlinks are not followed
     ok, listing = tools.call("list_dir", {"path": "."})
     assert ok and ".git" not in listing and "src/" in listing.splitlines()
     ok, twice = tools.call("replace_in_file", {"path": "src/ops.c", "old": "for (int i = 0; i < n; i++) {",
@@ -249,3 +254,16 @@ def test_old_tool_outputs_are_elided_but_not_the_latest():
     _elide_old_outputs(messages)
     contents = [m["content"][0]["content"] for m in messages[2::2]]
     assert contents == [ELIDED, ELIDED, big, big]
+
+
+def test_elision_leaves_earlier_requests_as_they_were_sent():
+    output = "y" * (KEEP_TOOL_OUTPUT_CHARS - 100)
+    messages = [{"role": "user", "content": "task"},
+                {"role": "assistant", "content": [tool_use_block("read_file", {"path": "a"}, id="t0")]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t0", "content": output}]}]
+    kept_by_a_trace = list(messages)
+    messages += [{"role": "assistant", "content": [tool_use_block("read_file", {"path": "b"}, id="t1")]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": output}]}]
+    _elide_old_outputs(messages)
+    assert messages[2]["content"][0]["content"] == ELIDED and messages[4]["content"][0]["content"] == output
+    assert kept_by_a_trace[2]["content"][0]["content"] == output
