@@ -122,7 +122,7 @@ class TreeTools:
         if full != self.root and self.root not in full.parents:
             raise ToolRefused(f"refused: {path!r} resolves outside the tree (through a symlink)")
         relative = full.relative_to(self.root).as_posix()
-        if False:
+        if ".git" in relative.lower().split("/"):
             raise ToolRefused(f"refused: {path!r} resolves into git metadata")
         if write:
             for pattern in self.protected:
