@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +24,16 @@ class CheckedList:
     items: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)  # {"item": what the model said, "reason": why}
     error: str | None = None  # the model's answer was unusable (after one retry) or the call failed
+
+    # It reads as the list of its items, so `for finding in summarize_findings(...)` works; `error` stays visible.
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,12 +66,18 @@ def summarize_findings(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]]
     return result
 
 
-def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[str, Any]], tried: Sequence[Any],
+def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[str, Any]], tried: Iterable[Any],
                     *, n: int = 5, experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
-    """At most n hypotheses, best first: {"id", "title", "rationale", "files", "findings" (finding ids),
-    "chunk_ids" (the chunks those findings cite), "expected_gain"}. `tried`: titles, or dicts with a "title"."""
+    """At most n hypotheses, best first, each {"id", "key", "kind": "llm", "source": "llm", "title", "rationale",
+    "files", "expected_gain", "citations" (finding ids), "chunk_ids" (the chunks those findings cite), "evidence"
+    (the cited findings as {"id", "origin", "text"} for the implementer's prompt)}.
+    `tried`: titles, hypothesis keys, or dicts with a "title"; a hypothesis matching any of them is dropped."""
     by_id = {str(f["id"]): f for f in findings if f.get("id") is not None}
-    tried_titles = {_normal(t.get("title", "") if isinstance(t, Mapping) else str(t)) for t in tried}
+    tried_titles, tried_keys = set(), set()
+    for t in tried:
+        text = str(t.get("title", "") if isinstance(t, Mapping) else t)
+        tried_keys.add(text)
+        tried_titles.add(_normal(text))
     tried_titles.discard("")
     findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in by_id.items())
     task = render_prompt(
@@ -75,11 +91,12 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     for raw in parsed or []:
         title = raw.get("title")
         cited = _known_ids(raw.get("findings"), list(by_id))
+        key = hypothesis_key(title) if isinstance(title, str) else ""
         if not isinstance(title, str) or not title.strip():
             reason = "no title"
         elif not cited:
             reason = "cites no known finding"
-        elif _normal(title) in tried_titles:
+        elif _normal(title) in tried_titles or key in tried_keys:
             reason = "repeats a tried or an earlier hypothesis"
         elif len(result.items) >= n:
             reason = f"beyond the {n} asked for"
@@ -89,12 +106,32 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
             result.dropped.append({"item": raw, "reason": reason})
             continue
         tried_titles.add(_normal(title))
-        chunk_ids = list(dict.fromkeys(str(c) for fid in cited for c in by_id[fid].get("citations") or []))
-        files = [f for f in raw.get("files") or [] if isinstance(f, str)] if isinstance(raw.get("files"), list) else []
-        result.items.append({"id": _stable_id("h", title), "title": title.strip(),
-                             "rationale": str(raw.get("rationale") or ""), "files": files, "findings": cited,
-                             "chunk_ids": chunk_ids, "expected_gain": str(raw.get("expected_gain") or "")})
+        result.items.append({
+            "id": f"H{key[:8]}", "key": key, "kind": "llm", "source": "llm", "title": title.strip(),
+            "rationale": str(raw.get("rationale") or ""), "expected_gain": str(raw.get("expected_gain") or ""),
+            "files": [f for f in raw["files"] if isinstance(f, str)] if isinstance(raw.get("files"), list) else [],
+            "citations": cited,
+            "chunk_ids": list(dict.fromkeys(_chunk_id(c) for fid in cited for c in by_id[fid].get("citations") or [])),
+            "evidence": [_evidence(fid, by_id[fid]) for fid in cited]})
     return result
+
+
+def hypothesis_key(title: str) -> str:
+    """The ledger's key for an LLM hypothesis: its normalized title, so a re-worded repeat has the same key."""
+    return hashlib.sha256(json.dumps(["llm", {"title": _normal(title)}]).encode()).hexdigest()[:16]
+
+
+def _chunk_id(citation: Any) -> str:
+    return str(citation.get("id")) if isinstance(citation, Mapping) else str(citation)
+
+
+def _evidence(fid: str, finding: Mapping[str, Any]) -> dict[str, Any]:
+    """A finding as the implementer reads it: the claim, then the origin and snippet of each chunk it cites."""
+    lines = [str(finding.get("claim", ""))]
+    for c in finding.get("citations") or []:
+        if isinstance(c, Mapping):
+            lines.append(f"- {c.get('origin') or c.get('id')}: {c.get('snippet') or c.get('text') or ''}")
+    return {"id": fid, "origin": f"finding of {finding.get('role') or 'research'}", "text": "\n".join(lines)}
 
 
 def parse_json_list(text: str) -> list[dict[str, Any]]:
@@ -158,5 +195,5 @@ def _normal(title: str) -> str:
     return " ".join(re.sub(r"[^\w]+", " ", title.casefold()).split())
 
 
-def _stable_id(prefix: str, text: str) -> str:
+def _stable_id(prefix: str, text: str) -> str:  # findings: content-derived, so a re-run yields the same ids
     return f"{prefix}-{hashlib.sha1(_normal(text).encode()).hexdigest()[:10]}"

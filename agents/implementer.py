@@ -15,8 +15,11 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
+import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -77,6 +80,12 @@ class Implementation:
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.patch)
+
+    def ledger_info(self) -> dict[str, Any]:
+        """The ledger's `llm` column: dollars and tokens first, then what the model did."""
+        return {"usd": round(self.cost_usd, 6), "tokens": self.input_tokens + self.output_tokens,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "steps": self.steps,
+                "error": self.error, "summary": self.summary, "tool_calls": self.tool_calls}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,16 +246,17 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
               context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
               protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
     """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn."""
-    # A citation is a chunk {"id", "origin", "text"}; a bare id (not yet resolved by the caller) is shown as one.
-    citations = [data_block("untrusted-source", str(c.get("text", "")), id=c.get("id"), origin=chunk_origin(c))
-                 if isinstance(c, Mapping) else data_block("untrusted-source", "(text not given)", id=c)
-                 for c in hypothesis.get("citations") or []]
+    # Evidence is a chunk or a finding's digest ({"id", "origin", "text" or "snippet"}); bare ids have nothing to show.
+    evidence = [data_block("untrusted-source", str(c.get("text") or c.get("snippet") or ""), id=c.get("id"),
+                           origin=chunk_origin(c))
+                for c in [*(hypothesis.get("citations") or []), *(hypothesis.get("evidence") or [])]
+                if isinstance(c, Mapping)]
     excerpts = [data_block("untrusted-source", str(c.get("text", "")), limit=4000, id=c.get("id"),
                            origin=chunk_origin(c)) for c in context]
     task = render_prompt("implementer_task", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
                          rationale=hypothesis.get("rationale", ""),
                          files=", ".join(hypothesis.get("files") or []) or "(none given)",
-                         citations="\n\n".join(citations) or "(none)", context="\n\n".join(excerpts) or "(none)")
+                         citations="\n\n".join(evidence) or "(none)", context="\n\n".join(excerpts) or "(none)")
     return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
                      experiment=experiment or hypothesis.get("id"))
 
@@ -260,6 +270,39 @@ def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: 
                          build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
     return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
                      experiment=experiment or hypothesis.get("id"))
+
+
+def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
+                         context: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
+                         max_steps: int = 20, repair_steps: int = 10, scratch: Path | None = None
+                         ) -> Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]:
+    """The experiment's `implement(hypothesis, base_commit) -> (patch or None, ledger info)`. Each call works in a
+    fresh detached worktree of `repo` at the base commit, removed afterwards, so parallel workers never share a
+    tree. A hypothesis carrying "repair_log" and "patch" is a repair: the patch is applied first, then repaired."""
+    def run(hypothesis: dict[str, Any], base_commit: str) -> tuple[str | None, dict[str, Any]]:
+        with _worktree(Path(repo), base_commit, scratch) as tree:
+            if hypothesis.get("repair_log"):
+                # --index: files the patch creates are tracked, so the repaired diff still contains them
+                git(tree, "apply", "--index", "--whitespace=nowarn", "-", input=hypothesis.get("patch") or "")
+                result = repair(llm, hypothesis, tree, hypothesis["repair_log"], max_steps=repair_steps,
+                                protected=protected)
+            else:
+                result = implement(llm, hypothesis, tree, max_steps=max_steps, protected=protected,
+                                   context=context(hypothesis) if context else ())
+        return (result.patch if result.ok else None), result.ledger_info()
+    return run
+
+
+@contextmanager
+def _worktree(repo: Path, commit: str, scratch: Path | None):
+    path = Path(tempfile.mkdtemp(prefix="readfirst-implement-", dir=scratch))
+    try:
+        git(repo, "worktree", "add", "--detach", "--force", str(path), commit)
+        yield path
+    finally:
+        git(repo, "worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)
+        git(repo, "worktree", "prune", check=False)
 
 
 def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_tokens: int,

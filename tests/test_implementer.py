@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import FakeAnthropic  # noqa: E402
 
 from readfirst.agents.implementer import (ELIDED, KEEP_TOOL_OUTPUT_CHARS, MAX_READ_LINES, TreeTools,
-                                          _elide_old_outputs, implement, repair)
+                                          _elide_old_outputs, implement, repair, worktree_implementer)
 from readfirst.agents.llm import (AnthropicLLM, Budget, BudgetExceeded, ScriptedLLM, make_client, message_json,
                                   tool_use_block)
 from readfirst.sandbox.patch import check_patch
@@ -267,3 +267,25 @@ def test_elision_leaves_earlier_requests_as_they_were_sent():
     _elide_old_outputs(messages)
     assert messages[2]["content"][0]["content"] == ELIDED and messages[4]["content"][0]["content"] == output
     assert kept_by_a_trace[2]["content"][0]["content"] == output
+
+
+def test_worktree_implementer_implements_then_repairs_in_fresh_worktrees(tree):
+    base = sh(tree, "git", "rev-parse", "HEAD").strip()
+    llm = ScriptedLLM([
+        message_json([tool_use_block("write_file", {"path": "src/fused.c", "content": "void f(void) { g(); }\n"})]),
+        message_json("Added fused.c."),
+        message_json([tool_use_block("replace_in_file", {"path": "src/fused.c", "old": "g();", "new": ""})]),
+        message_json("Removed the undefined call."),
+    ])
+    run = worktree_implementer(llm, tree, protected=PROTECTED, context=lambda h: [{"id": "c9", "text": "ctx"}])
+    hypothesis = {"id": "H1", "key": "k1", "kind": "llm", "title": "t", "rationale": "r",
+                  "citations": ["F1"], "evidence": [{"id": "F1", "origin": "finding", "text": "claim text"}]}
+    patch, info = run(hypothesis, base)
+    assert patch and "+void f(void) { g(); }" in patch
+    assert info["usd"] > 0 and info["tokens"] == 240 and info["steps"] == 2 and info["error"] is None
+    task = llm.calls[0]["messages"][0]["content"]
+    assert 'id="F1" origin="finding"' in task and "claim text" in task and 'id="c9"' in task
+    repaired, info = run({**hypothesis, "repair_log": "fused.c:1: undefined reference to `g'", "patch": patch}, base)
+    assert repaired and "+void f(void) {  }" in repaired and "src/fused.c" in repaired  # the new file survives
+    assert sh(tree, "git", "status", "--porcelain") == ""  # the caller's checkout is untouched
+    assert len(sh(tree, "git", "worktree", "list").splitlines()) == 1  # worktrees are removed

@@ -178,8 +178,11 @@ def test_unknown_model_is_charged_the_default_price(caplog):
 
 from readfirst.agents.hypothesize_llm import parse_json_list, plan_hypotheses, summarize_findings  # noqa: E402
 
+# One finding cites chunk ids, the other the research roles' citation records: both shapes are read.
 FINDINGS = [{"id": "f-1", "claim": "ik_llama.cpp fuses rms_norm with mul", "citations": ["c1", "c2"]},
-            {"id": "f-2", "claim": "tinyBLAS tiles Q4_0 matmuls for AVX2", "citations": ["c3"]}]
+            {"id": "f-2", "role": "competitor_analyst", "claim": "tinyBLAS tiles Q4_0 matmuls for AVX2",
+             "citations": [{"id": "c3", "kind": "fork-code", "origin": "llamafile sgemm.cpp:10-80 tinyBLAS",
+                            "snippet": "template <int RM, int RN> void gemm"}]}]
 
 
 def test_plan_hypotheses_keeps_cited_new_ones_in_rank_order():
@@ -199,14 +202,19 @@ def test_plan_hypotheses_keeps_cited_new_ones_in_rank_order():
     assert result.error is None
     assert [h["title"] for h in result.items] == ["Fuse RMS norm and mul", "Tile Q4_0 matmul"]
     first, second = result.items
-    assert first["findings"] == ["f-1"] and first["chunk_ids"] == ["c1", "c2"] and first["expected_gain"] == "3% tg"
+    assert first["citations"] == ["f-1"] and first["chunk_ids"] == ["c1", "c2"] and first["expected_gain"] == "3% tg"
     assert first["files"] == ["ggml/src/ggml-cpu/ops.cpp"] and second["files"] == []
-    assert second["chunk_ids"] == ["c1", "c2", "c3"] and first["id"].startswith("h-") and first["id"] != second["id"]
+    assert second["chunk_ids"] == ["c1", "c2", "c3"] and second["citations"] == ["f-1", "f-2"]
+    assert first["kind"] == "llm" and first["id"] == "H" + first["key"][:8] and first["key"] != second["key"]
+    assert "llamafile sgemm.cpp:10-80 tinyBLAS: template <int RM, int RN> void gemm" in second["evidence"][1]["text"]
+    assert list(result) == result.items and len(result) == 2 and result[0] is first
     reasons = {d["item"]["title"]: d["reason"] for d in result.dropped}
     assert reasons == {"Uncited idea": "cites no known finding", "Cites an invented finding": "cites no known finding",
                        "Use more threads!": "repeats a tried or an earlier hypothesis",
                        "fuse rms-norm and MUL": "repeats a tried or an earlier hypothesis",
                        "A third good one": "beyond the 2 asked for"}
+    again = plan_hypotheses(ScriptedLLM([message_json(json.dumps(answer))]), [], FINDINGS, [first["key"]], n=5)
+    assert "Fuse RMS norm and mul" not in [h["title"] for h in again]  # a tried key is a repeat too
     task = llm.calls[0]["messages"][0]["content"]
     assert "tg is 91% of the bandwidth limit" in task and "- use more threads" in task
     assert '<untrusted-source id="findings">' in task and "f-2: tinyBLAS" in task
