@@ -11,6 +11,9 @@ would multiply the waits, so there is none.
 Money: every call's cost is recorded in a shared `Budget` per agent and per experiment; once the dollar limit is
 spent, the next call is refused before it starts (BudgetExceeded). A call in flight when the limit is crossed
 finishes, so a run overshoots by at most one call per parallel worker.
+
+Prompts are text files in agents/prompts/, filled by `render_prompt`; untrusted text (papers, forks, build logs)
+enters them only through `data_block`, which fences it and neutralizes anything that could close the fence.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ PRICES_USD_PER_MTOK: dict[str, tuple[float, float]] = {
 }
 DEFAULT_PRICE: tuple[float, float] = (3.0, 15.0)
 CACHE_WRITE_FACTOR, CACHE_READ_FACTOR = 1.25, 0.1
+_warned_unpriced: set[str] = set()
 
 
 class LLMError(ReadfirstError):
@@ -101,7 +105,10 @@ def price_for(model: str, prices: Mapping[str, tuple[float, float]] | None = Non
     table = {**PRICES_USD_PER_MTOK, **(prices or {})}
     if model in table:
         return table[model]
-    log.warning("no price known for model %r; charging the default %s USD/Mtok (input, output)", model, DEFAULT_PRICE)
+    if model not in _warned_unpriced:  # once per model, not once per call
+        _warned_unpriced.add(model)
+        log.warning("no price known for model %r; charging the default %s USD/Mtok (input, output)", model,
+                    DEFAULT_PRICE)
     return DEFAULT_PRICE
 
 

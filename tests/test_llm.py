@@ -171,7 +171,9 @@ def test_response_round_trips_through_plain_data():
 def test_unknown_model_is_charged_the_default_price(caplog):
     assert cost_usd("claude-unknown", 1_000_000, 0) == pytest.approx(3.0)
     assert cost_usd("claude-unknown", 0, 0, cache_read_tokens=1_000_000) == pytest.approx(0.3)
-    assert "no price known" in caplog.text
+    assert caplog.text.count("no price known for model 'claude-unknown'") == 1
+    assert cost_usd("claude-haiku-4-5", 1_000_000, 1_000_000) == pytest.approx(6.0)
+    assert cost_usd("my-model", 1_000_000, 0, prices={"my-model": (0.5, 1.0)}) == pytest.approx(0.5)
 
 
 # -- JSON-answering steps: findings and hypotheses ------------------------------------------------------------------
