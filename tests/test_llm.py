@@ -270,3 +270,14 @@ def test_parse_json_list(text, expected):
 def test_parse_json_list_refuses(text):
     with pytest.raises(ValueError):
         parse_json_list(text)
+
+
+def test_the_fake_refuses_what_the_real_api_refuses(fake):
+    """The fake's checks are what make the tool-use tests meaningful: an unanswered tool_use is a 400."""
+    fake.add(message_json("never sent"))
+    unanswered = [{"role": "user", "content": "go"},
+                  {"role": "assistant", "content": [tool_use_block("read_file", {"path": "a"}, id="toolu_x")]},
+                  {"role": "user", "content": "and?"}]
+    with pytest.raises(LLMError, match="toolu_x"):
+        llm_for(fake).complete(unanswered)
+    assert fake.count == 1 and fake.remaining == 1  # a 400 is not retried and consumes no scripted reply
