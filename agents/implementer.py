@@ -264,12 +264,16 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
 def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: str, *, max_steps: int = 10,
            experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
     """Continue from the tree as it is (the failed change still in it), given the tail of the build's log."""
+    before = tree_diff(tree)
     task = render_prompt("implementer_repair", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
-                         rationale=hypothesis.get("rationale", ""),
-                         diff=(tree_diff(tree) or "(no changes)")[:20_000],
+                         rationale=hypothesis.get("rationale", ""), diff=(before or "(no changes)")[:20_000],
                          build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
-    return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
-                     experiment=experiment or hypothesis.get("id"))
+    result = _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
+                       experiment=experiment or hypothesis.get("id"))
+    if result.error is None and result.patch == before:
+        # the same patch would fail the same build: not worth building again
+        result.error = "the repair changed nothing" + (f": {result.summary[:500]}" if result.summary else "")
+    return result
 
 
 def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),

@@ -213,6 +213,8 @@ def test_repair_continues_from_the_tree_given_the_build_log(tree):
     assert "'s' undeclared" in task and task.count("</build-log>") == 1
     assert fixer.calls[0]["experiment"] == "h-fuse" and fixer.calls[0]["agent"] == "implementer"
     assert fixed.ok and fixed.summary == "Added the missing parameter." and fixed.steps == 3
+    giving_up = repair(ScriptedLLM([message_json("I cannot fix this.")]), HYPOTHESIS, tree, log)
+    assert giving_up.error == "the repair changed nothing: I cannot fix this." and not giving_up.ok
     # The patch is cumulative against the base: the original edit and the fix.
     assert "+        y[i] += x[i] * s;" in fixed.patch
     assert "+void add(float * y, const float * x, float s, int n) {" in fixed.patch
