@@ -129,3 +129,13 @@ def test_vendored_trees_give_diffs_of_shared_files_and_fork_only_code(tmp_path, 
     scoped, _ = _units(fork_recipe(str(fork), str(upstream), subdirs=["ggml/src/fused.c"], as_trees=True),
                        local_paths)
     assert [u.key.split("::")[-1] for u in scoped] == ["file:ggml/src/fused.c"]
+
+
+def test_a_fork_given_as_a_git_url(tmp_path, local_paths):
+    upstream = make_repo(tmp_path / "upstream", UPSTREAM)
+    fork = tmp_path / "remote-fork"
+    git(tmp_path, "clone", "-q", str(upstream), str(fork))
+    sha = commit(fork, {"ggml/src/fused.c": FUSED}, "Fuse on the CPU")
+    units, _ = _units(fork_recipe(f"file://{fork}", str(upstream)), local_paths)
+    assert [u.key.split("::commit:")[1] for u in units] == [sha]
+    assert units[0].chunks[0].origin["repo"] == "remote-fork"
