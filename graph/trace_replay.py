@@ -1,0 +1,343 @@
+"""Replay: re-execute a recorded run from one of its LangGraph checkpoints, with the recorded LLM responses,
+knowledge-base results, target results and sandbox commands served back (no API call, no build, no benchmark),
+and report the first step whose update differs from the recording (the code changed, or was not deterministic).
+
+The replay runs on scratch copies of the run's checkpoints and ledger, so the run itself is left as it was (a
+replay that wrote into the run's own thread would become its latest checkpoint, and `--resume` would follow it).
+Each step that starts is matched to the recorded step with the same node and the same input digest (parallel
+experiments may start in another order); inside it, calls are served in the order they were recorded.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..agents.llm import LLMError, LLMResponse
+from ..config import Paths
+from ..sandbox.records import BuildConfig, from_dict
+from .ledger import Ledger
+from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, raise_recorded
+from .trace_read import Step, Trace
+
+
+class Diverged(Exception):
+    """Raised inside a replayed step when it asks for a call the recording cannot answer."""
+
+
+class _Stop(Exception):
+    """Ends the replay early (a divergence was found, or --until was reached)."""
+
+
+@dataclass
+class Divergence:
+    step: int            # the recorded step
+    node: str
+    reason: str
+    differences: dict[str, dict[str, Any]] = field(default_factory=dict)  # state key -> recorded / replayed
+
+
+@dataclass
+class ReplayReport:
+    run_id: str
+    from_step: int
+    until_step: int | None
+    checkpoint_id: str
+    steps: list[dict[str, Any]] = field(default_factory=list)   # {"step", "node", "same"} in replay order
+    divergence: Divergence | None = None
+    served: dict[str, int] = field(default_factory=dict)        # recorded calls served back, by kind
+    rerun_sandbox: bool = False
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None
+
+
+class _Cursor:
+    """The recorded calls of one step, served in order per kind; nested calls are made by the outer ones."""
+
+    def __init__(self, step: Step):
+        self.step = step
+        self.queues: dict[str, list[dict[str, Any]]] = {}
+        for call in step.calls:
+            if not call.get("nested"):
+                self.queues.setdefault(call["kind"], []).append(call)
+
+    def next(self, kind: str, what: str) -> dict[str, Any]:
+        queue = self.queues.get(kind) or []
+        if not queue:
+            raise Diverged(f"it made a {kind} call the recording does not have ({what})")
+        return queue.pop(0)
+
+
+_CURSOR: contextvars.ContextVar[_Cursor | None] = contextvars.ContextVar("readfirst_replay_cursor", default=None)
+
+
+class Replayer:
+    def __init__(self, trace: Trace, report: ReplayReport, queue: list[Step], until: int | None):
+        self.trace, self.report, self.queue, self.until = trace, report, queue, until
+        self.consumed: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- calls ------------------------------------------------------------------------------------------------
+    def serve(self, kind: str, what: str) -> dict[str, Any]:
+        cursor = _CURSOR.get()
+        if cursor is None:
+            raise Diverged(f"a {kind} call ({what}) outside any step")
+        call = cursor.next(kind, what)
+        with self._lock:
+            self.report.served[kind] = self.report.served.get(kind, 0) + 1
+        return call
+
+    def value(self, kind: str, fallback: Callable[[], Any]) -> Callable[[], Any]:
+        recorded = [c["value"] for s in self.trace.ordered() for c in s.calls if c["kind"] == kind]
+
+        def get() -> Any:
+            cursor = _CURSOR.get()
+            queue = cursor.queues.get(kind) if cursor else None
+            if queue:
+                return self.serve(kind, kind)["value"]
+            return recorded[-1] if recorded else fallback()
+        return get
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def _match(self, node: str, input_digest: str) -> Step:
+        with self._lock:
+            open_ = [s for s in self.queue if s.step not in self.consumed]
+            same = [s for s in open_ if s.node == node]
+            pick = next((s for s in same if s.input_digest == input_digest), same[0] if same else None)
+            if pick is None or (self.until is not None and pick.step > self.until):
+                if self.until is not None and all(s.step > self.until for s in open_):
+                    raise _Stop()
+                if not open_:
+                    self._diverge(Divergence(max(self.trace.steps, default=0) + 1, node,
+                                             "the replay ran a step the recording ends before"))
+                else:
+                    self._diverge(Divergence(open_[0].step, node, f"the replay ran {node} where the recording "
+                                                                  f"ran {open_[0].node}"))
+                raise _Stop()
+            self.consumed.add(pick.step)
+            return pick
+
+    def _diverge(self, divergence: Divergence) -> None:
+        current = self.report.divergence
+        if current is None or divergence.step < current.step:
+            self.report.divergence = divergence
+
+    def wrap_node(self, name: str, fn: Callable) -> Callable:
+        def replayed(state: Any) -> Any:
+            recorded = self._match(name, digest(state))
+            token = _CURSOR.set(_Cursor(recorded))
+            try:
+                update, error = fn(state), None
+            except (_Stop, Diverged) as e:
+                if isinstance(e, Diverged):
+                    self._diverge(Divergence(recorded.step, name, f"step {recorded.step} ({name}): {e}"))
+                raise _Stop() from None
+            except Exception as e:  # a node's error is a result to compare: the recording may hold the same one
+                update, error = None, {"type": type(e).__name__, "message": str(e)}
+            finally:
+                _CURSOR.reset(token)
+            same = self._compare(recorded, update, error, digest(state))
+            with self._lock:
+                self.report.steps.append({"step": recorded.step, "node": name, "same": same})
+            if not same or error is not None:
+                raise _Stop()
+            return update
+        return replayed
+
+    def _compare(self, recorded: Step, update: Any, error: dict[str, str] | None, input_digest: str) -> bool:
+        end = recorded.end or {}
+        if input_digest != recorded.input_digest:
+            self._diverge(Divergence(recorded.step, recorded.node, "its input differs from the recording"))
+            return False
+        if "error" in end or error is not None:
+            if (end.get("error") or {}).get("type") == (error or {}).get("type"):
+                return True
+            self._diverge(Divergence(recorded.step, recorded.node,
+                                     f"recorded {_outcome(end.get('error'))}, replayed {_outcome(error)}"))
+            return False
+        if digest(update) == end.get("update_digest"):
+            return True
+        before = self.trace.update(recorded) or {}
+        after = update or {}
+        differences = {k: {"recorded": before.get(k), "replayed": after.get(k)}
+                       for k in sorted(set(before) | set(after)) if canonical(before.get(k)) != canonical(after.get(k))}
+        self._diverge(Divergence(recorded.step, recorded.node, "its state update differs from the recording",
+                                 differences))
+        return False
+
+
+def _outcome(error: dict[str, str] | None) -> str:
+    return "success" if not error else f"{error.get('type')}: {error.get('message', '')[:200]}"
+
+
+# -- stand-ins that serve the recording --------------------------------------------------------------------------
+
+class ReplayTarget:
+    def __init__(self, replayer: Replayer, info: dict[str, Any]):
+        t = info.get("target") or {}
+        self.name = t.get("name") or "llama.cpp"
+        self.paths = Paths(Path(t.get("home") or "."), Path(t.get("cache") or "."))
+        self.source = SimpleNamespace(path=Path(t.get("source_path") or "."), baseline=t.get("baseline"),
+                                      key=t.get("source_key"))
+        self.config = from_dict(BuildConfig, t["config"]) if t.get("config") else BuildConfig()
+        self.sandbox = ReplaySandbox(replayer)
+        self._replayer = replayer
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in TARGET_METHODS:
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            recorded = self._replayer.serve("target", name)
+            if recorded.get("method") != name:
+                raise Diverged(f"it called target.{name} where the recording called target.{recorded.get('method')}")
+            if recorded.get("args_digest") != digest({"args": args, "kwargs": kwargs}):
+                raise Diverged(f"it called target.{name} with other arguments than the recording")
+            if "error" in recorded:
+                raise_recorded(recorded["error"])
+            return decode_result(self._replayer.trace.blob(recorded["result"]))
+        return call
+
+
+class ReplaySandbox:
+    def __init__(self, replayer: Replayer):
+        self._replayer = replayer
+
+    def run(self, command: str, **_: Any):
+        recorded = self._replayer.serve("sandbox", command[:80])
+        if recorded.get("command") != command:
+            raise Diverged(f"it ran another sandbox command than the recording: {command[:200]!r}")
+        if "error" in recorded:
+            raise_recorded(recorded["error"])
+        return decode_result(self._replayer.trace.blob(recorded["result"]))
+
+
+class ReplayKnowledgeBase:
+    def __init__(self, replayer: Replayer):
+        self._replayer = replayer
+
+    def query(self, text: str, k: int = 8, where: dict[str, Any] | None = None, **_: Any) -> list[dict[str, Any]]:
+        recorded = self._replayer.serve("kb", text[:80])
+        if (recorded.get("query"), recorded.get("k"), canonical(recorded.get("where"))) != (text, k, canonical(where)):
+            raise Diverged(f"it queried the knowledge base with {text[:120]!r} where the recording queried "
+                           f"{str(recorded.get('query'))[:120]!r}")
+        return self._replayer.trace.blob(recorded["results"])
+
+
+class ReplayLLM:
+    """The recorded responses, in order; a request that differs from the recorded one is a divergence."""
+
+    def __init__(self, replayer: Replayer, model: str = "replay"):
+        self._replayer, self.model, self.on_call, self.budget = replayer, model, None, None
+
+    def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
+        recorded = self._replayer.serve("llm", agent or "llm")
+        request = {"messages": messages, "system": system, "tools": tools, "max_tokens": max_tokens}
+        if recorded.get("request_digest") != digest(request):
+            raise Diverged(f"its LLM request ({agent or 'an agent'}) differs from the recorded one")
+        if recorded.get("error") or not recorded.get("response"):
+            raise LLMError(f"(recorded) {recorded.get('error') or 'no response'}")
+        return LLMResponse.from_dict(self._replayer.trace.blob(recorded["response"]))
+
+
+# -- scratch copies of the run's stores ------------------------------------------------------------------------------
+
+def copy_sqlite(src: Path, dest: Path) -> None:
+    """A consistent copy of a SQLite database (WAL included) through SQLite's own backup."""
+    with closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as s, closing(sqlite3.connect(dest)) as d:
+        s.backup(d)
+
+
+def copy_ledger_before(trace: Trace, src: Path, dest: Path, later: list[Step]) -> Ledger:
+    """The ledger as it was before `later` steps ran: rows those steps recorded are dropped."""
+    if src.exists():
+        copy_sqlite(src, dest)
+    ledger = Ledger(dest)
+    keys = [c["key"] for s in later for c in s.calls if c["kind"] == "ledger" and c.get("key")]
+    if keys:
+        ledger.db.execute(f"DELETE FROM experiments WHERE key IN ({','.join('?' * len(keys))})", keys)
+    return ledger
+
+
+def steps_from(trace: Trace, from_step: int) -> tuple[Step, list[Step]]:
+    """The step to start from and every recorded step at or after it (with the rest of its superstep)."""
+    start = trace.step(from_step)
+    if not start.starts_from:
+        raise TraceError(f"step {from_step} of run {trace.directory.name} names no checkpoint to start from")
+    later = [s for s in trace.ordered() if s.end is not None and not _interrupted(s)
+             and (s.step >= from_step or s.starts_from == start.starts_from)]
+    return start, later
+
+
+def _interrupted(step: Step) -> bool:
+    """A step stopped by Ctrl-C is no result: the resumed run ran it again as a later step."""
+    return ((step.end or {}).get("error") or {}).get("type") in ("KeyboardInterrupt", "SystemExit")
+
+
+def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | None = None,
+           target: Any = None, make_model: Callable | None = None,
+           make_roles: Callable[[Any], dict[str, Any]] | None = None) -> ReplayReport:
+    """Replay run_dir from `from_step` (its first step by default). `target` (and `make_model`) given: builds and
+    benchmarks run for real (--rerun-sandbox); otherwise the recording answers. `make_roles(llm)` rebuilds the
+    LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model."""
+    from .runner import open_checkpointer
+    from .workflow import RunDeps, build_graph
+    trace = Trace(run_dir)
+    if not trace.steps:
+        raise TraceError(f"run {run_dir.name} recorded no step to replay")
+    from_step = from_step or min(trace.steps)
+    if until_step is not None and until_step < from_step:
+        raise TraceError(f"--until {until_step} comes before --from {from_step}")
+    start, later = steps_from(trace, from_step)
+    report = ReplayReport(run_dir.name, from_step, until_step, start.starts_from or "", rerun_sandbox=target is not None)
+    replayer = Replayer(trace, report, later, until_step)
+    has = trace.info.get("has", {})
+    llm = ReplayLLM(replayer) if has.get("llm") else None
+    roles = make_roles(llm) if make_roles is not None else {}
+    if (has.get("implement") or has.get("plan")) and not roles:
+        raise TraceError(f"run {run_dir.name} used the LLM implementer or planner: replay needs them rebuilt "
+                         f"around the recorded responses (make_roles)")
+
+    def replayed_model(_target: Any, _commit: str) -> Path:
+        return decode_result(replayer.serve("model", "make_model")["result"])
+
+    with tempfile.TemporaryDirectory(prefix="readfirst-replay-") as scratch_name:
+        scratch = Path(scratch_name)
+        copy_sqlite(run_dir / "checkpoints.sqlite", scratch / "checkpoints.sqlite")
+        ledger = copy_ledger_before(trace, run_dir / "ledger.sqlite", scratch / "ledger.sqlite", later)
+        deps = RunDeps(target=target if target is not None else ReplayTarget(replayer, trace.info), ledger=ledger,
+                       run_dir=scratch, make_model=make_model if target is not None else replayed_model,
+                       kb=ReplayKnowledgeBase(replayer) if has.get("kb") else None, llm=llm,
+                       implement=roles.get("implement"), plan=roles.get("plan"),
+                       spent_usd=replayer.value("spent_usd", lambda: 0.0),
+                       clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node)
+        saver, conn = open_checkpointer(scratch)
+        try:
+            graph = build_graph(deps, checkpointer=saver)
+            config = {"configurable": {"thread_id": trace.thread_id, "checkpoint_ns": "",
+                                       "checkpoint_id": start.starts_from}, "recursion_limit": 10_000}
+            try:
+                graph.invoke(None, config, durability="sync")
+            except _Stop:
+                pass
+        finally:
+            conn.close()
+            ledger.close()
+    if report.divergence is None:
+        missing = [s for s in later if s.step not in replayer.consumed and (until_step is None or s.step <= until_step)]
+        stopped_on_error = any(not s["same"] or (trace.step(s["step"]).end or {}).get("error") for s in report.steps)
+        if missing and not stopped_on_error:
+            report.divergence = Divergence(missing[0].step, missing[0].node,
+                                           "the replay ended before this recorded step ran")
+    return report
