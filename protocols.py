@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .sandbox.docker_sandbox import Mount
 from .sandbox.records import BenchResult, BuildResult, CommandResult, KLDResult, TestResult
+
+if TYPE_CHECKING:
+    from .agents.llm import LLMResponse
 
 
 class Sandbox(Protocol):
@@ -45,7 +48,7 @@ class LLM(Protocol):
     """A chat model: Anthropic, a scripted one for tests, or the recorded responses of a trace."""
 
     def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
-                 max_tokens: int = 4096) -> dict[str, Any]: ...
+                 max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> "LLMResponse": ...
 
 
 class KnowledgeStore(Protocol):

@@ -28,7 +28,7 @@ FORK_QUERIES = (
 
 
 def analyze(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, round_: int = 0,
-            queries: Sequence[str] = FORK_QUERIES) -> list[dict[str, Any]]:
+            queries: Sequence[str] = FORK_QUERIES, say=lambda _: None) -> list[dict[str, Any]]:
     findings = []
     for query in queries:
         lo, hi = k * round_, k * (round_ + 1)
@@ -36,7 +36,10 @@ def analyze(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, r
         if diffs:
             if llm is not None:
                 from .hypothesize_llm import summarize_findings
-                for item in summarize_findings(llm, query, diffs):
+                summary = summarize_findings(llm, query, diffs, agent=ROLE)
+                if summary.error:
+                    say(f"{ROLE}: the model's findings for '{query}' were unusable: {summary.error}")
+                for item in summary:
                     cited = [c for c in diffs if c["id"] in set(item.get("citations", []))]
                     if cited:
                         findings.append(finding(ROLE, query, item["claim"], cited))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PatchDoesNotApply, PatchRejected, SandboxError
+from .llm import BudgetExceeded
 from ..sandbox.llama_cpp import BenchOptions, LlamaCppTarget
 from ..sandbox.records import BuildConfig, TestResult, from_dict, to_dict
 from .evaluator import BASELINE, EvaluatorConfig, Verdict, evaluate, gates
@@ -63,7 +64,11 @@ def run_experiment(hypothesis: dict[str, Any], *, target: LlamaCppTarget, best: 
     patch = change.get("patch")
     if kind == "llm" and implement is not None:
         say(f"{title}: implementing")
-        patch, info = implement(hypothesis, best_commit)
+        try:
+            patch, info = implement(hypothesis, best_commit)
+        except BudgetExceeded as e:
+            durations["implement"] = clock() - t0
+            return finish(_discarded("implement", f"not implemented: {e}"))
         row["llm"] = info
         if not patch:
             durations["implement"] = clock() - t0
@@ -93,8 +98,11 @@ def run_experiment(hypothesis: dict[str, Any], *, target: LlamaCppTarget, best: 
         while not build.ok and kind == "llm" and implement is not None and repairs < 2:
             repairs += 1
             say(f"{title}: build failed at {build.stage}, repair {repairs}")
-            patch, info = implement({**hypothesis, "repair_log": build.log_tail[-4000:], "patch": row["patch"]},
-                                    best_commit)
+            try:
+                patch, info = implement({**hypothesis, "repair_log": build.log_tail[-4000:], "patch": row["patch"]},
+                                        best_commit)
+            except BudgetExceeded:
+                break
             row["llm"][f"repair_{repairs}"] = info
             if not patch:
                 break

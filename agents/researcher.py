@@ -36,7 +36,7 @@ def research_queries(facts: Sequence[str]) -> list[str]:
 
 
 def research(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, round_: int = 0,
-             queries: Sequence[str] | None = None) -> list[dict[str, Any]]:
+             queries: Sequence[str] | None = None, say=lambda _: None) -> list[dict[str, Any]]:
     """Findings for the profile's bottlenecks. A later round (`round_`) reads deeper down the same rankings."""
     findings = []
     for query in queries or research_queries(facts):
@@ -45,7 +45,10 @@ def research(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, 
             continue
         if llm is not None:
             from .hypothesize_llm import summarize_findings
-            for item in summarize_findings(llm, query, chunks):
+            summary = summarize_findings(llm, query, chunks)
+            if summary.error:
+                say(f"{ROLE}: the model's findings for '{query}' were unusable: {summary.error}")
+            for item in summary:
                 cited = [c for c in chunks if c["id"] in set(item.get("citations", []))]
                 if cited:
                     findings.append(finding(ROLE, query, item["claim"], cited))

@@ -38,6 +38,8 @@ def run(ctx: typer.Context,
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
         offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks, build and runtime "
                                                               "experiments."),
+        llm_model: str = typer.Option("claude-sonnet-4-6", "--llm-model", envvar="READFIRST_LLM_MODEL",
+                                      help="Anthropic model for the agents."),
         n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="Prompt tokens per benchmark."),
         n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="Generated tokens per benchmark."),
         threads: int = typer.Option(2, "-t", "--threads", min=1),
@@ -54,13 +56,15 @@ def run(ctx: typer.Context,
     app = app_context(ctx)
     if target != "llama.cpp":
         raise ReadfirstError(f"unknown target {target!r}; known: llama.cpp")
-    if not offline and not os.environ.get("ANTHROPIC_API_KEY"):
-        raise ReadfirstError("no ANTHROPIC_API_KEY is set: set it, or pass --offline to run without an LLM")
     if model is not None:
         validate_gguf(model)  # before any work starts
+    previous = read_meta(run_dir(app.paths, resume)) if resume else {}
+    offline = previous.get("offline", offline)  # a resumed run keeps its mode
+    if not offline and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise ReadfirstError("no ANTHROPIC_API_KEY is set: set it, or pass --offline to run without an LLM")
     if resume:
         directory = run_dir(app.paths, resume)
-        meta = read_meta(directory)
+        meta = previous
         if meta.get("status") == "finished":
             raise ReadfirstError(f"run {resume} has finished; see `readfirst report {resume}`")
         options = None
@@ -76,7 +80,7 @@ def run(ctx: typer.Context,
                              n_gen=n_gen, threads=threads, calibration_pairs=calibration_pairs, max_runs=max_runs)
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": target,
                 "model": str(model) if model else None, "quant": quant, "forks": forks, "papers": papers,
-                "status": "starting"}
+                "offline": offline, "status": "starting"}
         write_meta(directory, meta)
         src = source
         app.say(f"run {run_id} → {directory}")
@@ -87,6 +91,10 @@ def run(ctx: typer.Context,
     deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say,
                    make_model=model_maker(app.paths, model=Path(meta["model"]) if meta.get("model") else None,
                                           quant=meta.get("quant", quant), say=app.say))
+    if not offline:
+        deps = _with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
+                         budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
+        meta["budget_usd"] = options.budget_usd if options else meta.get("budget_usd", budget_usd)
     try:
         summary = execute(deps, directory, run_id, options=options, meta=meta)
     except KeyboardInterrupt:
@@ -98,6 +106,29 @@ def run(ctx: typer.Context,
         app.emit_json(summary)
     else:
         _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows())
+
+
+def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_usd: float) -> RunDeps:
+    """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
+
+    The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.
+    """
+    from dataclasses import replace
+
+    from ..agents.hypothesize_llm import plan_hypotheses
+    from ..agents.implementer import worktree_implementer
+    from ..agents.llm import AnthropicLLM, Budget, make_client
+    budget = Budget.restore(meta["llm_budget"]) if meta.get("llm_budget") else Budget(budget_usd)
+
+    def saved(call: dict) -> None:
+        meta["llm_budget"] = budget.snapshot()
+        write_meta(directory, meta)
+
+    client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
+    llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
+    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
+                   implement=worktree_implementer(llm, deps.target.source.path, protected=deps.target.protected),
+                   plan=lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n))
 
 
 def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str):

@@ -25,6 +25,7 @@ from ..agents import competitor_analyst, offline_policy, researcher
 from ..agents.evaluator import BASELINE, EvaluatorConfig, calibrate
 from ..agents.experiment import run_experiment
 from ..agents.findings import finding
+from ..agents.llm import BudgetExceeded
 from ..agents.profiling import make_profile, measure_read_bandwidth
 from ..sandbox.baseline import establish_baseline
 from ..sandbox.llama_cpp import BenchOptions, LlamaCppTarget
@@ -121,7 +122,10 @@ def build_graph(deps: RunDeps, checkpointer=None):
             return {}
         round_ = state.get("research_round", 0)
         say(f"research: reading papers and docs (round {round_ + 1})")
-        found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_)
+        try:
+            found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_, say=say)
+        except BudgetExceeded as e:
+            return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
         return {"findings": [f for f in found if f["id"] not in known]}
 
@@ -130,7 +134,11 @@ def build_graph(deps: RunDeps, checkpointer=None):
             return {}
         round_ = state.get("research_round", 0)
         say(f"competitors: reading fork diffs and backend gaps (round {round_ + 1})")
-        found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_)
+        try:
+            found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_,
+                                               say=say)
+        except BudgetExceeded as e:
+            return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
         return {"findings": [f for f in found if f["id"] not in known]}
 
@@ -151,8 +159,13 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
         ranked: list[dict[str, Any]] = []
         if deps.plan is not None:
-            ranked = [h for h in deps.plan(state["profile"]["facts"], findings, tried, 2 * opts.workers)
-                      if h["key"] not in tried]
+            try:
+                planned = deps.plan(state["profile"]["facts"], findings, tried, 2 * opts.workers)
+            except BudgetExceeded as e:
+                return {"stop_reason": f"dollar budget spent ({e})", "hypotheses": []}
+            if getattr(planned, "error", None):
+                say(f"hypothesize: the planner's answer was unusable: {planned.error}")
+            ranked = [h for h in planned if h["key"] not in tried]
         ranked += offline_policy.propose(findings, best=best, tried=tried, profile_finding=profile_finding,
                                          read_file=read_file)
         if not ranked:
@@ -161,6 +174,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
             return {"hypotheses": [], "stop_reason": "hypotheses exhausted"}
         say(f"hypothesize: {len(ranked)} untried; next: " + "; ".join(h["title"] for h in ranked[:opts.workers]))
         return {"hypotheses": ranked, "wave": state.get("wave", 0) + 1}
+
+    def after_competitors(state: RunState) -> str:
+        return END if state.get("stop_reason") else "hypothesize"
 
     def after_hypothesize(state: RunState):
         if state.get("stop_reason"):
@@ -235,7 +251,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
     g.add_edge(START, "profile")
     g.add_edge("profile", "research")
     g.add_edge("research", "competitors")
-    g.add_edge("competitors", "hypothesize")
+    g.add_conditional_edges("competitors", after_competitors, ["hypothesize", END])
     g.add_conditional_edges("hypothesize", after_hypothesize, ["experiment", "research", END])
     g.add_edge("experiment", "decide")
     g.add_conditional_edges("decide", after_decide, ["hypothesize", "research", END])
