@@ -25,7 +25,7 @@ from readfirst.sandbox.llama_cpp import BASE_CMAKE, BenchOptions, native_config
 from readfirst.sandbox.records import (BenchResult, BenchSample, BuildConfig, BuildResult, CommandResult, KLDResult,
                                        TestCase, TestResult)
 
-SMALL = RunOptions(budget_experiments=2, calibration_pairs=0, max_runs=8, n_prompt=16, n_gen=8, max_research_rounds=1)
+SMALL = RunOptions(budget_experiments=2, calibration_pairs=0, max_runs=16, n_prompt=16, n_gen=8, max_research_rounds=1)
 
 
 class CountingSandbox:
