@@ -21,7 +21,8 @@ from ..config import Paths
 class AppContext:
     paths: Paths
     console: Console = field(default_factory=lambda: Console(stderr=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    # soft_wrap: progress lines are log lines; a pipe or a narrow terminal must not cut them in two
+    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
 
     def say(self, message: str) -> None:
         """Progress and notes go to stderr, so that --json output on stdout stays parseable."""
