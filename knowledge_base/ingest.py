@@ -61,27 +61,40 @@ def _display_name(name: str) -> str:
     return name if name in KNOWN_SOURCES else Path(name.rstrip("/")).name.removesuffix(".git") or name
 
 
+def _repo_of(directory: Path) -> tuple[Path, str, str]:
+    """(base, repo name, revision) for citing: inside a git work tree, paths are relative to its top level at
+    HEAD (so upstream's ops.cpp is `ggml/src/ggml-cpu/ops.cpp`); elsewhere relative to the directory given."""
+    top = subprocess.run(["git", "-C", str(directory), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        return directory, directory.name, ""
+    base = Path(top.stdout.strip())
+    head = subprocess.run(["git", "-C", str(base), "rev-parse", "-q", "--verify", "HEAD"], capture_output=True,
+                          text=True)
+    return base, base.name, head.stdout.strip()
+
+
 def _path_units(root: Path, *, source: str) -> Iterator[Unit | Skipped]:
-    if root.is_file():
-        yield _one_path(root, root.parent, source)
-        return
-    if not root.is_dir():
+    if not root.exists():
         yield Skipped(f"{source}::{root}", "no such file or directory")
+        return
+    base, repo, revision = _repo_of(root if root.is_dir() else root.parent)
+    if root.is_file():
+        yield _one_path(root, base, source, repo, revision)
         return
     listing = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True, text=True)
     files = ([root / p for p in listing.stdout.splitlines()] if listing.returncode == 0 and listing.stdout
              else sorted(p for p in root.rglob("*") if p.is_file()
                          and not any(part.startswith(".") for part in p.relative_to(root).parts)))
     for path in files:
-        yield _one_path(path, root, source)
+        yield _one_path(path, base, source, repo, revision)
 
 
-def _one_path(path: Path, root: Path, source: str) -> Unit | Skipped:
+def _one_path(path: Path, base: Path, source: str, repo: str, revision: str) -> Unit | Skipped:
     if path.suffix.lower() == ".pdf" or path.suffix.lower() in TEXT_EXTENSIONS:
         return document_unit(path, source=source)
-    rel = str(path.relative_to(root)) if path != root else path.name
+    rel = str(path.resolve().relative_to(base.resolve()))
     if path.suffix.lower() in CODE_EXTENSIONS:
-        return chunk_file(path, rel, kind="doc", unit=f"{source}::file:{rel}", repo=root.name)
+        return chunk_file(path, rel, kind="doc", unit=f"{source}::file:{rel}", repo=repo, revision=revision)
     return Skipped(f"{source}::file:{rel}", f"not a source, text or PDF file ({path.suffix or 'no extension'})")
 
 

@@ -117,3 +117,13 @@ def test_fork_ingestion_from_paths_and_its_errors(tmp_path):
     unrelated = make_repo(tmp_path / "unrelated", {"a.c": "int a(void) {\n    return 0;\n}\n"})
     refused = kb("ingest", "fork", str(unrelated), "--upstream", str(upstream))
     assert refused.returncode == 2 and "share no git history" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_files_inside_a_git_repository_are_cited_from_its_top_level(tmp_path):
+    repo = make_repo(tmp_path / "proj", {"ggml/src/cpu/ops.c": "void ggml_op_tanh(float * x) {\n    *x = 0;\n}\n"})
+    head = git(repo, "rev-parse", "HEAD")
+    runner = CliRunner()
+    assert runner.invoke(app, ["kb", "ingest", "path", str(repo / "ggml/src/cpu/ops.c")]).exit_code == 0
+    hit = json.loads(runner.invoke(app, ["kb", "query", "ggml_op_tanh", "--json"]).stdout)[0]
+    assert (hit["repo"], hit["path"], hit["revision"], hit["symbol"]) == ("proj", "ggml/src/cpu/ops.c", head,
+                                                                         "ggml_op_tanh")
