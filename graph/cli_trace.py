@@ -161,7 +161,8 @@ def _describe(c: dict[str, Any]) -> str:
         last = ((c.get("request") or {}).get("messages") or [{}])[-1].get("content")
         return (f"{lead}LLM {c.get('agent')} {c.get('model')}: {c.get('input_tokens')}+{c.get('output_tokens')} "
                 f"tokens, {_money(c.get('cost_usd'))}, {c.get('latency_s') or 0:.2f}s"
-                + (f", tools {c['tool_calls']}" if c.get("tool_calls") else "") + (f", error {c['error']}" if c.get("error") else "")
+                + (f", tools {c['tool_calls']}" if c.get("tool_calls") else "")
+                + (f", error {c['error']}" if c.get("error") else "")
                 + f"\n      asked: {str(last)[:600]}\n      answered: {text[:1500]}")
     if kind == "kb":
         origins = "; ".join(f"{o.get('kind')} {o.get('repo') or ''} {o.get('path')}:{o.get('start_line')}-"
@@ -169,8 +170,8 @@ def _describe(c: dict[str, Any]) -> str:
         return f"{lead}KB {c.get('query')!r} where {c.get('where')} k={c.get('k')}: {origins}"
     if kind == "target":
         result = (c.get("result") or {}).get("data")
-        brief = result if not isinstance(result, dict) else {k: result[k] for k in ("ok", "stage", "duration_s",
-                                                                                   "mean_kld", "samples") if k in result}
+        shown = ("ok", "stage", "duration_s", "mean_kld", "samples")
+        brief = {k: result[k] for k in shown if k in result} if isinstance(result, dict) else result
         return f"{lead}target.{c.get('method')} {c.get('duration_s')}s → {_text(c.get('error') or brief, 600)}"
     if kind == "sandbox":
         tail = "\n".join((c.get("log_tail") or "").splitlines()[-8:])

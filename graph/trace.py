@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +112,7 @@ class TraceWriter:
         self.path = directory / TRACE_FILE
         self.blobs = directory / BLOB_DIR
         self._lock = threading.Lock()
-        previous = [e.get("step", 0) for e in read_events(directory) if e.get("event") == "step_start"] \
-            if self.path.exists() else []
-        self._next_step = max(previous, default=0) + 1  # a resumed run goes on numbering
+        self._next_step = _last_step(self.path) + 1  # a resumed run goes on numbering
         self._file = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
@@ -150,6 +148,19 @@ class TraceWriter:
                 os.fsync(self._file.fileno())
 
 
+def _last_step(path: Path) -> int:
+    last = 0
+    if path.exists():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if '"step_start"' in line:
+                    try:
+                        last = max(last, int(json.loads(line).get("step") or 0))
+                    except (json.JSONDecodeError, ValueError, AttributeError):
+                        continue  # a torn line
+    return last
+
+
 # -- the step in progress ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -168,8 +179,6 @@ CURRENT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("re
 @dataclass
 class Recorder:
     writer: TraceWriter
-    active: bool = True
-    counts: dict[str, int] = field(default_factory=dict)
 
     def call(self, kind: str, nested: bool | None = None, **fields: Any) -> None:
         """One call inside the current step (or outside any step, step null). A call made by another recorded
@@ -181,7 +190,6 @@ class Recorder:
             seq = ctx.calls
         if nested is None:
             nested = ctx is not None and ctx.in_target > 0
-        self.counts[kind] = self.counts.get(kind, 0) + 1
         self.writer.write({"event": "call", "kind": kind, "step": ctx.step if ctx else None, "seq": seq,
                            **({"nested": True} if nested else {}), **fields})
 
@@ -274,8 +282,9 @@ class TracedTarget(_Proxy):
             if ctx is not None:
                 ctx.in_target += 1
             t0 = time.monotonic()
-            fields_ = {"method": name, "nested": nested, "args": recorder.writer.stash({"args": args, "kwargs": kwargs}),
-                       "args_digest": digest({"args": args, "kwargs": kwargs})}
+            called = {"args": args, "kwargs": kwargs}
+            fields_ = {"method": name, "nested": nested, "args": recorder.writer.stash(called),
+                       "args_digest": digest(called)}
             try:
                 result = attr(*args, **kwargs)
             except BaseException as e:
@@ -366,7 +375,8 @@ def start_tracing(deps: Any, directory: Path) -> Any:
                   "has": {"kb": deps.kb is not None, "llm": deps.llm is not None,
                           "implement": deps.implement is not None, "plan": deps.plan is not None},
                   "target": {"name": getattr(deps.target, "name", None),
-                             "source_path": str(getattr(source, "path", "")), "baseline": getattr(source, "baseline", None),
+                             "source_path": str(getattr(source, "path", "")),
+                             "baseline": getattr(source, "baseline", None),
                              "source_key": getattr(source, "key", None),
                              "home": str(getattr(paths, "home", "")), "cache": str(getattr(paths, "cache", "")),
                              "config": plain(getattr(deps.target, "config", None))}}, sync=True)
@@ -376,32 +386,3 @@ def start_tracing(deps: Any, directory: Path) -> Any:
         make_model=traced_make_model, say=traced_say, clock=_recorded_value(recorder, "clock", deps.clock),
         spent_usd=_recorded_value(recorder, "spent_usd", deps.spent_usd), wrap_node=recorder.wrap_node,
         extra={**deps.extra, "trace": recorder})
-
-
-# -- reading -----------------------------------------------------------------------------------------------------
-
-def read_events(directory: Path) -> list[dict[str, Any]]:
-    """Every complete event; a torn last line (a run killed mid-write) is skipped."""
-    path = directory / TRACE_FILE
-    if not path.exists():
-        raise TraceError(f"run {directory.name} has no trace (it ran before tracing, or never started a step)")
-    events = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-    return events
-
-
-def load_blob(directory: Path, value: Any) -> Any:
-    """The data behind a {"$blob": ...} reference (or the value itself when it is inline)."""
-    if isinstance(value, dict) and set(value) == {"$blob"}:
-        try:
-            return json.loads((directory / value["$blob"]).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {"missing": value["$blob"]}
-    return value

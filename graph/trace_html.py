@@ -32,7 +32,9 @@ def _call(trace: Trace, call: dict[str, Any]) -> str:
     if kind == "llm":
         head = (f"LLM {call.get('agent') or ''} · {call.get('model')} · {call.get('input_tokens')}+"
                 f"{call.get('output_tokens')} tokens · ${float(call.get('cost_usd') or 0):.4f} · "
-                f"{call.get('latency_s') or 0:.2f}s" + (f" · tools {call['tool_calls']}" if call.get("tool_calls") else ""))
+                f"{call.get('latency_s') or 0:.2f}s")
+        if call.get("tool_calls"):
+            head += f" · tools {call['tool_calls']}"
         body = "<p class=k>request</p>" + _pre(trace.blob(call.get("request"))) + "<p class=k>response</p>" + \
             _pre(trace.blob(call.get("response")) or call.get("error"))
     elif kind == "kb":
@@ -56,7 +58,8 @@ def _call(trace: Trace, call: dict[str, Any]) -> str:
 def _step(trace: Trace, step: Step, t0: float) -> str:
     end = step.end or {}
     status = step.status
-    head = (f"#{step.step} {step.node} · +{step.at - t0:.1f}s · {step.duration_s if step.duration_s is not None else '?'}s"
+    took = "?" if step.duration_s is None else f"{step.duration_s}"
+    head = (f"#{step.step} {step.node} · +{step.at - t0:.1f}s · {took}s"
             f" · {len(step.calls)} calls" + (f" · ${step.cost_usd:.4f}" if step.cost_usd else "")
             + ("" if status == "ok" else f" · {status}"))
     parts = [f"<p class=k>checkpoint {html.escape(str(step.starts_from))} → {html.escape(str(step.ends_at))}; "

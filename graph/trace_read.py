@@ -3,6 +3,7 @@ figures `trace list` shows. Readers open nothing for writing."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from .trace import TRACE_FILE, TraceError, load_blob, read_events
+from .trace import TRACE_FILE, TraceError
 
 
 @dataclass
@@ -172,3 +173,30 @@ def state_at(directory: Path, thread_id: str, checkpoint_id: str | None) -> dict
     if got is None:
         return None
     return {k: v for k, v in got.checkpoint["channel_values"].items() if not k.startswith(("__", "branch:"))}
+
+
+def read_events(directory: Path) -> list[dict[str, Any]]:
+    """Every complete event; a torn last line (a run killed mid-write) is skipped."""
+    path = directory / TRACE_FILE
+    if not path.exists():
+        raise TraceError(f"run {directory.name} has no trace (it ran before tracing, or never started a step)")
+    events = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+def load_blob(directory: Path, value: Any) -> Any:
+    """The data behind a {"$blob": ...} reference (or the value itself when it is inline)."""
+    if isinstance(value, dict) and set(value) == {"$blob"}:
+        try:
+            return json.loads((directory / value["$blob"]).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {"missing": value["$blob"]}
+    return value

@@ -300,7 +300,8 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     if until_step is not None and until_step < from_step:
         raise TraceError(f"--until {until_step} comes before --from {from_step}")
     start, later = steps_from(trace, from_step)
-    report = ReplayReport(run_dir.name, from_step, until_step, start.starts_from or "", rerun_sandbox=target is not None)
+    report = ReplayReport(run_dir.name, from_step, until_step, start.starts_from or "",
+                          rerun_sandbox=target is not None)
     replayer = Replayer(trace, report, later, until_step)
     has = trace.info.get("has", {})
     llm = ReplayLLM(replayer) if has.get("llm") else None

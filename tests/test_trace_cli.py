@@ -1,0 +1,124 @@
+"""`readfirst trace ...` on a recorded stand-in run: list, show, replay, fork, export; the page in headless
+Chromium; user errors as one sentence."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trace_standin import record_run  # noqa: E402
+
+from readfirst.errors import ReadfirstError  # noqa: E402
+from readfirst.graph import cli_trace, workflow  # noqa: E402
+
+
+@pytest.fixture
+def cli():
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    cli_trace.register(app)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, ["trace", *args])
+
+
+@pytest.fixture
+def recorded(paths):
+    directory, summary, _ = record_run(paths.home)
+    return directory
+
+
+def test_list_shows_status_experiments_and_duration(cli, recorded):
+    result = cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    [run] = json.loads(result.stdout)
+    assert run["run_id"] == "run-a" and run["status"] == "finished" and run["traced"]
+    assert run["experiments"] == 2 and run["steps"] >= 6 and run["duration_s"] >= 0
+    table = cli("list")
+    assert "run-a" in table.stdout and "finished" in table.stdout
+
+
+def test_show_timeline_one_step_a_node_and_an_experiment(cli, recorded):
+    timeline = cli("show", "run-a")
+    assert timeline.exit_code == 0, timeline.output
+    assert "profile" in timeline.stdout and "E001" in timeline.stdout
+    step = cli("show", "run-a", "--step", "1")
+    assert step.exit_code == 0, step.output
+    assert "target.build" in step.stdout and "sandbox `gcc" in step.stdout and "state update" in step.stdout
+    data = json.loads(cli("show", "run-a", "--step", "1", "--json").stdout)
+    assert data["node"] == "profile" and data["input"]["run_id"] == "run-a" and data["update"]["baseline"]
+    assert any(c["kind"] == "target" and c["method"] == "bench" for c in data["calls"])
+    nodes = json.loads(cli("show", "run-a", "--node", "experiment", "--json").stdout)
+    assert {s["node"] for s in nodes["steps"]} == {"experiment"} and len(nodes["steps"]) == 2
+    experiment = json.loads(cli("show", "run-a", "--experiment", "E002", "--json").stdout)
+    assert experiment["experiments"] == ["E002"] and experiment["input"]["hypothesis"]["title"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (("show", "nope"), "no run 'nope'"),
+    (("show", "run-a", "--step", "99"), "has no step 99"),
+    (("show", "run-a", "--node", "dream"), "has no step of node 'dream'"),
+    (("show", "run-a", "--experiment", "E404"), "no step of run run-a ran experiment E404"),
+    (("replay", "run-a", "--from", "3", "--until", "2"), "comes before"),
+    (("fork", "run-a", "--from", "40"), "has no step 40"),
+])
+def test_user_errors_are_one_sentence(cli, recorded, args, says):
+    result = cli(*args)
+    assert isinstance(result.exception, ReadfirstError), result.output
+    assert says in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_a_run_without_a_trace(cli, paths):
+    (paths.runs / "old").mkdir(parents=True)
+    result = cli("show", "old")
+    assert isinstance(result.exception, ReadfirstError) and "has no trace" in str(result.exception)
+
+
+def test_replay_command_reports_identical_then_the_divergent_step(cli, recorded, monkeypatch):
+    same = cli("replay", "run-a")
+    assert same.exit_code == 0 and "identical" in same.stdout, same.output
+    monkeypatch.setattr(workflow, "_config_id", lambda best: "changed")  # the experiments' ledger keys change
+    changed = cli("replay", "run-a", "--json")
+    assert changed.exit_code == 1
+    report = json.loads(changed.stdout)
+    assert report["divergence"]["node"] == "experiment" and "wave_results" in report["divergence"]["differences"]
+
+
+def test_fork_prepare_only_names_its_parent(cli, recorded, paths):
+    result = cli("fork", "run-a", "--from", "4", "--workers", "2", "--prepare-only", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    assert meta["parent"]["run_id"] == "run-a" and meta["parent"]["step"] == 4 and meta["options"]["workers"] == 2
+    listed = {r["run_id"]: r for r in json.loads(cli("list", "--json").stdout)}
+    assert listed[meta["run_id"]]["parent"] == "run-a" and listed[meta["run_id"]]["status"] == "forked"
+
+
+def test_the_html_export_is_self_contained_and_renders_in_headless_chromium(cli, recorded, tmp_path):
+    page = tmp_path / "trace.html"
+    result = cli("export", "run-a", "--html", str(page))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", text)  # nothing to fetch
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    steps = re.findall(r'<details class="step (ok|error|interrupted)" id="step-(\d+)">', dom.stdout)
+    assert len(steps) == len(json.loads(cli("show", "run-a", "--json").stdout)["steps"])
+    assert "target.build" in dom.stdout and "state update" in dom.stdout and "readfirst trace run-a" in dom.stdout
