@@ -311,9 +311,14 @@ class KnowledgeBase:
         if mode in ("hybrid", "dense"):
             # A path glob is not a Chroma filter: fetch deeper and filter here.
             n = min(total, depth * (10 if path_glob else 1))
-            res = self._collection.query(query_embeddings=self.embedder.embed([text]), n_results=n,
-                                         where=to_chroma_where(where),
-                                         include=["documents", "metadatas", "distances"])
+            vector = self.embedder.embed([text])
+            try:
+                res = self._collection.query(query_embeddings=vector, n_results=n, where=to_chroma_where(where),
+                                             include=["documents", "metadatas", "distances"])
+            except Exception as e:  # a damaged index file surfaces here, as one of several error types
+                raise KnowledgeBaseError(f"the knowledge base at {self.chroma_url or self.directory} could not "
+                                         f"be searched ({str(e)[:200]}); `readfirst kb rebuild` re-creates "
+                                         f"it") from e
             for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
                                             res["distances"][0]):
                 if path_glob and not fnmatch.fnmatchcase(meta.get("path", ""), path_glob):
