@@ -384,5 +384,6 @@ def start_tracing(deps: Any, directory: Path) -> Any:
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,
         ledger=TracedLedger(deps.ledger, recorder) if deps.ledger is not None else None,
         make_model=traced_make_model, say=traced_say, clock=_recorded_value(recorder, "clock", deps.clock),
-        spent_usd=_recorded_value(recorder, "spent_usd", deps.spent_usd), wrap_node=recorder.wrap_node,
+        spent_usd=_recorded_value(recorder, "spent_usd", deps.spent_usd),
+        wrap_node=lambda name, fn: recorder.wrap_node(name, deps.wrap_node(name, fn)),
         extra={**deps.extra, "trace": recorder})

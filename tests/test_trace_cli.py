@@ -122,3 +122,21 @@ def test_the_html_export_is_self_contained_and_renders_in_headless_chromium(cli,
     steps = re.findall(r'<details class="step (ok|error|interrupted)" id="step-(\d+)">', dom.stdout)
     assert len(steps) == len(json.loads(cli("show", "run-a", "--json").stdout)["steps"])
     assert "target.build" in dom.stdout and "state update" in dom.stdout and "readfirst trace run-a" in dom.stdout
+
+
+def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
+    """The whole command: `trace fork` goes on through `readfirst run --resume`'s composition, here with the
+    stand-in target in place of the Docker sandbox and llama.cpp."""
+    from test_trace_standin import CountingSandbox, StandInTarget, make_model_file
+
+    from readfirst.graph import cli_run
+    monkeypatch.setattr(cli_run, "open_sandbox", lambda _paths, say: CountingSandbox())
+    monkeypatch.setattr(cli_run, "open_llama_target",
+                        lambda _paths, sandbox, source, ref, say: StandInTarget(paths.home, Path(source), sandbox))
+    monkeypatch.setattr(cli_run, "_knowledge_base", lambda app, forks, papers, upstream: None)
+    monkeypatch.setattr(cli_run, "model_maker", lambda _paths, model, quant, say:
+                        lambda _t, _c: make_model_file(paths.home / "cache"))
+    result = cli("fork", "run-a", "--from", "6", "--budget-experiments", "3", "--json")
+    assert result.exit_code == 0, result.output
+    forked = [r for r in json.loads(cli("list", "--json").stdout) if r["parent"] == "run-a"]
+    assert len(forked) == 1 and forked[0]["status"] == "finished" and forked[0]["experiments"] == 3
