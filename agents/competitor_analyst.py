@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..protocols import KnowledgeStore
-from .findings import finding
+from .findings import finding, llm_findings
 
 ROLE = "competitor_analyst"
 HOT_PATHS = "ggml/src/ggml-cpu/*"
@@ -35,14 +35,7 @@ def analyze(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, r
         diffs = kb.query(query, k=hi, where={"kind": ["fork-diff", "fork-code"], "path": HOT_PATHS})[lo:]
         if diffs:
             if llm is not None:
-                from .hypothesize_llm import summarize_findings
-                summary = summarize_findings(llm, query, diffs, agent=ROLE)
-                if summary.error:
-                    say(f"{ROLE}: the model's findings for '{query}' were unusable: {summary.error}")
-                for item in summary:
-                    cited = [c for c in diffs if c["id"] in set(item.get("citations", []))]
-                    if cited:
-                        findings.append(finding(ROLE, query, item["claim"], cited))
+                findings += llm_findings(llm, ROLE, query, diffs, say=say)
             else:
                 where = "; ".join(f"{c.get('repo')} {c.get('path')} {c.get('symbol') or ''}".strip() for c in diffs[:3])
                 # The diff text travels with the finding: the offline policy turns these hunks into patches.

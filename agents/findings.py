@@ -35,3 +35,18 @@ def finding(role: str, query: str, claim: str, chunks: Sequence[dict[str, Any]] 
     body = {"role": role, "query": query, "claim": claim, "citations": cites, **(extra or {})}
     fid = "F" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
     return {"id": fid, **body}
+
+
+def llm_findings(llm, role: str, query: str, chunks: Sequence[dict[str, Any]], *,
+                 say=lambda _: None) -> list[dict[str, Any]]:
+    """The model's claims about `chunks`, each kept only with the chunks it really cites."""
+    from .hypothesize_llm import summarize_findings
+    summary = summarize_findings(llm, query, chunks, agent=role)
+    if summary.error:
+        say(f"{role}: the model's findings for '{query}' were unusable: {summary.error}")
+    out = []
+    for item in summary:
+        cited = [c for c in chunks if c["id"] in set(item.get("citations", []))]
+        if cited:
+            out.append(finding(role, query, item["claim"], cited))
+    return out

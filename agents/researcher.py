@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..protocols import KnowledgeStore
-from .findings import finding
+from .findings import finding, llm_findings
 
 ROLE = "researcher"
 
@@ -44,14 +44,7 @@ def research(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, 
         if not chunks:
             continue
         if llm is not None:
-            from .hypothesize_llm import summarize_findings
-            summary = summarize_findings(llm, query, chunks)
-            if summary.error:
-                say(f"{ROLE}: the model's findings for '{query}' were unusable: {summary.error}")
-            for item in summary:
-                cited = [c for c in chunks if c["id"] in set(item.get("citations", []))]
-                if cited:
-                    findings.append(finding(ROLE, query, item["claim"], cited))
+            findings += llm_findings(llm, ROLE, query, chunks, say=say)
             continue
         titles = "; ".join(f"{c.get('title') or c.get('path') or c.get('unit')}" for c in chunks[:3])
         findings.append(finding(ROLE, query, f"Reading on '{query}': {titles}.", chunks))
