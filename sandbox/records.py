@@ -73,6 +73,7 @@ class BuildResult:
 
 @dataclass
 class TestCase:
+    __test__ = False  # a record, not a pytest class
     name: str
     passed: bool
     duration_s: float
@@ -80,6 +81,7 @@ class TestCase:
 
 @dataclass
 class TestResult:
+    __test__ = False
     ok: bool
     cases: list[TestCase]
     log_tail: str
