@@ -45,8 +45,18 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
     record = _record_path(target)
     commit = target.prepare()
     configs = [native_config(), *fallback_configs()]
-    if record.exists():  # the configuration that worked last time on this CPU goes first
-        remembered = from_dict(BuildConfig, json.loads(record.read_text()))
+    saved = json.loads(record.read_text()) if record.exists() else None
+    if saved is not None:
+        remembered = from_dict(BuildConfig, saved.get("config", saved))  # early records held the config alone
+        if saved.get("commit") == commit and target.has_build(commit, remembered):
+            # Verified on this CPU already, and its build is still there: checking it again proves nothing new.
+            target.config = remembered
+            say(f"baseline: verified earlier on this CPU ({remembered.note})")
+            if model is None:
+                model = _make_model(target, commit, build_model)
+            return Baseline(commit, remembered, from_dict(BuildResult, saved["build"]),
+                            from_dict(TestResult, saved["tests"]), saved.get("fallback_reason", "")), model
+        # The configuration that worked last time on this CPU goes first.
         configs = [remembered] + [c for c in configs if config_key(c) != config_key(remembered)]
     failures: list[str] = []
     for config in configs:
@@ -62,9 +72,7 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
             failures.append(f"{config.note}: tests failed ({failed})")
             continue
         if model is None:
-            if build_model is None:
-                raise ValueError("establish_baseline needs a model or a way to build one")
-            model = build_model(target, commit)
+            model = _make_model(target, commit, build_model)
         try:
             target.bench(commit, model=model, options=SMOKE)
         except SandboxError as e:
@@ -75,6 +83,13 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
             reason = f"the native baseline does not work here ({'; '.join(failures)}), so every result uses: {config.note}"
             say(reason)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(to_dict(config)))
+        record.write_text(json.dumps({"config": to_dict(config), "commit": commit, "build": to_dict(build),
+                                      "tests": to_dict(tests), "fallback_reason": reason}))
         return Baseline(commit, config, build, tests, reason), model
     raise BaselineBroken("no build configuration of the baseline works: " + "; ".join(failures))
+
+
+def _make_model(target: LlamaCppTarget, commit: str, build_model) -> Path:
+    if build_model is None:
+        raise ValueError("establish_baseline needs a model or a way to build one")
+    return build_model(target, commit)

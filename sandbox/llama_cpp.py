@@ -115,6 +115,9 @@ class LlamaCppTarget:
         """Where a build's binaries are kept, so benchmarks of any two builds can alternate without rebuilding."""
         return self.paths.cache / "artifacts" / self.source.key / f"{commit[:16]}-{config_key(config or self.config)}"
 
+    def has_build(self, commit: str, config: BuildConfig | None = None) -> bool:
+        return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
+
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
              workdir: str = "/tmp") -> tuple[CommandResult, Path]:
         out = self.paths.cache / "scratch" / uuid.uuid4().hex

@@ -24,13 +24,18 @@ class CrashyTarget:
         self.source = SimpleNamespace(key="src", baseline="b" * 40)
         self.config = BuildConfig()
         self.tried: list[str] = []
+        self.built: set[str] = set()
 
     def prepare(self) -> str:
         return self.source.baseline
 
     def build(self, commit, **_):
         self.tried.append(self.config.note)
+        self.built.add(self.config.note)
         return BuildResult(True, "ok", 1.0, "", self.config, commit)
+
+    def has_build(self, commit, config):
+        return config.note in self.built
 
     def test(self, commit, **_):
         return TestResult(True, [TestCase("test-rope", True, 0.1)], "", 0.1)
@@ -54,10 +59,16 @@ def test_a_crashing_native_baseline_falls_back_says_so_and_remembers(tmp_path, a
     assert base.config.c_flags == "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     assert target.tried == ["native", "native without AMX (AMX matmul crashes: #20824)"]
     assert "benchmark crashed" in base.fallback_reason and base.fallback_reason in said
-    # The next time on this CPU the working configuration goes first: no crash to wait for.
+    # The next time on this CPU, with its build still there, the verified baseline is reused as it was...
     again = CrashyTarget(paths, works=target.works)
-    establish_baseline(again, model=Path("m.gguf"))
-    assert again.tried == ["native without AMX (AMX matmul crashes: #20824)"]
+    again.built = set(target.built)
+    reused, _ = establish_baseline(again, model=Path("m.gguf"))
+    assert again.tried == [] and reused.fallback_reason == base.fallback_reason
+    assert reused.config.c_flags == base.config.c_flags
+    # ...and without its build, the configuration that worked goes first: no crash to wait for.
+    fresh = CrashyTarget(paths, works=target.works)
+    establish_baseline(fresh, model=Path("m.gguf"))
+    assert fresh.tried == ["native without AMX (AMX matmul crashes: #20824)"]
 
 
 def test_nothing_works_is_one_clear_error(tmp_path, amx):
