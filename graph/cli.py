@@ -33,18 +33,17 @@ def _root(ctx: typer.Context,
 
 
 def _register() -> None:
-    from . import cli_main, cli_run, cli_sandbox
-    cli_main.register(app)
-    cli_run.register(app)
-    cli_sandbox.register(app)
-    try:
-        from . import cli_kb
-    except ImportError:  # the knowledge-base commands are optional while they are being built
-        return
-    cli_kb.register(app)
+    from . import cli_kb, cli_main, cli_run, cli_sandbox, cli_trace
+    for group in (cli_main, cli_run, cli_sandbox, cli_kb, cli_trace):
+        group.register(app)
 
 
 _register()
+
+
+# Usage errors: typer may vendor its own copy of click, so take its ClickException from its own class tree.
+_USAGE_ERRORS = tuple({click.ClickException,
+                       *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
 
 
 def main() -> None:
@@ -58,6 +57,6 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _USAGE_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)

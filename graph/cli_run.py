@@ -17,7 +17,8 @@ from .cli_sandbox import _check_quant
 from .deps import model_maker, open_llama_target, open_sandbox
 from .ledger import Ledger
 from .report import experiment_table
-from .runner import RunNotFound, execute, list_runs, new_run_id, read_meta, run_dir, write_meta
+from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_meta
+from .trace import start_tracing
 from .workflow import RunDeps, RunOptions
 
 
@@ -38,6 +39,8 @@ def run(ctx: typer.Context,
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
         offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks, build and runtime "
                                                               "experiments."),
+        kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable): llm, "
+                                                           "patch, build, runtime. Default: all."),
         llm_model: str = typer.Option("claude-sonnet-4-6", "--llm-model", envvar="READFIRST_LLM_MODEL",
                                       help="Anthropic model for the agents."),
         n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="Prompt tokens per benchmark."),
@@ -77,7 +80,8 @@ def run(ctx: typer.Context,
         directory.mkdir(parents=True)
         options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
                              budget_usd=budget_usd, workers=workers, offline=offline, n_prompt=n_prompt,
-                             n_gen=n_gen, threads=threads, calibration_pairs=calibration_pairs, max_runs=max_runs)
+                             n_gen=n_gen, threads=threads, calibration_pairs=calibration_pairs, max_runs=max_runs,
+                             kinds=_check_kinds(kinds))
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": target,
                 "model": str(model) if model else None, "quant": quant, "forks": forks, "papers": papers,
                 "offline": offline, "status": "starting"}
@@ -95,6 +99,7 @@ def run(ctx: typer.Context,
         deps = _with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
                          budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
         meta["budget_usd"] = options.budget_usd if options else meta.get("budget_usd", budget_usd)
+    deps = start_tracing(deps, directory)
     try:
         summary = execute(deps, directory, run_id, options=options, meta=meta)
     except KeyboardInterrupt:
@@ -106,6 +111,14 @@ def run(ctx: typer.Context,
         app.emit_json(summary)
     else:
         _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows())
+
+
+def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
+    known = RunOptions.kinds
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown kind {unknown[0]!r}; choose from {', '.join(known)}", param_hint="--kind")
+    return tuple(kinds) or known
 
 
 def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_usd: float) -> RunDeps:

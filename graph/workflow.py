@@ -53,6 +53,7 @@ class RunOptions:
     calibration_pairs: int = 4
     max_runs: int = 26
     max_research_rounds: int = 3
+    kinds: tuple[str, ...] = ("llm", "patch", "build", "runtime")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class RunDeps:
 
 
 def _options(state: RunState) -> RunOptions:
-    return RunOptions(**state["options"])
+    return RunOptions(**{**state["options"], "kinds": tuple(state["options"].get("kinds", RunOptions.kinds))})
 
 
 def build_graph(deps: RunDeps, checkpointer=None):
@@ -168,6 +169,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
             ranked = [h for h in planned if h["key"] not in tried]
         ranked += offline_policy.propose(findings, best=best, tried=tried, profile_finding=profile_finding,
                                          read_file=read_file)
+        ranked = [h for h in ranked if h["kind"] in opts.kinds]
         if not ranked:
             if state.get("research_round", 0) + 1 < opts.max_research_rounds and deps.kb is not None:
                 return {"hypotheses": [], "research_round": state.get("research_round", 0) + 1}
@@ -197,7 +199,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
         key = f"{payload['best']['commit'][:12]}:{_config_id(payload['best'])}:{h['key']}"
         recorded = deps.ledger.find(key)
         if recorded is None:
-            opts = RunOptions(**payload["options"])
+            opts = _options({"options": payload["options"]})
             say(f"wave {payload['wave']}: {h['title']}")
             row = run_experiment(h, target=deps.target, best=payload["best"], baseline=payload["baseline"],
                                  model=Path(payload["baseline"]["model"]), worker=payload["worker"],

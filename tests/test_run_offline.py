@@ -19,7 +19,9 @@ import pytest
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 # Small shapes keep each benchmark run to seconds; the statistics still need their minimum number of pairs.
+# Runtime experiments need no build; build experiments are exercised by the first test.
 FAST = ["--offline", "-p", "16", "-n", "8", "--max-runs", "8", "--calibration-pairs", "0"]
+RUNTIME_ONLY = [*FAST, "--kind", "runtime"]
 
 
 def readfirst(*args: str, home: Path, timeout: float = 3600, **kw) -> subprocess.CompletedProcess:
@@ -74,7 +76,8 @@ def test_an_offline_run_completes_and_its_report_and_ledger_agree(tmp_path):
 def test_kill_9_then_resume_redoes_no_finished_experiment(tmp_path):
     env = {**os.environ, "READFIRST_HOME": str(tmp_path)}
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "readfirst.graph", "run", *FAST, "--budget-experiments", "3"],
+    proc = subprocess.Popen([sys.executable, "-m", "readfirst.graph", "run", *RUNTIME_ONLY, "--budget-experiments",
+                             "3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 3000

@@ -1,0 +1,40 @@
+"""The command line's manners: --help everywhere, one sentence per error, exit codes a script can test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def readfirst(*args: str, home) -> subprocess.CompletedProcess:
+    import os
+    return subprocess.run([sys.executable, "-m", "readfirst.graph", *args], capture_output=True, text=True,
+                          env={**os.environ, "READFIRST_HOME": str(home)}, timeout=120)
+
+
+@pytest.mark.parametrize("group", [[], ["run"], ["sandbox", "bench"], ["model", "synth"], ["kb", "query"],
+                                   ["trace", "replay"], ["report"]])
+def test_every_command_explains_itself(group, tmp_path):
+    proc = readfirst(*group, "--help", home=tmp_path)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--offline", "--kind", "bogus"], "unknown kind 'bogus'"),
+    (["run", "--bogus"], "No such option"),
+    (["report", "no-such-run"], "no run 'no-such-run'"),
+    (["model", "check", "/nonexistent.gguf"], "does not exist"),
+    (["sandbox", "bench", "--quant", "Q9_9"], "unknown type"),
+])
+def test_errors_are_one_sentence_with_exit_code_2(args, message, tmp_path):
+    proc = readfirst(*args, home=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_runs_lists_nothing_on_a_new_home(tmp_path):
+    proc = readfirst("runs", "--json", home=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]"
