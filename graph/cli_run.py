@@ -46,7 +46,8 @@ def run(ctx: typer.Context,
         n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="Prompt tokens per benchmark."),
         n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="Generated tokens per benchmark."),
         threads: int = typer.Option(2, "-t", "--threads", min=1),
-        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most."),
+        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most, warm-ups included; a "
+                                                                 "keep needs 6 pairs, so at least 14."),
         calibration_pairs: int = typer.Option(4, "--calibration-pairs", min=0, help="A/A pairs for the noise "
                                                                                     "floor (0: skip)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by its id."),
