@@ -8,6 +8,7 @@ finds it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,13 +43,27 @@ def match_expression(query: str) -> str:
     return " OR ".join(f'"{t}"' for t in unique)
 
 
+SCHEMA_VERSION = 1  # 1: rowid derived from the chunk id, so a delete by id is a lookup, not a table scan
+
+
+def rowid(chunk_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(chunk_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
 class LexicalIndex:
-    """An FTS5 table of chunk id → searchable text, with the metadata needed to filter."""
+    """An FTS5 table of chunk id → searchable text, with the metadata needed to filter.
+
+    The index is derived from Chroma's documents: an older schema is dropped on open, and the store's
+    consistency check refills it.
+    """
 
     def __init__(self, path: Path | str):
         self.path = str(path)
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers keep working while one writer writes
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            self._db.execute("DROP TABLE IF EXISTS chunks")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
             "id UNINDEXED, kind UNINDEXED, repo UNINDEXED, path UNINDEXED, source UNINDEXED, body, "
@@ -68,15 +83,16 @@ class LexicalIndex:
         """Rows of (id, text, metadata); an id already present is replaced, not doubled."""
         rows = list(rows)
         with self._db:
-            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(r[0],) for r in rows])
+            self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(rowid(r[0]),) for r in rows])
             self._db.executemany(
-                "INSERT INTO chunks (id, kind, repo, path, source, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(cid, meta.get("kind", ""), meta.get("repo", ""), meta.get("path", ""), meta.get("source", ""),
-                  f"{text}\n{' '.join(identifier_parts(text))}") for cid, text, meta in rows])
+                "INSERT INTO chunks (rowid, id, kind, repo, path, source, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(rowid(cid), cid, meta.get("kind", ""), meta.get("repo", ""), meta.get("path", ""),
+                  meta.get("source", ""), f"{text}\n{' '.join(identifier_parts(text))}")
+                 for cid, text, meta in rows])
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._db:
-            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
+            self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(rowid(i),) for i in ids])
 
     def clear(self) -> None:
         with self._db:
