@@ -242,6 +242,7 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
              max_runs: Optional[int] = typer.Option(None, "--max-runs", min=6),
              calibration_pairs: Optional[int] = typer.Option(None, "--calibration-pairs", min=0),
              max_research_rounds: Optional[int] = typer.Option(None, "--max-research-rounds", min=1),
+             kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable)."),
              prepare_only: bool = typer.Option(False, "--prepare-only", help="Create the run; continue it later "
                                                                              "with `readfirst run --resume`."),
              as_json: bool = typer.Option(False, "--json")) -> None:
@@ -253,6 +254,9 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
                                        budget_usd=budget_usd, workers=workers, n_prompt=n_prompt, n_gen=n_gen,
                                        threads=threads, max_runs=max_runs, calibration_pairs=calibration_pairs,
                                        max_research_rounds=max_research_rounds).items() if v is not None}
+    if kinds:
+        from .cli_run import _check_kinds
+        overrides["kinds"] = list(_check_kinds(kinds))
     meta = fork_run(parent, app.paths.runs / new_run_id(), from_step=from_step, overrides=overrides)
     app.say(f"run {meta['run_id']} forked from {run_id} at step {from_step} ({meta['parent']['node']})")
     if prepare_only:
@@ -261,11 +265,14 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
         else:
             app.console.print(f"continue it with `readfirst run --resume {meta['run_id']}`")
         return
-    from .cli_run import run
-    run(ctx, target="llama.cpp", source=meta.get("source") or "llama.cpp", ref=meta.get("ref"), model=None,
-        quant=meta.get("quant") or "Q4_0", budget_experiments=1, budget_minutes=1, budget_usd=0, workers=1,
-        forks=[], papers=[], offline=bool(meta["options"].get("offline")), n_prompt=1, n_gen=1, threads=1,
-        max_runs=6, calibration_pairs=0, resume=meta["run_id"], as_json=as_json)
+    # `readfirst run --resume NEW_ID` itself, parsed as the command line would be: every other option keeps its
+    # default, and the same paths and console are used.
+    from . import cli_run
+    holder = typer.Typer()
+    cli_run.register(holder)
+    args = ["run", "--resume", meta["run_id"], *(["--offline"] if meta["offline"] else []),
+            *(["--json"] if as_json else [])]
+    typer.main.get_command(holder).main(args=args, standalone_mode=False, obj=app)
 
 
 @trace_app.command("export")

@@ -35,7 +35,8 @@ BLOB_DIR = "trace"
 SCHEMA_VERSION = 1
 INLINE_LIMIT = 2000          # characters of JSON kept inline in an event; more goes to a blob file
 LOG_TAIL = 2000              # characters of a sandbox command's output shown in the trace itself
-TARGET_METHODS = ("prepare", "build", "test", "bench", "kld_base", "logits_check", "commit_patch", "quantize")
+TARGET_METHODS = ("prepare", "has_build", "build", "test", "bench", "kld_base", "logits_check", "commit_patch",
+                  "quantize")
 
 
 class TraceError(ReadfirstError):
@@ -371,6 +372,9 @@ def start_tracing(deps: Any, directory: Path) -> Any:
 
     source = getattr(deps.target, "source", None)
     paths = getattr(deps.target, "paths", None)
+    # The baseline's verification record decides whether the profile rebuilds it: replay needs it as it was.
+    remembered = {f"baselines/{p.name}": p.read_text(errors="replace")
+                  for p in sorted((Path(paths.cache) / "baselines").glob("*.json"))} if paths is not None else {}
     writer.write({"event": "run", "v": SCHEMA_VERSION, "pid": os.getpid(), "run_dir": str(directory),
                   "has": {"kb": deps.kb is not None, "llm": deps.llm is not None,
                           "implement": deps.implement is not None, "plan": deps.plan is not None},
@@ -379,7 +383,9 @@ def start_tracing(deps: Any, directory: Path) -> Any:
                              "baseline": getattr(source, "baseline", None),
                              "source_key": getattr(source, "key", None),
                              "home": str(getattr(paths, "home", "")), "cache": str(getattr(paths, "cache", "")),
-                             "config": plain(getattr(deps.target, "config", None))}}, sync=True)
+                             "config": plain(getattr(deps.target, "config", None)),
+                             "protected": list(getattr(deps.target, "protected", ()) or ()),
+                             "cache_files": writer.stash(remembered)}}, sync=True)
     return dataclasses.replace(
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,
         ledger=TracedLedger(deps.ledger, recorder) if deps.ledger is not None else None,

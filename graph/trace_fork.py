@@ -21,7 +21,8 @@ from .trace_read import Trace, checkpoint_history
 from .trace_replay import copy_ledger_before, steps_from
 
 # What a child inherits from its parent's meta.json; status, pid, summary and errors are the parent's own.
-INHERITED = ("source", "ref", "target", "model", "quant", "forks", "papers")
+# The LLM's spending starts again: the checkpoint does not hold what the parent spent before the fork.
+INHERITED = ("source", "ref", "target", "model", "quant", "forks", "papers", "offline", "llm_model")
 
 
 def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -66,9 +67,10 @@ def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict
                            as_node=made_by[0] if len(made_by) == 1 else None)
     copy_ledger_before(trace, parent_dir / "ledger.sqlite", new_dir / "ledger.sqlite", later).close()
     parent_meta = read_meta(parent_dir)
-    meta = {"run_id": new_id, "created_at": time.time(), **{k: parent_meta.get(k) for k in INHERITED},
-            "status": "forked", "options": options,
+    meta = {"run_id": new_id, "created_at": time.time(), **{k: parent_meta[k] for k in INHERITED if k in parent_meta},
+            "status": "forked", "options": options, "budget_usd": options.get("budget_usd"),
             "parent": {"run_id": parent_dir.name, "step": from_step, "node": start.node,
                        "checkpoint_id": start.starts_from, "changed": overrides}}
+    meta.setdefault("offline", bool(options.get("offline")))
     write_meta(new_dir, meta)
     return meta

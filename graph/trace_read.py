@@ -62,9 +62,14 @@ class Trace:
         self.events = read_events(directory)
         self.runs = [e for e in self.events if e.get("event") == "run"]
         self.steps: dict[int, Step] = {}
+        self._run_of: dict[int, dict[str, Any]] = {}  # step -> the run event (process) that ran it
+        current: dict[str, Any] = {}
         for e in self.events:
             kind = e.get("event")
-            if kind == "step_start":
+            if kind == "run":
+                current = e
+            elif kind == "step_start":
+                self._run_of[e["step"]] = current
                 self.steps[e["step"]] = Step(e["step"], e["node"], e.get("starts_from"), e.get("input_digest", ""),
                                              e.get("at", 0.0), e.get("task_id"), e.get("payload"))
             elif kind == "step_end" and e.get("step") in self.steps:
@@ -76,6 +81,10 @@ class Trace:
     @property
     def info(self) -> dict[str, Any]:
         return self.runs[0] if self.runs else {}
+
+    def info_for(self, step: int) -> dict[str, Any]:
+        """What the process that ran `step` recorded about its dependencies (a resumed run has several)."""
+        return self._run_of.get(step) or self.info
 
     def blob(self, value: Any) -> Any:
         return load_blob(self.directory, value)

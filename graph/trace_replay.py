@@ -183,10 +183,19 @@ def _outcome(error: dict[str, str] | None) -> str:
 # -- stand-ins that serve the recording --------------------------------------------------------------------------
 
 class ReplayTarget:
-    def __init__(self, replayer: Replayer, info: dict[str, Any]):
+    """The target as recorded. Its data directory is a scratch one holding the cache files the run started with
+    (the baseline's verification record), so that replay neither reads today's cache nor writes into it."""
+
+    def __init__(self, replayer: Replayer, info: dict[str, Any], scratch: Path):
         t = info.get("target") or {}
         self.name = t.get("name") or "llama.cpp"
-        self.paths = Paths(Path(t.get("home") or "."), Path(t.get("cache") or "."))
+        self.protected = tuple(t.get("protected") or ())
+        self.paths = Paths(scratch / "home", scratch / "cache")
+        for relative, text in (replayer.trace.blob(t.get("cache_files")) or {}).items():
+            dest = self.paths.cache / relative
+            if dest.resolve().is_relative_to(self.paths.cache.resolve()):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(text)
         self.source = SimpleNamespace(path=Path(t.get("source_path") or "."), baseline=t.get("baseline"),
                                       key=t.get("source_key"))
         self.config = from_dict(BuildConfig, t["config"]) if t.get("config") else BuildConfig()
@@ -285,12 +294,20 @@ def _interrupted(step: Step) -> bool:
     return ((step.end or {}).get("error") or {}).get("type") in ("KeyboardInterrupt", "SystemExit")
 
 
+def llm_roles(llm: Any, source_path: Path, protected: tuple[str, ...]) -> dict[str, Any]:
+    """The LLM implementer and planner around the replayed model, composed as `readfirst run` composes them."""
+    from ..agents.hypothesize_llm import plan_hypotheses
+    from ..agents.implementer import worktree_implementer
+    return {"implement": worktree_implementer(llm, source_path, protected=protected),
+            "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
+
+
 def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | None = None,
            target: Any = None, make_model: Callable | None = None,
            make_roles: Callable[[Any], dict[str, Any]] | None = None) -> ReplayReport:
     """Replay run_dir from `from_step` (its first step by default). `target` (and `make_model`) given: builds and
     benchmarks run for real (--rerun-sandbox); otherwise the recording answers. `make_roles(llm)` rebuilds the
-    LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model."""
+    LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model (default: llm_roles)."""
     from .runner import open_checkpointer
     from .workflow import RunDeps, build_graph
     trace = Trace(run_dir)
@@ -303,12 +320,14 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     report = ReplayReport(run_dir.name, from_step, until_step, start.starts_from or "",
                           rerun_sandbox=target is not None)
     replayer = Replayer(trace, report, later, until_step)
-    has = trace.info.get("has", {})
+    info = trace.info_for(from_step)
+    has = info.get("has", {})
     llm = ReplayLLM(replayer) if has.get("llm") else None
-    roles = make_roles(llm) if make_roles is not None else {}
-    if (has.get("implement") or has.get("plan")) and not roles:
-        raise TraceError(f"run {run_dir.name} used the LLM implementer or planner: replay needs them rebuilt "
-                         f"around the recorded responses (make_roles)")
+    roles: dict[str, Any] = {}
+    if has.get("implement") or has.get("plan"):
+        recorded_target = info.get("target") or {}
+        roles = make_roles(llm) if make_roles is not None else llm_roles(
+            llm, Path(recorded_target.get("source_path") or "."), tuple(recorded_target.get("protected") or ()))
 
     def replayed_model(_target: Any, _commit: str) -> Path:
         return decode_result(replayer.serve("model", "make_model")["result"])
@@ -317,7 +336,8 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
         scratch = Path(scratch_name)
         copy_sqlite(run_dir / "checkpoints.sqlite", scratch / "checkpoints.sqlite")
         ledger = copy_ledger_before(trace, run_dir / "ledger.sqlite", scratch / "ledger.sqlite", later)
-        deps = RunDeps(target=target if target is not None else ReplayTarget(replayer, trace.info), ledger=ledger,
+        replay_target = target if target is not None else ReplayTarget(replayer, info, scratch)
+        deps = RunDeps(target=replay_target, ledger=ledger,
                        run_dir=scratch, make_model=make_model if target is not None else replayed_model,
                        kb=ReplayKnowledgeBase(replayer) if has.get("kb") else None, llm=llm,
                        implement=roles.get("implement"), plan=roles.get("plan"),

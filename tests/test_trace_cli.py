@@ -140,3 +140,5 @@ def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
     assert result.exit_code == 0, result.output
     forked = [r for r in json.loads(cli("list", "--json").stdout) if r["parent"] == "run-a"]
     assert len(forked) == 1 and forked[0]["status"] == "finished" and forked[0]["experiments"] == 3
+    from readfirst.graph.trace_read import Trace
+    assert Trace(paths.runs / forked[0]["run_id"]).ordered()[0].node == "decide"  # it goes on from the fork

@@ -57,6 +57,9 @@ class StandInTarget:
     def prepare(self) -> str:
         return self.source.baseline
 
+    def has_build(self, commit: str, config: BuildConfig | None = None) -> bool:
+        return False  # the stand-in keeps no artifacts: every run checks its baseline
+
     def commit_patch(self, patch: str, *, base: str | None = None, message: str = "") -> str:
         raise AssertionError("the stand-in takes no patches")
 
