@@ -66,6 +66,7 @@ class _Cursor:
 
     def __init__(self, step: Step):
         self.step = step
+        self.failure: str | None = None  # kept in case a role catches the Diverged it raised
         self.queues: dict[str, list[dict[str, Any]]] = {}
         for call in step.calls:
             if not call.get("nested"):
@@ -74,8 +75,12 @@ class _Cursor:
     def next(self, kind: str, what: str) -> dict[str, Any]:
         queue = self.queues.get(kind) or []
         if not queue:
-            raise Diverged(f"it made a {kind} call the recording does not have ({what})")
+            self.fail(f"it made a {kind} call the recording does not have ({what})")
         return queue.pop(0)
+
+    def fail(self, reason: str) -> None:
+        self.failure = self.failure or reason
+        raise Diverged(reason)
 
 
 _CURSOR: contextvars.ContextVar[_Cursor | None] = contextvars.ContextVar("readfirst_replay_cursor", default=None)
@@ -96,6 +101,12 @@ class Replayer:
         with self._lock:
             self.report.served[kind] = self.report.served.get(kind, 0) + 1
         return call
+
+    def fail(self, reason: str) -> None:
+        cursor = _CURSOR.get()
+        if cursor is None:
+            raise Diverged(reason)
+        cursor.fail(reason)
 
     def value(self, kind: str, fallback: Callable[[], Any]) -> Callable[[], Any]:
         recorded = [c["value"] for s in self.trace.ordered() for c in s.calls if c["kind"] == kind]
@@ -135,17 +146,24 @@ class Replayer:
     def wrap_node(self, name: str, fn: Callable) -> Callable:
         def replayed(state: Any) -> Any:
             recorded = self._match(name, digest(state))
-            token = _CURSOR.set(_Cursor(recorded))
+            cursor = _Cursor(recorded)
+            token = _CURSOR.set(cursor)
             try:
                 update, error = fn(state), None
-            except (_Stop, Diverged) as e:
-                if isinstance(e, Diverged):
-                    self._diverge(Divergence(recorded.step, name, f"step {recorded.step} ({name}): {e}"))
-                raise _Stop() from None
+            except _Stop:
+                raise
+            except Diverged as e:
+                cursor.failure = cursor.failure or str(e)
+                update, error = None, None
             except Exception as e:  # a node's error is a result to compare: the recording may hold the same one
                 update, error = None, {"type": type(e).__name__, "message": str(e)}
             finally:
                 _CURSOR.reset(token)
+            if cursor.failure is not None:
+                self._diverge(Divergence(recorded.step, name, cursor.failure))
+                with self._lock:
+                    self.report.steps.append({"step": recorded.step, "node": name, "same": False})
+                raise _Stop()
             same = self._compare(recorded, update, error, digest(state))
             with self._lock:
                 self.report.steps.append({"step": recorded.step, "node": name, "same": same})
@@ -209,9 +227,10 @@ class ReplayTarget:
         def call(*args: Any, **kwargs: Any) -> Any:
             recorded = self._replayer.serve("target", name)
             if recorded.get("method") != name:
-                raise Diverged(f"it called target.{name} where the recording called target.{recorded.get('method')}")
+                self._replayer.fail(f"it called target.{name} where the recording called "
+                                    f"target.{recorded.get('method')}")
             if recorded.get("args_digest") != digest({"args": args, "kwargs": kwargs}):
-                raise Diverged(f"it called target.{name} with other arguments than the recording")
+                self._replayer.fail(f"it called target.{name} with other arguments than the recording")
             if "error" in recorded:
                 raise_recorded(recorded["error"])
             return decode_result(self._replayer.trace.blob(recorded["result"]))
@@ -225,7 +244,7 @@ class ReplaySandbox:
     def run(self, command: str, **_: Any):
         recorded = self._replayer.serve("sandbox", command[:80])
         if recorded.get("command") != command:
-            raise Diverged(f"it ran another sandbox command than the recording: {command[:200]!r}")
+            self._replayer.fail(f"it ran another sandbox command than the recording: {command[:200]!r}")
         if "error" in recorded:
             raise_recorded(recorded["error"])
         return decode_result(self._replayer.trace.blob(recorded["result"]))
@@ -238,7 +257,7 @@ class ReplayKnowledgeBase:
     def query(self, text: str, k: int = 8, where: dict[str, Any] | None = None, **_: Any) -> list[dict[str, Any]]:
         recorded = self._replayer.serve("kb", text[:80])
         if (recorded.get("query"), recorded.get("k"), canonical(recorded.get("where"))) != (text, k, canonical(where)):
-            raise Diverged(f"it queried the knowledge base with {text[:120]!r} where the recording queried "
+            self._replayer.fail(f"it queried the knowledge base with {text[:120]!r} where the recording queried "
                            f"{str(recorded.get('query'))[:120]!r}")
         return self._replayer.trace.blob(recorded["results"])
 
@@ -254,7 +273,7 @@ class ReplayLLM:
         recorded = self._replayer.serve("llm", agent or "llm")
         request = {"messages": messages, "system": system, "tools": tools, "max_tokens": max_tokens}
         if recorded.get("request_digest") != digest(request):
-            raise Diverged(f"its LLM request ({agent or 'an agent'}) differs from the recorded one")
+            self._replayer.fail(f"its LLM request ({agent or 'an agent'}) differs from the recorded one")
         if recorded.get("error") or not recorded.get("response"):
             raise LLMError(f"(recorded) {recorded.get('error') or 'no response'}")
         return LLMResponse.from_dict(self._replayer.trace.blob(recorded["response"]))

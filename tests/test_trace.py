@@ -85,6 +85,15 @@ def test_a_code_change_makes_replay_name_the_divergent_step(tmp_path, monkeypatc
     assert report.steps[-1] == {"step": first_experiment.step, "node": "experiment", "same": False}
 
 
+def test_a_changed_sandbox_command_is_named_in_the_divergence(tmp_path, monkeypatch):
+    directory, _, _ = record_run(tmp_path)
+    from readfirst.agents import profiling
+    monkeypatch.setattr(workflow, "measure_read_bandwidth", lambda sandbox, scratch, threads:
+                        profiling.measure_read_bandwidth(sandbox, scratch, threads=threads, mib=512))
+    d = replay(directory).divergence
+    assert d is not None and d.step == 1 and d.node == "profile" and "another sandbox command" in d.reason
+
+
 def test_replay_from_a_later_step_until_another(tmp_path):
     directory, _, _ = record_run(tmp_path)
     steps = Trace(directory).ordered()
