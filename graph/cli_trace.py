@@ -70,7 +70,7 @@ def _outcome(trace: Trace, step: Step) -> str:
     if "error" in end:
         return f"{end['error']['type']}: {end['error']['message'][:80]}"
     if step.end is None:
-        return "interrupted: the run stopped inside this step"
+        return "no end recorded: still running, or the run stopped inside this step"
     update = trace.update(step) or {}
     for r in update.get("wave_results") or []:
         return f"{r.get('id')} {r.get('decision')}: {r.get('title')}"
