@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -213,6 +214,8 @@ def main() -> None:
                  f"{sum(1 for x in QUERIES if x.get('exact'))} name an identifier, the rest are natural language); "
                  "recall@5 = share of queries with a relevant chunk in the top 5, MRR over the top 10:", "",
              fmt_quality(q)]
+    body.append(f"\nLoad average at the end of the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+                "(this machine is shared; latencies under load spread wide).")
     write_section("kb", "Knowledge base: ingestion, query latency, retrieval quality", "\n".join(body))
     print("\n".join(body))
 
