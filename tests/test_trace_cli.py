@@ -127,6 +127,16 @@ def test_the_html_export_is_self_contained_and_renders_in_headless_chromium(cli,
 def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
     """The whole command: `trace fork` goes on through `readfirst run --resume`'s composition, here with the
     stand-in target in place of the Docker sandbox and llama.cpp."""
+    _stand_in_composition(monkeypatch, paths)
+    result = cli("fork", "run-a", "--from", "6", "--budget-experiments", "3", "--json")
+    assert result.exit_code == 0, result.output
+    forked = [r for r in json.loads(cli("list", "--json").stdout) if r["parent"] == "run-a"]
+    assert len(forked) == 1 and forked[0]["status"] == "finished" and forked[0]["experiments"] == 3
+    from readfirst.graph.trace_read import Trace
+    assert Trace(paths.runs / forked[0]["run_id"]).ordered()[0].node == "decide"  # it goes on from the fork
+
+
+def _stand_in_composition(monkeypatch, paths):
     from test_trace_standin import CountingSandbox, StandInTarget, make_model_file
 
     from readfirst.graph import cli_run
@@ -136,9 +146,33 @@ def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
     monkeypatch.setattr(cli_run, "_knowledge_base", lambda app, forks, papers, upstream: None)
     monkeypatch.setattr(cli_run, "model_maker", lambda _paths, model, quant, say:
                         lambda _t, _c: make_model_file(paths.home / "cache"))
-    result = cli("fork", "run-a", "--from", "6", "--budget-experiments", "3", "--json")
-    assert result.exit_code == 0, result.output
-    forked = [r for r in json.loads(cli("list", "--json").stdout) if r["parent"] == "run-a"]
-    assert len(forked) == 1 and forked[0]["status"] == "finished" and forked[0]["experiments"] == 3
-    from readfirst.graph.trace_read import Trace
-    assert Trace(paths.runs / forked[0]["run_id"]).ordered()[0].node == "decide"  # it goes on from the fork
+
+
+def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeypatch):
+    """`readfirst run` composes the Anthropic model, planner and implementer itself; replay rebuilds the planner
+    and implementer around the recorded answers, and the fake API sees nothing more."""
+    from fake_anthropic import FakeAnthropic
+    from test_trace_standin import make_source
+
+    from readfirst.agents.llm import message_json
+    from readfirst.graph import cli_run
+    _stand_in_composition(monkeypatch, paths)
+    app = typer.Typer()
+    cli_run.register(app)
+    cli_trace.register(app)
+    runner = CliRunner()
+    source = make_source(paths.home / "source")
+    with FakeAnthropic([message_json("[]")] * 50) as api:  # the planner proposes nothing: offline ideas run
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        ran = runner.invoke(app, ["run", "--source", str(source), "--budget-experiments", "1", "--calibration-pairs",
+                                  "0", "--max-runs", "16", "--json"])
+        assert ran.exit_code == 0, ran.output
+        run_id = json.loads(ran.stdout)["run_id"]
+        asked = api.count
+        assert asked > 0
+        replayed = runner.invoke(app, ["trace", "replay", run_id, "--json"])
+        assert api.count == asked
+    assert replayed.exit_code == 0, replayed.output
+    report = json.loads(replayed.stdout)
+    assert report["identical"] and report["served"]["llm"] == asked

@@ -44,6 +44,7 @@ class CountingSandbox:
 class StandInTarget:
     """Answers like LlamaCppTarget: any build configuration changed from the baseline's is 8% faster."""
     name = "llama.cpp"
+    protected = ("tests/*",)
 
     def __init__(self, home: Path, source: Path, sandbox: CountingSandbox):
         self.paths = Paths(home, home / "cache")
