@@ -176,3 +176,8 @@ def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeyp
     assert replayed.exit_code == 0, replayed.output
     report = json.loads(replayed.stdout)
     assert report["identical"] and report["served"]["llm"] == asked
+    timeline = json.loads(runner.invoke(app, ["trace", "show", run_id, "--json"]).stdout)
+    planned = next(s for s in timeline["steps"] if s["llm"])
+    shown = runner.invoke(app, ["trace", "show", run_id, "--step", str(planned["step"])], terminal_width=200)
+    assert shown.exit_code == 0 and "LLM" in shown.stdout and "answered: []" in shown.stdout, shown.output
+    assert timeline["summary"]["cost_usd"] > 0
