@@ -35,10 +35,11 @@ say "installing readfirst and its dependencies"
 .venv/bin/readfirst setup
 
 if [ "$run_main" = 1 ]; then
-  # A short run of the loop: read ik_llama.cpp's CPU backend against llama.cpp, then three experiments.
-  # Without an API key the offline policy runs real experiments with no LLM.
+  # A short run of the loop: read ik_llama.cpp's own CPU kernels (ggml/src/iqk) against llama.cpp, then three
+  # experiments. Without an API key the offline policy runs real experiments with no LLM.
   mode=()
   [ -n "${ANTHROPIC_API_KEY:-}" ] || mode=(--offline)
-  say "running the main job: readfirst run ${mode[*]} --fork ik_llama.cpp --budget-experiments 3"
-  exec .venv/bin/readfirst run "${mode[@]}" --fork ik_llama.cpp --budget-experiments 3
+  args=("${mode[@]}" --fork ik_llama.cpp --fork-subdir ggml/src/iqk --budget-experiments 3)
+  say "running the main job: readfirst run ${args[*]}"
+  exec .venv/bin/readfirst run "${args[@]}"
 fi

@@ -36,6 +36,8 @@ def run(ctx: typer.Context,
                                                                 "benchmarks one at a time)."),
         forks: list[str] = typer.Option([], "--fork", help="A fork to read before researching (ik_llama.cpp, a "
                                                            "path or a git URL), against the target's source."),
+        fork_subdirs: list[str] = typer.Option(["ggml/src"], "--fork-subdir", help="Read only these folders of "
+                                                                             "the forks (repeatable)."),
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
         offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks, build and runtime "
                                                               "experiments."),
@@ -85,13 +87,15 @@ def run(ctx: typer.Context,
                              kinds=_check_kinds(kinds))
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": target,
                 "model": str(model) if model else None, "quant": quant, "forks": forks, "papers": papers,
+                "fork_subdirs": fork_subdirs,
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
         src = source
         app.say(f"run {run_id} → {directory}")
     sandbox = open_sandbox(app.paths, say=app.say)
     tgt = open_llama_target(app.paths, sandbox, source=src, ref=meta.get("ref"), say=app.say)
-    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []), upstream=src)
+    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []), upstream=src,
+                         subdirs=meta.get("fork_subdirs", ["ggml/src"]))
     ledger = Ledger(directory / "ledger.sqlite")
     deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say,
                    make_model=model_maker(app.paths, model=Path(meta["model"]) if meta.get("model") else None,
@@ -145,13 +149,13 @@ def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_
                    plan=lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n))
 
 
-def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str):
+def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str]):
     """Ingest what the run names first (one writer at a time), then open the store for reading."""
     from ..knowledge_base.embedder import SentenceTransformerEmbedder
     from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
     from ..knowledge_base.store import KnowledgeBase
     embedder = SentenceTransformerEmbedder()
-    recipes = [fork_recipe(f, upstream=upstream, subdirs=["ggml/src"]) for f in forks]
+    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs) for f in forks]
     recipes += paper_recipes(papers) if papers else []
     if recipes:
         kb = KnowledgeBase(app.paths.knowledge_base, embedder, writable=True)
