@@ -37,7 +37,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> 
     items = []
     for meta in list_runs(app.paths):
         directory = app.paths.runs / meta["run_id"]
-        figures = Trace(directory).summary() if has_trace(directory) else {}
+        figures = Trace(directory, checkpoints=False).summary() if has_trace(directory) else {}
         s = meta.get("summary") or {}
         items.append({"run_id": meta["run_id"], "status": meta.get("status"), "traced": bool(figures),
                       "parent": (meta.get("parent") or {}).get("run_id"), "duration_s": figures.get("duration_s"),

@@ -57,7 +57,7 @@ class Step:
 class Trace:
     """A run directory's trace.jsonl as steps; blobs are loaded on demand."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, checkpoints: bool = True):
         self.directory = directory
         self.events = read_events(directory)
         self.runs = [e for e in self.events if e.get("event") == "run"]
@@ -76,7 +76,8 @@ class Trace:
                 self.steps[e["step"]].end = e
             elif kind == "call" and e.get("step") in self.steps:
                 self.steps[e["step"]].calls.append(e)
-        self._resolve_ends()
+        if checkpoints:  # `trace list` needs only the figures: it skips reading every run's checkpoints
+            self._resolve_ends()
 
     @property
     def info(self) -> dict[str, Any]:
