@@ -140,12 +140,11 @@ def _stand_in_composition(monkeypatch, paths):
     from test_trace_standin import CountingSandbox, StandInTarget, make_model_file
 
     from readfirst.graph import cli_run
-    monkeypatch.setattr(cli_run, "open_sandbox", lambda _paths, say: CountingSandbox())
-    monkeypatch.setattr(cli_run, "open_llama_target",
-                        lambda _paths, sandbox, source, ref, say: StandInTarget(paths.home, Path(source), sandbox))
-    monkeypatch.setattr(cli_run, "_knowledge_base", lambda app, forks, papers, upstream: None)
-    monkeypatch.setattr(cli_run, "model_maker", lambda _paths, model, quant, say:
-                        lambda _t, _c: make_model_file(paths.home / "cache"))
+    monkeypatch.setattr(cli_run, "open_sandbox", lambda *_, **__: CountingSandbox())
+    monkeypatch.setattr(cli_run, "open_llama_target", lambda _paths, sandbox, *, source, **__:
+                        StandInTarget(paths.home, Path(source), sandbox))
+    monkeypatch.setattr(cli_run, "_knowledge_base", lambda *_, **__: None)
+    monkeypatch.setattr(cli_run, "model_maker", lambda *_, **__: lambda _t, _c: make_model_file(paths.home / "cache"))
 
 
 def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeypatch):
