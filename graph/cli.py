@@ -50,7 +50,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ReadfirstError as e:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
