@@ -100,7 +100,8 @@ class KnowledgeBase:
             self._collection = self._open_collection()
             suffix = "" if not chroma_url else "-" + re.sub(r"[^A-Za-z0-9]+", "_", chroma_url).strip("_")
             self.lexical = LexicalIndex(self.directory / f"lexical{suffix}.sqlite")
-            if writable:
+            # A client of a server keeps its own lexical index: a reader builds it once, from the server.
+            if writable or (chroma_url and self._collection is not None and self.lexical.count() == 0):
                 self._check_consistency()
         except BaseException:
             self.close()

@@ -81,6 +81,7 @@ def test_the_store_works_the_same_on_a_server(chroma_server, tmp_path, embedder)
     # The data lives in the server: a second client (another directory, same server) sees it.
     with KnowledgeBase(tmp_path / "elsewhere", embedder, chroma_url=chroma_server) as reader:
         assert reader.count() == 1
+        assert reader.query("ggml_vec_dot_q4_0_q8_0", k=1, mode="lexical"), "its lexical index is built from the server"
 
 
 def test_cli_with_chroma_url(chroma_server, tmp_path):
