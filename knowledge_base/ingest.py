@@ -18,8 +18,7 @@ from ..sandbox.sources import KNOWN_SOURCES, prepare_source
 from .backends import gap_units, scan_backends
 from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
 from .forks import Side, fork_units
-from .papers import ARXIV_ID, arxiv_client, arxiv_units, document_unit, find_papers, reading_list, \
-    reading_list_units
+from .papers import ARXIV_ID, arxiv_client, arxiv_units, document_unit, find_papers, reading_list_units
 from .store import IngestSummary, KnowledgeBase
 
 Progress = Callable[[str], None]
@@ -156,10 +155,6 @@ def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progr
     kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
     # A query or reading-list item may return different papers over time: never prune papers.
     return source, kb.ingest(source, units, prune=recipe["kind"] != "papers", progress=progress)
-
-
-def reading_list_ids() -> list[str]:
-    return [e["arxiv"] for e in reading_list() if e.get("arxiv")]
 
 
 def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:
