@@ -18,25 +18,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 FAST = ["--offline", "-p", "16", "-n", "8", "--max-runs", "8", "--calibration-pairs", "0", "--budget-experiments", "1"]
 
-# `readfirst run` with the recorder attached the way cli_run attaches it; once cli_run calls start_tracing itself,
-# the plain command is run.
-RUN = """
-import sys
-from readfirst.graph import cli, cli_run
-if "start_tracing" not in open(cli_run.__file__).read():
-    from readfirst.graph.trace import start_tracing
-    execute = cli_run.execute
-    cli_run.execute = lambda deps, directory, *a, **kw: execute(start_tracing(deps, directory), directory, *a, **kw)
-sys.argv = ["readfirst", *sys.argv[1:]]
-cli.main()
-"""
-
 
 def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, docker_client, base_image):
     env = {**os.environ, "READFIRST_HOME": str(tmp_path)}
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-c", RUN, "run", *FAST, "--json"], capture_output=True, text=True,
-                          timeout=3600, env=env)
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", *FAST, "--json"], capture_output=True,
+                          text=True, timeout=3600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = json.loads(proc.stdout)["run_id"]
     directory = tmp_path / "runs" / run_id
@@ -45,9 +32,8 @@ def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, 
     assert recorded_commands > 0 and trace.ordered()[0].node == "profile"
     assert any(c["kind"] == "sandbox" and c.get("log_path") for s in trace.ordered() for c in s.calls)
 
-    import docker
     from docker.models.containers import ContainerCollection
-    created = []
+    created: list = []
     original = ContainerCollection.create
 
     def counting_create(self, *args, **kwargs):  # any container started during replay is a sandbox command
@@ -59,6 +45,6 @@ def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, 
         report = replay(directory)
     finally:
         ContainerCollection.create = original
-    assert docker is not None and created == []
+    assert created == []
     assert report.identical, report.divergence
     assert report.served["target"] > 0 and [s["step"] for s in report.steps] == sorted(trace.steps)
