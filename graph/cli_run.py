@@ -133,9 +133,8 @@ def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_
     """
     from dataclasses import replace
 
-    from ..agents.hypothesize_llm import plan_hypotheses
-    from ..agents.implementer import worktree_implementer
     from ..agents.llm import AnthropicLLM, Budget, make_client
+    from .deps import llm_roles
     budget = Budget.restore(meta["llm_budget"]) if meta.get("llm_budget") else Budget(budget_usd)
 
     def saved(call: dict) -> None:
@@ -145,8 +144,7 @@ def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_
     client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
     llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
     return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
-                   implement=worktree_implementer(llm, deps.target.source.path, protected=deps.target.protected),
-                   plan=lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n))
+                   **llm_roles(llm, deps.target.source.path, tuple(deps.target.protected)))
 
 
 def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str]):

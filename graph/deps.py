@@ -46,3 +46,11 @@ def model_maker(paths: Paths, *, model: Path | None, quant: str, say: Say) -> Ca
             return import_model(model, paths.models)
         return synthesize(target, commit, paths.models, quant=quant, say=say)
     return make
+
+
+def llm_roles(llm, source_path: Path, protected: tuple[str, ...]) -> dict:
+    """The LLM implementer and planner around a model: `readfirst run` and trace replay compose them alike."""
+    from ..agents.hypothesize_llm import plan_hypotheses
+    from ..agents.implementer import worktree_implementer
+    return {"implement": worktree_implementer(llm, source_path, protected=protected),
+            "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Ledger:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.Lock()  # parallel experiments of a wave record from several threads
         self._migrate()
 
     def _migrate(self) -> None:
@@ -65,6 +67,10 @@ class Ledger:
 
     def record(self, row: dict[str, Any]) -> dict[str, Any]:
         """Insert once per key; a second record of the same key returns the first (idempotent re-runs)."""
+        with self._lock:
+            return self._record(row)
+
+    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
         existing = self.find(row["key"])
         if existing is not None:
             return existing

@@ -27,6 +27,7 @@ from ..sandbox.records import BuildConfig, from_dict
 from .ledger import Ledger
 from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, raise_recorded
 from .trace_read import Step, Trace
+from .deps import llm_roles  # replay composes the LLM roles exactly as a run does
 
 
 class Diverged(Exception):
@@ -311,14 +312,6 @@ def steps_from(trace: Trace, from_step: int) -> tuple[Step, list[Step]]:
 def _interrupted(step: Step) -> bool:
     """A step stopped by Ctrl-C is no result: the resumed run ran it again as a later step."""
     return ((step.end or {}).get("error") or {}).get("type") in ("KeyboardInterrupt", "SystemExit")
-
-
-def llm_roles(llm: Any, source_path: Path, protected: tuple[str, ...]) -> dict[str, Any]:
-    """The LLM implementer and planner around the replayed model, composed as `readfirst run` composes them."""
-    from ..agents.hypothesize_llm import plan_hypotheses
-    from ..agents.implementer import worktree_implementer
-    return {"implement": worktree_implementer(llm, source_path, protected=protected),
-            "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
 
 
 def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | None = None,

@@ -104,3 +104,19 @@ def test_findings_ids_are_stable_and_content_derived():
     c = finding("r", "q", "other claim")
     assert a["id"] == b["id"] != c["id"]
     assert a["citations"][0]["origin"] == "r p.c:1-2"
+
+
+def test_parallel_records_get_distinct_ids(tmp_path):
+    import threading
+    ledger = Ledger(tmp_path / "l.sqlite")
+    barrier = threading.Barrier(8)
+
+    def record(i):
+        barrier.wait()
+        ledger.record({**ROW, "key": f"k{i}"})
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["id"] for r in ledger.rows()) == [f"E{i:03d}" for i in range(1, 9)]
