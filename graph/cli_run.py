@@ -14,12 +14,9 @@ from ..errors import ReadfirstError
 from ..sandbox.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
-from .deps import model_maker, open_llama_target, open_sandbox
 from .ledger import Ledger
 from .report import experiment_table
 from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_meta
-from .trace import start_tracing
-from .workflow import RunDeps, RunOptions
 
 
 def run(ctx: typer.Context,
@@ -59,6 +56,9 @@ def run(ctx: typer.Context,
     Without ANTHROPIC_API_KEY pass --offline: the loop then runs real experiments from fork hunks, build
     configurations and runtime parameters. Ctrl-C saves; `--resume RUN_ID` continues where it stopped.
     """
+    from .deps import model_maker, open_llama_target, open_sandbox
+    from .trace import start_tracing
+    from .workflow import RunDeps, RunOptions
     app = app_context(ctx)
     if target != "llama.cpp":
         raise ReadfirstError(f"unknown target {target!r}; known: llama.cpp")
@@ -119,6 +119,7 @@ def run(ctx: typer.Context,
 
 
 def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
+    from .workflow import RunOptions
     known = RunOptions.kinds
     unknown = [k for k in kinds if k not in known]
     if unknown:
@@ -126,7 +127,7 @@ def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
     return tuple(kinds) or known
 
 
-def _with_llm(deps: RunDeps, directory: Path, meta: dict, *, model: str, budget_usd: float) -> RunDeps:
+def _with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float):
     """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
 
     The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.

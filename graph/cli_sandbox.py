@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..agents.statistics import kld_failure
 from ..errors import ReadfirstError
 from ..sandbox import engine, image
 from ..sandbox.baseline import establish_baseline
@@ -94,6 +93,7 @@ def bench_cmd(ctx: typer.Context,
             tests = target.test(commit)
             base_logits = target.kld_base(baseline.commit, model=model_path)
             kld = target.logits_check(commit, model=model_path, base_logits=base_logits)
+            from ..agents.statistics import kld_failure  # scipy: only paid for when a patch is judged
             report["candidate"].update(tests=to_dict(tests), kld=to_dict(kld), kld_verdict=kld_failure(kld))
             app.say("benchmarking the patched tree")
             cand = target.bench(commit, model=model_path, options=options)

@@ -18,13 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.sqlite import SqliteSaver
-
 from ..config import Paths
 from ..errors import ReadfirstError
 from ..sandbox.sources import git
 from .ledger import Ledger
-from .workflow import RunDeps, RunOptions, build_graph
 
 Say = Callable[[str], None]
 
@@ -57,15 +54,20 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, directory / "meta.json")
 
 
-def open_checkpointer(directory: Path) -> tuple[SqliteSaver, sqlite3.Connection]:
+def open_checkpointer(directory: Path):
+    """LangGraph's SQLite checkpointer for a run (imported here: listing runs should not pay for LangGraph)."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
     conn = sqlite3.connect(directory / "checkpoints.sqlite", check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return SqliteSaver(conn), conn
 
 
-def execute(deps: RunDeps, directory: Path, run_id: str, *, options: RunOptions | None, meta: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume, when `options` is None) the graph to its end; export what the run produced."""
+def execute(deps, directory: Path, run_id: str, *, options, meta: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume, when `options` is None) the graph to its end; export what the run produced.
+
+    `deps` is a workflow.RunDeps, `options` a workflow.RunOptions."""
+    from .workflow import build_graph
     saver, conn = open_checkpointer(directory)
     with closing(conn):
         graph = build_graph(deps, checkpointer=saver)
@@ -91,7 +93,7 @@ def execute(deps: RunDeps, directory: Path, run_id: str, *, options: RunOptions 
     return summary
 
 
-def export(deps: RunDeps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
+def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
     ledger = deps.ledger
     rows = ledger.rows()
     ledger.export_tsv(directory / "results.tsv")
