@@ -1,0 +1,102 @@
+"""The evaluator's keep rule on real builds: A/A false keeps, and detection of planted slowdowns and speedups.
+
+Identical builds (A/A) must almost never be kept; a planted slowdown in a CPU kernel (rms_norm recomputing its
+row sum R times) must be discarded, and its removal (the slowed build as the current best, the original as the
+candidate) kept. The true size of each planted effect is the median of all its trials' estimates. Writes its
+section of docs/PERFORMANCE.md.
+
+    .venv/bin/python bench/evaluator_real.py [--aa 20] [--trials 5] [--reps 10 40] [--max-runs 14] [-n 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+from readfirst.agents.evaluator import BASELINE, EvaluatorConfig, evaluate  # noqa: E402
+from readfirst.config import Paths  # noqa: E402
+from readfirst.graph.deps import model_maker, open_llama_target, open_sandbox  # noqa: E402
+from readfirst.sandbox.baseline import establish_baseline  # noqa: E402
+from readfirst.sandbox.llama_cpp import BenchOptions  # noqa: E402
+from readfirst.sandbox.sources import git  # noqa: E402
+
+OPS = "ggml/src/ggml-cpu/ops.cpp"
+SUM = ("                for (int64_t i00 = 0; i00 < ne00; i00++) {\n"
+       "                    sum += (ggml_float)(x[i00] * x[i00]);\n"
+       "                }\n")
+
+
+def slowdown_patch(repo: Path, reps: int) -> str:
+    slow = (f"                for (int rep = 0; rep < {reps}; rep++) {{\n"
+            "                    sum = 0.0;\n"
+            "                    __asm__ volatile(\"\" ::: \"memory\");\n"
+            + SUM.replace("                ", "                    ") + "                }\n")
+    before = git(repo, "show", f"baseline:{OPS}").stdout
+    after = before.replace(SUM, slow, 1)
+    return f"diff --git a/{OPS} b/{OPS}\n" + "".join(difflib.unified_diff(
+        before.splitlines(True), after.splitlines(True), f"a/{OPS}", f"b/{OPS}"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--aa", type=int, default=20, help="A/A trials")
+    ap.add_argument("--trials", type=int, default=5, help="trials per planted effect and direction")
+    ap.add_argument("--reps", type=int, nargs="+", default=[10, 40], help="planted slowdowns (row-sum repeats)")
+    ap.add_argument("--max-runs", type=int, default=14)
+    ap.add_argument("-p", "--n-prompt", type=int, default=32)
+    ap.add_argument("-n", "--n-gen", type=int, default=16)
+    args = ap.parse_args()
+    say = lambda m: print(f"· {m}", file=sys.stderr, flush=True)  # noqa: E731
+    paths = Paths.resolve()
+    target = open_llama_target(paths, open_sandbox(paths, say=say), say=say)
+    base, model = establish_baseline(target, say=say, build_model=model_maker(paths, model=None, quant="Q4_0",
+                                                                                    say=say))
+    shape = BenchOptions(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=1)
+    config = EvaluatorConfig(max_runs=args.max_runs)
+
+    def measure_between(a: str, b: str):
+        def measure(which: str) -> dict[str, float]:
+            commit = a if which == BASELINE else b
+            return {s.test: s.mean_ts for s in target.bench(commit, model=model, options=shape).samples}
+        return measure
+
+    rows, started = [], time.monotonic()
+    say(f"A/A: {args.aa} trials")
+    verdicts = [evaluate(measure_between(base.commit, base.commit), config) for _ in range(args.aa)]
+    rows.append(("A/A (identical builds)", verdicts))
+    for reps in args.reps:
+        commit = target.commit_patch(slowdown_patch(target.source.path, reps), base=base.commit,
+                                     message=f"planted slowdown x{reps}")
+        build = target.build(commit)
+        assert build.ok, build.log_tail
+        say(f"planted slowdown x{reps}: {args.trials} trials each way")
+        rows.append((f"planted slowdown (rms_norm x{reps}) as candidate",
+                     [evaluate(measure_between(base.commit, commit), config) for _ in range(args.trials)]))
+        rows.append(("its removal as candidate (the slowed build is the best)",
+                     [evaluate(measure_between(commit, base.commit), config) for _ in range(args.trials)]))
+    table = ["| trials | n | kept | median tg estimate | median runs | median s per verdict |", "|---|---|---|---|---|---|"]
+    for name, vs in rows:
+        kept = sum(v.kept for v in vs)
+        est = [v.objective.estimate for v in vs if v.objective is not None]
+        table.append(f"| {name} | {len(vs)} | {kept} ({kept / len(vs):.0%}) | "
+                     f"{statistics.median(est):+.1%} | {statistics.median(v.runs_used for v in vs):.0f} | "
+                     f"{statistics.median(v.time_spent_s for v in vs):.0f} |" if est else f"| {name} | {len(vs)} | "
+                     f"{kept} | n/a | n/a | n/a |")
+    body = (f"Real llama.cpp builds in the sandbox, llama-bench pp{args.n_prompt} + tg{args.n_gen}, 2 threads, "
+            f"fa on, one repetition per run; the evaluator's defaults except at most {args.max_runs} runs per "
+            f"verdict. Build configuration: {target.config.note}. Total {time.monotonic() - started:.0f} s.\n\n"
+            + "\n".join(table) + "\n")
+    write_section("evaluator-real", "Evaluator keep rule on real builds", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
