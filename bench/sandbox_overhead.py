@@ -30,16 +30,16 @@ from readfirst.config import Paths  # noqa: E402
 from readfirst.graph.deps import model_maker, open_llama_target, open_sandbox  # noqa: E402
 from readfirst.sandbox import image  # noqa: E402
 from readfirst.sandbox.baseline import establish_baseline  # noqa: E402
-from readfirst.sandbox.llama_cpp import BenchOptions, config_key, parse_bench_json  # noqa: E402
+from readfirst.sandbox.llama_cpp import BenchOptions, parse_bench_json  # noqa: E402
 from readfirst.sandbox.records import BuildConfig  # noqa: E402
 from readfirst.sandbox.sources import git  # noqa: E402
 
 
-def native_bench(build_dir: Path, model: Path, options: BenchOptions) -> dict[str, float]:
-    cmd = [str(build_dir / "bin" / "llama-bench"), "-m", str(model), "-p", str(options.n_prompt), "-n",
+def native_bench(bin_dir: Path, model: Path, options: BenchOptions) -> dict[str, float]:
+    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-p", str(options.n_prompt), "-n",
            str(options.n_gen), "-t", str(options.threads), "-fa", str(int(options.flash_attn)), "-r",
            str(options.repetitions), "-o", "json"]
-    env = {"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": str(build_dir / "bin")}
+    env = {"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": str(bin_dir)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     result = parse_bench_json(proc.stdout, options=options, config=BuildConfig(note="native"), model=model.name)
     return {s.test: s.mean_ts for s in result.samples}
@@ -53,6 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     paths = Paths.resolve()
+    load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     say = lambda m: print(f"· {m}", file=sys.stderr, flush=True)  # noqa: E731
     rows: list[str] = []
 
@@ -93,7 +94,7 @@ def main() -> None:
     rows.append(f"| rebuild back to the baseline (same file) | {back.duration_s:.1f} s |")
 
     options = BenchOptions(repetitions=1)
-    build_dir = paths.builds / target.source.key / "w0" / f"build-{config_key(target.config)}"
+    bin_dir = target.artifact_dir(baseline.commit) / "bin"  # the very binaries the sandbox runs
     native, container = {"pp512": [], "tg128": []}, {"pp512": [], "tg128": []}
     for r in range(args.rounds):
         say(f"round {r + 1}/{args.rounds}: native, then container")
@@ -102,7 +103,7 @@ def main() -> None:
             order.reverse()  # alternate which goes first, so drift does not favour one side
         for name, sink in order:
             if name == "native":
-                res = native_bench(build_dir, model, options)
+                res = native_bench(bin_dir, model, options)
             else:
                 res = {s.test: s.mean_ts for s in target.bench(baseline.commit, model=model, options=options).samples}
             for k in sink:
@@ -114,6 +115,7 @@ def main() -> None:
                           f"{', '.join(f'{x:.1f}' for x in container[k])} |")
 
     body = (
+        f"Load average when it started: {load_before}. "
         f"Build configuration: {target.config.note}; model: synthetic TinyLlama-1.1B Q4_0 "
         f"({model.stat().st_size / 2**20:.1f} MiB); llama-bench, 2 threads, flash attention on, "
         f"{args.rounds} interleaved rounds of one repetition each.\n\n"
