@@ -21,7 +21,6 @@ from typing import Any
 from ..config import Paths
 from ..errors import ReadfirstError
 from ..sandbox.sources import git
-from .ledger import Ledger
 
 Say = Callable[[str], None]
 

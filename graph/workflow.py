@@ -22,7 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, researcher
-from ..agents.evaluator import BASELINE, EvaluatorConfig, calibrate
+from ..agents.evaluator import EvaluatorConfig, calibrate
 from ..agents.experiment import run_experiment
 from ..agents.findings import finding
 from ..agents.llm import BudgetExceeded

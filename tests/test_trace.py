@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import FakeAnthropic  # noqa: E402
-from test_trace_standin import (SMALL, StandInKnowledgeBase, continue_run, record_run)  # noqa: E402
+from test_trace_standin import (StandInKnowledgeBase, continue_run, record_run)  # noqa: E402
 
 from readfirst.agents.llm import AnthropicLLM, make_client, message_json  # noqa: E402
 from readfirst.graph import workflow  # noqa: E402
