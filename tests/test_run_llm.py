@@ -78,8 +78,10 @@ def responder(request: dict) -> dict:
         if FIX_TITLE in first:
             return message_json([text_block("Removing the repeats."),
                                  tool_use_block("replace_in_file", {"path": OPS, "old": SLOW, "new": SUM})])
-        return message_json([tool_use_block("replace_in_file", {"path": OPS, "old": SLOW,
-                                                                "new": SLOW + "                this is not C++;\n"})])
+        # Anchored on a line the first (kept) patch leaves alone: this runs on top of the new best.
+        anchor = "static void ggml_compute_forward_rms_norm_f32("
+        return message_json([tool_use_block("replace_in_file", {"path": OPS, "old": anchor,
+                                                                "new": "this is not C++;\n" + anchor})])
     raise AssertionError(f"unexpected request: {system[:200]}")
 
 
