@@ -139,12 +139,13 @@ def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
 def _stand_in_composition(monkeypatch, paths):
     from test_trace_standin import CountingSandbox, StandInTarget, make_model_file
 
-    from readfirst.graph import cli_run
-    monkeypatch.setattr(cli_run, "open_sandbox", lambda *_, **__: CountingSandbox())
-    monkeypatch.setattr(cli_run, "open_llama_target", lambda _paths, sandbox, *, source, **__:
+    from readfirst.graph import cli_run, deps
+    # `readfirst run` takes its composition from graph.deps when it runs, so the stand-ins go there.
+    monkeypatch.setattr(deps, "open_sandbox", lambda *_, **__: CountingSandbox())
+    monkeypatch.setattr(deps, "open_llama_target", lambda _paths, sandbox, *, source, **__:
                         StandInTarget(paths.home, Path(source), sandbox))
     monkeypatch.setattr(cli_run, "_knowledge_base", lambda *_, **__: None)
-    monkeypatch.setattr(cli_run, "model_maker", lambda *_, **__: lambda _t, _c: make_model_file(paths.home / "cache"))
+    monkeypatch.setattr(deps, "model_maker", lambda *_, **__: lambda _t, _c: make_model_file(paths.home / "cache"))
 
 
 def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeypatch):
