@@ -27,21 +27,31 @@ class Sandbox(Protocol):
 
 
 class Target(Protocol):
-    """A project that can be fetched, patched, built, tested and benchmarked (llama.cpp; a generic config)."""
+    """A project that can be fetched, patched, built, tested and benchmarked (llama.cpp; a generic config).
+
+    Builds and tests run in a worker's checkout; benchmarks and logits checks run a finished build's artifacts,
+    so two builds can alternate without rebuilding. `config` defaults to the target's current configuration.
+    """
 
     name: str
+    protected: tuple[str, ...]
 
     def prepare(self) -> str: ...                                        # returns the baseline commit
 
-    def commit_patch(self, patch: str, *, base: str, message: str) -> str: ...  # returns the new commit
+    def commit_patch(self, patch: str, *, base: str | None = None, message: str = "experiment") -> str: ...
 
-    def build(self, commit: str, *, worker: int = 0) -> BuildResult: ...
+    def has_build(self, commit: str, config: Any = None) -> bool: ...
 
-    def test(self, commit: str, *, worker: int = 0) -> TestResult: ...
+    def build(self, commit: str, *, worker: int = 0, config: Any = None) -> BuildResult: ...
 
-    def bench(self, commit: str, *, worker: int = 0, **options: Any) -> BenchResult: ...
+    def test(self, commit: str, *, worker: int = 0, config: Any = None) -> TestResult: ...
 
-    def logits_check(self, commit: str, *, worker: int = 0) -> KLDResult: ...
+    def bench(self, commit: str, *, model: Path, options: Any = None, config: Any = None) -> BenchResult: ...
+
+    def kld_base(self, commit: str, *, model: Path, config: Any = None, flash_attn: bool = True) -> Path: ...
+
+    def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: Any = None,
+                     flash_attn: bool = True) -> KLDResult: ...
 
 
 class LLM(Protocol):

@@ -212,7 +212,7 @@ class LlamaCppTarget:
 
     # -- benchmark -------------------------------------------------------------------------------------------
     def bench(self, commit: str, *, model: Path, options: BenchOptions = BenchOptions(),
-              config: BuildConfig | None = None, worker: int = 0) -> BenchResult:
+              config: BuildConfig | None = None) -> BenchResult:
         """llama-bench on a finished build. Benchmarks are serialized machine-wide: two at once measure each other."""
         rel = self._model_in_container(model)
         mounts = self._tool_mounts(commit, config)
