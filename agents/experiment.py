@@ -73,13 +73,20 @@ def run_experiment(hypothesis: dict[str, Any], *, target: LlamaCppTarget, best: 
         if not patch:
             durations["implement"] = clock() - t0
             return finish(_discarded("implement", f"the implementer produced no patch: {info.get('error') or 'no edits'}."))
-    if patch:
-        row["patch"] = patch
+    def commit_on_best(patch_text: str, note: str = "") -> str | Verdict:
+        """The patch as a commit on the current best, or the discard verdict when it is refused or does not apply."""
+        row["patch"] = patch_text
         try:
-            commit = target.commit_patch(patch, base=best_commit, message=f"{hypothesis['id']}: {title}")
+            return target.commit_patch(patch_text, base=best_commit, message=f"{hypothesis['id']}: {title}{note}")
         except (PatchRejected, PatchDoesNotApply) as e:
+            return _discarded("apply", f"{'the repaired patch: ' if note else ''}{e}.")
+
+    if patch:
+        applied = commit_on_best(patch)
+        if isinstance(applied, Verdict):
             durations["implement"] = clock() - t0
-            return finish(_discarded("apply", f"{e}."))
+            return finish(applied)
+        commit = applied
     if change.get("cmake_flags_add"):
         flags = [f for f in config.cmake_flags if f.split("=")[0] not in {a.split("=")[0] for a in change["cmake_flags_add"]}]
         config = BuildConfig(flags + list(change["cmake_flags_add"]), config.c_flags,
@@ -106,12 +113,11 @@ def run_experiment(hypothesis: dict[str, Any], *, target: LlamaCppTarget, best: 
             row["llm"][f"repair_{repairs}"] = info
             if not patch:
                 break
-            row["patch"] = patch
-            try:
-                commit = target.commit_patch(patch, base=best_commit, message=f"{hypothesis['id']}: {title} (repair)")
-            except (PatchRejected, PatchDoesNotApply) as e:
+            applied = commit_on_best(patch, " (repair)")
+            if isinstance(applied, Verdict):
                 durations["build"] = clock() - t0
-                return finish(_discarded("apply", f"the repaired patch: {e}."))
+                return finish(applied)
+            commit = applied
             build = target.build(commit, worker=worker, config=config)
         durations["build"] = clock() - t0
         row["build"] = to_dict(build)

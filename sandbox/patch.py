@@ -144,7 +144,12 @@ def commit_patch(repo: Path, patch: str, *, base: str, message: str, protected: 
         if proc.returncode != 0:
             raise PatchDoesNotApply(_explain_failure(proc.stderr, files))
         tree = git(repo, "write-tree", env=env).stdout.strip()
-    commit = git(repo, "commit-tree", tree, "-p", base, "-m", message).stdout.strip()
+    # Dated like its base, so that the same patch on the same base with the same message is the same commit:
+    # builds and artifacts are keyed by commit, and a resumed run, a second run or a replay with real builds
+    # then finds the build already made instead of a new commit id for the same code.
+    base_date = git(repo, "show", "-s", "--format=%cI", base).stdout.strip()
+    commit = git(repo, "commit-tree", tree, "-p", base, "-m", message,
+                 env={"GIT_AUTHOR_DATE": base_date, "GIT_COMMITTER_DATE": base_date}).stdout.strip()
     git(repo, "update-ref", f"refs/heads/exp/{patch_id(patch)}", commit)
     return commit
 

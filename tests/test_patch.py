@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,16 @@ def test_commit_patch_makes_an_exact_commit_on_the_base(repo):
     # The checkout was not touched: the patch lives only in the commit.
     assert git(repo, "status", "--porcelain").stdout == ""
     assert git(repo, "diff", "--stat", base, commit).stdout.count("1 file changed") == 1
+
+
+def test_the_same_patch_on_the_same_base_is_the_same_commit(repo):
+    # Builds are keyed by commit: a second run (or a resume, or a replay with real builds) must find its build.
+    base = git(repo, "rev-parse", "baseline").stdout.strip()
+    patch = _diff("ggml/ops.c", "line 7", "line seven", 7)
+    first = commit_patch(repo, patch, base=base, message="exp")
+    time.sleep(1.1)  # commit dates have one-second resolution: a clock-dated commit would differ now
+    assert commit_patch(repo, patch, base=base, message="exp") == first
+    assert commit_patch(repo, patch, base=base, message="another message") != first
 
 
 def test_a_patch_that_does_not_apply_names_file_and_hunk(repo):
