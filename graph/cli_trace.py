@@ -217,7 +217,10 @@ def replay_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
         app.console.print(f"replayed {span} of run {run_id} from checkpoint {report.checkpoint_id}; "
                           f"served from the recording: {served}")
         d = report.divergence
-        if d is None:
+        if d is None and report.rerun_sandbox:
+            app.console.print(f"[green]same decisions[/green]: {sum(s['same'] for s in steps)} steps, rebuilt and "
+                              f"measured again, gave the recorded updates up to the measured numbers")
+        elif d is None:
             app.console.print(f"[green]identical[/green]: {sum(s['same'] for s in steps)} steps gave the recorded "
                               f"updates")
         else:

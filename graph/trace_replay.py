@@ -6,11 +6,16 @@ The replay runs on scratch copies of the run's checkpoints and ledger, so the ru
 replay that wrote into the run's own thread would become its latest checkpoint, and `--resume` would follow it).
 Each step that starts is matched to the recorded step with the same node and the same input digest (parallel
 experiments may start in another order); inside it, calls are served in the order they were recorded.
+
+With --rerun-sandbox the builds, tests and benchmarks run again for real, so every measured number differs from
+the recording: steps are then compared with their measurements masked (`unmeasured`), and a divergence means a
+different decision, gate, hypothesis or query, not different samples.
 """
 
 from __future__ import annotations
 
 import contextvars
+import re
 import sqlite3
 import tempfile
 import threading
@@ -25,7 +30,7 @@ from ..agents.llm import LLMError, LLMResponse
 from ..config import Paths
 from ..sandbox.records import BuildConfig, from_dict
 from .ledger import Ledger
-from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, raise_recorded
+from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, plain, raise_recorded
 from .trace_read import Step, Trace
 from .deps import llm_roles  # replay composes the LLM roles exactly as a run does
 
@@ -36,6 +41,25 @@ class Diverged(Exception):
 
 class _Stop(Exception):
     """Ends the replay early (a divergence was found, or --until was reached)."""
+
+
+# A number, or an id made of hex digits (commits, log names): what differs between two real measurements of the
+# same decisions.
+_MEASURED = re.compile(r"[0-9a-f]{7,}|[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def unmeasured(value: Any) -> Any:
+    """`value` with every number masked, inside strings too ("kept: +3.1% [1.2, 5.0]" -> "kept: #% [#, #]")."""
+    value = plain(value)
+    if isinstance(value, dict):
+        return {k: unmeasured(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unmeasured(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return "#"
+    return _MEASURED.sub("#", value)
 
 
 @dataclass
@@ -121,11 +145,25 @@ class Replayer:
         return get
 
     # -- steps ------------------------------------------------------------------------------------------------
-    def _match(self, node: str, input_digest: str) -> Step:
+    @property
+    def measured(self) -> bool:
+        """Builds and benchmarks run for real: compare what was decided, not the numbers measured."""
+        return self.report.rerun_sandbox
+
+    def same(self, recorded: Any, replayed: Any) -> bool:
+        if self.measured:
+            return canonical(unmeasured(recorded)) == canonical(unmeasured(replayed))
+        return canonical(recorded) == canonical(replayed)
+
+    def _match(self, node: str, input_digest: str, state: Any) -> Step:
         with self._lock:
             open_ = [s for s in self.queue if s.step not in self.consumed]
             same = [s for s in open_ if s.node == node]
-            pick = next((s for s in same if s.input_digest == input_digest), same[0] if same else None)
+            pick = next((s for s in same if s.input_digest == input_digest), None)
+            if pick is None and self.measured and node == "experiment":
+                # fresh measurements change the payload's numbers: find the experiment by what it tries
+                pick = next((s for s in same if self.same(self.trace.blob(s.payload), state)), None)
+            pick = pick or (same[0] if same else None)
             if pick is None or (self.until is not None and pick.step > self.until):
                 if self.until is not None and all(s.step > self.until for s in open_):
                     raise _Stop()
@@ -146,7 +184,7 @@ class Replayer:
 
     def wrap_node(self, name: str, fn: Callable) -> Callable:
         def replayed(state: Any) -> Any:
-            recorded = self._match(name, digest(state))
+            recorded = self._match(name, digest(state), state)
             cursor = _Cursor(recorded)
             token = _CURSOR.set(cursor)
             try:
@@ -175,7 +213,7 @@ class Replayer:
 
     def _compare(self, recorded: Step, update: Any, error: dict[str, str] | None, input_digest: str) -> bool:
         end = recorded.end or {}
-        if input_digest != recorded.input_digest:
+        if input_digest != recorded.input_digest and not self.measured:
             self._diverge(Divergence(recorded.step, recorded.node, "its input differs from the recording"))
             return False
         if "error" in end or error is not None:
@@ -189,7 +227,9 @@ class Replayer:
         before = self.trace.update(recorded) or {}
         after = update or {}
         differences = {k: {"recorded": before.get(k), "replayed": after.get(k)}
-                       for k in sorted(set(before) | set(after)) if canonical(before.get(k)) != canonical(after.get(k))}
+                       for k in sorted(set(before) | set(after)) if not self.same(before.get(k), after.get(k))}
+        if not differences:
+            return True  # only measurements differ (--rerun-sandbox)
         self._diverge(Divergence(recorded.step, recorded.node, "its state update differs from the recording",
                                  differences))
         return False
@@ -257,7 +297,7 @@ class ReplayKnowledgeBase:
 
     def query(self, text: str, k: int = 8, where: dict[str, Any] | None = None, **_: Any) -> list[dict[str, Any]]:
         recorded = self._replayer.serve("kb", text[:80])
-        if (recorded.get("query"), recorded.get("k"), canonical(recorded.get("where"))) != (text, k, canonical(where)):
+        if not self._replayer.same([recorded.get("query"), recorded.get("k"), recorded.get("where")], [text, k, where]):
             self._replayer.fail(f"it queried the knowledge base with {text[:120]!r} where the recording queried "
                            f"{str(recorded.get('query'))[:120]!r}")
         return self._replayer.trace.blob(recorded["results"])
@@ -273,7 +313,9 @@ class ReplayLLM:
                  max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
         recorded = self._replayer.serve("llm", agent or "llm")
         request = {"messages": messages, "system": system, "tools": tools, "max_tokens": max_tokens}
-        if recorded.get("request_digest") != digest(request):
+        if recorded.get("request_digest") != digest(request) and not (
+                self._replayer.measured and self._replayer.same(self._replayer.trace.blob(recorded.get("request")),
+                                                                request)):
             self._replayer.fail(f"its LLM request ({agent or 'an agent'}) differs from the recorded one")
         if recorded.get("error") or not recorded.get("response"):
             raise LLMError(f"(recorded) {recorded.get('error') or 'no response'}")

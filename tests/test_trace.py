@@ -17,7 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import FakeAnthropic  # noqa: E402
-from test_trace_standin import (StandInKnowledgeBase, continue_run, record_run)  # noqa: E402
+from test_trace_standin import (CountingSandbox, StandInKnowledgeBase, StandInTarget, continue_run,  # noqa: E402
+                                make_model_file, record_run)
 
 from readfirst.agents.llm import AnthropicLLM, make_client, message_json  # noqa: E402
 from readfirst.graph import workflow  # noqa: E402
@@ -92,6 +93,38 @@ def test_a_changed_sandbox_command_is_named_in_the_divergence(tmp_path, monkeypa
                         profiling.measure_read_bandwidth(sandbox, scratch, threads=threads, mib=512))
     d = replay(directory).divergence
     assert d is not None and d.step == 1 and d.node == "profile" and "another sandbox command" in d.reason
+
+
+def _rerun(directory: Path, home: Path, target: StandInTarget):
+    return replay(directory, target=target, make_model=lambda _t, _c: make_model_file(home / "cache"))
+
+
+def test_rerun_sandbox_measures_again_and_compares_decisions_not_numbers(tmp_path):
+    directory, summary, recorded_target = record_run(tmp_path)
+    assert summary["kept"]  # the stand-in's changed build is 8% faster: the recording holds a keep
+    again = StandInTarget(tmp_path, tmp_path / "source", CountingSandbox())
+    again.benches = 1000  # another phase of its deterministic noise: every sample differs from the recording
+    report = _rerun(directory, tmp_path, again)
+    assert again.sandbox.commands and again.benches > 0  # built, tested and benchmarked for real
+    assert "target" not in report.served and report.rerun_sandbox
+    assert report.identical, report.divergence
+    assert [s["step"] for s in report.steps] == sorted(Trace(directory).steps)
+
+
+def test_rerun_sandbox_names_the_experiment_whose_decision_changed(tmp_path):
+    directory, _, _ = record_run(tmp_path)
+
+    class NoLongerFaster(StandInTarget):
+        def bench(self, commit, *, model, options=workflow.BenchOptions(), config=None, worker=0):
+            return super().bench(commit, model=model, options=options, config=None, worker=worker)
+
+    report = _rerun(directory, tmp_path, NoLongerFaster(tmp_path, tmp_path / "source", CountingSandbox()))
+    d = report.divergence
+    kept = next(s for s in Trace(directory).ordered() if s.node == "experiment"
+                and (Trace(directory).update(s) or {})["wave_results"][0]["decision"] == "keep")
+    assert d is not None and d.node == "experiment" and d.step == kept.step, d
+    recorded, replayed = d.differences["wave_results"]["recorded"], d.differences["wave_results"]["replayed"]
+    assert recorded[0]["decision"] == "keep" and replayed[0]["decision"] == "discard"
 
 
 def test_replay_from_a_later_step_until_another(tmp_path):
