@@ -71,4 +71,6 @@ class KnowledgeStore(Protocol):
 
     def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]: ...     # cited chunks, whole; unknown ids left out
+
     def count(self) -> int: ...

@@ -282,7 +282,8 @@ def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
                          ) -> Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]:
     """The experiment's `implement(hypothesis, base_commit) -> (patch or None, ledger info)`. Each call works in a
     fresh detached worktree of `repo` at the base commit, removed afterwards, so parallel workers never share a
-    tree. A hypothesis carrying "repair_log" and "patch" is a repair: the patch is applied first, then repaired."""
+    tree. A hypothesis carrying "repair_log" and "patch" is a repair: the patch is applied first, then repaired.
+    The excerpts shown besides the hypothesis: `context(hypothesis)`, or else the chunks it carries as "context"."""
     def run(hypothesis: dict[str, Any], base_commit: str) -> tuple[str | None, dict[str, Any]]:
         with _worktree(Path(repo), base_commit, scratch) as tree:
             if hypothesis.get("repair_log"):
@@ -292,7 +293,7 @@ def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
                                 protected=protected)
             else:
                 result = implement(llm, hypothesis, tree, max_steps=max_steps, protected=protected,
-                                   context=context(hypothesis) if context else ())
+                                   context=context(hypothesis) if context else hypothesis.get("context") or ())
         return (result.patch if result.ok else None), result.ledger_info()
     return run
 

@@ -164,6 +164,10 @@ def _describe(c: dict[str, Any]) -> str:
                 + (f", tools {c['tool_calls']}" if c.get("tool_calls") else "")
                 + (f", error {c['error']}" if c.get("error") else "")
                 + f"\n      asked: {str(last)[:600]}\n      answered: {text[:1500]}")
+    if kind == "kb" and "ids" in c:
+        origins = "; ".join(f"{o.get('path')}:{o.get('start_line')}-{o.get('end_line')} {o.get('symbol') or ''}"
+                            for o in c.get("origins") or [])
+        return f"{lead}KB read {len(c.get('ids') or [])} cited chunks: {origins}"
     if kind == "kb":
         origins = "; ".join(f"{o.get('kind')} {o.get('repo') or ''} {o.get('path')}:{o.get('start_line')}-"
                             f"{o.get('end_line')} {o.get('symbol') or ''}".strip() for o in c.get("origins") or [])

@@ -311,6 +311,16 @@ class TracedKnowledgeBase(_Proxy):
         return results
 
 
+    def get(self, ids: Any) -> list[dict[str, Any]]:
+        t0 = time.monotonic()
+        results = self._inner.get(ids)
+        origins = [{key: r.get(key) for key in ("id", "kind", "repo", "path", "start_line", "end_line", "symbol")}
+                   for r in results]
+        self._recorder.call("kb", ids=list(ids), duration_s=round(time.monotonic() - t0, 3), origins=origins,
+                            results=self._recorder.writer.stash(results))
+        return results
+
+
 class TracedLedger(_Proxy):
     def record(self, row: dict[str, Any]) -> dict[str, Any]:
         recorded = self._inner.record(row)

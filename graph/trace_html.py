@@ -37,6 +37,9 @@ def _call(trace: Trace, call: dict[str, Any]) -> str:
             head += f" · tools {call['tool_calls']}"
         body = "<p class=k>request</p>" + _pre(trace.blob(call.get("request"))) + "<p class=k>response</p>" + \
             _pre(trace.blob(call.get("response")) or call.get("error"))
+    elif kind == "kb" and "ids" in call:
+        head = f"KB read of {len(call.get('ids') or [])} cited chunks"
+        body = _pre(trace.blob(call.get("results")))
     elif kind == "kb":
         head = f"KB query {call.get('query')!r} where {call.get('where')} → {len(call.get('origins') or [])} results"
         body = _pre(trace.blob(call.get("results")))

@@ -302,6 +302,13 @@ class ReplayKnowledgeBase:
                            f"{str(recorded.get('query'))[:120]!r}")
         return self._replayer.trace.blob(recorded["results"])
 
+    def get(self, ids: Any) -> list[dict[str, Any]]:
+        recorded = self._replayer.serve("kb", "get")
+        if recorded.get("ids") != list(ids):
+            self._replayer.fail(f"it read the chunks {list(ids)[:5]} where the recording read "
+                                f"{(recorded.get('ids') or [])[:5]}")
+        return self._replayer.trace.blob(recorded["results"])
+
 
 class ReplayLLM:
     """The recorded responses, in order; a request that differs from the recorded one is a divergence."""

@@ -36,6 +36,7 @@ from .ledger import Ledger
 from .state import RunState
 
 Say = Callable[[str], None]
+CONTEXT_CHUNKS = 6  # cited chunks shown whole to the implementer (each cut at 4000 characters there)
 
 
 @dataclass
@@ -201,6 +202,10 @@ def build_graph(deps: RunDeps, checkpointer=None):
         if recorded is None:
             opts = _options({"options": payload["options"]})
             say(f"wave {payload['wave']}: {h['title']}")
+            if deps.implement is not None and deps.kb is not None and h.get("chunk_ids"):
+                # The implementer reads the cited code and papers whole, not only the findings' snippets (a fork's
+                # kernel is the thing to port); the ledger keeps what it was shown.
+                h = {**h, "context": deps.kb.get(h["chunk_ids"][:CONTEXT_CHUNKS])}
             row = run_experiment(h, target=deps.target, best=payload["best"], baseline=payload["baseline"],
                                  model=Path(payload["baseline"]["model"]), worker=payload["worker"],
                                  evaluator_config=evaluator_config(opts),

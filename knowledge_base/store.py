@@ -14,7 +14,7 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,6 +347,17 @@ class KnowledgeBase:
                             "snippet": snippet(doc), "dense_rank": dense_rank.get(cid),
                             "lexical_rank": lexical_rank.get(cid)})
         return results
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The chunks with these ids, in the order asked, whole (what a citation points at); unknown ids are left
+        out: a chunk cited by an earlier run may have been replaced since."""
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        if self._collection is None or not wanted:
+            return []
+        got = self._collection.get(ids=wanted, include=["documents", "metadatas"])
+        found = {cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])}
+        return [{"id": cid, **found[cid][1], "text": found[cid][0], "snippet": snippet(found[cid][0])}
+                for cid in wanted if cid in found]
 
     def chunks(self, *, vectors: bool = False):
         """Every stored chunk as (id, text, metadata[, vector]), page by page."""

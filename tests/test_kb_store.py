@@ -145,6 +145,16 @@ def test_results_cite_their_origin_and_filters_apply(kb):
         kb.query("x", mode="sparse")
 
 
+def test_cited_chunks_are_read_back_whole_by_id(kb):
+    kb.ingest("src", units(FILES))
+    hit = kb.query("ggml_compute_forward_soft_max_f32", k=1)[0]
+    got = kb.get(["no-such-chunk", hit["id"], hit["id"]])  # unknown ids left out, repeats once
+    assert [c["id"] for c in got] == [hit["id"]]
+    assert got[0]["text"] == hit["text"] and "y[i] /= sum" in got[0]["text"]
+    assert (got[0]["path"], got[0]["symbol"], got[0]["start_line"]) == (hit["path"], hit["symbol"], hit["start_line"])
+    assert kb.get([]) == []
+
+
 def test_skips_are_reported_and_keep_what_was_there(kb):
     kb.ingest("src", units(FILES))
     before = kb.count()

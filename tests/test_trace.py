@@ -127,6 +127,33 @@ def test_rerun_sandbox_names_the_experiment_whose_decision_changed(tmp_path):
     assert recorded[0]["decision"] == "keep" and replayed[0]["decision"] == "discard"
 
 
+def test_the_implementer_reads_the_cited_chunks_whole_and_replay_serves_them(tmp_path):
+    shown: list[list[dict]] = []
+
+    def plan(facts, findings, tried, n):
+        cited = next(f for f in findings if f.get("citations"))
+        chunk_ids = [c["id"] for c in cited["citations"]]
+        return [{"id": "H1", "key": "h1", "kind": "llm", "source": "llm", "title": "port the fork's kernel",
+                 "rationale": "", "files": [], "citations": [cited["id"]], "chunk_ids": chunk_ids, "evidence": []}]
+
+    def implement(hypothesis, base_commit):
+        shown.append(hypothesis.get("context") or [])
+        return None, {"error": "no edits"}
+
+    options = workflow.RunOptions(budget_experiments=1, calibration_pairs=0, max_runs=8, n_prompt=16, n_gen=8,
+                                  max_research_rounds=1)
+    directory, _, _ = record_run(tmp_path, kb=StandInKnowledgeBase(), plan=plan, implement=implement,
+                                 options=options)
+    assert len(shown) == 1 and shown[0] and all(c["text"].startswith("the whole of chunk") for c in shown[0])
+    trace = Trace(directory)
+    experiment = next(s for s in trace.ordered() if s.node == "experiment")
+    reads = [c for c in experiment.calls if c["kind"] == "kb" and "ids" in c]
+    assert [r["ids"] for r in reads] == [[c["id"] for c in shown[0]]]
+    report = replay(directory, make_roles=lambda _llm: {"implement": implement, "plan": plan})
+    assert report.identical, report.divergence
+    assert len(shown) == 2 and shown[1] == shown[0]  # served from the recording
+
+
 def test_replay_from_a_later_step_until_another(tmp_path):
     directory, _, _ = record_run(tmp_path)
     steps = Trace(directory).ordered()

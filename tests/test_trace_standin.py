@@ -122,7 +122,8 @@ def make_model_file(directory: Path) -> Path:
 
 
 def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL, kb: Any = None, llm: Any = None,
-               sandbox: CountingSandbox | None = None) -> tuple[Path, dict[str, Any], StandInTarget]:
+               sandbox: CountingSandbox | None = None, plan: Any = None,
+               implement: Any = None) -> tuple[Path, dict[str, Any], StandInTarget]:
     """A whole traced run of the real graph and runner on the stand-in target; returns its directory."""
     source = home / "source"
     if not source.exists():
@@ -134,7 +135,7 @@ def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL
             "options": asdict(options)}
     write_meta(directory, meta)
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm,
+    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm, plan=plan, implement=implement,
                    make_model=lambda _t, _c: make_model_file(home / "cache"))
     deps = start_tracing(deps, directory)
     try:
@@ -167,6 +168,11 @@ class StandInKnowledgeBase:
         return [{"id": f"{kind}-{i}-{len(text)}", "kind": kind, "repo": "", "path": f"doc{i}.md",
                  "start_line": 1, "end_line": 9, "symbol": "", "text": f"Evidence {i} about {text}.",
                  "title": f"Doc {i}"} for i in range(2)][:k]
+
+    def get(self, ids: Any) -> list[dict[str, Any]]:
+        return [{"id": i, "kind": "fork-code", "repo": "ik_llama.cpp", "path": "ggml/src/iqk/iqk_mul_mat.cpp",
+                 "start_line": 10, "end_line": 90, "symbol": "mul_mat_q4_0", "text": f"the whole of chunk {i}"}
+                for i in ids]
 
     def count(self) -> int:
         return 2
