@@ -21,7 +21,8 @@ class Sandbox(Protocol):
     """Runs one command in isolation with the given mounts; the local Docker one, or a remote worker."""
 
     def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
-            env: Mapping[str, str] | None = None, log_path: Path | None = None) -> CommandResult: ...
+            env: Mapping[str, str] | None = None, log_path: Path | None = None,
+            cpuset: str | None = None) -> CommandResult: ...
 
     def gc(self, *, everything: bool = False) -> int: ...
 

@@ -158,6 +158,9 @@ def run_experiment(hypothesis: dict[str, Any], *, target: LlamaCppTarget, best: 
         c, cfg, opts = arms[which]
         run_opts = replace(opts, n_prompt=shape.n_prompt, n_gen=shape.n_gen, repetitions=1)
         result = target.bench(c, model=model, options=run_opts, config=cfg)
+        # the measuring setup, fixed for every run of both arms, recorded once with the experiment
+        row.setdefault("bench_setup", {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
+                                       "flash_attn": result.flash_attn})
         return {s.test.split("+")[0]: s.mean_ts for s in result.samples}
 
     say(f"{title}: measuring against the current best")

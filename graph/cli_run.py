@@ -177,6 +177,10 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
     if summary.get("calibration"):
         app.console.print(f"noise floor: {summary['calibration']}")
+    on = summary.get("measured_on") or {}
+    if on.get("cpu"):
+        app.console.print(f"measured on: {on['cpu']}, {on.get('threads')} threads"
+                          + (f" pinned to CPUs {on['cpus']}" if on.get("cpus") else ""))
     for p in summary.get("best_patches") or []:
         app.console.print(f"patch: {p}")
     app.console.print(f"results: {summary['results_tsv']}" + (f"; plot: {summary['report']}" if summary.get("report") else ""))

@@ -105,7 +105,8 @@ def bench_cmd(ctx: typer.Context,
 
 
 def _print_bench(app: AppContext, base: BenchResult, cand: BenchResult | None, report: dict) -> None:
-    table = Table(title=f"llama-bench · {base.model} · {base.cpu} · {base.threads} threads · "
+    pinned = f" on CPUs {base.cpus}" if base.cpus else ""
+    table = Table(title=f"llama-bench · {base.model} · {base.cpu} · {base.threads} threads{pinned} · "
                         f"fa {'on' if base.flash_attn else 'off'}")
     table.add_column("test")
     table.add_column("baseline t/s", justify="right")

@@ -117,13 +117,15 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
         total -= 1
     from .report import write_plot
     plot = write_plot(rows, state, directory / "report.png")
+    bench = (state.get("profile") or {}).get("bench") or {}
     return {"run_id": state.get("run_id", directory.name), "experiments": len(rows),
             "kept": [r["id"] for r in kept], "best_speedup": total,
             "best_interval": [kept[-1]["ci_low"], kept[-1]["ci_high"]] if len(kept) == 1 else None,
             "stop_reason": state.get("stop_reason", ""), "best_patches": patch_files,
             "best_config": best.get("config"), "best_options": best.get("options"),
             "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
-            "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", [])}
+            "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", []),
+            "measured_on": {k: bench.get(k) for k in ("cpu", "threads", "cpus", "flash_attn")}}
 
 
 def list_runs(paths: Paths) -> list[dict[str, Any]]:

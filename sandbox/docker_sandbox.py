@@ -143,7 +143,9 @@ class DockerSandbox:
 
     # -- running ------------------------------------------------------------------------------------------
     def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
-            env: Mapping[str, str] | None = None, log_path: Path | None = None) -> CommandResult:
+            env: Mapping[str, str] | None = None, log_path: Path | None = None,
+            cpuset: str | None = None) -> CommandResult:
+        """Run `command` in a fresh container; `cpuset` ("2,3") pins it to those CPUs (benchmarks)."""
         volumes = {self._check_mount(m): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts}
         environment = {"PATH": ENV_PATH, "HOME": "/tmp", "LC_ALL": "C.UTF-8", **(env or {})}
         # The inner timeout is the backstop when this process dies; our own clock normally fires first.
@@ -161,6 +163,7 @@ class DockerSandbox:
                 tmpfs={"/tmp": f"rw,exec,nosuid,size={self.limits.tmpfs_size}"},
                 mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
                 nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, init=True,
+                **({"cpuset_cpus": cpuset} if cpuset else {}),
                 volumes=volumes, labels={LABEL: "1", OWNER_LABEL: self.owner},
                 # Output is streamed through attach; the engine's own copy is kept small so a flood cannot fill
                 # its disk ("none" is not registered on every engine, so json-file with a tight cap).

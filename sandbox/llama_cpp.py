@@ -119,7 +119,7 @@ class LlamaCppTarget:
         return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
 
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
-             workdir: str = "/tmp") -> tuple[CommandResult, Path]:
+             workdir: str = "/tmp", cpuset: str | None = None) -> tuple[CommandResult, Path]:
         out = self.paths.cache / "scratch" / uuid.uuid4().hex
         out.mkdir(parents=True)
         ccache = self.paths.ccache / short_digest(cpu_signature())
@@ -132,7 +132,7 @@ class LlamaCppTarget:
         all_mounts = [Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
                       Mount(out, "/out", False), *mounts]
         result = self.sandbox.run(command, mounts=all_mounts, workdir=workdir, timeout_s=timeout_s, env=env,
-                                  log_path=log)
+                                  log_path=log, **({"cpuset": cpuset} if cpuset else {}))
         return result, out
 
     def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
@@ -221,8 +221,9 @@ class LlamaCppTarget:
                f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions}{extra} -o json "
                f"> /out/bench.json")
         self.paths.cache.mkdir(parents=True, exist_ok=True)
+        cpus = bench_cpus(options.threads)
         with FileLock(str(self.paths.cache / "bench.lock")):
-            r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts)
+            r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts, cpuset=cpus)
         try:
             text = read_text_inside(out, "bench.json") if r.ok else ""
         finally:
@@ -230,7 +231,9 @@ class LlamaCppTarget:
         if not r.ok:
             raise SandboxError(f"llama-bench failed (exit {r.exit_code}{', timed out' if r.timed_out else ''}): "
                                f"{r.output_tail[-1500:]}")
-        return parse_bench_json(text, options=options, config=config or self.config, model=model.name)
+        result = parse_bench_json(text, options=options, config=config or self.config, model=model.name)
+        result.cpus = cpus
+        return result
 
     def _model_in_container(self, model: Path) -> str:
         model = Path(model).resolve()
@@ -330,6 +333,14 @@ def parse_kld(output: str) -> KLDResult:
     ok = all(math.isfinite(v) for v in values.values())
     tail = output[output.rfind("KLD") - 600:] if "KLD" in output else output[-600:]
     return KLDResult(values["mean"], values["max"], values["p999"], values["same"], ok, tail[-1500:])
+
+
+def bench_cpus(threads: int, allowed: set[int] | None = None) -> str:
+    """The CPUs a benchmark with `threads` threads is pinned to, the same set every run: the last `threads` of
+    those this process may use (CPU 0 takes most interrupts and housekeeping), or all of them when there are no
+    more than that (a 2-core machine: pinned to both, which fixes the set without narrowing it)."""
+    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cpus[-max(1, threads):])
 
 
 def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, model: str) -> BenchResult:

@@ -119,6 +119,7 @@ class BenchResult:
     config: BuildConfig
     model: str
     raw: list[dict[str, Any]] = field(default_factory=list)
+    cpus: str = ""  # the CPUs the benchmark was pinned to ("0,1"); empty: not pinned
 
     def get(self, test: str) -> BenchSample | None:
         return next((s for s in self.samples if s.test == test), None)

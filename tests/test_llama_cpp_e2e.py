@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import subprocess
 import sys
 
@@ -71,6 +72,7 @@ def test_bench_returns_every_sample_with_build_and_machine(llama):
         assert len(s.samples_ts) == 3 and all(x > 0 for x in s.samples_ts)
     assert pp.mean_ts > tg.mean_ts  # prompt processing batches tokens; generation is one at a time
     assert result.cpu and result.config.cmake_flags
+    assert result.cpus and len(result.cpus.split(",")) == min(result.threads, len(os.sched_getaffinity(0)))
 
 
 def test_a_harmless_kernel_patch_builds_incrementally_and_passes_the_logits_check(llama):

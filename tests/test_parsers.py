@@ -6,7 +6,7 @@ import json
 import math
 
 from readfirst.agents.statistics import kld_failure
-from readfirst.sandbox.llama_cpp import BenchOptions, _parse_junit, parse_bench_json, parse_kld
+from readfirst.sandbox.llama_cpp import BenchOptions, _parse_junit, bench_cpus, parse_bench_json, parse_kld
 from readfirst.sandbox.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 
 KLD_OUTPUT = """
@@ -52,6 +52,14 @@ def test_bench_json_keeps_every_sample():
     assert r.cpu == "AMD EPYC" and r.build_commit == "abc123"
     again = from_dict(BenchResult, json.loads(json.dumps(to_dict(r))))
     assert again.get("pp512").samples_ts == [288.0, 293.0, 290.5] and again.config.note == "native"
+
+
+def test_benchmarks_are_pinned_to_a_fixed_set_of_cpus_away_from_cpu_0():
+    assert bench_cpus(4, set(range(16))) == "12,13,14,15"
+    assert bench_cpus(2, {0, 1}) == "0,1"          # no more CPUs than threads: all of them, still a fixed set
+    assert bench_cpus(8, {0, 1}) == "0,1"
+    assert bench_cpus(1, {0, 1}) == "1"
+    assert bench_cpus(2, {3, 5, 9}) == "5,9"       # only CPUs this process may use
 
 
 def test_records_load_with_fields_they_do_not_know():

@@ -50,6 +50,14 @@ def test_a_command_runs_and_its_output_and_exit_code_come_back(sandbox, workspac
     assert out[0] == "hello" and out[1] != "0"  # an unprivileged user, never root
 
 
+def test_a_pinned_command_runs_on_the_cpus_it_was_given(sandbox):
+    last = max(os.sched_getaffinity(0))
+    r = sandbox.run("nproc; grep Cpus_allowed_list /proc/self/status", cpuset=str(last), timeout_s=60)
+    assert r.exit_code == 0, r.output_tail
+    assert r.output_tail.split()[0] == "1" and r.output_tail.split()[-1] == str(last)
+    assert AUDITED[-1]["HostConfig"]["CpusetCpus"] == str(last)
+
+
 def test_network_egress_fails(sandbox):
     # A listener on the host's loopback: a sandbox that could reach the host would connect to it.
     server = socket.socket()
