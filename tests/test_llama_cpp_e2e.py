@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -77,8 +78,13 @@ def test_bench_returns_every_sample_with_build_and_machine(llama):
 
 def test_a_harmless_kernel_patch_builds_incrementally_and_passes_the_logits_check(llama):
     target, baseline, model = llama
-    patch = make_patch(target.source.path, OPS, SUM_FORWARD, SUM_BACKWARD)
+    # Unique per session: commits are content-addressed, and a worker tree that already holds this exact change
+    # (an earlier session's) would rebuild nothing. The worker is put back at the baseline first, so the files
+    # this patch changes are all that differ.
+    marker = f"\n                // readfirst test {uuid.uuid4().hex}"
+    patch = make_patch(target.source.path, OPS, SUM_FORWARD, SUM_BACKWARD + marker)
     commit = target.commit_patch(patch, base=baseline.commit, message="sum rms_norm backwards")
+    assert target.build(baseline.commit).ok
     build = target.build(commit)
     assert build.ok, build.log_tail
     # Only the patched file recompiles: the build log names ops.cpp and not, say, ggml-cpu.c.
