@@ -50,11 +50,14 @@ _MEASURED = re.compile(r"[0-9a-f]{7,}|[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 def unmeasured(value: Any) -> Any:
     """`value` with every number masked, inside strings too ("kept: +3.1% [1.2, 5.0]" -> "kept: #% [#, #]")."""
-    value = plain(value)
+    return _masked(plain(value))
+
+
+def _masked(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: unmeasured(v) for k, v in value.items()}
+        return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [unmeasured(v) for v in value]
+        return [_masked(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
