@@ -132,7 +132,7 @@ class LlamaCppTarget:
         all_mounts = [Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
                       Mount(out, "/out", False), *mounts]
         result = self.sandbox.run(command, mounts=all_mounts, workdir=workdir, timeout_s=timeout_s, env=env,
-                                  log_path=log, **({"cpuset": cpuset} if cpuset else {}))
+                                  log_path=log, cpuset=cpuset)
         return result, out
 
     def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
