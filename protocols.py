@@ -1,7 +1,7 @@
-"""The seams: the four small interfaces the roles depend on. Each has more than one implementation.
+"""The seams: the small interfaces the roles and the graph depend on. Each has more than one implementation.
 
-Roles import these, never a concrete class: a remote sandbox (SkyPilot), a Chroma server, a scripted LLM or a
-generic target fit behind the same calls.
+Roles and graph import these, never a concrete class: a remote sandbox, a Chroma server, a scripted LLM, or any
+project with a build, a test suite and a benchmark fit behind the same calls. Nothing here imports docker.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .sandbox.docker_sandbox import Mount
-from .sandbox.records import BenchResult, BuildResult, CommandResult, KLDResult, TestResult
+from .records import (Baseline, BuildResult, Checks, CommandResult, Measurement, Mount, Objective, Profile)
 
 if TYPE_CHECKING:
     from .agents.llm import LLMResponse
@@ -28,31 +27,48 @@ class Sandbox(Protocol):
 
 
 class Target(Protocol):
-    """A project that can be fetched, patched, built, tested and benchmarked (llama.cpp; a generic config).
+    """A project that can be patched, built, checked and measured: llama.cpp, or any project a readfirst.toml
+    describes.
 
-    Builds and tests run in a worker's checkout; benchmarks and logits checks run a finished build's artifacts,
-    so two builds can alternate without rebuilding. `config` defaults to the target's current configuration.
+    A *variant* is how a commit is built and run (build flags, runtime settings, the workload): plain data that
+    only the target reads. Roles and graph pass it along, hash it, store it; they never look inside. Every
+    method returns a record from readfirst.records or plain data, so that a trace can record and serve it.
+    `repository` is the git repository that holds the baseline and every experiment's commit.
     """
 
     name: str
-    protected: tuple[str, ...]
+    objective: Objective
+    hot_paths: tuple[str, ...]     # globs: where forks' changes and the implementer's edits matter
+    protected: tuple[str, ...]     # globs never patched: the benchmark and the tests are the judge
+    repository: Path
 
-    def prepare(self) -> str: ...                                        # returns the baseline commit
+    def prepare(self) -> Baseline:
+        """Fetch, build and check the baseline (falling back to a variant that works); raises BaselineBroken."""
 
-    def commit_patch(self, patch: str, *, base: str | None = None, message: str = "experiment") -> str: ...
+    def commit_patch(self, patch: str, *, base: str, message: str = "experiment") -> str:
+        """The patch as a commit on `base`; PatchRejected (unsafe, protected) or PatchDoesNotApply."""
 
-    def has_build(self, commit: str, config: Any = None) -> bool: ...
+    def build(self, commit: str, variant: Mapping[str, Any], *, worker: int = 0) -> BuildResult:
+        """A failed build is a result (its stage says where), not an exception. A build that exists is reused."""
 
-    def build(self, commit: str, *, worker: int = 0, config: Any = None) -> BuildResult: ...
+    def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
+        """Every correctness check of a finished build, in order; a failed check is a result."""
 
-    def test(self, commit: str, *, worker: int = 0, config: Any = None) -> TestResult: ...
+    def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
+        """One benchmark run of a finished build (a SandboxError when it crashes or prints no objective)."""
 
-    def bench(self, commit: str, *, model: Path, options: Any = None, config: Any = None) -> BenchResult: ...
+    def profile(self, baseline: Baseline) -> Profile:
+        """Where the baseline stands: facts for the agents, its metrics, what to read about."""
 
-    def kld_base(self, commit: str, *, model: Path, config: Any = None, flash_attn: bool = True) -> Path: ...
+    def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The offline candidates this target knows from `variant`: each {"kind": "build" | "runtime", "title",
+        "rationale", "change"}, `change` being opaque data that `apply` understands."""
 
-    def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: Any = None,
-                     flash_attn: bool = True) -> KLDResult: ...
+    def apply(self, variant: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+        """The variant with `change` made to it."""
+
+    def describe(self) -> dict[str, Any]:
+        """For reports and traces: the target's name, source, objective and whatever else identifies the setup."""
 
 
 class LLM(Protocol):
@@ -65,9 +81,10 @@ class LLM(Protocol):
 class KnowledgeStore(Protocol):
     """Chunks with their origins, searchable by meaning and by exact identifiers (embedded Chroma, a server).
 
-    `where`: kind (one of paper, fork-diff, fork-code, backend-gap, doc, or a list), repo, source, path (a glob).
-    Each result: id, score, kind, text, snippet and the origin: repo, revision, path, start_line, end_line,
-    symbol for code; paper_id, title, section for papers (absent fields are missing, not None).
+    `where`: kind (one of paper, fork-diff, fork-code, backend-gap, doc, or a list), repo, source, path (a glob,
+    or a list of globs: any may match). Each result: id, score, kind, text, snippet and the origin: repo,
+    revision, path, start_line, end_line, symbol for code; paper_id, title, section for papers (absent fields are
+    missing, not None).
     """
 
     def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...

@@ -1,8 +1,8 @@
-"""The competitor analyst: what forks (ik_llama.cpp) and sibling backends (CUDA, Metal, Vulkan) do that this CPU
-backend does not. The reference experiment found most of its wins here, not in papers.
+"""The competitor analyst: what forks (ik_llama.cpp) and sibling backends (CUDA, Metal, Vulkan) do that the
+target does not. The reference experiment found most of its wins here, not in papers.
 
-Findings cite fork diffs and fork-only code in the CPU backend's hot paths, and backend-gap documents (an op or a
-fusion implemented elsewhere and missing on the CPU).
+Findings cite fork diffs and fork-only code in the target's hot paths, and backend-gap documents (an op or a
+fusion implemented elsewhere and missing on the CPU). The queries and the hot paths are the target's.
 """
 
 from __future__ import annotations
@@ -14,25 +14,27 @@ from ..protocols import KnowledgeStore
 from .findings import finding, llm_findings
 
 ROLE = "competitor_analyst"
-HOT_PATHS = "ggml/src/ggml-cpu/*"
-
-FORK_QUERIES = (
-    "fused rms_norm multiply CPU kernel",
-    "flash attention CPU kernel",
-    "softmax CPU vectorized",
-    "q4_0 dot product AVX2",
-    "matrix multiplication quantized CPU",
-    "rope CPU kernel",
-    "thread barrier synchronization graph compute",
+# When a target names no queries of its own: what any performance fork changes.
+GENERIC_QUERIES = (
+    "faster hot loop",
+    "SIMD vectorized implementation",
+    "avoid redundant work in the inner loop",
+    "memory access pattern cache locality",
+    "branch misprediction fast path",
 )
 
 
-def analyze(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, round_: int = 0,
-            queries: Sequence[str] = FORK_QUERIES, say=lambda _: None) -> list[dict[str, Any]]:
+def analyze(kb: KnowledgeStore, facts: Sequence[str], *, hot_paths: Sequence[str], llm=None, k: int = 4,
+            round_: int = 0, queries: Sequence[str] | None = None, say=lambda _: None) -> list[dict[str, Any]]:
+    """Findings about the forks' changes under `hot_paths` and the backend gaps; a later round (`round_`) reads
+    deeper down the same rankings."""
     findings = []
-    for query in queries:
+    for query in queries or GENERIC_QUERIES:
         lo, hi = k * round_, k * (round_ + 1)
-        diffs = kb.query(query, k=hi, where={"kind": ["fork-diff", "fork-code"], "path": HOT_PATHS})[lo:]
+        where: dict[str, Any] = {"kind": ["fork-diff", "fork-code"]}
+        if hot_paths:
+            where["path"] = list(hot_paths)
+        diffs = kb.query(query, k=hi, where=where)[lo:]
         if diffs:
             if llm is not None:
                 findings += llm_findings(llm, ROLE, query, diffs, say=say)

@@ -1,7 +1,7 @@
 """The evaluator role: measure a candidate against the baseline and decide keep or discard.
 
 Dependencies come in as arguments: `measure(which)` runs one benchmark of "baseline" or "candidate" and returns
-tokens/s per test ({"tg128": 70.1, "pp512": 290.3}); `clock` returns seconds (time.monotonic; a fake in tests).
+a value per metric ({"tg128": 70.1, "pp512": 290.3}: llama.cpp's tokens/s per test); `clock` returns seconds (time.monotonic; a fake in tests).
 The statistics live in agents/statistics.py; this module owns the schedule and the records.
 
 Schedule, and why:
@@ -24,9 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..sandbox.records import KLDResult, TestResult, from_dict
-from .statistics import (DecisionRule, Effect, KLDThresholds, NoiseFloor, Pair, PerfDecision, decide, kld_failure,
-                         noise_floor)
+from ..records import Checks, from_dict
+from .statistics import DecisionRule, Effect, NoiseFloor, Pair, PerfDecision, decide, noise_floor
 
 SCHEMA_VERSION = 1
 BASELINE, CANDIDATE = "baseline", "candidate"
@@ -64,7 +63,7 @@ class Verdict:
     """What the evaluator decided and all the evidence behind it."""
     decision: str     # "keep" | "discard"
     reason: str       # one sentence
-    gate: str         # what decided: "tests" | "logits" | "performance"
+    gate: str         # what decided: "implement" | "apply" | "build" | a check's name | "performance"
     stopped: str      # "clear" | "max runs" | "time budget" | "not measured"
     objective: Effect | None
     effects: dict[str, Effect]
@@ -137,7 +136,7 @@ class _Session:
         values = {k: float(v) for k, v in self.measure(which).items()}
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
         if not values or bad:
-            raise ValueError(f"measure({which!r}) returned no usable tokens/s: {values}")
+            raise ValueError(f"measure({which!r}) returned no usable values (each must be positive and finite): {values}")
         self.runs.append(Run(len(self.runs), which, warmup, values, began - self.start, self.clock() - began))
         return values
 
@@ -168,7 +167,7 @@ def evaluate(measure: Measure, config: EvaluatorConfig | None = None, *,
     """Interleaved, adaptive A/B of candidate against baseline; the performance verdict (gates come after).
 
     An exception from `measure` propagates (a crashed benchmark is the caller's to turn into a result); a
-    measurement that is not positive, finite tokens/s is a ValueError.
+    measurement that is not positive and finite is a ValueError.
     """
     config = config or EvaluatorConfig()
     session = _Session(measure, config, clock)
@@ -220,35 +219,18 @@ def calibrate(measure: Measure, config: EvaluatorConfig | None = None, *, pairs:
                        session.elapsed())
 
 
-def failed_tests_reason(tests: TestResult) -> str | None:
-    """The tests' failure as a sentence naming the failed cases; None when they pass."""
-    failed = [c.name for c in tests.cases if not c.passed]
-    if tests.ok and not failed:
-        return None
-    if failed:
-        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-        return f"tests failed: {shown} ({len(failed)} of {len(tests.cases)})."
-    tail = tests.log_tail.strip().splitlines()[-1:] or ["no output"]
-    return f"tests failed: {tail[0][:200]}"
+def gates(checks: Checks | None, performance: Verdict | None) -> Verdict:
+    """One verdict from the target's checks and the performance verdict, with the first failing reason.
 
-
-def gates(tests: TestResult | None, kld: KLDResult | None, performance: Verdict | None, *,
-          kld_thresholds: KLDThresholds | None = None, require_kld: bool = True) -> Verdict:
-    """One verdict from the correctness gates and the performance verdict, with the first failing reason.
-
-    Order: tests, logits, performance. Correctness comes first because a wrong candidate is wrong at any speed.
-    Missing evidence fails its gate: nothing is kept on a check that did not run. The performance evidence, when
-    there is some, stays in the verdict whatever decided it.
+    Checks come first, in the target's order, because a wrong candidate is wrong at any speed. Missing evidence
+    fails its gate: nothing is kept on checks that did not run, nor on none at all. The performance evidence,
+    when there is some, stays in the verdict whatever decided it.
     """
     failure: tuple[str, str] | None = None
-    if tests is None:
-        failure = ("tests", "the tests did not run.")
-    elif (reason := failed_tests_reason(tests)) is not None:
-        failure = ("tests", reason)
-    elif kld is None and require_kld:
-        failure = ("logits", "the logits check did not run.")
-    elif kld is not None and (reason := kld_failure(kld, kld_thresholds or KLDThresholds())) is not None:
-        failure = ("logits", reason)
+    if checks is None or not checks.results:
+        failure = ("checks", "the checks did not run.")
+    elif (failed := checks.first_failure()) is not None:
+        failure = (failed.name, failed.reason or f"the {failed.name} check failed.")
     if failure is None and performance is not None:
         return performance
     if failure is None:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..sandbox.sources import git
+from ..sources import git
 from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt
 
 AGENT = "implementer"

@@ -1,12 +1,12 @@
 """The offline policy: real experiments without an LLM.
 
-Three sources of candidates, each a real experiment reported as what it is:
-- fork hunks: a fork-diff chunk from the knowledge base that touches the CPU backend's hot code, moved onto the
+Two sources of candidates, each a real experiment reported as what it is:
+- fork hunks: a fork-diff chunk from the knowledge base that touches the target's hot paths, moved onto the
   current best tree by anchoring its upstream side (context and removed lines) in the file and replacing it with
   the fork's side; only hunks whose anchor is found exactly once become candidates;
-- build configuration: ggml options and link settings a maintainer would try;
-- runtime parameters a user would tune: threads, flash attention, micro-batch size.
-Each cites the finding it comes from. Kinds are interleaved so a short budget samples all three.
+- the target's variants (Target.variants): for llama.cpp, ggml build options and runtime settings; for a
+  readfirst.toml project, the variants its file lists.
+Each cites the finding it comes from. Sources are interleaved so a short budget samples both.
 """
 
 from __future__ import annotations
@@ -14,17 +14,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 Hypothesis = dict[str, Any]
-
-BUILD_VARIANTS = (
-    ("-DGGML_OPENMP=OFF", "ggml's own thread pool instead of OpenMP (different barrier and wake-up costs)"),
-    ("-DGGML_LTO=ON", "link-time optimization across ggml's translation units"),
-    ("-DBUILD_SHARED_LIBS=OFF", "static libraries: no PLT indirection on calls between ggml and llama"),
-)
 
 
 def hypothesis_key(kind: str, change: dict[str, Any]) -> str:
@@ -37,27 +30,10 @@ def _hypothesis(kind: str, title: str, rationale: str, change: dict[str, Any], c
             "change": change, "citations": cites, "source": "offline"}
 
 
-def runtime_candidates(best_options: dict[str, Any], *, cpus: int, cite: str) -> list[Hypothesis]:
-    out = []
-    for t in sorted({1, max(1, cpus // 2), cpus} - {best_options.get("threads")}):
-        out.append(_hypothesis("runtime", f"run with {t} thread{'s' if t > 1 else ''}",
-                               "Generation is bandwidth-bound: fewer threads may saturate memory with less "
-                               "synchronization; more may hide latency.", {"options": {"threads": t}}, [cite]))
-    fa = not best_options.get("flash_attn", True)
-    out.append(_hypothesis("runtime", f"flash attention {'on' if fa else 'off'}",
-                           "Flash attention changes the attention kernel and its memory traffic.",
-                           {"options": {"flash_attn": fa}}, [cite]))
-    for ub in (256, 1024):
-        if best_options.get("ubatch") != ub:
-            out.append(_hypothesis("runtime", f"micro-batch {ub}", "Prompt processing is compute-bound: the "
-                                   "micro-batch sets the matmul tile the kernels see.", {"options": {"ubatch": ub}},
-                                   [cite]))
-    return out
-
-
-def build_candidates(best_flags: Sequence[str], *, cite: str) -> list[Hypothesis]:
-    return [_hypothesis("build", f"build with {flag}", why, {"cmake_flags_add": [flag]}, [cite])
-            for flag, why in BUILD_VARIANTS if flag not in best_flags]
+def variant_candidates(variants: Sequence[dict[str, Any]], *, cite: str) -> list[Hypothesis]:
+    """The target's own offline candidates (build and runtime variants), as hypotheses citing the profile."""
+    return [_hypothesis(v["kind"], v["title"], v.get("rationale", ""), {"variant": v["change"]}, [cite])
+            for v in variants]
 
 
 def hunk_sides(chunk_text: str) -> tuple[list[str], list[str]] | None:
@@ -123,11 +99,9 @@ def interleave(*lists: Sequence[Hypothesis]) -> list[Hypothesis]:
     return out
 
 
-def propose(findings: Sequence[dict[str, Any]], *, best: dict[str, Any], tried: set[str], profile_finding: str,
-            read_file: Callable[[str], str | None], cpus: int | None = None) -> list[Hypothesis]:
-    """Ranked hypotheses for the next wave, none already tried."""
-    cpus = cpus or os.cpu_count() or 1
-    ranked = interleave(fork_candidates(findings, read_file),
-                        build_candidates(best.get("config", {}).get("cmake_flags", []), cite=profile_finding),
-                        runtime_candidates(best.get("options", {}), cpus=cpus, cite=profile_finding))
+def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, Any]], tried: set[str],
+            profile_finding: str, read_file: Callable[[str], str | None]) -> list[Hypothesis]:
+    """Ranked hypotheses for the next wave, none already tried: fork hunks first, interleaved with the target's
+    variants (in the target's order), so that a short budget samples both."""
+    ranked = interleave(fork_candidates(findings, read_file), variant_candidates(variants, cite=profile_finding))
     return [h for h in ranked if h["key"] not in tried]

@@ -1,5 +1,5 @@
-"""The researcher: turns the profile's bottlenecks into knowledge-base queries over papers and docs, and the
-answers into findings that cite their chunks. With an LLM it also condenses them into claims; without one, the
+"""The researcher: reads papers and docs on the questions the target's profile raises (its queries), and turns
+the answers into findings that cite their chunks. With an LLM it also condenses them into claims; without one, the
 claims are the retrieved evidence itself, stated plainly.
 """
 
@@ -13,33 +13,19 @@ from .findings import finding, llm_findings
 
 ROLE = "researcher"
 
-# What to read for each kind of bottleneck. Memory-bound generation wants fewer bytes and fewer passes; compute-
-# bound prompt processing wants better matmul kernels.
-MEMORY_BOUND_QUERIES = (
-    "operator fusion to reduce memory traffic in LLM inference on CPU",
-    "fused RMS norm and multiply kernel",
-    "flash attention kernel for the CPU",
-    "quantized matrix-vector product memory bandwidth bound decoding",
-    "thread synchronization barrier overhead in graph execution",
+# When a target names no queries of its own.
+GENERIC_QUERIES = (
+    "performance optimization of the hot path",
+    "SIMD vectorization of inner loops",
+    "cache-efficient data layout",
 )
-COMPUTE_BOUND_QUERIES = (
-    "quantized matrix multiplication kernel tiling for CPU prompt processing",
-    "weight repacking interleaved blocks for SIMD dot products",
-    "tinyBLAS llamafile matrix multiplication",
-)
-
-
-def research_queries(facts: Sequence[str]) -> list[str]:
-    memory_bound = any("memory-bound" in f for f in facts)
-    queries = list(MEMORY_BOUND_QUERIES if memory_bound else MEMORY_BOUND_QUERIES[2:] + MEMORY_BOUND_QUERIES[:2])
-    return queries + list(COMPUTE_BOUND_QUERIES)
 
 
 def research(kb: KnowledgeStore, facts: Sequence[str], *, llm=None, k: int = 4, round_: int = 0,
              queries: Sequence[str] | None = None, say=lambda _: None) -> list[dict[str, Any]]:
     """Findings for the profile's bottlenecks. A later round (`round_`) reads deeper down the same rankings."""
     findings = []
-    for query in queries or research_queries(facts):
+    for query in queries or GENERIC_QUERIES:
         chunks = kb.query(query, k=k * (round_ + 1), where={"kind": ["paper", "doc"]})[k * round_:]
         if not chunks:
             continue

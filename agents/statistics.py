@@ -1,8 +1,10 @@
-"""The evaluator's statistics: speedup with a confidence interval, the keep rule, the noise floor, the KLD gate.
+"""The evaluator's statistics: speedup with a confidence interval, the keep rule, the noise floor.
 
 Pure functions over plain data. The unit of evidence is a *pair*: one baseline run and one candidate run taken
-back to back (the evaluator interleaves them ABBA-style), each a dict of tokens/s per llama-bench test, e.g.
-{"tg128": 70.1, "pp512": 290.3}. Effects are relative speedups: +0.03 means 3% more tokens/s.
+back to back (the evaluator interleaves them ABBA-style), each a dict of a value per metric, e.g. llama.cpp's
+tokens/s per llama-bench test {"tg128": 70.1, "pp512": 290.3}, or a library's {"mb_per_s": 812.0}. Effects are
+relative improvements: +0.03 means 3% more of a higher-is-better metric, or 3% less time of a lower-is-better
+one (DecisionRule.lower_is_better).
 
 Why these choices (numbers below are from the shared 2-core machine: tg 70.4 ± 1.0 then 68.0 ± 2.0 t/s):
 - Per-pair log ratios, not two independent samples. The machine drifts by a few percent between runs; a pair's
@@ -36,9 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from ..sandbox.records import KLDResult
 
-Pair = tuple[Mapping[str, float], Mapping[str, float]]  # (baseline, candidate) tokens/s per test, back to back
+Pair = tuple[Mapping[str, float], Mapping[str, float]]  # (baseline, candidate) value per metric, back to back
 
 # Hodges-Lehmann's efficiency relative to the mean on normal noise (3/pi): its SE is sigma / sqrt(0.955 n).
 HL_EFFICIENCY = 3 / math.pi
@@ -48,7 +49,7 @@ HL_EFFICIENCY = 3 / math.pi
 class Effect:
     """Relative speedup of candidate over baseline for one metric, with its confidence interval."""
     metric: str
-    estimate: float  # +0.03 = 3% more tokens/s
+    estimate: float  # +0.03 = 3% better
     low: float
     high: float
     n_pairs: int      # pairs behind the interval
@@ -63,7 +64,8 @@ class Effect:
 
 @dataclass
 class DecisionRule:
-    """When a candidate is kept. Defaults: tg optimized, at least +1% with 95% confidence, pp may not lose >3%."""
+    """When a candidate is kept. Defaults (llama.cpp's objective): tg optimized, at least +1% with 95% confidence,
+    every other test (pp) may not lose more than 3%. A target's Objective makes its own (for_objective)."""
     optimize: dict[str, float] = field(default_factory=lambda: {"tg": 1.0})
     """Weights per test name or prefix ("tg" matches "tg128"); several make a weighted geometric mean of ratios."""
     min_effect: float = 0.01
@@ -85,6 +87,31 @@ class DecisionRule:
     """2000 resamples put the Monte Carlo error of a 95% percentile bound at ~0.05 of a standard error."""
     seed: int = 0
     """Fixed, so that the same samples always give the same verdict (replays of a trace agree)."""
+    lower_is_better: tuple[str, ...] = ()
+    """Metrics (names or prefixes) where less is better (seconds, bytes): their effect is baseline / candidate - 1,
+    so that every effect reads the same way, +3% meaning 3% better."""
+    guards: dict[str, float] | None = None
+    """Metric (name or prefix) -> largest tolerated regression. None: every measured metric that is not optimized
+    is guarded at `max_regression`; a dict: only those, each at its own limit (other metrics are reported)."""
+
+    @classmethod
+    def for_objective(cls, objective, **kw) -> "DecisionRule":
+        """The rule for a target's Objective (readfirst.records.Objective)."""
+        guards = None if objective.guards is None else {m: g.max_regression for m, g in objective.guards.items()}
+        return cls(optimize={objective.metric: 1.0}, min_effect=objective.min_effect,
+                   max_regression=objective.default_regression, lower_is_better=objective.lower_is_better(),
+                   guards=guards, **kw)
+
+    def lower(self, test: str) -> bool:
+        return _matches(test, self.lower_is_better)
+
+    def guard_limit(self, test: str) -> float | None:
+        """The regression limit of a measured test that is not optimized; None when it is not guarded."""
+        if self.guards is None:
+            return self.max_regression
+        key = next((g for g in self.guards if test == g), None) or next((g for g in self.guards
+                                                                         if test.startswith(g)), None)
+        return None if key is None else self.guards[key]
 
 
 @dataclass
@@ -120,15 +147,20 @@ def expanded_confidence(confidence: float, n: int) -> float:
     return min(1 - 2 * stats.norm.sf(z), 1 - 1e-9)
 
 
-def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float]) -> np.ndarray:
-    """Per pair, the weighted sum of log(candidate / baseline) over the weighted tests (weights sum to 1)."""
+def _matches(test: str, keys: Sequence[str]) -> bool:
+    return any(test == k or test.startswith(k) for k in keys)
+
+
+def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float], lower: Sequence[str] = ()) -> np.ndarray:
+    """Per pair, the weighted sum of log(candidate / baseline) over the weighted tests (weights sum to 1); for a
+    test where lower is better (`lower`: names or prefixes), log(baseline / candidate)."""
     out = np.zeros(len(pairs))
     for test, weight in weights.items():
         base = np.array([b[test] for b, _ in pairs], dtype=float)
         cand = np.array([c[test] for _, c in pairs], dtype=float)
         if np.any(base <= 0) or np.any(cand <= 0) or not (np.all(np.isfinite(base)) and np.all(np.isfinite(cand))):
-            raise ValueError(f"{test}: tokens/s must be positive and finite")
-        out += weight * np.log(cand / base)
+            raise ValueError(f"{test}: values must be positive and finite")
+        out += weight * (-1 if _matches(test, lower) else 1) * np.log(cand / base)
     return out
 
 
@@ -219,32 +251,34 @@ def decide(pairs: Sequence[Pair], rule: DecisionRule | None = None, *, final: bo
     tests = measured_tests(pairs)
     weights = resolve_weights(rule.optimize, tests)
     kw = dict(confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
-    effects = {t: speedup(log_ratios(pairs, {t: 1.0}), metric=t, **kw) for t in tests}  # type: ignore[arg-type]
+    lower = rule.lower_is_better
+    effects = {t: speedup(log_ratios(pairs, {t: 1.0}, lower), metric=t, **kw) for t in tests}  # type: ignore[arg-type]
     if len(weights) == 1:
         objective = effects[next(iter(weights))]
     else:
         name = "objective(" + " + ".join(f"{w:.2g}*{t}" for t, w in weights.items()) + ")"
-        objective = speedup(log_ratios(pairs, weights), metric=name, **kw)  # type: ignore[arg-type]
-    guarded = [effects[t] for t in tests if t not in weights]
-    floor = -rule.max_regression
+        objective = speedup(log_ratios(pairs, weights, lower), metric=name, **kw)  # type: ignore[arg-type]
+    # (effect, floor) of every guarded test: a guard may not lose more than its limit
+    guarded = [(effects[t], -limit) for t in tests if t not in weights
+               and (limit := rule.guard_limit(t)) is not None]
 
     if objective.high < rule.min_effect:
         return PerfDecision("discard", f"{objective.describe()} cannot reach the {rule.min_effect:+.1%} minimum.",
                             objective, effects)
-    regressed = [e for e in guarded if e.high < floor]
+    regressed = [(e, floor) for e, floor in guarded if e.high < floor]
     if regressed:
-        return PerfDecision("discard", f"{regressed[0].describe()} regresses past the {floor:.1%} limit.",
-                            objective, effects)
-    unproven = [e for e in guarded if e.low <= floor]
+        e, floor = regressed[0]
+        return PerfDecision("discard", f"{e.describe()} regresses past the {floor:.1%} limit.", objective, effects)
+    unproven = [(e, floor) for e, floor in guarded if e.low <= floor]
     if objective.low > rule.min_effect and not unproven and objective.n_pairs >= rule.min_pairs_to_keep:
-        guards = "".join(f"; {e.describe()} within the {floor:.1%} limit" for e in guarded)
+        guards = "".join(f"; {e.describe()} within the {floor:.1%} limit" for e, floor in guarded)
         return PerfDecision("keep", f"{objective.describe()} clears the {rule.min_effect:+.1%} minimum{guards}.",
                             objective, effects)
     proven_gain = objective.low > rule.min_effect and objective.n_pairs >= rule.min_pairs_to_keep
-    if final and proven_gain and all(e.estimate >= floor for e in unproven):
+    if final and proven_gain and all(e.estimate >= floor for e, floor in unproven):
         guards = "".join(f"; {e.describe()} within the {floor:.1%} limit"
-                         + (" by its estimate (its interval still reaches past it)" if e in unproven else "")
-                         for e in guarded)
+                         + (" by its estimate (its interval still reaches past it)" if (e, floor) in unproven
+                            else "") for e, floor in guarded)
         return PerfDecision("keep", f"{objective.describe()} clears the {rule.min_effect:+.1%} minimum{guards}.",
                             objective, effects)
     if objective.low <= rule.min_effect:
@@ -252,7 +286,8 @@ def decide(pairs: Sequence[Pair], rule: DecisionRule | None = None, *, final: bo
     elif not unproven:
         reason = f"{objective.describe()} looks clear, but keeping needs {rule.min_pairs_to_keep} pairs."
     else:
-        reason = f"{unproven[0].describe()} cannot yet rule out a regression past {floor:.1%}."
+        e, floor = unproven[0]
+        reason = f"{e.describe()} cannot yet rule out a regression past {floor:.1%}."
     return PerfDecision("discard" if final else "undecided", reason, objective, effects)
 
 
@@ -272,7 +307,7 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule | None = None,
     n = planned_pairs
     c = math.sqrt(n / (n - 1)) * stats.t.ppf(1 - (1 - rule.confidence) / 2, df=n - 1)
     for test in measured_tests(aa_pairs):
-        d = log_ratios(aa_pairs, {test: 1.0})
+        d = log_ratios(aa_pairs, {test: 1.0}, rule.lower_is_better)
         bias = speedup(d, metric=test, confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
         pair_sd = _outlier_resistant_sd(d)
         se = pair_sd / math.sqrt(HL_EFFICIENCY * n)
@@ -287,40 +322,3 @@ def _outlier_resistant_sd(d: np.ndarray) -> float:
     mad = stats.median_abs_deviation(d, scale="normal")
     kept = d[np.abs(d - np.median(d)) <= 3.5 * mad] if mad > 0 else d
     return float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
-
-
-@dataclass
-class KLDThresholds:
-    """Logits of a candidate against the baseline's (llama-perplexity --kl-divergence). Rounding passes; wrong
-    numerics fail. Anchors: a harmless change (flash attention on vs off) gave max KLD 2e-6; deliberate precision
-    losses are far above that (Q8_0 vs F16 is ~1e-3 mean KLD, Q4_0 ~1e-2 and more); a broken kernel (wrong scale,
-    off-by-one block) scrambles logits to mean KLD of 1e-2 to 1 and drops the same-top-token rate well below 99%.
-    """
-    max_mean: float = 1e-5
-    """5x the harmless *max*, so ~50-100x its mean: fusions reorder more float operations than the fa toggle and
-    the rounding compounds over the layers; still 100x below a Q8_0-sized precision loss."""
-    max_p999: float = 1e-4
-    """The tail that a systematic error in a rare path (one quant type, one row length) shows first."""
-    max_max: float = 1e-3
-    """500x the harmless max: the single worst token is the most volatile figure (a near-flat distribution
-    amplifies rounding), so it gets the widest margin, yet stays below any real numeric error."""
-    min_same_top_p: float = 99.0
-    """Percent of tokens whose top-1 token is the baseline's. Rounding only flips near-ties (well under 1% of
-    tokens); a broken kernel flips a large share."""
-
-
-def kld_failure(kld: KLDResult, thresholds: KLDThresholds | None = None) -> str | None:
-    """The first KLD threshold the candidate fails, as a sentence; None when the logits pass."""
-    thresholds = thresholds or KLDThresholds()
-    if not kld.ok:
-        return "the logits check did not complete" + (f": {kld.log_tail.strip()[-200:]}" if kld.log_tail else ".")
-    checks = [("mean KLD", kld.mean_kld, thresholds.max_mean), ("99.9th percentile KLD", kld.p999_kld,
-              thresholds.max_p999), ("max KLD", kld.max_kld, thresholds.max_max)]
-    for name, value, limit in checks:
-        if not value <= limit:  # also catches NaN
-            return f"logits differ from the baseline's: {name} {value:.2e} > {limit:.0e}."
-    if not kld.same_top_p >= thresholds.min_same_top_p:
-        return (f"logits differ from the baseline's: the same top token in {kld.same_top_p:.2f}% of positions "
-                f"< {thresholds.min_same_top_p:.1f}%.")
-    return None
-

@@ -22,10 +22,10 @@ from _report import write_section  # noqa: E402
 
 from readfirst.agents.evaluator import BASELINE, EvaluatorConfig, evaluate  # noqa: E402
 from readfirst.config import Paths  # noqa: E402
-from readfirst.graph.deps import model_maker, open_llama_target, open_sandbox  # noqa: E402
-from readfirst.sandbox.baseline import establish_baseline  # noqa: E402
-from readfirst.sandbox.llama_cpp import BenchOptions  # noqa: E402
-from readfirst.sandbox.sources import git  # noqa: E402
+from readfirst.graph.deps import compose_target  # noqa: E402
+from readfirst.targets import make_spec  # noqa: E402
+from readfirst.targets.llama_cpp.target import BenchOptions  # noqa: E402
+from readfirst.sources import git  # noqa: E402
 
 OPS = "ggml/src/ggml-cpu/ops.cpp"
 SUM = ("                for (int64_t i00 = 0; i00 < ne00; i00++) {\n"
@@ -55,9 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     say = lambda m: print(f"· {m}", file=sys.stderr, flush=True)  # noqa: E731
     paths = Paths.resolve()
-    target = open_llama_target(paths, open_sandbox(paths, say=say), say=say)
-    base, model = establish_baseline(target, say=say, build_model=model_maker(paths, model=None, quant="Q4_0",
-                                                                                    say=say))
+    _, target = compose_target(paths, make_spec("llama.cpp", source="llama.cpp"), say=say)
+    base = target.prepare()
+    model = Path(base.variant["model"])
     shape = BenchOptions(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=1)
     config = EvaluatorConfig(max_runs=args.max_runs)
 
@@ -72,9 +72,9 @@ def main() -> None:
     verdicts = [evaluate(measure_between(base.commit, base.commit), config) for _ in range(args.aa)]
     rows.append(("A/A (identical builds)", verdicts))
     for reps in args.reps:
-        commit = target.commit_patch(slowdown_patch(target.source.path, reps), base=base.commit,
+        commit = target.commit_patch(slowdown_patch(target.repository, reps), base=base.commit,
                                      message=f"planted slowdown x{reps}")
-        build = target.build(commit)
+        build = target.build_config(commit)
         assert build.ok, build.log_tail
         say(f"planted slowdown x{reps}: {args.trials} trials each way")
         rows.append((f"planted slowdown (rms_norm x{reps}) as candidate",

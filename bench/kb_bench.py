@@ -29,7 +29,7 @@ from readfirst.knowledge_base.chunking import Chunk, Unit  # noqa: E402
 from readfirst.knowledge_base.embedder import SentenceTransformerEmbedder  # noqa: E402
 from readfirst.knowledge_base.ingest import fork_recipe, recipe_units, run_recipe  # noqa: E402
 from readfirst.knowledge_base.store import MODES, KnowledgeBase  # noqa: E402
-from readfirst.sandbox.sources import prepare_source  # noqa: E402
+from readfirst.sources import prepare_source  # noqa: E402
 
 UPSTREAM_CPU_FILES = ["ggml-cpu.c", "ops.cpp", "vec.cpp", "vec.h", "binary-ops.cpp", "unary-ops.cpp", "quants.c",
                       "repack.cpp", "llamafile/sgemm.cpp", "ggml-cpu.cpp", "simd-mappings.h"]

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from readfirst.config import Paths  # noqa: E402
-from readfirst.graph.deps import model_maker, open_llama_target, open_sandbox  # noqa: E402
+from readfirst.graph.deps import compose_target  # noqa: E402
+from readfirst.targets import make_spec  # noqa: E402
 from readfirst.sandbox import image  # noqa: E402
-from readfirst.sandbox.baseline import establish_baseline  # noqa: E402
-from readfirst.sandbox.llama_cpp import BenchOptions, parse_bench_json  # noqa: E402
-from readfirst.sandbox.records import BuildConfig  # noqa: E402
-from readfirst.sandbox.sources import git  # noqa: E402
+from readfirst.targets.llama_cpp.target import BenchOptions, parse_bench_json  # noqa: E402
+from readfirst.records import BuildConfig  # noqa: E402
+from readfirst.sources import git  # noqa: E402
 
 
 def native_bench(bin_dir: Path, model: Path, options: BenchOptions) -> dict[str, float]:
@@ -63,17 +63,16 @@ def main() -> None:
         image.ensure_image(require_engine(), rebuild=True, say=say)
         rows.append(f"| base image build (debootstrap + docker import) | {time.monotonic() - t:.0f} s |")
 
-    sandbox = open_sandbox(paths, say=say)
-    target = open_llama_target(paths, sandbox, say=say)
-    baseline, model = establish_baseline(target, say=say,
-                                         build_model=model_maker(paths, model=None, quant="Q4_0", say=say))
+    _, target = compose_target(paths, make_spec("llama.cpp", source="llama.cpp"), say=say)
+    baseline = target.prepare()
+    model = Path(baseline.variant["model"])
 
     if not args.skip_cold:
         say("cold full build (fresh build directory, ccache disabled)")
         cold_worker = 7
         shutil.rmtree(paths.builds / target.source.key / f"w{cold_worker}", ignore_errors=True)
         target.use_ccache = False
-        cold = target.build(baseline.commit, worker=cold_worker)
+        cold = target.build_config(baseline.commit, worker=cold_worker)
         target.use_ccache = True
         assert cold.ok, cold.log_tail
         rows.append(f"| cold full build (llama-bench, llama-perplexity, llama-quantize, 4 tests), no ccache | "
@@ -82,15 +81,15 @@ def main() -> None:
 
     say("incremental rebuild after a one-file patch")
     ops = "ggml/src/ggml-cpu/ops.cpp"
-    text = git(target.source.path, "show", f"baseline:{ops}").stdout
+    text = git(target.repository, "show", f"baseline:{ops}").stdout
     patched = text.replace("// TODO: optimize", "// TODO: optimize (touched by the benchmark)", 1)
     patch = f"diff --git a/{ops} b/{ops}\n" + "".join(difflib.unified_diff(
         text.splitlines(True), patched.splitlines(True), f"a/{ops}", f"b/{ops}"))
     commit = target.commit_patch(patch, base=baseline.commit, message="bench: touch ops.cpp")
-    target.build(baseline.commit)  # make sure the worker is at the baseline and up to date
-    inc = target.build(commit)
+    target.build_config(baseline.commit)  # make sure the worker is at the baseline and up to date
+    inc = target.build_config(commit)
     rows.append(f"| incremental rebuild after a one-file patch (`{ops}`) | {inc.duration_s:.1f} s |")
-    back = target.build(baseline.commit)
+    back = target.build_config(baseline.commit)
     rows.append(f"| rebuild back to the baseline (same file) | {back.duration_s:.1f} s |")
 
     options = BenchOptions(repetitions=1)

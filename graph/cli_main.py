@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from .cli_common import app_context
-from .deps import open_llama_target, open_sandbox
 
 
 def setup(ctx: typer.Context,
-          source: str = typer.Option("llama.cpp", "--source", help="Source to fetch and prepare.")) -> None:
-    """Install and start what readfirst needs: the Docker engine, the base image, the llama.cpp source."""
+          source: str = typer.Option("llama.cpp", "--source", help="Source to fetch and prepare."),
+          target: Optional[str] = typer.Option(None, "--target", help="llama.cpp or config (see `run --help`)."),
+          target_config: Optional[Path] = typer.Option(None, "--target-config", dir_okay=False,
+                                                       help="A readfirst.toml: its image and source.")) -> None:
+    """Install and start what readfirst needs: the Docker engine, the sandbox image, the target's source."""
+    from ..targets import make_spec
+    from .deps import compose_target
     app = app_context(ctx)
-    sandbox = open_sandbox(app.paths, say=app.say, start_engine=True)
-    target = open_llama_target(app.paths, sandbox, source=source, say=app.say)
-    app.say(f"ready: engine up, image {sandbox.image}, source {target.source.path} (baseline "
-            f"{target.source.baseline[:10]})")
+    sandbox, tgt = compose_target(app.paths, make_spec(target, source=source, config_file=target_config),
+                                  say=app.say, start_engine=True)
+    described = tgt.describe()
+    app.say(f"ready: engine up, image {sandbox.image}, source {tgt.repository} (baseline "
+            f"{str(described.get('baseline', ''))[:10]})")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ReadfirstError
-from ..sandbox.model import validate_gguf
+from ..targets.llama_cpp.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
 from .ledger import Ledger
@@ -20,12 +20,21 @@ from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_me
 
 
 def run(ctx: typer.Context,
-        target: str = typer.Option("llama.cpp", "--target", help="What to optimize (llama.cpp)."),
+        target: Optional[str] = typer.Option(None, "--target", help="What to optimize: llama.cpp, or config (a "
+                                                                   "project its readfirst.toml describes). "
+                                                                   "Default: config when --target-config is given "
+                                                                   "or the source has a readfirst.toml, else "
+                                                                   "llama.cpp."),
+        target_config: Optional[Path] = typer.Option(None, "--target-config", dir_okay=False,
+                                                     help="A readfirst.toml (the config target)."),
         source: str = typer.Option("llama.cpp", "--source", help="llama.cpp (the pinned sdist), a git URL, or a "
-                                                                "local path."),
+                                                                "local path (a project with a readfirst.toml "
+                                                                "at its root is the config target)."),
         ref: Optional[str] = typer.Option(None, "--ref", help="Git ref with a git URL or repository path."),
-        model: Optional[Path] = typer.Option(None, "--model", help="A real GGUF instead of the synthetic model."),
-        quant: str = typer.Option("Q4_0", "--quant", callback=_check_quant, help="Synthetic model quantization."),
+        model: Optional[Path] = typer.Option(None, "--model", help="llama.cpp: a real GGUF instead of the "
+                                                                   "synthetic model."),
+        quant: str = typer.Option("Q4_0", "--quant", callback=_check_quant, help="llama.cpp: the synthetic "
+                                                                                 "model's quantization."),
         budget_experiments: int = typer.Option(6, "--budget-experiments", min=1, help="Stop after N experiments."),
         budget_minutes: float = typer.Option(120, "--budget-minutes", min=1, help="Stop after M minutes."),
         budget_usd: float = typer.Option(5.0, "--budget-usd", min=0, help="Stop once the LLM spent X dollars."),
@@ -33,35 +42,38 @@ def run(ctx: typer.Context,
                                                                 "benchmarks one at a time)."),
         forks: list[str] = typer.Option([], "--fork", help="A fork to read before researching (ik_llama.cpp, a "
                                                            "path or a git URL), against the target's source."),
-        fork_subdirs: list[str] = typer.Option(["ggml/src"], "--fork-subdir", help="Read only these folders of "
-                                                                             "the forks (repeatable)."),
+        fork_subdirs: list[str] = typer.Option([], "--fork-subdir", help="Read only these folders of the forks "
+                                                                         "(repeatable; llama.cpp default: "
+                                                                         "ggml/src)."),
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
-        offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks, build and runtime "
-                                                              "experiments."),
+        offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks and the target's build and "
+                                                              "runtime variants."),
         kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable): llm, "
                                                            "patch, build, runtime. Default: all."),
         llm_model: str = typer.Option("claude-sonnet-4-6", "--llm-model", envvar="READFIRST_LLM_MODEL",
                                       help="Anthropic model for the agents."),
-        n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="Prompt tokens per benchmark."),
-        n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="Generated tokens per benchmark."),
-        threads: int = typer.Option(2, "-t", "--threads", min=1),
-        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most, warm-ups included; a "
-                                                                 "keep needs 6 pairs, so at least 14."),
+        n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="llama.cpp: prompt tokens per "
+                                                                         "benchmark."),
+        n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="llama.cpp: generated tokens per benchmark."),
+        threads: int = typer.Option(2, "-t", "--threads", min=1, help="llama.cpp: benchmark threads."),
+        max_runs: int = typer.Option(26, "--max-runs", min=14, help="Benchmark runs per candidate at most, "
+                                                                    "warm-ups included (a keep needs 6 pairs after "
+                                                                    "2 warm-up runs: at least 14)."),
         calibration_pairs: int = typer.Option(4, "--calibration-pairs", min=0, help="A/A pairs for the noise "
                                                                                     "floor (0: skip)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by its id."),
         as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON.")) -> None:
     """Read, hypothesize, experiment and keep what wins, until the budget is spent.
 
-    Without ANTHROPIC_API_KEY pass --offline: the loop then runs real experiments from fork hunks, build
-    configurations and runtime parameters. Ctrl-C saves; `--resume RUN_ID` continues where it stopped.
+    Without ANTHROPIC_API_KEY pass --offline: the loop then runs real experiments from fork hunks and the
+    target's build and runtime variants. Ctrl-C saves; `--resume RUN_ID` continues where it stopped.
     """
-    from .deps import model_maker, open_llama_target, open_sandbox
+    from ..targets import make_spec
+    from .deps import compose_target
+    from .runner import spec_of
     from .trace import start_tracing
     from .workflow import RunDeps, RunOptions
     app = app_context(ctx)
-    if target != "llama.cpp":
-        raise ReadfirstError(f"unknown target {target!r}; known: llama.cpp")
     if model is not None:
         validate_gguf(model)  # before any work starts
     previous = read_meta(run_dir(app.paths, resume)) if resume else {}
@@ -74,32 +86,35 @@ def run(ctx: typer.Context,
         if meta.get("status") == "finished":
             raise ReadfirstError(f"run {resume} has finished; see `readfirst report {resume}`")
         options = None
-        src = meta.get("source", source)
+        spec = spec_of(meta)
         run_id = resume
         app.say(f"resuming run {run_id}")
     else:
+        spec = make_spec(target, source=source, ref=ref, config_file=target_config,
+                         options={"model": str(model.resolve()) if model else None, "quant": quant,
+                                  "n_prompt": n_prompt, "n_gen": n_gen, "threads": threads})
+        if spec["name"] == "config":
+            from ..targets.config_file import load_config
+            load_config(spec["config_file"])  # a bad file is one sentence, before any run directory exists
         run_id = new_run_id()
         directory = app.paths.runs / run_id
         directory.mkdir(parents=True)
         options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
-                             budget_usd=budget_usd, workers=workers, offline=offline, n_prompt=n_prompt,
-                             n_gen=n_gen, threads=threads, calibration_pairs=calibration_pairs, max_runs=max_runs,
-                             kinds=_check_kinds(kinds))
-        meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": target,
-                "model": str(model) if model else None, "quant": quant, "forks": forks, "papers": papers,
-                "fork_subdirs": fork_subdirs,
+                             budget_usd=budget_usd, workers=workers, offline=offline,
+                             calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
+        meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
+                "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
+                "papers": papers, "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp"
+                                                                   else []),
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
-        src = source
         app.say(f"run {run_id} → {directory}")
-    sandbox = open_sandbox(app.paths, say=app.say)
-    tgt = open_llama_target(app.paths, sandbox, source=src, ref=meta.get("ref"), say=app.say)
-    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []), upstream=src,
-                         subdirs=meta.get("fork_subdirs", ["ggml/src"]))
+    sandbox, tgt = compose_target(app.paths, spec, say=app.say)
+    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []),
+                         upstream=tgt.describe().get("source") or spec.get("source", source),
+                         subdirs=meta.get("fork_subdirs") or [])
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say,
-                   make_model=model_maker(app.paths, model=Path(meta["model"]) if meta.get("model") else None,
-                                          quant=meta.get("quant", quant), say=app.say))
+    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say)
     if not offline:
         deps = _with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
                          budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
@@ -144,8 +159,7 @@ def _with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: floa
 
     client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
     llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
-    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
-                   **llm_roles(llm, deps.target.source.path, tuple(deps.target.protected)))
+    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, **llm_roles(llm, deps.target))
 
 
 def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str]):
@@ -179,7 +193,7 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
         app.console.print(f"noise floor: {summary['calibration']}")
     on = summary.get("measured_on") or {}
     if on.get("cpu"):
-        app.console.print(f"measured on: {on['cpu']}, {on.get('threads')} threads"
+        app.console.print(f"measured on: {on['cpu']}" + (f", {on['threads']} threads" if on.get("threads") else "")
                           + (f" pinned to CPUs {on['cpus']}" if on.get("cpus") else ""))
     for p in summary.get("best_patches") or []:
         app.console.print(f"patch: {p}")
@@ -215,8 +229,10 @@ def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id 
     ledger.close()
     meta = read_meta(directory)
     from .report import write_plot
-    state = {"baseline": ((meta.get("summary") or {}).get("baseline")) or {}}
-    plot = write_plot(rows, state, directory / "report.png")
+    summary = meta.get("summary") or {}
+    state = {"baseline": summary.get("baseline") or {}}
+    metric = next((r["objective"] for r in rows if r.get("objective")), None) or summary.get("objective") or "tg"
+    plot = write_plot(rows, state, directory / "report.png", metric=metric)
     if as_json:
         app.emit_json({"run": meta, "experiments": rows, "plot": str(plot) if plot else None})
         return

@@ -10,13 +10,13 @@ from rich.table import Table
 
 from ..errors import ReadfirstError
 from ..sandbox import engine, image
-from ..sandbox.baseline import establish_baseline
+from ..records import BenchResult, to_dict
 from ..sandbox.docker_sandbox import collect_garbage
-from ..sandbox.llama_cpp import BenchOptions
-from ..sandbox.model import QUANT_TYPES, validate_gguf
-from ..sandbox.records import BenchResult, to_dict
+from ..targets import make_spec
+from ..targets.llama_cpp.model import QUANT_TYPES, validate_gguf
+from ..targets.llama_cpp.target import BenchOptions
 from .cli_common import AppContext, app_context
-from .deps import model_maker, open_llama_target, open_sandbox
+from .deps import compose_target
 
 sandbox_app = typer.Typer(help="The Docker sandbox: base image, leftover containers, benchmarks.",
                           no_args_is_help=True)
@@ -71,33 +71,33 @@ def bench_cmd(ctx: typer.Context,
     app = app_context(ctx)
     if model is not None:
         validate_gguf(model)  # a bad path fails before any build starts
-    sandbox = open_sandbox(app.paths, say=app.say)
-    target = open_llama_target(app.paths, sandbox, source=source, ref=ref, say=app.say)
-    baseline, model_path = establish_baseline(target, model=None, say=app.say,
-                                              build_model=model_maker(app.paths, model=model, quant=quant,
-                                                                      say=app.say))
+    spec = make_spec("llama.cpp", source=source, ref=ref,
+                     options={"model": str(model.resolve()) if model else None, "quant": quant, "n_prompt": n_prompt,
+                              "n_gen": n_gen, "threads": threads, "flash_attn": flash_attn})
+    _, target = compose_target(app.paths, spec, say=app.say)
+    baseline = target.prepare()
+    model_path = Path(baseline.variant["model"])
     options = BenchOptions(n_prompt=n_prompt, n_gen=n_gen, threads=threads, flash_attn=flash_attn,
                            repetitions=repetitions)
-    report: dict = {"baseline": {"commit": baseline.commit, "config": to_dict(baseline.config),
-                                 "fallback": baseline.fallback_reason, "build_s": baseline.build.duration_s}}
+    report: dict = {"baseline": {"commit": baseline.commit, "variant": baseline.variant,
+                                 "fallback": baseline.note, "build_s": baseline.build_s}}
     app.say("benchmarking the baseline")
-    base = target.bench(baseline.commit, model=model_path, options=options)
+    config = target._config(baseline.variant)
+    base = target.bench(baseline.commit, model=model_path, options=options, config=config)
     report["baseline"]["bench"] = to_dict(base)
     cand = None
     if patch is not None:
         commit = target.commit_patch(patch.read_text(), base=baseline.commit, message=f"patch {patch.name}")
         app.say("building the patched tree")
-        build = target.build(commit)
+        build = target.build(commit, baseline.variant)
         report["candidate"] = {"commit": commit, "build": to_dict(build)}
         if build.ok:
-            tests = target.test(commit)
-            base_logits = target.kld_base(baseline.commit, model=model_path)
-            kld = target.logits_check(commit, model=model_path, base_logits=base_logits)
-            from ..agents.statistics import kld_failure  # scipy: only paid for when a patch is judged
-            report["candidate"].update(tests=to_dict(tests), kld=to_dict(kld), kld_verdict=kld_failure(kld))
-            app.say("benchmarking the patched tree")
-            cand = target.bench(commit, model=model_path, options=options)
-            report["candidate"]["bench"] = to_dict(cand)
+            checks = target.checks(commit, baseline.variant, baseline=baseline)
+            report["candidate"]["checks"] = to_dict(checks)
+            if checks.ok:
+                app.say("benchmarking the patched tree")
+                cand = target.bench(commit, model=model_path, options=options, config=config)
+                report["candidate"]["bench"] = to_dict(cand)
     if as_json:
         app.emit_json(report)
         return
@@ -128,11 +128,12 @@ def _print_bench(app: AppContext, base: BenchResult, cand: BenchResult | None, r
         if not b["ok"]:
             app.console.print(f"[red]patched build failed at {b['stage']}[/red]:\n{b['log_tail'][-1500:]}")
         else:
-            t, k = cand_report["tests"], cand_report["kld"]
-            failed = [c["name"] for c in t["cases"] if not c["passed"]]
-            app.console.print(f"tests: {'pass' if t['ok'] else 'FAIL ' + ', '.join(failed)}; "
-                              f"KLD mean {k['mean_kld']:.2e} max {k['max_kld']:.2e} p99.9 {k['p999_kld']:.2e}, "
-                              f"same top p {k['same_top_p']:.2f}% → {cand_report['kld_verdict'] or 'ok'}")
+            for check in cand_report["checks"]["results"]:
+                figures = check.get("evidence") or {}
+                kld = (f" (KLD mean {figures['mean_kld']:.2e} max {figures['max_kld']:.2e} p99.9 "
+                       f"{figures['p999_kld']:.2e}, same top p {figures['same_top_p']:.2f}%)"
+                       if "mean_kld" in figures else "")
+                app.console.print(f"{check['name']}: {'pass' if check['passed'] else 'FAIL: ' + check['reason']}{kld}")
 
 
 @model_app.command("synth")
@@ -143,13 +144,14 @@ def synth_cmd(ctx: typer.Context,
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Write the synthetic TinyLlama-1.1B-shaped GGUF (random weights), cached by its parameters."""
     app = app_context(ctx)
-    sandbox = open_sandbox(app.paths, say=app.say)
-    target = open_llama_target(app.paths, sandbox, source=source, say=app.say)
+    _, target = compose_target(app.paths, make_spec("llama.cpp", source=source, options={"quant": quant}),
+                               say=app.say)
     app.say("building the baseline (its llama-quantize makes the model)")
-    build = target.build(target.prepare())
+    commit = target.source.baseline
+    build = target.build(commit)
     if not build.ok:
         raise ReadfirstError(f"the baseline did not build ({build.stage}): {build.log_tail[-800:]}")
-    path = model_maker(app.paths, model=None, quant=quant, say=app.say)(target, target.prepare())
+    path = target.make_model(target, commit)
     info = validate_gguf(path)
     if as_json:
         app.emit_json({"path": str(path), **info})

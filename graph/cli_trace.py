@@ -201,17 +201,12 @@ def replay_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
     from .trace_replay import replay
     app = app_context(ctx)
     trace = _open(app, run_id)
-    target = make_model = None
+    target = None
     if rerun_sandbox:
-        from .deps import model_maker, open_llama_target, open_sandbox
-        meta = read_meta(trace.directory)
-        sandbox = open_sandbox(app.paths, say=app.say)
-        target = open_llama_target(app.paths, sandbox, source=meta.get("source", "llama.cpp"), ref=meta.get("ref"),
-                                   say=app.say)
-        make_model = model_maker(app.paths, model=Path(meta["model"]) if meta.get("model") else None,
-                                 quant=meta.get("quant", "Q4_0"), say=app.say)
-    report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target,
-                    make_model=make_model)
+        from .deps import compose_target
+        from .runner import spec_of
+        _, target = compose_target(app.paths, spec_of(read_meta(trace.directory)), say=app.say)
+    report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target)
     if as_json:
         app.emit_json({**asdict(report), "identical": report.identical})
     else:
@@ -243,9 +238,12 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
              budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", min=1),
              budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0),
              workers: Optional[int] = typer.Option(None, "--workers", min=1),
-             n_prompt: Optional[int] = typer.Option(None, "-p", "--n-prompt", min=1),
-             n_gen: Optional[int] = typer.Option(None, "-n", "--n-gen", min=1),
-             threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1),
+             n_prompt: Optional[int] = typer.Option(None, "-p", "--n-prompt", min=1,
+                                                    help="llama.cpp: prompt tokens per benchmark."),
+             n_gen: Optional[int] = typer.Option(None, "-n", "--n-gen", min=1,
+                                                 help="llama.cpp: generated tokens per benchmark."),
+             threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1,
+                                                   help="llama.cpp: threads of a baseline profiled anew."),
              max_runs: Optional[int] = typer.Option(None, "--max-runs", min=6),
              calibration_pairs: Optional[int] = typer.Option(None, "--calibration-pairs", min=0),
              max_research_rounds: Optional[int] = typer.Option(None, "--max-research-rounds", min=1),
@@ -257,14 +255,16 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
     from .trace_fork import fork_run
     app = app_context(ctx)
     parent = _open(app, run_id).directory
+    target_overrides = {k: v for k, v in dict(n_prompt=n_prompt, n_gen=n_gen, threads=threads).items()
+                        if v is not None}
     overrides = {k: v for k, v in dict(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
-                                       budget_usd=budget_usd, workers=workers, n_prompt=n_prompt, n_gen=n_gen,
-                                       threads=threads, max_runs=max_runs, calibration_pairs=calibration_pairs,
+                                       budget_usd=budget_usd, workers=workers, max_runs=max_runs, calibration_pairs=calibration_pairs,
                                        max_research_rounds=max_research_rounds).items() if v is not None}
     if kinds:
         from .cli_run import _check_kinds
         overrides["kinds"] = list(_check_kinds(kinds))
-    meta = fork_run(parent, app.paths.runs / new_run_id(), from_step=from_step, overrides=overrides)
+    meta = fork_run(parent, app.paths.runs / new_run_id(), from_step=from_step, overrides=overrides,
+                    target_overrides=target_overrides)
     app.say(f"run {meta['run_id']} forked from {run_id} at step {from_step} ({meta['parent']['node']})")
     if prepare_only:
         if as_json:

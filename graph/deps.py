@@ -1,27 +1,27 @@
-"""Composition: the concrete sandbox, target and model a command works with, built from the resolved paths.
+"""Composition: the one place where a command's concrete sandbox, target, knowledge base and LLM roles are built.
 
-Commands call these; roles and graph nodes receive what they return. Nothing here runs at import time.
+`run`, `trace replay --rerun-sandbox`, `trace fork`'s resumption, `sandbox bench`, `model synth` and `setup` all
+come through here; roles and graph nodes receive what these return. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from ..config import Paths
 from ..sandbox import engine, image
 from ..sandbox.docker_sandbox import DockerSandbox, Limits
-from ..sandbox.llama_cpp import LlamaCppTarget
-from ..sandbox.model import import_model, synthesize
-from ..sandbox.sources import prepare_source
+from ..targets import open_target, sandbox_packages
 
 Say = Callable[[str], None]
 
 
-def open_sandbox(paths: Paths, *, say: Say, start_engine: bool = False) -> DockerSandbox:
+def open_sandbox(paths: Paths, *, say: Say, start_engine: bool = False, packages: tuple[str, ...] = ()
+                 ) -> DockerSandbox:
     client = engine.ensure_engine(paths.logs, say=say) if start_engine else engine.require_engine()
-    tag = image.ensure_image(client, say=say)
+    tag = image.ensure_image(client, say=say, packages=packages)
     for p in (paths.cache, paths.home):
         p.mkdir(parents=True, exist_ok=True)
     sandbox = DockerSandbox(client, tag, allowed_roots=[paths.cache, paths.home],
@@ -32,25 +32,15 @@ def open_sandbox(paths: Paths, *, say: Say, start_engine: bool = False) -> Docke
     return sandbox
 
 
-def open_llama_target(paths: Paths, sandbox: DockerSandbox, *, source: str = "llama.cpp", ref: str | None = None,
-                      say: Say) -> LlamaCppTarget:
-    say(f"preparing the source: {source}")
-    repo = prepare_source(source, paths.sources, paths.sdists, ref=ref)
-    return LlamaCppTarget(paths, sandbox, repo, say=say)
+def compose_target(paths: Paths, spec: dict[str, Any], *, say: Say, start_engine: bool = False):
+    """The sandbox (its image holding what the target needs) and the target a spec names."""
+    sandbox = open_sandbox(paths, say=say, start_engine=start_engine, packages=sandbox_packages(spec))
+    return sandbox, open_target(spec, paths=paths, sandbox=sandbox, say=say)
 
 
-def model_maker(paths: Paths, *, model: Path | None, quant: str, say: Say) -> Callable[[LlamaCppTarget, str], Path]:
-    """What establish_baseline calls once a build works: import the user's GGUF, or synthesize one."""
-    def make(target: LlamaCppTarget, commit: str) -> Path:
-        if model is not None:
-            return import_model(model, paths.models)
-        return synthesize(target, commit, paths.models, quant=quant, say=say)
-    return make
-
-
-def llm_roles(llm, source_path: Path, protected: tuple[str, ...]) -> dict:
+def llm_roles(llm, target) -> dict:
     """The LLM implementer and planner around a model: `readfirst run` and trace replay compose them alike."""
     from ..agents.hypothesize_llm import plan_hypotheses
     from ..agents.implementer import worktree_implementer
-    return {"implement": worktree_implementer(llm, source_path, protected=protected),
+    return {"implement": worktree_implementer(llm, target.repository, protected=tuple(target.protected)),
             "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}

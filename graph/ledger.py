@@ -35,8 +35,10 @@ MIGRATIONS = [
     """,
 ]
 
-TSV_COLUMNS = ("id", "wave", "kind", "title", "decision", "speedup", "ci_low", "ci_high", "tg_base", "tg_cand",
-               "build_s", "bench_s", "usd", "reason")
+def tsv_columns(metric: str) -> tuple[str, ...]:
+    """results.tsv's columns: the objective's metric names the two arms' columns ("tg_base", "mb_per_s_base")."""
+    return ("id", "wave", "kind", "title", "decision", "speedup", "ci_low", "ci_high", f"{metric}_base",
+            f"{metric}_cand", "build_s", "checks_s", "bench_s", "usd", "reason")
 
 
 class Ledger:
@@ -88,16 +90,18 @@ class Ledger:
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self.db.execute("SELECT row FROM experiments ORDER BY seq")]
 
-    def export_tsv(self, dest: Path) -> Path:
+    def export_tsv(self, dest: Path, *, metric: str = "tg") -> Path:
+        """One row per experiment; `metric` is the target's objective (a name or a prefix)."""
         with open(dest, "w", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(TSV_COLUMNS)
+            w.writerow(tsv_columns(metric))
             for r in self.rows():
-                tg = _arm_means(r)
+                arms = arm_means(r, r.get("objective") or metric)
+                durations = r.get("durations") or {}
                 w.writerow([r["id"], r.get("wave", 0), r["kind"], r["title"], r["decision"],
                             _fmt(r.get("speedup")), _fmt(r.get("ci_low")), _fmt(r.get("ci_high")),
-                            _fmt(tg[0], 2), _fmt(tg[1], 2), _fmt((r.get("durations") or {}).get("build"), 1),
-                            _fmt((r.get("durations") or {}).get("bench"), 1),
+                            _fmt(arms[0], 4), _fmt(arms[1], 4), _fmt(durations.get("build"), 1),
+                            _fmt(durations.get("checks", durations.get("tests")), 1), _fmt(durations.get("bench"), 1),
                             _fmt((r.get("llm") or {}).get("usd", 0), 4), r["reason"].replace("\t", " ")])
         return dest
 
@@ -106,12 +110,13 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def _arm_means(row: dict[str, Any]) -> tuple[float | None, float | None]:
-    """Mean generation throughput of each arm over the measured (non-warm-up) runs."""
+def arm_means(row: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    """Mean of the objective's metric (a name or a prefix: "tg" matches "tg128") in each arm, over the measured
+    (non-warm-up) runs."""
     runs = (row.get("verdict") or {}).get("runs") or []
     out = []
     for which in ("baseline", "candidate"):
         vals = [v for r in runs if r["which"] == which and not r["warmup"]
-                for k, v in r["values"].items() if k.startswith("tg")]
+                for k, v in r["values"].items() if k == metric or k.startswith(metric)]
         out.append(sum(vals) / len(vals) if vals else None)
     return out[0], out[1]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import Paths
 from ..errors import ReadfirstError
-from ..sandbox.sources import git
+from ..sources import git
 
 Say = Callable[[str], None]
 
@@ -51,6 +51,14 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     tmp = directory / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     os.replace(tmp, directory / "meta.json")
+
+
+def spec_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The target spec a run was made with (readfirst.targets); runs made before specs existed were llama.cpp."""
+    if meta.get("target_spec"):
+        return dict(meta["target_spec"])
+    return {"name": "llama.cpp", "source": meta.get("source", "llama.cpp"), "ref": meta.get("ref"),
+            "options": {"model": meta.get("model"), "quant": meta.get("quant", "Q4_0")}}
 
 
 def open_checkpointer(directory: Path):
@@ -95,7 +103,8 @@ def execute(deps, directory: Path, run_id: str, *, options, meta: dict[str, Any]
 def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
     ledger = deps.ledger
     rows = ledger.rows()
-    ledger.export_tsv(directory / "results.tsv")
+    metric = deps.target.objective.metric
+    ledger.export_tsv(directory / "results.tsv", metric=metric)
     best = state.get("best", {})
     baseline = state.get("baseline", {})
     patches = directory / "patches"
@@ -104,8 +113,8 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
         old.unlink()
     patch_files: list[str] = []
     if best and baseline and best.get("commit") != baseline.get("commit"):
-        git(deps.target.source.path, "format-patch", "-q", "-o", str(patches),
-                  f"{baseline['commit']}..{best['commit']}")
+        git(deps.target.repository, "format-patch", "-q", "-o", str(patches),
+            f"{baseline['commit']}..{best['commit']}")
         patch_files = [str(p) for p in sorted(patches.glob("*.patch"))]
     (directory / "best.json").write_text(json.dumps({"baseline": baseline, "best": best}, indent=2, default=str))
     kept = [r for r in rows if r["decision"] == "keep" and r["id"] in set(best.get("stack", []))]
@@ -116,16 +125,18 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
             total *= 1 + (r["speedup"] or 0)
         total -= 1
     from .report import write_plot
-    plot = write_plot(rows, state, directory / "report.png")
-    bench = (state.get("profile") or {}).get("bench") or {}
+    plot = write_plot(rows, state, directory / "report.png", metric=metric,
+                      lower_is_better=deps.target.objective.direction == "lower")
+    setup = ((state.get("profile") or {}).get("details") or {}).get("setup") or \
+        next((r["bench_setup"] for r in rows if r.get("bench_setup")), {})
     return {"run_id": state.get("run_id", directory.name), "experiments": len(rows),
             "kept": [r["id"] for r in kept], "best_speedup": total,
             "best_interval": [kept[-1]["ci_low"], kept[-1]["ci_high"]] if len(kept) == 1 else None,
             "stop_reason": state.get("stop_reason", ""), "best_patches": patch_files,
-            "best_config": best.get("config"), "best_options": best.get("options"),
+            "target": deps.target.name, "objective": metric, "best_variant": best.get("variant"),
             "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
             "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", []),
-            "measured_on": {k: bench.get(k) for k in ("cpu", "threads", "cpus", "flash_attn")}}
+            "measured_on": setup}
 
 
 def list_runs(paths: Paths) -> list[dict[str, Any]]:

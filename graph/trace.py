@@ -35,8 +35,8 @@ BLOB_DIR = "trace"
 SCHEMA_VERSION = 1
 INLINE_LIMIT = 2000          # characters of JSON kept inline in an event; more goes to a blob file
 LOG_TAIL = 2000              # characters of a sandbox command's output shown in the trace itself
-TARGET_METHODS = ("prepare", "has_build", "build", "test", "bench", "kld_base", "logits_check", "commit_patch",
-                  "quantize")
+# The Target interface's methods (readfirst.protocols.Target): each call and its result is recorded.
+TARGET_METHODS = ("prepare", "commit_patch", "build", "checks", "measure", "profile", "variants", "apply")
 
 
 class TraceError(ReadfirstError):
@@ -78,7 +78,7 @@ def encode_result(value: Any) -> dict[str, Any]:
 
 
 def decode_result(encoded: dict[str, Any]) -> Any:
-    from ..sandbox import records
+    from .. import records
     kind, data = encoded.get("type"), encoded.get("data")
     if kind == "Path":
         return Path(data)
@@ -241,8 +241,8 @@ class Recorder:
 # -- wrappers around the dependencies ------------------------------------------------------------------------------
 
 class _Proxy:
-    """Passes every attribute through to the wrapped object, setting included (establish_baseline sets
-    target.config and the wrapped target must see it)."""
+    """Passes every attribute through to the wrapped object, setting included (a target may change its own
+    state, and the wrapped target must see it)."""
 
     def __init__(self, inner: Any, recorder: Recorder):
         object.__setattr__(self, "_inner", inner)
@@ -359,20 +359,6 @@ def start_tracing(deps: Any, directory: Path) -> Any:
             if previous is not None:
                 previous(record)
         llm.on_call = on_call
-    make_model = deps.make_model
-
-    def traced_make_model(tgt: Any, commit: str) -> Path:
-        ctx = CURRENT.get()
-        if ctx is not None:
-            ctx.in_target += 1
-        try:
-            path = make_model(tgt, commit)
-        finally:
-            if ctx is not None:
-                ctx.in_target -= 1
-        recorder.call("model", nested=False, commit=commit, result=encode_result(Path(path)))
-        return path
-
     say = deps.say
 
     def traced_say(message: str) -> None:
@@ -380,26 +366,19 @@ def start_tracing(deps: Any, directory: Path) -> Any:
             recorder.call("say", message=message)
         say(message)
 
-    source = getattr(deps.target, "source", None)
-    paths = getattr(deps.target, "paths", None)
-    # The baseline's verification record decides whether the profile rebuilds it: replay needs it as it was.
-    remembered = {f"baselines/{p.name}": p.read_text(errors="replace")
-                  for p in sorted((Path(paths.cache) / "baselines").glob("*.json"))} if paths is not None else {}
+    described = deps.target.describe() if deps.target is not None else {}
     writer.write({"event": "run", "v": SCHEMA_VERSION, "pid": os.getpid(), "run_dir": str(directory),
                   "has": {"kb": deps.kb is not None, "llm": deps.llm is not None,
                           "implement": deps.implement is not None, "plan": deps.plan is not None},
-                  "target": {"name": getattr(deps.target, "name", None),
-                             "source_path": str(getattr(source, "path", "")),
-                             "baseline": getattr(source, "baseline", None),
-                             "source_key": getattr(source, "key", None),
-                             "home": str(getattr(paths, "home", "")), "cache": str(getattr(paths, "cache", "")),
-                             "config": plain(getattr(deps.target, "config", None)),
-                             "protected": list(getattr(deps.target, "protected", ()) or ()),
-                             "cache_files": writer.stash(remembered)}}, sync=True)
+                  "target": {"name": getattr(deps.target, "name", None), "describe": plain(described),
+                             "repository": str(getattr(deps.target, "repository", "") or ""),
+                             "objective": plain(getattr(deps.target, "objective", None)),
+                             "hot_paths": list(getattr(deps.target, "hot_paths", ()) or ()),
+                             "protected": list(getattr(deps.target, "protected", ()) or ())}}, sync=True)
     return dataclasses.replace(
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,
         ledger=TracedLedger(deps.ledger, recorder) if deps.ledger is not None else None,
-        make_model=traced_make_model, say=traced_say, clock=_recorded_value(recorder, "clock", deps.clock),
+        say=traced_say, clock=_recorded_value(recorder, "clock", deps.clock),
         spent_usd=_recorded_value(recorder, "spent_usd", deps.spent_usd),
         wrap_node=lambda name, fn: recorder.wrap_node(name, deps.wrap_node(name, fn)),
         extra={**deps.extra, "trace": recorder})

@@ -22,16 +22,30 @@ from .trace_replay import copy_ledger_before, steps_from
 
 # What a child inherits from its parent's meta.json; status, pid, summary and errors are the parent's own.
 # The LLM's spending starts again: the checkpoint does not hold what the parent spent before the fork.
-INHERITED = ("source", "ref", "target", "model", "quant", "forks", "papers", "offline", "llm_model")
+INHERITED = ("source", "ref", "target", "target_spec", "model", "quant", "forks", "fork_subdirs", "papers",
+             "offline", "llm_model")
+# Options of the llama.cpp target that a fork may change (the benchmark's shape): they live in its spec.
+TARGET_OPTIONS = ("n_prompt", "n_gen", "threads")
 
 
-def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Create runs/<new id> from `parent_dir` at the checkpoint step `from_step` starts from; return its meta."""
+def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict[str, Any],
+             target_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create runs/<new id> from `parent_dir` at the checkpoint step `from_step` starts from; return its meta.
+    `target_overrides` change the llama.cpp target's benchmark shape (TARGET_OPTIONS)."""
+    from .runner import spec_of
     from .workflow import RunDeps, RunOptions, build_graph
     known = {f.name for f in fields(RunOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TraceError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    target_overrides = dict(target_overrides or {})
+    spec = spec_of(read_meta(parent_dir))
+    if target_overrides:
+        unknown = sorted(set(target_overrides) - set(TARGET_OPTIONS))
+        if unknown or spec.get("name") != "llama.cpp":
+            raise TraceError(f"{', '.join(unknown or sorted(target_overrides))}: not an option of the "
+                             f"{spec.get('name')} target")
+        spec = {**spec, "options": {**(spec.get("options") or {}), **target_overrides}}
     trace = Trace(parent_dir)
     start, later = steps_from(trace, from_step)
     history = checkpoint_history(parent_dir, trace.thread_id)
@@ -60,7 +74,7 @@ def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict
             previous = checkpoint_id
         values = got.checkpoint["channel_values"]
         options = {**(values.get("options") or asdict(RunOptions())), **overrides}
-        stub = RunDeps(target=None, ledger=None, run_dir=new_dir, make_model=None)  # compiled, never run
+        stub = RunDeps(target=None, ledger=None, run_dir=new_dir)  # compiled, never run
         graph = build_graph(stub, checkpointer=saver)
         at = {"configurable": {"thread_id": new_id, "checkpoint_ns": "", "checkpoint_id": start.starts_from}}
         graph.update_state(at, {"options": options, "run_id": new_id},
@@ -68,9 +82,9 @@ def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict
     copy_ledger_before(trace, parent_dir / "ledger.sqlite", new_dir / "ledger.sqlite", later).close()
     parent_meta = read_meta(parent_dir)
     meta = {"run_id": new_id, "created_at": time.time(), **{k: parent_meta[k] for k in INHERITED if k in parent_meta},
-            "status": "forked", "options": options, "budget_usd": options.get("budget_usd"),
+            "target_spec": spec, "status": "forked", "options": options, "budget_usd": options.get("budget_usd"),
             "parent": {"run_id": parent_dir.name, "step": from_step, "node": start.node,
-                       "checkpoint_id": start.starts_from, "changed": overrides}}
+                       "checkpoint_id": start.starts_from, "changed": {**overrides, **target_overrides}}}
     meta.setdefault("offline", bool(options.get("offline")))
     write_meta(new_dir, meta)
     return meta

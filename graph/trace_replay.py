@@ -23,12 +23,10 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..agents.llm import LLMError, LLMResponse
-from ..config import Paths
-from ..sandbox.records import BuildConfig, from_dict
+from ..records import Objective, from_dict
 from .ledger import Ledger
 from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, plain, raise_recorded
 from .trace_read import Step, Trace
@@ -245,24 +243,20 @@ def _outcome(error: dict[str, str] | None) -> str:
 # -- stand-ins that serve the recording --------------------------------------------------------------------------
 
 class ReplayTarget:
-    """The target as recorded. Its data directory is a scratch one holding the cache files the run started with
-    (the baseline's verification record), so that replay neither reads today's cache nor writes into it."""
+    """The target as recorded: its attributes from the run's record, every method call served back."""
 
-    def __init__(self, replayer: Replayer, info: dict[str, Any], scratch: Path):
+    def __init__(self, replayer: Replayer, info: dict[str, Any]):
         t = info.get("target") or {}
         self.name = t.get("name") or "llama.cpp"
         self.protected = tuple(t.get("protected") or ())
-        self.paths = Paths(scratch / "home", scratch / "cache")
-        for relative, text in (replayer.trace.blob(t.get("cache_files")) or {}).items():
-            dest = self.paths.cache / relative
-            if dest.resolve().is_relative_to(self.paths.cache.resolve()):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(text)
-        self.source = SimpleNamespace(path=Path(t.get("source_path") or "."), baseline=t.get("baseline"),
-                                      key=t.get("source_key"))
-        self.config = from_dict(BuildConfig, t["config"]) if t.get("config") else BuildConfig()
-        self.sandbox = ReplaySandbox(replayer)
+        self.hot_paths = tuple(t.get("hot_paths") or ())
+        self.objective = from_dict(Objective, t["objective"]) if t.get("objective") else Objective("tg")
+        self.repository = Path(t.get("repository") or ".")
+        self._described = t.get("describe") or {"name": self.name}
         self._replayer = replayer
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._described)
 
     def __getattr__(self, name: str) -> Any:
         if name not in TARGET_METHODS:
@@ -279,19 +273,6 @@ class ReplayTarget:
                 raise_recorded(recorded["error"])
             return decode_result(self._replayer.trace.blob(recorded["result"]))
         return call
-
-
-class ReplaySandbox:
-    def __init__(self, replayer: Replayer):
-        self._replayer = replayer
-
-    def run(self, command: str, **_: Any):
-        recorded = self._replayer.serve("sandbox", command[:80])
-        if recorded.get("command") != command:
-            self._replayer.fail(f"it ran another sandbox command than the recording: {command[:200]!r}")
-        if "error" in recorded:
-            raise_recorded(recorded["error"])
-        return decode_result(self._replayer.trace.blob(recorded["result"]))
 
 
 class ReplayKnowledgeBase:
@@ -367,10 +348,9 @@ def _interrupted(step: Step) -> bool:
 
 
 def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | None = None,
-           target: Any = None, make_model: Callable | None = None,
-           make_roles: Callable[[Any], dict[str, Any]] | None = None) -> ReplayReport:
-    """Replay run_dir from `from_step` (its first step by default). `target` (and `make_model`) given: builds and
-    benchmarks run for real (--rerun-sandbox); otherwise the recording answers. `make_roles(llm)` rebuilds the
+           target: Any = None, make_roles: Callable[[Any], dict[str, Any]] | None = None) -> ReplayReport:
+    """Replay run_dir from `from_step` (its first step by default). `target` given: builds and benchmarks run
+    for real (--rerun-sandbox); otherwise the recording answers. `make_roles(llm)` rebuilds the
     LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model (default: llm_roles)."""
     from .runner import open_checkpointer
     from .workflow import RunDeps, build_graph
@@ -387,22 +367,16 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     info = trace.info_for(from_step)
     has = info.get("has", {})
     llm = ReplayLLM(replayer) if has.get("llm") else None
+    replay_target = target if target is not None else ReplayTarget(replayer, info)
     roles: dict[str, Any] = {}
     if has.get("implement") or has.get("plan"):
-        recorded_target = info.get("target") or {}
-        roles = make_roles(llm) if make_roles is not None else llm_roles(
-            llm, Path(recorded_target.get("source_path") or "."), tuple(recorded_target.get("protected") or ()))
-
-    def replayed_model(_target: Any, _commit: str) -> Path:
-        return decode_result(replayer.serve("model", "make_model")["result"])
+        roles = make_roles(llm) if make_roles is not None else llm_roles(llm, replay_target)
 
     with tempfile.TemporaryDirectory(prefix="readfirst-replay-") as scratch_name:
         scratch = Path(scratch_name)
         copy_sqlite(run_dir / "checkpoints.sqlite", scratch / "checkpoints.sqlite")
         ledger = copy_ledger_before(trace, run_dir / "ledger.sqlite", scratch / "ledger.sqlite", later)
-        replay_target = target if target is not None else ReplayTarget(replayer, info, scratch)
-        deps = RunDeps(target=replay_target, ledger=ledger,
-                       run_dir=scratch, make_model=make_model if target is not None else replayed_model,
+        deps = RunDeps(target=replay_target, ledger=ledger, run_dir=scratch,
                        kb=ReplayKnowledgeBase(replayer) if has.get("kb") else None, llm=llm,
                        implement=roles.get("implement"), plan=roles.get("plan"),
                        spent_usd=replayer.value("spent_usd", lambda: 0.0),

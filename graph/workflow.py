@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,13 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, researcher
-from ..agents.evaluator import EvaluatorConfig, calibrate
-from ..agents.experiment import run_experiment
+from ..agents.evaluator import calibrate
+from ..agents.experiment import evaluator_for, run_experiment
 from ..agents.findings import finding
 from ..agents.llm import BudgetExceeded
-from ..agents.profiling import make_profile, measure_read_bandwidth
-from ..sandbox.baseline import establish_baseline
-from ..sandbox.llama_cpp import BenchOptions, LlamaCppTarget
-from ..sandbox.model import bytes_read_per_token
-from ..sandbox.records import to_dict
-from ..sandbox.sources import git
+from ..protocols import KnowledgeStore, Target
+from ..records import Baseline, from_dict, to_dict
+from ..sources import read_at
 from .ledger import Ledger
 from .state import RunState
 
@@ -47,10 +44,6 @@ class RunOptions:
     budget_usd: float = 5.0
     workers: int = 1
     offline: bool = True
-    n_prompt: int = 512
-    n_gen: int = 128
-    threads: int = 2
-    flash_attn: bool = True
     calibration_pairs: int = 4
     max_runs: int = 26
     max_research_rounds: int = 3
@@ -59,11 +52,10 @@ class RunOptions:
 
 @dataclass
 class RunDeps:
-    target: LlamaCppTarget
+    target: Target
     ledger: Ledger
     run_dir: Path
-    make_model: Callable[[LlamaCppTarget, str], Path]
-    kb: Any = None                       # a KnowledgeStore, or None when the knowledge base is empty
+    kb: KnowledgeStore | None = None     # None when the knowledge base is empty
     llm: Any = None                      # an LLM, or None for the offline policy
     implement: Callable | None = None    # LLM implementer: (hypothesis, base commit) -> (patch, info)
     plan: Callable | None = None         # LLM planner: (facts, findings, tried, n) -> hypotheses
@@ -75,45 +67,41 @@ class RunDeps:
 
 
 def _options(state: RunState) -> RunOptions:
-    return RunOptions(**{**state["options"], "kinds": tuple(state["options"].get("kinds", RunOptions.kinds))})
+    known = {f.name for f in fields(RunOptions)}  # options of older runs that moved to their target are left out
+    options = {k: v for k, v in state["options"].items() if k in known}
+    return RunOptions(**{**options, "kinds": tuple(options.get("kinds", RunOptions.kinds))})
+
+
+def _baseline(state: RunState) -> Baseline:
+    return from_dict(Baseline, state["baseline"])
 
 
 def build_graph(deps: RunDeps, checkpointer=None):
     say = deps.say
 
-    def evaluator_config(opts: RunOptions) -> EvaluatorConfig:
-        return EvaluatorConfig(max_runs=opts.max_runs)
+    target = deps.target
 
     # -- profile ---------------------------------------------------------------------------------------------------
     def profile(state: RunState) -> dict[str, Any]:
         opts = _options(state)
-        target = deps.target
-        say("profile: building and checking the baseline")
-        baseline, model = establish_baseline(target, say=say, build_model=deps.make_model)
-        run_opts = BenchOptions(n_prompt=opts.n_prompt, n_gen=opts.n_gen, threads=opts.threads,
-                                flash_attn=opts.flash_attn, repetitions=3)
-        say("profile: benchmarking the baseline and measuring read bandwidth")
-        bench = target.bench(baseline.commit, model=model, options=run_opts)
-        read_gbs = measure_read_bandwidth(target.sandbox, target.paths.cache / "probes", threads=opts.threads)
-        prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+        say(f"profile: preparing the baseline of {target.name}")
+        baseline = target.prepare()
+        if baseline.note:
+            say(baseline.note)
+        say("profile: measuring the baseline")
+        prof = target.profile(baseline)
         for fact in prof.facts:
             say(f"fact: {fact}")
         calibration = ""
         if opts.calibration_pairs > 0:
             say(f"profile: A/A calibration ({opts.calibration_pairs} pairs) for the noise floor")
-            single = replace(run_opts, repetitions=1)
-            cal = calibrate(lambda _w: {s.test: s.mean_ts for s in
-                                        target.bench(baseline.commit, model=model, options=single).samples},
-                            evaluator_config(opts), pairs=opts.calibration_pairs)
+            cal = calibrate(lambda _which: target.measure(baseline.commit, baseline.variant).values,
+                            evaluator_for(target, max_runs=opts.max_runs), pairs=opts.calibration_pairs)
             calibration = cal.describe()
             say(f"noise floor: {calibration}")
-        best = {"commit": baseline.commit, "config": to_dict(baseline.config),
-                "options": asdict(replace(run_opts, repetitions=1)), "stack": [],
-                "metrics": {s.test: s.mean_ts for s in bench.samples}}
-        base = {**best, "tests": to_dict(baseline.tests), "model": str(model),
-                "fallback": baseline.fallback_reason}
-        return {"baseline": base, "best": best, "profile": {**prof.to_dict(), "bench": to_dict(bench)},
-                "calibration": calibration,
+        best = {"commit": baseline.commit, "variant": baseline.variant, "stack": [], "metrics": prof.metrics}
+        return {"baseline": {**to_dict(baseline), "metrics": prof.metrics}, "best": best,
+                "profile": to_dict(prof), "calibration": calibration,
                 "findings": [finding("profiler", "profile", " ".join(prof.facts), extra={"facts": prof.facts})],
                 "wave": 0, "experiments": 0, "research_round": 0}
 
@@ -125,7 +113,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         round_ = state.get("research_round", 0)
         say(f"research: reading papers and docs (round {round_ + 1})")
         try:
-            found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_, say=say)
+            found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_, say=say,
+                                        queries=(state["profile"].get("queries") or {}).get("research"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
@@ -138,7 +127,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         say(f"competitors: reading fork diffs and backend gaps (round {round_ + 1})")
         try:
             found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_,
-                                               say=say)
+                                               say=say, hot_paths=target.hot_paths,
+                                               queries=(state["profile"].get("queries") or {}).get("competitors"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
@@ -156,8 +146,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
         best = state["best"]
 
         def read_file(path: str) -> str | None:
-            got = git(deps.target.source.path, "show", f"{best['commit']}:{path}", check=False)
-            return got.stdout if got.returncode == 0 else None
+            return read_at(target.repository, best["commit"], path)
 
         ranked: list[dict[str, Any]] = []
         if deps.plan is not None:
@@ -168,8 +157,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
             if getattr(planned, "error", None):
                 say(f"hypothesize: the planner's answer was unusable: {planned.error}")
             ranked = [h for h in planned if h["key"] not in tried]
-        ranked += offline_policy.propose(findings, best=best, tried=tried, profile_finding=profile_finding,
-                                         read_file=read_file)
+        ranked += offline_policy.propose(findings, variants=target.variants(best["variant"]), tried=tried,
+                                         profile_finding=profile_finding, read_file=read_file)
         ranked = [h for h in ranked if h["kind"] in opts.kinds]
         if not ranked:
             if state.get("research_round", 0) + 1 < opts.max_research_rounds and deps.kb is not None:
@@ -206,10 +195,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 # The implementer reads the cited code and papers whole, not only the findings' snippets (a fork's
                 # kernel is the thing to port); the ledger keeps what it was shown.
                 h = {**h, "context": deps.kb.get(h["chunk_ids"][:CONTEXT_CHUNKS])}
-            row = run_experiment(h, target=deps.target, best=payload["best"], baseline=payload["baseline"],
-                                 model=Path(payload["baseline"]["model"]), worker=payload["worker"],
-                                 evaluator_config=evaluator_config(opts),
-                                 bench_options=BenchOptions(n_prompt=opts.n_prompt, n_gen=opts.n_gen),
+            row = run_experiment(h, target=target, best=payload["best"], baseline=_baseline(payload),
+                                 worker=payload["worker"], evaluator_config=evaluator_for(target,
+                                                                                          max_runs=opts.max_runs),
                                  implement=deps.implement, say=say)
             recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"]})
         return {"wave_results": [_summary(recorded)], "tried": [h["key"]]}
@@ -223,7 +211,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
         if kept:
             win = max(kept, key=lambda r: r["speedup"] or 0)
             cand = win["candidate"]
-            best = {"commit": cand["commit"], "config": cand["config"], "options": cand["options"],
+            best = {"commit": cand["commit"], "variant": cand["variant"],
                     "stack": state["best"]["stack"] + [win["id"]], "metrics": state["best"].get("metrics", {})}
             say(f"decide: kept {win['id']} ({win['title']}), {_pct(win['speedup'])} "
                 f"[{_pct(win['ci_low'])}, {_pct(win['ci_high'])}]; the next wave starts from it")
@@ -266,7 +254,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
 
 def _config_id(best: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps([best["config"], best["options"]], sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha256(json.dumps(best["variant"], sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import Paths
 from ..errors import KnowledgeBaseError, SourceError
-from ..sandbox.sources import KNOWN_SOURCES, prepare_source
+from ..sources import KNOWN_SOURCES, prepare_source
 from .backends import gap_units, scan_backends
 from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
 from .forks import Side, fork_units

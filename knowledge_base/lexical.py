@@ -99,7 +99,7 @@ class LexicalIndex:
             self._db.execute("DELETE FROM chunks")
 
     def search(self, query: str, *, k: int = 50, kinds: Sequence[str] = (), repo: str | None = None,
-               path_glob: str | None = None, source: str | None = None) -> list[tuple[str, float]]:
+               path_globs: Sequence[str] = (), source: str | None = None) -> list[tuple[str, float]]:
         """(id, bm25 score) best first; higher is better (FTS5's bm25() is negated)."""
         expression = match_expression(query)
         if not expression:
@@ -115,9 +115,9 @@ class LexicalIndex:
         if source:
             sql += " AND source = ?"
             args.append(source)
-        if path_glob:
-            sql += " AND path GLOB ?"
-            args.append(path_glob)
+        if path_globs:
+            sql += " AND (" + " OR ".join("path GLOB ?" for _ in path_globs) + ")"
+            args += list(path_globs)
         sql += " ORDER BY bm25(chunks) LIMIT ?"
         args.append(k)
         try:

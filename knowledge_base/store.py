@@ -291,7 +291,8 @@ class KnowledgeBase:
 
     def query(self, text: str, *, k: int = 10, where: Mapping[str, Any] | None = None,
               mode: str = "hybrid") -> list[dict[str, Any]]:
-        """The k best chunks for `text`. `where`: kind (one or a list), repo, source, path (a glob).
+        """The k best chunks for `text`. `where`: kind (one or a list), repo, source, path (a glob or a list of
+        globs, any of which may match).
 
         hybrid fuses the dense and lexical rankings by reciprocal rank; dense and lexical are there to compare.
         """
@@ -304,6 +305,7 @@ class KnowledgeBase:
             return []
         where = dict(where or {})
         path_glob = where.pop("path", None)
+        path_globs = [path_glob] if isinstance(path_glob, str) else list(path_glob or [])
         kinds = where.get("kind") or []
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         depth = max(50, 4 * k)
@@ -311,7 +313,7 @@ class KnowledgeBase:
         found: dict[str, tuple[str, dict]] = {}
         if mode in ("hybrid", "dense"):
             # A path glob is not a Chroma filter: fetch deeper and filter here.
-            n = min(total, depth * (10 if path_glob else 1))
+            n = min(total, depth * (10 if path_globs else 1))
             vector = self.embedder.embed([text])
             try:
                 res = self._collection.query(query_embeddings=vector, n_results=n, where=to_chroma_where(where),
@@ -322,14 +324,14 @@ class KnowledgeBase:
                                          f"it") from e
             for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
                                             res["distances"][0]):
-                if path_glob and not fnmatch.fnmatchcase(meta.get("path", ""), path_glob):
+                if path_globs and not any(fnmatch.fnmatchcase(meta.get("path", ""), g) for g in path_globs):
                     continue
                 dense.append((cid, 1.0 - dist))
                 found[cid] = (doc, meta)
         lexical: list[tuple[str, float]] = []
         if mode in ("hybrid", "lexical"):
             lexical = self.lexical.search(text, k=depth, kinds=kinds, repo=where.get("repo"),
-                                          path_glob=path_glob, source=where.get("source"))
+                                          path_globs=path_globs, source=where.get("source"))
         ranked = fuse(dense, lexical, k=k, weights=(1.0, lexical_weight(text))) if mode == "hybrid" else (dense or lexical)[:k]
         missing = [cid for cid, _ in ranked if cid not in found]
         if missing:

@@ -25,7 +25,7 @@ import requests
 
 from ..errors import SandboxError
 from .image import ENV_PATH, SANDBOX_UID
-from .records import CommandResult
+from ..records import CommandResult, Mount
 
 LABEL = "io.readfirst.sandbox"
 OWNER_LABEL = "io.readfirst.owner"
@@ -35,13 +35,6 @@ _SYSTEM = tuple(map(Path, ("/var/run/docker.sock", "/run/docker.sock", "/var/lib
                            "/dev", "/boot", "/usr", "/bin", "/sbin", "/lib")))
 # Never mounted themselves, nor anything that contains them (a host's home); a data directory below is fine.
 _HOMES = tuple(map(Path, ("/root", "/home", os.path.expanduser("~"))))
-
-
-@dataclass(frozen=True)
-class Mount:
-    host: Path
-    target: str
-    read_only: bool = True
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,44 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d")) -> str:
     return "http://deb.debian.org/debian"
 
 
-def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say = lambda _: None) -> str:
-    """Return the tag of a usable base image, building it when needed."""
+def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say = lambda _: None,
+                 packages: tuple[str, ...] = ()) -> str:
+    """Return the tag of a usable image, building it when needed: the base image, or the base image with extra
+    Debian packages (a target's readfirst.toml names them) installed on top, tagged by their list."""
+    base = _ensure_base(client, rebuild=rebuild, say=say)
+    extra = tuple(sorted(set(packages) - set(PACKAGES)))
+    if not extra:
+        return base
+    tag = hashlib.sha256(f"{TAG}:{','.join(extra)}".encode()).hexdigest()[:12]
+    derived = f"{REPOSITORY}-extra:{tag}"
+    if not rebuild:
+        try:
+            client.images.get(derived)
+            return derived
+        except docker.errors.ImageNotFound:
+            pass
+    say(f"adding {', '.join(extra)} to the sandbox image")
+    # Installed as root with the host's network (the engine has no bridge), then committed: no registry needed.
+    container = client.containers.create(IMAGE, ["/bin/sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND="
+                                                 "noninteractive apt-get install -y -qq --no-install-recommends "
+                                                 + " ".join(extra) + " && rm -rf /var/lib/apt/lists/*"],
+                                         user="0:0", network_mode="host")
+    try:
+        container.start()
+        status = container.wait(timeout=1800)
+        if status.get("StatusCode") != 0:
+            logs = container.logs(tail=30).decode(errors="replace")
+            raise ImageBuildError(f"installing {', '.join(extra)} in the sandbox image failed: {logs[-1500:]}")
+        repository, _, name = derived.partition(":")
+        container.commit(repository=repository, tag=name, changes=[f"ENV PATH={ENV_PATH}", "ENV HOME=/tmp"])
+    except docker.errors.APIError as e:
+        raise ImageBuildError(f"installing {', '.join(extra)} in the sandbox image failed: {e}") from e
+    finally:
+        container.remove(force=True)
+    return derived
+
+
+def _ensure_base(client: docker.DockerClient, *, rebuild: bool, say: Say) -> str:
     if not rebuild:
         try:
             client.images.get(IMAGE)

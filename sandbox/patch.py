@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PatchDoesNotApply, PatchRejected
-from .sources import git
+from ..sources import git
 
 _DIFF_GIT = re.compile(r"^diff --git (?P<a>\S+) (?P<b>\S+)$")
 _HUNK = re.compile(r"^@@ -(?P<old>\d+)(?:,(?P<oldn>\d+))? \+(?P<new>\d+)(?:,(?P<newn>\d+))? @@")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .sources import SourceRepo, git
+from ..sources import SourceRepo, git
 
 
 def cpu_signature() -> str:

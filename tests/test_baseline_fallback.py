@@ -12,8 +12,8 @@ import pytest
 
 from readfirst.config import Paths
 from readfirst.errors import BaselineBroken, SandboxError
-from readfirst.sandbox.baseline import establish_baseline
-from readfirst.sandbox.records import BuildConfig, BuildResult, TestCase, TestResult
+from readfirst.targets.llama_cpp.baseline import establish_baseline
+from readfirst.records import BuildConfig, BuildResult, TestCase, TestResult
 
 
 class CrashyTarget:
@@ -26,10 +26,7 @@ class CrashyTarget:
         self.tried: list[str] = []
         self.built: set[str] = set()
 
-    def prepare(self) -> str:
-        return self.source.baseline
-
-    def build(self, commit, **_):
+    def build_config(self, commit, **_):
         self.tried.append(self.config.note)
         self.built.add(self.config.note)
         return BuildResult(True, "ok", 1.0, "", self.config, commit)
@@ -37,7 +34,7 @@ class CrashyTarget:
     def has_build(self, commit, config):
         return config.note in self.built
 
-    def test(self, commit, **_):
+    def run_tests(self, commit, **_):
         return TestResult(True, [TestCase("test-rope", True, 0.1)], "", 0.1)
 
     def bench(self, commit, *, model, options, **_):
@@ -48,7 +45,7 @@ class CrashyTarget:
 
 @pytest.fixture
 def amx(monkeypatch):
-    monkeypatch.setattr("readfirst.sandbox.llama_cpp.cpu_has_amx", lambda: True)
+    monkeypatch.setattr("readfirst.targets.llama_cpp.target.cpu_has_amx", lambda: True)
 
 
 def test_a_crashing_native_baseline_falls_back_says_so_and_remembers(tmp_path, amx):

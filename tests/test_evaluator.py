@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from readfirst.agents.evaluator import (BASELINE, CANDIDATE, Calibration, EvaluatorConfig, Verdict, calibrate,
-                                        evaluate, failed_tests_reason, gates)
+                                        evaluate, gates)
 from readfirst.agents.statistics import DecisionRule
-from readfirst.sandbox import records
-from readfirst.sandbox.records import KLDResult
+from readfirst.records import CheckResult, Checks, Guard, Objective
 
 FAST = DecisionRule(n_resamples=1000)
 
@@ -181,13 +180,8 @@ def test_calibration_measures_only_the_baseline_and_states_the_floor():
 
 # --- gates --------------------------------------------------------------------------------------------------
 
-def passing_tests() -> records.TestResult:  # module-qualified: pytest would try to collect Test* names
-    cases = [records.TestCase("test-backend-ops", True, 3.0), records.TestCase("test-quantize-fns", True, 1.0)]
-    return records.TestResult(ok=True, cases=cases, log_tail="", duration_s=4)
-
-
-def harmless_kld() -> KLDResult:
-    return KLDResult(mean_kld=1e-7, max_kld=2e-6, p999_kld=8e-7, same_top_p=99.9, ok=True)
+def passing_checks() -> Checks:
+    return Checks([CheckResult("tests", True, "", 4.0), CheckResult("logits", True, "", 2.0)])
 
 
 @pytest.fixture(scope="module")
@@ -196,43 +190,65 @@ def kept() -> Verdict:
 
 
 def test_gates_pass_a_correct_fast_candidate_through(kept):
-    assert gates(passing_tests(), harmless_kld(), kept) is kept
+    assert gates(passing_checks(), kept) is kept
 
 
-def test_failed_tests_come_first_and_are_named(kept):
-    tests = passing_tests()
-    tests.cases[1].passed = False
-    broken = KLDResult(mean_kld=0.05, max_kld=3.0, p999_kld=0.9, same_top_p=80.0, ok=True)
-    verdict = gates(tests, broken, kept)
-    assert (verdict.decision, verdict.gate) == ("discard", "tests")
-    assert "test-quantize-fns" in verdict.reason and "1 of 2" in verdict.reason
+def test_the_first_failed_check_decides_and_the_evidence_stays(kept):
+    checks = Checks([CheckResult("tests", False, "tests failed: test-rope (1 of 4)."),
+                     CheckResult("logits", False, "logits differ from the baseline's: mean KLD 5.00e-02 > 1e-05.")])
+    verdict = gates(checks, kept)
+    assert (verdict.decision, verdict.gate, verdict.reason) == ("discard", "tests", "tests failed: test-rope (1 of 4).")
     assert verdict.effects == kept.effects and verdict.runs_used == kept.runs_used  # evidence kept
-
-
-def test_broken_logits_discard_a_fast_candidate(kept):
-    broken = KLDResult(mean_kld=0.05, max_kld=3.0, p999_kld=0.9, same_top_p=80.0, ok=True)
-    verdict = gates(passing_tests(), broken, kept)
-    assert (verdict.decision, verdict.gate) == ("discard", "logits") and "mean KLD" in verdict.reason
+    later = gates(Checks([CheckResult("tests", True), CheckResult("logits", False, "mean KLD too high")]), kept)
+    assert (later.gate, later.reason) == ("logits", "mean KLD too high")
+    unnamed = gates(Checks([CheckResult("fuzz", False)]), kept)
+    assert (unnamed.gate, unnamed.reason) == ("fuzz", "the fuzz check failed.")
 
 
 def test_a_slow_but_correct_candidate_is_discarded_by_performance():
     slow = run(FakeBench(tg_effect=-0.1))
-    verdict = gates(passing_tests(), harmless_kld(), slow)
+    verdict = gates(passing_checks(), slow)
     assert (verdict.decision, verdict.gate) == ("discard", "performance") and verdict.reason == slow.reason
 
 
 def test_missing_evidence_fails_its_gate(kept):
-    assert gates(None, harmless_kld(), kept).reason == "the tests did not run."
-    assert gates(passing_tests(), None, kept).gate == "logits"
-    assert gates(passing_tests(), None, kept, require_kld=False) is kept
-    unmeasured = gates(passing_tests(), harmless_kld(), None)
+    assert gates(None, kept).reason == "the checks did not run."
+    assert gates(Checks([]), kept).gate == "checks"  # no check at all is no evidence
+    unmeasured = gates(passing_checks(), None)
     assert (unmeasured.decision, unmeasured.gate, unmeasured.stopped) == ("discard", "performance", "not measured")
 
 
-def test_tests_failure_without_cases_quotes_the_log():
-    result = records.TestResult(ok=False, cases=[], log_tail="...\nctest: 3 tests failed\n", duration_s=1)
-    assert failed_tests_reason(result) == "tests failed: ctest: 3 tests failed"
-    assert failed_tests_reason(passing_tests()) is None
+# --- objectives other than llama.cpp's -----------------------------------------------------------------------
+
+def seconds_bench(effect: float, *, seed: int = 0, guard_effect: float = 0.0):
+    """A bench whose objective is a time (lower is better): the candidate takes (1 - effect) of the time."""
+    rng = np.random.default_rng(seed)
+
+    def measure(which: str) -> dict[str, float]:
+        cand = which == CANDIDATE
+        return {"seconds": 2.0 * (1 - effect * cand) * math.exp(rng.normal(0, 0.01)),
+                "ratio": 3.0 * (1 + guard_effect * cand) * math.exp(rng.normal(0, 0.002)),
+                "iterations": 1000.0 * (0.5 if cand else 1.0)}  # reported, not guarded
+    return measure
+
+
+def test_a_lower_is_better_objective_keeps_a_faster_candidate_and_reads_as_an_improvement():
+    objective = Objective("seconds", direction="lower", guards={"ratio": Guard(0.01)})
+    rule = DecisionRule.for_objective(objective, n_resamples=1000)
+    faster = evaluate(seconds_bench(0.10), EvaluatorConfig(rule=rule))
+    assert faster.decision == "keep", faster.reason
+    assert 0.08 < faster.objective.estimate < 0.14  # 10% less time = 11% faster
+    slower = evaluate(seconds_bench(-0.10), EvaluatorConfig(rule=rule))
+    assert slower.decision == "discard" and slower.objective.estimate < 0
+    # `iterations` halves in the candidate, yet it is no guard: only the named guards can veto.
+    assert "iterations" not in faster.reason
+
+
+def test_an_explicit_guard_vetoes_a_win_past_its_own_limit():
+    objective = Objective("seconds", direction="lower", guards={"ratio": Guard(0.01)})
+    rule = DecisionRule.for_objective(objective, n_resamples=1000)
+    verdict = evaluate(seconds_bench(0.10, guard_effect=-0.05), EvaluatorConfig(rule=rule))
+    assert verdict.decision == "discard" and "ratio" in verdict.reason and "-1.0%" in verdict.reason
 
 
 # --- the record ---------------------------------------------------------------------------------------------
@@ -245,5 +261,5 @@ def test_verdict_round_trips_and_tolerates_unknown_fields(kept):
     data["effects"]["tg128"]["also_new"] = "x"
     data["runs"][0]["cpu_temp"] = 60
     assert Verdict.from_dict(data) == kept
-    unmeasured = gates(None, None, None)
+    unmeasured = gates(None, None)
     assert Verdict.from_dict(unmeasured.to_dict()) == unmeasured

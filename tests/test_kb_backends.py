@@ -107,7 +107,7 @@ def test_a_tree_without_ggml_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_the_pinned_llama_cpp_cpu_backend_fuses_rms_norm_and_mul(shared_cache):
-    from readfirst.sandbox.sources import prepare_source
+    from readfirst.sources import prepare_source
     source = prepare_source("llama.cpp", shared_cache / "sources", shared_cache / "sdists")
     scan = scan_backends(source.path, source.baseline)
     cpu = scan.backends["CPU"]

@@ -134,7 +134,7 @@ def test_identifiers_match_whole_and_by_parts(tmp_path):
     assert index.search("rms norm")[0][0] == "a"
     assert index.search("GGML_OP_SOFT_MAX")[0][0] == "c"
     assert index.search("norm", kinds=["backend-gap"]) == []
-    assert {i for i, _ in index.search("ggml compute", path_glob="x/b*")} == {"b"}
+    assert {i for i, _ in index.search("ggml compute", path_globs=["x/b*"])} == {"b"}
     index.add([("a", "replaced text", {"kind": "doc"})])
     assert index.count() == 3, "adding an id again replaces it"
     index.delete(["a", "b"])

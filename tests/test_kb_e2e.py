@@ -25,7 +25,7 @@ UPSTREAM_FILES = ["ggml/src/ggml-cpu/ops.cpp", "ggml/src/ggml-cuda/fattn.cu", "g
 
 
 def test_flash_attention_for_the_cpu_finds_ik_llama_cpp_code(shared_cache):
-    from readfirst.sandbox.sources import prepare_source
+    from readfirst.sources import prepare_source
     upstream = prepare_source("llama.cpp", shared_cache / "sources", shared_cache / "sdists")
     runner = CliRunner()
 

@@ -15,14 +15,15 @@ import uuid
 
 import pytest
 
+from pathlib import Path
+
 from readfirst.config import Paths
-from readfirst.agents.statistics import kld_failure
 from readfirst.errors import PatchRejected
-from readfirst.graph.deps import model_maker, open_llama_target, open_sandbox
-from readfirst.sandbox.baseline import establish_baseline
-from readfirst.sandbox.llama_cpp import BenchOptions
-from readfirst.sandbox.model import ModelShape, validate_gguf
-from readfirst.sandbox.sources import git
+from readfirst.graph.deps import compose_target
+from readfirst.sources import git
+from readfirst.targets import make_spec
+from readfirst.targets.llama_cpp.model import ModelShape, validate_gguf
+from readfirst.targets.llama_cpp.target import BenchOptions
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -46,17 +47,17 @@ def make_patch(repo, path: str, old: str, new: str) -> str:
 def llama(docker_client, base_image, shared_cache, tmp_path_factory):
     paths = Paths(home=tmp_path_factory.mktemp("e2e-home"), cache=shared_cache)
     notes: list[str] = []
-    sandbox = open_sandbox(paths, say=notes.append)
-    target = open_llama_target(paths, sandbox, say=notes.append)
-    baseline, model = establish_baseline(target, say=notes.append,
-                                         build_model=model_maker(paths, model=None, quant="Q4_0", say=notes.append))
-    return target, baseline, model
+    _, target = compose_target(paths, make_spec("llama.cpp", source="llama.cpp"), say=notes.append)
+    baseline = target.prepare()
+    return target, baseline, Path(baseline.variant["model"])
 
 
 def test_the_baseline_builds_passes_its_tests_and_the_model_has_tinyllama_shapes(llama):
     target, baseline, model = llama
-    assert baseline.build.ok and baseline.tests.ok
-    assert {c.name for c in baseline.tests.cases} >= {"test-quantize-fns", "test-rope"}
+    tests = baseline.checks.get("tests")
+    assert baseline.checks.ok and tests is not None
+    assert {c["name"] for c in tests.evidence["cases"]} >= {"test-quantize-fns", "test-rope"}
+    assert target.build(baseline.commit, baseline.variant).reused  # the baseline's build is kept and reused
     info = validate_gguf(model)
     assert info["architecture"] == "llama"
     assert info["tensors"] == 3 + 9 * ModelShape().n_layer
@@ -82,35 +83,34 @@ def test_a_harmless_kernel_patch_builds_incrementally_and_passes_the_logits_chec
     # (an earlier session's) would rebuild nothing. The worker is put back at the baseline first, so the files
     # this patch changes are all that differ.
     marker = f"\n                // readfirst test {uuid.uuid4().hex}"
-    patch = make_patch(target.source.path, OPS, SUM_FORWARD, SUM_BACKWARD + marker)
+    patch = make_patch(target.repository, OPS, SUM_FORWARD, SUM_BACKWARD + marker)
     commit = target.commit_patch(patch, base=baseline.commit, message="sum rms_norm backwards")
-    assert target.build(baseline.commit).ok
-    build = target.build(commit)
-    assert build.ok, build.log_tail
+    assert target.build_config(baseline.commit).ok  # the worker's tree back at the baseline
+    build = target.build(commit, baseline.variant)
+    assert build.ok and not build.reused, build.log_tail
     # Only the patched file recompiles: the build log names ops.cpp and not, say, ggml-cpu.c.
     log = open(build.log_path).read()
     assert "ops.cpp.o" in log and "ggml-cpu.c.o" not in log
-    assert target.test(commit).ok
-    base_logits = target.kld_base(baseline.commit, model=model)
-    kld = target.logits_check(commit, model=model, base_logits=base_logits)
-    assert kld.ok and kld_failure(kld) is None, kld
+    checks = target.checks(commit, baseline.variant, baseline=baseline)
+    assert [c.name for c in checks.results] == ["tests", "logits"]
+    assert checks.ok, checks
+    assert checks.get("logits").evidence["mean_kld"] < 1e-5
 
 
 def test_a_patch_that_breaks_numerics_fails_the_logits_check(llama):
     target, baseline, model = llama
-    patch = make_patch(target.source.path, OPS, SCALE, WRONG_SCALE)
+    patch = make_patch(target.repository, OPS, SCALE, WRONG_SCALE)
     commit = target.commit_patch(patch, base=baseline.commit, message="wrong rms_norm scale")
-    assert target.build(commit).ok
-    base_logits = target.kld_base(baseline.commit, model=model)
-    kld = target.logits_check(commit, model=model, base_logits=base_logits)
-    assert kld.ok  # the check ran...
-    assert "logits differ" in kld_failure(kld)  # ...and the gate catches the broken kernel
-    assert kld.mean_kld > 1e-3
+    assert target.build(commit, baseline.variant).ok
+    logits = target.checks(commit, baseline.variant, baseline=baseline).get("logits")
+    assert logits is not None and logits.evidence["ok"]  # the check ran...
+    assert not logits.passed and "logits differ" in logits.reason  # ...and the gate catches the broken kernel
+    assert logits.evidence["mean_kld"] > 1e-3
 
 
 def test_a_patch_to_the_benchmark_is_refused_before_it_is_built(llama):
     target, baseline, _ = llama
-    patch = make_patch(target.source.path, "tools/llama-bench/llama-bench.cpp", "#include", "#include ", )
+    patch = make_patch(target.repository, "tools/llama-bench/llama-bench.cpp", "#include", "#include ", )
     with pytest.raises(PatchRejected, match="protected"):
         target.commit_patch(patch, base=baseline.commit)
 
@@ -118,13 +118,14 @@ def test_a_patch_to_the_benchmark_is_refused_before_it_is_built(llama):
 def test_sandbox_bench_cli_end_to_end_with_a_patch(llama, tmp_path):
     target, baseline, _ = llama
     patch_file = tmp_path / "rev.patch"
-    patch_file.write_text(make_patch(target.source.path, OPS, SUM_FORWARD, SUM_BACKWARD))
+    patch_file.write_text(make_patch(target.repository, OPS, SUM_FORWARD, SUM_BACKWARD))
     proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "sandbox", "bench", "--patch", str(patch_file),
                            "-p", "16", "-n", "4", "-r", "2", "--json"], capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["baseline"]["commit"] == baseline.commit
     cand = report["candidate"]
-    assert cand["build"]["ok"] and cand["tests"]["ok"] and cand["kld"]["ok"] and cand["kld_verdict"] is None
+    assert cand["build"]["ok"] and [(c["name"], c["passed"]) for c in cand["checks"]["results"]] == [
+        ("tests", True), ("logits", True)]
     tests = {s["test"] for s in cand["bench"]["samples"]}
     assert tests == {"pp16", "tg4"}

@@ -7,7 +7,7 @@ import pytest
 
 from readfirst.config import Paths
 from readfirst.errors import ModelError
-from readfirst.sandbox.model import ModelShape, tensor_shapes, validate_gguf
+from readfirst.targets.llama_cpp.model import ModelShape, tensor_shapes, validate_gguf
 
 
 def test_tinyllama_shapes_have_1_1b_parameters():

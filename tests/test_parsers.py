@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from readfirst.agents.statistics import kld_failure
-from readfirst.sandbox.llama_cpp import BenchOptions, _parse_junit, bench_cpus, parse_bench_json, parse_kld
-from readfirst.sandbox.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
+from readfirst.targets.llama_cpp.logits import kld_failure, parse_kld
+from readfirst.targets.llama_cpp.target import BenchOptions, _parse_junit, _tests_check, bench_cpus, parse_bench_json
+from readfirst.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 
 KLD_OUTPUT = """
 ====== Perplexity statistics ======
@@ -75,3 +75,14 @@ def test_junit_cases_pass_fail_and_skip():
     <testcase name="test-barrier" time="0"><skipped/></testcase></testsuite>"""
     cases = {c.name: c.passed for c in _parse_junit(xml)}
     assert cases == {"test-rope": True, "test-quantize-fns": False, "test-barrier": False}
+
+
+def test_the_ctest_check_names_failed_cases_or_quotes_the_log():
+    from readfirst.records import TestCase, TestResult
+    cases = [TestCase("test-rope", True, 1.0), TestCase("test-quantize-fns", False, 1.0)]
+    failed = _tests_check(TestResult(False, cases, "", 2.0))
+    assert not failed.passed and failed.reason == "tests failed: test-quantize-fns (1 of 2)."
+    assert failed.evidence["cases"][1]["name"] == "test-quantize-fns"
+    quoted = _tests_check(TestResult(False, [], "...\nctest: 3 tests failed\n", 1.0))
+    assert quoted.reason == "tests failed: ctest: 3 tests failed"
+    assert _tests_check(TestResult(True, cases[:1], "", 1.0)).passed

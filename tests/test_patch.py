@@ -10,7 +10,7 @@ import pytest
 
 from readfirst.errors import PatchDoesNotApply, PatchRejected
 from readfirst.sandbox.patch import check_patch, commit_patch, parse_patch
-from readfirst.sandbox.sources import git, prepare_source
+from readfirst.sources import git, prepare_source
 
 
 @pytest.fixture

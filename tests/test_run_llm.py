@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from readfirst.agents.llm import message_json, text_block, tool_use_block
-from readfirst.sandbox.sources import prepare_source
+from readfirst.sources import prepare_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import FakeAnthropic  # noqa: E402

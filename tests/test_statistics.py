@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from readfirst.agents.statistics import (DecisionRule, KLDThresholds, decide, expanded_confidence, gross_outliers,
-                                         hodges_lehmann, kld_failure, log_ratios, noise_floor, resolve_weights,
-                                         speedup)
-from readfirst.sandbox.records import KLDResult
+from readfirst.agents.statistics import (DecisionRule, decide, expanded_confidence, gross_outliers, hodges_lehmann,
+                                         log_ratios, noise_floor, resolve_weights, speedup)
+from readfirst.records import KLDResult
+from readfirst.targets.llama_cpp.logits import KLDThresholds, kld_failure
 
 
 def make_pairs(n: int, *, tg_effect: float = 0.0, pp_effect: float | None = 0.0, cv: float = 0.015,
@@ -272,3 +272,15 @@ def test_kld_gate_rejects_broken_logits_with_the_failing_figure(overrides, needl
 def test_kld_thresholds_are_configurable():
     assert kld_failure(kld(max_kld=5e-3)) is not None
     assert kld_failure(kld(max_kld=5e-3), KLDThresholds(max_max=1e-2)) is None
+
+
+def test_lower_is_better_flips_the_ratio_so_less_time_is_a_gain():
+    pairs = [({"seconds": 2.0}, {"seconds": 1.8})] * 3
+    assert log_ratios(pairs, {"seconds": 1.0}, ["seconds"])[0] == pytest.approx(math.log(2.0 / 1.8))
+    assert log_ratios(pairs, {"seconds": 1.0})[0] == pytest.approx(math.log(1.8 / 2.0))
+
+
+def test_explicit_guards_guard_only_what_they_name():
+    rule = DecisionRule(optimize={"mb_per_s": 1.0}, guards={"ratio": 0.01})
+    assert rule.guard_limit("ratio") == 0.01 and rule.guard_limit("iterations") is None
+    assert DecisionRule().guard_limit("pp512") == 0.03  # llama.cpp's default: every other test at 3%

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import FakeAnthropic  # noqa: E402
 from test_trace_standin import (CountingSandbox, StandInKnowledgeBase, StandInTarget, continue_run,  # noqa: E402
-                                make_model_file, record_run)
+                                record_run)
 
 from readfirst.agents.llm import AnthropicLLM, make_client, message_json  # noqa: E402
 from readfirst.graph import workflow  # noqa: E402
@@ -38,15 +38,17 @@ def test_a_run_records_every_step_with_its_checkpoints_and_calls(tmp_path):
     # Each step ends at the checkpoint the next one starts from (one node per superstep in this run).
     assert all(a.ends_at == b.starts_from for a, b in zip(steps, steps[1:]))
     profile = steps[0]
-    assert {c["method"] for c in profile.calls if c["kind"] == "target"} >= {"prepare", "build", "test", "bench"}
+    assert [c["method"] for c in profile.calls if c["kind"] == "target"] == ["prepare", "profile"]
     sandbox = [c for c in profile.calls if c["kind"] == "sandbox"]
-    assert any(c.get("nested") for c in sandbox) and any(not c.get("nested") for c in sandbox)  # the probe
+    assert sandbox and all(c.get("nested") for c in sandbox)  # made by the target's methods
     assert sum(s.count("sandbox") for s in steps) == len(target.sandbox.commands)
+    experiment = next(s for s in steps if s.node == "experiment")
+    assert [c["method"] for c in experiment.calls if c["kind"] == "target"][:3] == ["apply", "build", "checks"]
     assert [i for s in steps for i in s.experiment_ids()] == ["E001", "E002"] == summary["kept"] + ["E002"]
     # Large payloads are files beside the trace, referenced from it.
     blobs = list((directory / "trace").glob("*.json"))
     assert blobs and all(len(line) < 20_000 for line in (directory / TRACE_FILE).read_text().splitlines())
-    assert trace.update(steps[0])["baseline"]["commit"] == target.source.baseline
+    assert trace.update(steps[0])["baseline"]["commit"] == target.baseline_commit
 
 
 def test_replay_gives_identical_decisions_without_sandbox_or_api_calls(tmp_path):
@@ -86,17 +88,18 @@ def test_a_code_change_makes_replay_name_the_divergent_step(tmp_path, monkeypatc
     assert report.steps[-1] == {"step": first_experiment.step, "node": "experiment", "same": False}
 
 
-def test_a_changed_sandbox_command_is_named_in_the_divergence(tmp_path, monkeypatch):
+def test_a_changed_target_call_is_named_in_the_divergence(tmp_path, monkeypatch):
     directory, _, _ = record_run(tmp_path)
-    from readfirst.agents import profiling
-    monkeypatch.setattr(workflow, "measure_read_bandwidth", lambda sandbox, scratch, threads:
-                        profiling.measure_read_bandwidth(sandbox, scratch, threads=threads, mib=512))
+    real = workflow.run_experiment
+    monkeypatch.setattr(workflow, "run_experiment", lambda h, **kw: real(h, **{**kw, "worker": kw["worker"] + 1}))
+    first_experiment = next(s for s in Trace(directory).ordered() if s.node == "experiment")
     d = replay(directory).divergence
-    assert d is not None and d.step == 1 and d.node == "profile" and "another sandbox command" in d.reason
+    assert d is not None and d.step == first_experiment.step and d.node == "experiment"
+    assert "target.build with other arguments" in d.reason
 
 
 def _rerun(directory: Path, home: Path, target: StandInTarget):
-    return replay(directory, target=target, make_model=lambda _t, _c: make_model_file(home / "cache"))
+    return replay(directory, target=target)
 
 
 def test_rerun_sandbox_measures_again_and_compares_decisions_not_numbers(tmp_path):
@@ -115,8 +118,8 @@ def test_rerun_sandbox_names_the_experiment_whose_decision_changed(tmp_path):
     directory, _, _ = record_run(tmp_path)
 
     class NoLongerFaster(StandInTarget):
-        def bench(self, commit, *, model, options=workflow.BenchOptions(), config=None, worker=0):
-            return super().bench(commit, model=model, options=options, config=None, worker=worker)
+        def measure(self, commit, variant):
+            return super().measure(commit, {**variant, "flags": []})
 
     report = _rerun(directory, tmp_path, NoLongerFaster(tmp_path, tmp_path / "source", CountingSandbox()))
     d = report.divergence
@@ -140,8 +143,7 @@ def test_the_implementer_reads_the_cited_chunks_whole_and_replay_serves_them(tmp
         shown.append(hypothesis.get("context") or [])
         return None, {"error": "no edits"}
 
-    options = workflow.RunOptions(budget_experiments=1, calibration_pairs=0, max_runs=8, n_prompt=16, n_gen=8,
-                                  max_research_rounds=1)
+    options = workflow.RunOptions(budget_experiments=1, calibration_pairs=0, max_runs=8, max_research_rounds=1)
     directory, _, _ = record_run(tmp_path, kb=StandInKnowledgeBase(), plan=plan, implement=implement,
                                  options=options)
     assert len(shown) == 1 and shown[0] and all(c["text"].startswith("the whole of chunk") for c in shown[0])
@@ -205,7 +207,7 @@ def test_fork_starts_from_the_checkpoint_with_new_options_and_names_its_parent(t
     assert read_meta(new_dir)["status"] == "forked"
     saver, conn = open_checkpointer(new_dir)
     try:
-        graph = workflow.build_graph(workflow.RunDeps(target=None, ledger=None, run_dir=new_dir, make_model=None),
+        graph = workflow.build_graph(workflow.RunDeps(target=None, ledger=None, run_dir=new_dir),
                                      checkpointer=saver)
         state = graph.get_state({"configurable": {"thread_id": "run-b"}})
     finally:

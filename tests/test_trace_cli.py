@@ -56,10 +56,10 @@ def test_show_timeline_one_step_a_node_and_an_experiment(cli, recorded):
     assert "profile" in timeline.stdout and "E001" in timeline.stdout
     step = cli("show", "run-a", "--step", "1")
     assert step.exit_code == 0, step.output
-    assert "target.build" in step.stdout and "sandbox `gcc" in step.stdout and "state update" in step.stdout
+    assert "target.prepare" in step.stdout and "sandbox `make" in step.stdout and "state update" in step.stdout
     data = json.loads(cli("show", "run-a", "--step", "1", "--json").stdout)
     assert data["node"] == "profile" and data["input"]["run_id"] == "run-a" and data["update"]["baseline"]
-    assert any(c["kind"] == "target" and c["method"] == "bench" for c in data["calls"])
+    assert any(c["kind"] == "target" and c["method"] == "profile" for c in data["calls"])
     nodes = json.loads(cli("show", "run-a", "--node", "experiment", "--json").stdout)
     assert {s["node"] for s in nodes["steps"]} == {"experiment"} and len(nodes["steps"]) == 2
     experiment = json.loads(cli("show", "run-a", "--experiment", "E002", "--json").stdout)
@@ -121,7 +121,7 @@ def test_the_html_export_is_self_contained_and_renders_in_headless_chromium(cli,
     assert dom.returncode == 0, dom.stderr[-2000:]
     steps = re.findall(r'<details class="step (ok|error|interrupted)" id="step-(\d+)">', dom.stdout)
     assert len(steps) == len(json.loads(cli("show", "run-a", "--json").stdout)["steps"])
-    assert "target.build" in dom.stdout and "state update" in dom.stdout and "readfirst trace run-a" in dom.stdout
+    assert "target.prepare" in dom.stdout and "state update" in dom.stdout and "readfirst trace run-a" in dom.stdout
 
 
 def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
@@ -137,15 +137,16 @@ def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
 
 
 def _stand_in_composition(monkeypatch, paths):
-    from test_trace_standin import CountingSandbox, StandInTarget, make_model_file
+    from test_trace_standin import CountingSandbox, StandInTarget
 
     from readfirst.graph import cli_run, deps
+
+    def compose(_paths, spec, **_):
+        sandbox = CountingSandbox()
+        return sandbox, StandInTarget(paths.home, Path(spec["source"]), sandbox)
     # `readfirst run` takes its composition from graph.deps when it runs, so the stand-ins go there.
-    monkeypatch.setattr(deps, "open_sandbox", lambda *_, **__: CountingSandbox())
-    monkeypatch.setattr(deps, "open_llama_target", lambda _paths, sandbox, *, source, **__:
-                        StandInTarget(paths.home, Path(source), sandbox))
+    monkeypatch.setattr(deps, "compose_target", compose)
     monkeypatch.setattr(cli_run, "_knowledge_base", lambda *_, **__: None)
-    monkeypatch.setattr(deps, "model_maker", lambda *_, **__: lambda _t, _c: make_model_file(paths.home / "cache"))
 
 
 def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeypatch):

@@ -1,9 +1,11 @@
-"""An in-process stand-in for the llama.cpp target, for the trace's unit tests (no tests of its own).
+"""An in-process stand-in target, for the trace's and the loop's unit tests (no tests of its own).
 
-Replay promises no builds: what it must prove is that the graph is re-executed with every target result served
-from the recording, which a stand-in shows as well as llama.cpp does, in milliseconds. The real target is
+It satisfies the Target interface (readfirst.protocols.Target) and nothing more: no paths, source or build
+configuration attributes, so that the graph, the experiment pipeline and the trace are shown to need only the
+interface. Replay promises no builds: what it must prove is that the graph is re-executed with every target result
+served from the recording, which a stand-in shows as well as llama.cpp does, in milliseconds. The real target is
 recorded and replayed once, in test_trace_docker.py. The stand-in runs its "commands" through a sandbox that
-counts them, like the real target runs cmake and llama-bench, so a test can see that replay ran none.
+counts them, like a real target runs its build and benchmark, so a test can see that replay ran none.
 """
 
 from __future__ import annotations
@@ -13,19 +15,16 @@ import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from readfirst.config import Paths
 from readfirst.graph.ledger import Ledger
 from readfirst.graph.runner import execute, write_meta
 from readfirst.graph.trace import start_tracing
 from readfirst.graph.workflow import RunDeps, RunOptions
-from readfirst.sandbox.llama_cpp import BASE_CMAKE, BenchOptions, native_config
-from readfirst.sandbox.records import (BenchResult, BenchSample, BuildConfig, BuildResult, CommandResult, KLDResult,
-                                       TestCase, TestResult)
+from readfirst.records import (Baseline, BuildConfig, BuildResult, CheckResult, Checks, CommandResult,
+                               Measurement, Objective, Profile)
 
-SMALL = RunOptions(budget_experiments=2, calibration_pairs=0, max_runs=16, n_prompt=16, n_gen=8, max_research_rounds=1)
+SMALL = RunOptions(budget_experiments=2, calibration_pairs=0, max_runs=16, max_research_rounds=1)
 
 
 class CountingSandbox:
@@ -35,65 +34,79 @@ class CountingSandbox:
 
     def run(self, command: str, **_: Any) -> CommandResult:
         self.commands.append(command)
-        if command.startswith("llama-bench") and self.slow_bench_s:
+        if command.startswith("bench") and self.slow_bench_s:
             time.sleep(self.slow_bench_s)
-        out = '{"read_gbs": 40.0}\n' if command.startswith("gcc") else f"ran {command}\n"
+        out = f"ran {command}\n"
+        if command.startswith("make") and "test" not in command:  # a build log as long as a real one's tail
+            out += "".join(f"[{i:3d}%] Building C object src/unit{i}.c.o\n" for i in range(100)) * 3
         return CommandResult(command, 0, 0.01, out, len(out), False, False, None)
+
+    def gc(self, *, everything: bool = False) -> int:
+        return 0
 
 
 class StandInTarget:
-    """Answers like LlamaCppTarget: any build configuration changed from the baseline's is 8% faster."""
-    name = "llama.cpp"
+    """A project whose variant {"flags": [...], "threads": n} is built, checked and measured by counted commands;
+    any build flag added to the baseline's makes it 8% faster. Patches apply as real commits."""
+    name = "stand-in"
+    objective = Objective(metric="tg", direction="higher", guards=None, unit="t/s")
+    hot_paths = ("src/*",)
     protected = ("tests/*",)
 
     def __init__(self, home: Path, source: Path, sandbox: CountingSandbox):
-        self.paths = Paths(home, home / "cache")
-        baseline = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        self.source = SimpleNamespace(path=source, baseline=baseline, key="standin")
-        self.config = native_config()
+        self.repository = source
+        self.baseline_commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                                              text=True, check=True).stdout.strip()
         self.sandbox = sandbox
         self.benches = 0
 
-    def prepare(self) -> str:
-        return self.source.baseline
+    def prepare(self) -> Baseline:
+        variant = {"flags": [], "threads": 2}
+        build = self.build(self.baseline_commit, variant)
+        return Baseline(self.baseline_commit, variant, self.checks(self.baseline_commit, variant, baseline=None),
+                        "", build.duration_s)
 
-    def has_build(self, commit: str, config: BuildConfig | None = None) -> bool:
-        return False  # the stand-in keeps no artifacts: every run checks its baseline
+    def commit_patch(self, patch: str, *, base: str, message: str = "") -> str:
+        from readfirst.sandbox.patch import commit_patch
+        return commit_patch(self.repository, patch, base=base, message=message, protected=self.protected)
 
-    def commit_patch(self, patch: str, *, base: str | None = None, message: str = "") -> str:
-        raise AssertionError("the stand-in takes no patches")
+    def build(self, commit: str, variant: dict[str, Any], *, worker: int = 0) -> BuildResult:
+        r = self.sandbox.run(f"make {commit[:8]} {' '.join(variant['flags'])}".strip())
+        return BuildResult(True, "ok", 0.5, r.output_tail, BuildConfig(list(variant["flags"]), "", "stand-in"),
+                           commit, None)
 
-    def build(self, commit: str, *, worker: int = 0, config: BuildConfig | None = None, **_: Any) -> BuildResult:
-        r = self.sandbox.run(f"cmake --build {commit[:8]}")
-        return BuildResult(True, "ok", 0.5, r.output_tail, config or self.config, commit, None)
+    def checks(self, commit: str, variant: dict[str, Any], *, baseline: Baseline | None, worker: int = 0) -> Checks:
+        self.sandbox.run("make test")
+        return Checks([CheckResult("tests", True, "", 0.1)])
 
-    def test(self, commit: str, *, worker: int = 0, config: BuildConfig | None = None, **_: Any) -> TestResult:
-        self.sandbox.run("ctest")
-        return TestResult(True, [TestCase("test-rope", True, 0.1)], "ok", 0.1)
-
-    def bench(self, commit: str, *, model: Path, options: BenchOptions = BenchOptions(),
-              config: BuildConfig | None = None, worker: int = 0) -> BenchResult:
-        self.sandbox.run(f"llama-bench -t {options.threads}")
+    def measure(self, commit: str, variant: dict[str, Any]) -> Measurement:
+        self.sandbox.run(f"bench -t {variant['threads']}")
         self.benches += 1
-        config = config or self.config
-        fast = 1.08 if set(config.cmake_flags) - set(BASE_CMAKE) else 1.0  # any changed build wins
+        fast = 1.08 if variant["flags"] else 1.0
         wobble = 1 + 0.004 * math.sin(self.benches)  # deterministic noise: the statistics need some spread
-        tg = 40.0 * fast * wobble
-        samples = [BenchSample(f"pp{options.n_prompt}", options.n_prompt, 0, [200.0 * wobble], 200.0 * wobble, 0.1),
-                   BenchSample(f"tg{options.n_gen}", 0, options.n_gen, [tg], tg, 0.1)]
-        return BenchResult(samples, options.threads, options.flash_attn, "stand-in CPU", commit[:8], config, model.name)
+        return Measurement({"pp16": 200.0 * wobble, "tg8": 40.0 * fast * wobble}, {"cpu": "stand-in CPU"})
 
-    def kld_base(self, commit: str, *, model: Path, **_: Any) -> Path:
-        self.sandbox.run("llama-perplexity --kl-divergence-base")
-        path = self.paths.cache / "kld" / "base.kld"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("logits")
-        return path
+    def profile(self, baseline: Baseline) -> Profile:
+        m = self.measure(baseline.commit, baseline.variant)
+        return Profile([f"The stand-in generates {m.values['tg8']:.1f} t/s."], m.values, {}, {"setup": m.setup})
 
-    def logits_check(self, commit: str, *, model: Path, base_logits: Path, **_: Any) -> KLDResult:
-        self.sandbox.run("llama-perplexity --kl-divergence")
-        return KLDResult(1e-6, 2e-5, 1e-5, 99.9, True, "KLD ok")
+    def variants(self, variant: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        if "-DFAST=ON" not in variant["flags"]:
+            out.append({"kind": "build", "title": "build with -DFAST=ON", "rationale": "",
+                        "change": {"flags_add": ["-DFAST=ON"]}})
+        for t in (1, 4):
+            if variant["threads"] != t:
+                out.append({"kind": "runtime", "title": f"run with {t} threads", "rationale": "",
+                            "change": {"threads": t}})
+        return out
+
+    def apply(self, variant: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+        return {"flags": variant["flags"] + list(change.get("flags_add", [])),
+                "threads": change.get("threads", variant["threads"])}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "repository": str(self.repository), "baseline": self.baseline_commit}
 
 
 def make_source(directory: Path) -> Path:
@@ -103,22 +116,6 @@ def make_source(directory: Path) -> Path:
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline"]):
         subprocess.run(["git", "-C", str(directory), *args], check=True, capture_output=True)
     return directory
-
-
-def make_model_file(directory: Path) -> Path:
-    import gguf
-    import numpy as np
-    path = directory / "models" / "standin.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = gguf.GGUFWriter(str(path), "llama")
-        writer.add_tensor("token_embd.weight", np.zeros((32, 16), dtype=np.float32))
-        writer.add_tensor("blk.0.ffn_up.weight", np.zeros((16, 16), dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-    return path
 
 
 def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL, kb: Any = None, llm: Any = None,
@@ -135,8 +132,7 @@ def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL
             "options": asdict(options)}
     write_meta(directory, meta)
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm, plan=plan, implement=implement,
-                   make_model=lambda _t, _c: make_model_file(home / "cache"))
+    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm, plan=plan, implement=implement)
     deps = start_tracing(deps, directory)
     try:
         summary = execute(deps, directory, run_id, options=options, meta=meta)
@@ -151,8 +147,7 @@ def continue_run(home: Path, run_id: str) -> dict[str, Any]:
     directory = home / "runs" / run_id
     target = StandInTarget(home, home / "source", CountingSandbox())
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = start_tracing(RunDeps(target=target, ledger=ledger, run_dir=directory,
-                                 make_model=lambda _t, _c: make_model_file(home / "cache")), directory)
+    deps = start_tracing(RunDeps(target=target, ledger=ledger, run_dir=directory), directory)
     try:
         return execute(deps, directory, run_id, options=None, meta=read_meta(directory))
     finally:

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BaselineBroken, SandboxError
-from .llama_cpp import BenchOptions, LlamaCppTarget, config_key, fallback_configs, native_config
-from .records import BuildConfig, BuildResult, TestResult, from_dict, to_dict
-from .workers import cpu_signature, short_digest
+from ...errors import BaselineBroken, SandboxError
+from ...records import BuildConfig, BuildResult, TestResult, from_dict, to_dict
+from ...sandbox.workers import cpu_signature, short_digest
+from .target import BenchOptions, LlamaCppTarget, config_key, fallback_configs, native_config
 
 SMOKE = BenchOptions(n_prompt=64, n_gen=16, repetitions=1)
 
 
 @dataclass
-class Baseline:
+class VerifiedBaseline:
     commit: str
     config: BuildConfig
     build: BuildResult
@@ -36,14 +36,14 @@ def _record_path(target: LlamaCppTarget) -> Path:
 
 def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
                        say: Callable[[str], None] = lambda _: None,
-                       build_model: Callable[[LlamaCppTarget, str], Path] | None = None) -> tuple[Baseline, Path]:
+                       build_model: Callable[[LlamaCppTarget, str], Path] | None = None) -> tuple[VerifiedBaseline, Path]:
     """Build and check the baseline, falling back through configurations until one works.
 
     Returns the baseline and the model to benchmark (given, or made by `build_model` with the working build).
     The target's config is left set to the one that works.
     """
     record = _record_path(target)
-    commit = target.prepare()
+    commit = target.source.baseline
     configs = [native_config(), *fallback_configs()]
     saved = json.loads(record.read_text()) if record.exists() else None
     if saved is not None:
@@ -54,7 +54,7 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
             say(f"baseline: verified earlier on this CPU ({remembered.note})")
             if model is None:
                 model = _make_model(target, commit, build_model)
-            return Baseline(commit, remembered, from_dict(BuildResult, saved["build"]),
+            return VerifiedBaseline(commit, remembered, from_dict(BuildResult, saved["build"]),
                             from_dict(TestResult, saved["tests"]), saved.get("fallback_reason", "")), model
         # The configuration that worked last time on this CPU goes first.
         configs = [remembered] + [c for c in configs if config_key(c) != config_key(remembered)]
@@ -62,11 +62,11 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
     for config in configs:
         target.config = config
         say(f"building the baseline ({config.note})")
-        build = target.build(commit)
+        build = target.build_config(commit)
         if not build.ok:
             failures.append(f"{config.note}: build failed at {build.stage}")
             continue
-        tests = target.test(commit)
+        tests = target.run_tests(commit)
         if not tests.ok:
             failed = ", ".join(c.name for c in tests.cases if not c.passed)
             failures.append(f"{config.note}: tests failed ({failed})")
@@ -85,7 +85,7 @@ def establish_baseline(target: LlamaCppTarget, *, model: Path | None = None,
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"config": to_dict(config), "commit": commit, "build": to_dict(build),
                                       "tests": to_dict(tests), "fallback_reason": reason}))
-        return Baseline(commit, config, build, tests, reason), model
+        return VerifiedBaseline(commit, config, build, tests, reason), model
     raise BaselineBroken("no build configuration of the baseline works: " + "; ".join(failures))
 
 

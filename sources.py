@@ -1,5 +1,7 @@
 """Where a target's source comes from, and how it becomes a git repository with a `baseline` commit.
 
+Neutral ground (no sandbox, no docker): the knowledge base's ingestion, the targets and the graph all use it.
+
 A source is a pinned PyPI sdist (its vendored tree: llama-cpp-python's `vendor/llama.cpp`), a git URL + ref, or
 a local path. Each is prepared once into the cache as a git repository whose first commit is tagged `baseline`.
 Experiments are commits on branches of that repository, so every patch is an exact diff against a known base.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..errors import SourceError
+from .errors import SourceError
 
 PYPI_SIMPLE = os.environ.get("READFIRST_PYPI_SIMPLE", "https://pypi.org/simple")
 
@@ -68,6 +70,12 @@ def git(repo: Path, *args: str, input: str | None = None, env: dict[str, str] | 
     if check and proc.returncode != 0:
         raise SourceError(f"git {' '.join(args[:3])} failed in {repo}: {proc.stderr.strip()[-800:]}")
     return proc
+
+
+def read_at(repo: Path, commit: str, path: str) -> str | None:
+    """A file's text at a commit; None when the commit does not have it."""
+    got = git(repo, "show", f"{commit}:{path}", check=False)
+    return got.stdout if got.returncode == 0 else None
 
 
 # -- PyPI sdists ---------------------------------------------------------------------------------------------
@@ -147,7 +155,10 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
     if spec is not None:
         key = spec.key
     else:
-        digest = hashlib.sha256(f"{name_or_location}@{ref or ''}".encode()).hexdigest()[:12]
+        # A local tree changes under the user's hands: its key names what it holds now (its commit, or its
+        # files' sizes and times), so an edited project is prepared again instead of measured as it was.
+        digest = hashlib.sha256(f"{name_or_location}@{ref or ''}{_local_state(name_or_location, ref)}".encode()
+                                ).hexdigest()[:12]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name_or_location.rstrip("/").split("/")[-1])[:40]
         key = f"{stem}-{digest}"
     repo = sources_dir / key
@@ -187,6 +198,22 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
                     _commit_baseline(work, str(local.resolve()))
             work.rename(repo)
         return SourceRepo(repo, git(repo, "rev-parse", "baseline^{commit}").stdout.strip(), name_or_location)
+
+
+def _local_state(location: str, ref: str | None) -> str:
+    local = Path(location).expanduser()
+    if _is_git_url(location) or not local.is_dir():
+        return ""
+    if (local / ".git").exists():
+        head = subprocess.run(["git", "-C", str(local), "rev-parse", "-q", "--verify", f"{ref or 'HEAD'}^{{commit}}"],
+                              capture_output=True, text=True)
+        return f":{head.stdout.strip()}"
+    listing = hashlib.sha256()
+    for path in sorted(local.rglob("*")):
+        if path.is_file() and ".git" not in path.relative_to(local).parts:
+            st = path.lstat()
+            listing.update(f"{path.relative_to(local)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f":{listing.hexdigest()}"
 
 
 def _is_git_url(s: str) -> bool:

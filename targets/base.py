@@ -1,0 +1,60 @@
+"""What every target built on a git source shares: the repository, patches as commits, worker checkouts, and
+commands run in the sandbox with a fresh scratch directory and a log file.
+
+Container layout for every command: /out a fresh scratch directory whose files are read back without following
+symlinks, plus the mounts the target adds (its checkout, its build, its caches).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ..config import Paths
+from ..protocols import Sandbox
+from ..records import CommandResult, Mount
+from ..sandbox.patch import commit_patch
+from ..sandbox.workers import Worker, worker
+from ..sources import SourceRepo
+
+Say = Callable[[str], None]
+
+
+class GitTarget:
+    """A source prepared as a git repository (`baseline` tag), patched by commits, built in per-worker checkouts."""
+
+    protected: tuple[str, ...] = ()
+
+    def __init__(self, paths: Paths, sandbox: Sandbox, source: SourceRepo, *, say: Say = lambda _: None):
+        self.paths = paths
+        self.sandbox = sandbox
+        self.source = source
+        self.say = say
+
+    @property
+    def repository(self) -> Path:
+        return self.source.path
+
+    def commit_patch(self, patch: str, *, base: str | None = None, message: str = "experiment") -> str:
+        return commit_patch(self.source.path, patch, base=base or self.source.baseline, message=message,
+                            protected=self.protected)
+
+    def _worker(self, index: int) -> Worker:
+        return worker(self.paths.builds, self.source, index)
+
+    def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
+             workdir: str = "/tmp", cpuset: str | None = None,
+             env: Mapping[str, str] | None = None) -> tuple[CommandResult, Path]:
+        """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it."""
+        out = self.paths.cache / "scratch" / uuid.uuid4().hex
+        out.mkdir(parents=True)
+        log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
+        result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
+                                  timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
+        return result, out
+
+    @staticmethod
+    def _discard(out: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)

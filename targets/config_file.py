@@ -1,0 +1,258 @@
+"""readfirst.toml: a project described by its build, test and benchmark commands, and what to optimize.
+
+Read once, validated whole: a bad file is one sentence naming the key and what is wrong, never a traceback.
+The bench command prints one line `METRIC name=value` per metric, per run (the convention pi-autoresearch's
+measure.sh and SkyPilot's autoresearch example use); each run of it is one sample.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ReadfirstError
+from ..records import Guard, Objective
+
+CONFIG_NAME = "readfirst.toml"
+METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_METRIC_LINE = re.compile(r"^\s*METRIC\s+([A-Za-z_][A-Za-z0-9_.\-]*)\s*=\s*(\S+)")
+
+
+class ConfigError(ReadfirstError):
+    """A readfirst.toml that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """A command of the project's own (build, test, bench), run in the sandbox from the project's root."""
+    command: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An offline candidate the file lists: environment for the build or for the runs."""
+    title: str
+    kind: str                  # "build" | "runtime"
+    env: dict[str, str]
+    rationale: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    path: Path                 # the file itself
+    name: str
+    source: str                # a local path (resolved against the file's folder) or a git URL
+    ref: str | None
+    hot_paths: tuple[str, ...]
+    protected: tuple[str, ...]
+    description: str
+    facts: tuple[str, ...]
+    build: Step
+    test: Step
+    bench: Step
+    bench_cpus: int            # CPUs a benchmark run is pinned to (0: every CPU this process may use)
+    objective: Objective
+    apt: tuple[str, ...]       # Debian packages the sandbox image needs beyond the base toolchain
+    env: dict[str, str]        # environment of every command
+    variants: tuple[Variant, ...]
+    queries: dict[str, list[str]] = field(default_factory=dict)  # "research", "competitors"
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "target": {"name": str, "source": str, "ref": str, "hot_paths": list, "protected": list, "description": str,
+               "facts": list},
+    "build": {"command": str, "timeout_s": (int, float)},
+    "test": {"command": str, "timeout_s": (int, float)},
+    "bench": {"command": str, "timeout_s": (int, float), "cpus": int},
+    "objective": {"metric": str, "direction": str, "min_effect": (int, float), "unit": str, "guards": dict},
+    "sandbox": {"apt": list, "env": dict},
+    "reading": {"queries": list, "fork_queries": list},
+    "variants": {"title": str, "kind": str, "env": dict, "rationale": str},
+}
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "a table", int: "an integer", (int, float): "a number",
+               bool: "true or false"}
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*$")
+
+
+def find_config(source: str | Path) -> Path | None:
+    """The readfirst.toml at a local source's root, if it has one."""
+    path = Path(source).expanduser()
+    candidate = path if path.is_file() else path / CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    return _validate(path, data)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
+    def fail(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{path.name}: {key}: {what}")
+
+    for section, value in data.items():
+        if section not in _SCHEMA:
+            raise fail(f"[{section}]", f"unknown section; known: {', '.join(_SCHEMA)}")
+        tables = value if section == "variants" else [value]
+        if section == "variants" and not isinstance(value, list):
+            raise fail("[[variants]]", "must be an array of tables ([[variants]])")
+        for table in tables:
+            if not isinstance(table, dict):
+                raise fail(f"[{section}]", "must be a table")
+            for key, v in table.items():
+                expected = _SCHEMA[section].get(key)
+                if expected is None:
+                    raise fail(f"[{section}] {key}", f"unknown key; known: {', '.join(_SCHEMA[section])}")
+                if isinstance(v, bool) and expected is not bool or not isinstance(v, expected):
+                    raise fail(f"[{section}] {key}", f"must be {_TYPE_NAMES.get(expected, expected)}, not "
+                                                     f"{type(v).__name__}")
+
+    def section(name: str) -> dict[str, Any]:
+        return data.get(name) or {}
+
+    def strings(table: str, key: str, default: list[str]) -> tuple[str, ...]:
+        items = section(table).get(key, default)
+        if not all(isinstance(i, str) and i.strip() for i in items):
+            raise fail(f"[{table}] {key}", "must be a list of non-empty strings")
+        return tuple(items)
+
+    def step(name: str, default_timeout: float) -> Step:
+        table = section(name)
+        if not str(table.get("command", "")).strip():
+            raise fail(f"[{name}] command", "missing: the command that " + {
+                "build": "builds the project", "test": "runs its tests (exit 0 = pass)",
+                "bench": "prints `METRIC name=value` lines"}[name])
+        timeout = float(table.get("timeout_s", default_timeout))
+        if not (0 < timeout <= 86400):
+            raise fail(f"[{name}] timeout_s", f"must be between 0 and 86400 seconds, not {timeout:g}")
+        return Step(table["command"], timeout)
+
+    target = section("target")
+    name = target.get("name") or path.parent.name
+    source = target.get("source", ".")
+    local = Path(source).expanduser()
+    if not re.match(r"^(https?|git|ssh|file)://|^[\w.-]+@[\w.-]+:", source):
+        local = local if local.is_absolute() else (path.parent / local)
+        if not local.is_dir():
+            raise fail("[target] source", f"{local} is not a directory")
+        source = str(local.resolve())
+    objective = _objective(section("objective"), fail)
+    apt = strings("sandbox", "apt", [])
+    bad = [p for p in apt if not _APT_NAME.match(p)]
+    if bad:
+        raise fail("[sandbox] apt", f"{bad[0]!r} is not a Debian package name")
+    env = _env(section("sandbox").get("env", {}), "[sandbox] env", fail)
+    cpus = int(section("bench").get("cpus", 0))
+    if cpus < 0:
+        raise fail("[bench] cpus", "must be 0 (every CPU) or a positive count")
+    variants = []
+    for i, v in enumerate(data.get("variants") or [], 1):
+        where = f"[[variants]] #{i}"
+        if not str(v.get("title", "")).strip():
+            raise fail(f"{where} title", "missing")
+        kind = v.get("kind", "build")
+        if kind not in ("build", "runtime"):
+            raise fail(f"{where} kind", f"must be \"build\" (environment of the build) or \"runtime\" (of the "
+                                        f"test and bench runs), not {kind!r}")
+        variants.append(Variant(v["title"], kind, _env(v.get("env", {}), f"{where} env", fail),
+                                v.get("rationale", "")))
+        if not variants[-1].env:
+            raise fail(f"{where} env", "missing: a variant is the environment it sets")
+    reading = section("reading")
+    queries = {role: list(strings("reading", key, [])) for role, key in (("research", "queries"),
+                                                                        ("competitors", "fork_queries"))
+               if reading.get(key)}
+    return ProjectConfig(
+        path=path, name=name, source=source, ref=target.get("ref"),
+        hot_paths=strings("target", "hot_paths", ["**"]),
+        # The file itself is the judge's rulebook: an experiment may not rewrite it.
+        protected=tuple(dict.fromkeys([*strings("target", "protected", []), CONFIG_NAME])),
+        description=target.get("description", ""), facts=strings("target", "facts", []),
+        build=step("build", 600), test=step("test", 600), bench=step("bench", 120), bench_cpus=cpus,
+        objective=objective, apt=apt, env=env, variants=tuple(variants), queries=queries)
+
+
+def _env(table: dict[str, Any], key: str, fail) -> dict[str, str]:
+    out = {}
+    for name, value in table.items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise fail(key, f"{name!r} is not an environment variable name")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise fail(f"{key} {name}", "must be a string or a number")
+        out[name] = str(value)
+    return out
+
+
+def _objective(table: dict[str, Any], fail) -> Objective:
+    metric = table.get("metric", "")
+    if not metric:
+        raise fail("[objective] metric", "missing: the name of the METRIC line to improve")
+    if not METRIC_NAME.match(metric):
+        raise fail("[objective] metric", f"{metric!r} is not a metric name (letters, digits, _ . -)")
+    direction = table.get("direction", "higher")
+    if direction not in ("higher", "lower"):
+        raise fail("[objective] direction", f"must be \"higher\" or \"lower\", not {direction!r}")
+    min_effect = float(table.get("min_effect", 0.01))
+    if not (0 <= min_effect < 1):
+        raise fail("[objective] min_effect", f"must be a fraction between 0 and 1 (0.01 = 1%), not {min_effect:g}")
+    guards = {}
+    for name, spec in (table.get("guards") or {}).items():
+        where = f"[objective.guards] {name}"
+        if not METRIC_NAME.match(name):
+            raise fail(where, "is not a metric name")
+        if name == metric:
+            raise fail(where, "is the objective itself")
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            spec = {"max_regression": spec}
+        if not isinstance(spec, dict):
+            raise fail(where, "must be a number (the largest tolerated regression, 0.05 = 5%) or a table "
+                              "{ max_regression = 0.05, direction = \"lower\" }")
+        unknown = set(spec) - {"max_regression", "direction"}
+        if unknown:
+            raise fail(f"{where} {sorted(unknown)[0]}", "unknown key; known: max_regression, direction")
+        limit = spec.get("max_regression", 0.03)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (0 <= limit < 1):
+            raise fail(f"{where} max_regression", "must be a fraction between 0 and 1 (0.05 = 5%)")
+        guard_direction = spec.get("direction", "higher")
+        if guard_direction not in ("higher", "lower"):
+            raise fail(f"{where} direction", f"must be \"higher\" or \"lower\", not {guard_direction!r}")
+        guards[name] = Guard(float(limit), guard_direction)
+    return Objective(metric=metric, direction=direction, guards=guards, min_effect=min_effect,
+                     unit=table.get("unit", ""))
+
+
+def parse_metrics(output: str) -> tuple[dict[str, float], list[str]]:
+    """The `METRIC name=value` lines of a bench run: {name: value}, and the problems seen (non-numeric values).
+
+    A metric printed several times in one run counts by its median (a bench that loops prints each pass)."""
+    seen: dict[str, list[float]] = {}
+    problems: list[str] = []
+    for line in output.splitlines():
+        m = _METRIC_LINE.match(line)
+        if not m:
+            continue
+        name, raw = m.group(1), m.group(2)
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name}={raw!r} is not a number")
+            continue
+        if not math.isfinite(value):
+            problems.append(f"{name}={raw} is not a finite number")
+            continue
+        seen.setdefault(name, []).append(value)
+    return {k: sorted(v)[len(v) // 2] if len(v) % 2 else (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2
+            for k, v in seen.items()}, problems

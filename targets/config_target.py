@@ -1,0 +1,223 @@
+"""Any project with a build, a test suite and a benchmark, described by its readfirst.toml.
+
+Every command runs in the same sandbox as llama.cpp's (no network, limits, killed at its timeout). A build is
+clean: the commit's tree is exported from git, copied into a fresh artifact directory inside the container and
+built there, so that what a build leaves is the artifact and nothing of it leaks into the next build. Tests and
+benchmark runs copy the artifact into the container's scratch (/tmp) and run there: every run starts from the
+same files, and the artifact stays as it was built.
+
+A variant is {"build_env": {...}, "run_env": {...}}: environment for the build, and for the test and bench runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from ..config import Paths
+from ..errors import BaselineBroken, SandboxError
+from ..protocols import Sandbox
+from ..records import (Baseline, BuildConfig, BuildResult, CheckResult, Checks, Measurement, Mount, Profile,
+                       from_dict, to_dict)
+from ..sandbox.workers import cpu_model, short_digest
+from ..sources import SourceRepo
+from .base import GitTarget
+from .config_file import ConfigError, ProjectConfig, parse_metrics
+from .llama_cpp.target import bench_cpus
+
+
+def _env_note(env: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+
+
+class ConfigTarget(GitTarget):
+    """A project as its readfirst.toml describes it."""
+
+    def __init__(self, paths: Paths, sandbox: Sandbox, source: SourceRepo, config: ProjectConfig, *,
+                 say: Callable[[str], None] = lambda _: None):
+        super().__init__(paths, sandbox, source, say=say)
+        self.config = config
+        self.name = config.name
+        self.objective = config.objective
+        self.hot_paths = config.hot_paths
+        self.protected = config.protected
+
+    # -- the Target interface -------------------------------------------------------------------------------------
+    def prepare(self) -> Baseline:
+        commit = self.source.baseline
+        variant: dict[str, Any] = {"build_env": {}, "run_env": {}}
+        self.say(f"building the baseline of {self.name}")
+        build = self.build(commit, variant)
+        if not build.ok:
+            raise BaselineBroken(f"the baseline of {self.name} does not build ({build.stage}; `{self.config.build.command}`"
+                                 f"): {_last_lines(build.log_tail)}")
+        self.say(f"testing the baseline of {self.name}")
+        checks = self.checks(commit, variant, baseline=None)
+        failed = checks.first_failure()
+        if failed is not None:
+            raise BaselineBroken(f"the baseline of {self.name} fails its own tests (`{self.config.test.command}`): "
+                                 f"{failed.reason}")
+        try:
+            self.measure(commit, variant)
+        except SandboxError as e:
+            raise ConfigError(f"{self.config.path.name}: [bench] command: {e}") from None
+        return Baseline(commit, variant, checks, "", build.duration_s)
+
+    def build(self, commit: str, variant: Mapping[str, Any], *, worker: int = 0) -> BuildResult:
+        env = dict(variant.get("build_env") or {})
+        config = BuildConfig([], _env_note(env), f"{self.config.build.command}"
+                                                 + (f" with {_env_note(env)}" if env else ""))
+        art = self._artifact(commit, env)
+        record = art / "build.json"
+        if record.is_file():
+            try:
+                built = from_dict(BuildResult, json.loads(record.read_text()))
+                return BuildResult(True, "ok", 0.0, f"reused the build of {commit[:10]}", built.config, commit,
+                                   built.log_path, reused=True)
+            except (ValueError, TypeError):
+                pass
+        shutil.rmtree(art, ignore_errors=True)
+        tree = art / "tree"
+        tree.mkdir(parents=True)
+        staged = self._staged_tree(commit)
+        command = f"cp -a /src/. /work/ && cd /work && exec /bin/sh -c {shlex.quote(self.config.build.command)}"
+        r, out = self._run(command, timeout_s=self.config.build.timeout_s, log_name="build",
+                           mounts=[Mount(staged, "/src", True), Mount(tree, "/work", False)], workdir="/work",
+                           env={**self.config.env, **env})
+        self._discard(out)
+        stage = "ok" if r.ok else ("timeout" if r.timed_out else "compile")
+        result = BuildResult(r.ok, stage, r.duration_s, r.output_tail[-8000:], config, commit, r.log_path)
+        if r.ok:
+            record.write_text(json.dumps(to_dict(result)))
+        else:
+            shutil.rmtree(art, ignore_errors=True)
+        return result
+
+    def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline | None,
+               worker: int = 0) -> Checks:
+        """The project's own test command on the build; exit 0 passes."""
+        step = self.config.test
+        r = self._in_copy(commit, variant, step.command, step.timeout_s, "test")
+        if r.timed_out:
+            reason = f"the tests timed out after {step.timeout_s:g} s (`{step.command}`)."
+        elif not r.ok:
+            reason = f"the tests failed (exit {r.exit_code}): {_last_lines(r.output_tail)}"
+        else:
+            reason = ""
+        return Checks([CheckResult("tests", r.ok, reason, r.duration_s,
+                                   {"command": step.command, "exit_code": r.exit_code, "timed_out": r.timed_out,
+                                    "log_tail": r.output_tail[-3000:]})])
+
+    def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
+        """One run of the bench command, pinned to a fixed CPU set, one benchmark on the machine at a time."""
+        step = self.config.bench
+        cpus = bench_cpus(self.config.bench_cpus or len(os.sched_getaffinity(0)))
+        self.paths.cache.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.paths.cache / "bench.lock")):
+            r = self._in_copy(commit, variant, step.command, step.timeout_s, "bench", cpuset=cpus)
+        if r.timed_out:
+            raise SandboxError(f"the bench command timed out after {step.timeout_s:g} s and was killed")
+        if not r.ok:
+            raise SandboxError(f"the bench command failed (exit {r.exit_code}): {_last_lines(r.output_tail)}")
+        values, problems = parse_metrics(r.output_tail)
+        metric = self.objective.metric
+        if metric not in values:
+            why = f"; {problems[0]}" if problems else ""
+            printed = ", ".join(f"{k}={v:g}" for k, v in values.items()) or "no METRIC line at all"
+            raise SandboxError(f"it printed no `METRIC {metric}=<number>` line{why} (it printed: {printed})")
+        return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command})
+
+    def profile(self, baseline: Baseline) -> Profile:
+        runs = [self.measure(baseline.commit, baseline.variant).values for _ in range(3)]
+        metrics = {k: statistics.median(r[k] for r in runs) for k in runs[0] if all(k in r for r in runs)}
+        metric, unit = self.objective.metric, f" {self.objective.unit}" if self.objective.unit else ""
+        facts = [f"Project: {self.name}" + (f" — {self.config.description}" if self.config.description else "."),
+                 *self.config.facts,
+                 f"The objective is {metric} ({self.objective.direction} is better): the baseline measures "
+                 f"{metrics.get(metric, float('nan')):g}{unit} (median of 3 runs of `{self.config.bench.command}`).",
+                 f"Building takes {baseline.build_s:.0f} s and the tests "
+                 f"{sum(c.duration_s for c in baseline.checks.results):.0f} s; edits matter under "
+                 f"{', '.join(self.hot_paths)}."]
+        return Profile(facts, metrics, dict(self.config.queries),
+                       {"runs": runs, "setup": {"cpu": cpu_model(), "command": self.config.bench.command}})
+
+    def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for v in self.config.variants:
+            key = "build_env" if v.kind == "build" else "run_env"
+            current = variant.get(key) or {}
+            if all(current.get(k) == value for k, value in v.env.items()):
+                continue  # already in effect
+            out.append({"kind": v.kind, "title": v.title, "rationale": v.rationale or f"set {_env_note(v.env)}",
+                        "change": {key: v.env}})
+        return out
+
+    def apply(self, variant: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(change) - {"build_env", "run_env"}
+        if unknown:
+            raise ValueError(f"a {self.name} variant changes build_env or run_env, not {', '.join(sorted(unknown))}")
+        out = {"build_env": dict(variant.get("build_env") or {}), "run_env": dict(variant.get("run_env") or {})}
+        for key, env in change.items():
+            out[key].update({str(k): str(v) for k, v in env.items()})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "config": str(self.config.path), "source": self.source.origin,
+                "repository": str(self.source.path), "baseline": self.source.baseline,
+                "build": self.config.build.command, "test": self.config.test.command,
+                "bench": self.config.bench.command,
+                "objective": {"metric": self.objective.metric, "direction": self.objective.direction}}
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+    def _artifact(self, commit: str, build_env: Mapping[str, str]) -> Path:
+        key = short_digest(json.dumps([self.config.build.command, self.config.env, dict(build_env),
+                                       self.config.apt, cpu_model()], sort_keys=True))
+        return self.paths.cache / "artifacts" / self.source.key / f"{commit[:16]}-{key}"
+
+    def _staged_tree(self, commit: str) -> Path:
+        """The commit's files, exported from git once per commit (no .git: builds see no repository metadata)."""
+        dest = self.paths.cache / "trees" / self.source.key / commit[:16]
+        if (dest / ".complete").is_file():
+            return dest
+        with FileLock(str(dest) + ".lock"):
+            if (dest / ".complete").is_file():
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(self.source.path), "archive", "--format=tar", commit],
+                                     capture_output=True)
+            if archive.returncode != 0:
+                raise SandboxError(f"git archive {commit[:10]} failed: {archive.stderr.decode()[-400:]}")
+            unpack = subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, capture_output=True)
+            if unpack.returncode != 0:
+                raise SandboxError(f"unpacking {commit[:10]} failed: {unpack.stderr.decode()[-400:]}")
+            (dest / ".complete").write_text(commit)
+        return dest
+
+    def _in_copy(self, commit: str, variant: Mapping[str, Any], command: str, timeout_s: float, log_name: str,
+                 cpuset: str | None = None):
+        """`command` in a scratch copy of the build of (commit, variant)."""
+        build_env = dict(variant.get("build_env") or {})
+        tree = self._artifact(commit, build_env) / "tree"
+        if not (tree.parent / "build.json").is_file():
+            raise SandboxError(f"no build of {commit[:10]} to run: build it first")
+        wrapped = (f"cp -a /artifact/. /tmp/work && cd /tmp/work && exec /bin/sh -c {shlex.quote(command)}")
+        r, out = self._run(wrapped, timeout_s=timeout_s, log_name=log_name, workdir="/tmp",
+                           mounts=[Mount(tree, "/artifact", True)], cpuset=cpuset,
+                           env={**self.config.env, **build_env, **(variant.get("run_env") or {})})
+        self._discard(out)
+        return r
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-400:] or "no output"

@@ -1,0 +1,561 @@
+"""The llama.cpp target: build, test, benchmark and check the logits of a commit, inside the sandbox.
+
+Everything llama-specific lives here and in this package: llama-bench and its tg/pp tests, the KLD gate, the
+ctest subset, the synthetic model, the bandwidth roofline facts, the AMX fallback, ggml's CMake flags, threads /
+flash attention / micro-batch. Roles and graph see only the Target interface (readfirst.protocols.Target).
+
+A variant is {"build": BuildConfig as a dict, "run": {"threads", "flash_attn", "ubatch"}, "model": path}; the
+benchmark's shape (prompt and generated tokens) is the run's, fixed for all of its experiments.
+
+Container layout for every command: /src the worker's checkout (read-only), /build its build directory for the
+configuration, /ccache the compiler cache, /models the models (read-only), /out a fresh scratch directory whose
+files are read back without following symlinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from ...config import Paths
+from ...errors import SandboxError
+from ...protocols import Sandbox
+from ...records import (Baseline, BenchResult, BenchSample, BuildConfig, BuildResult, CheckResult, Checks,
+                        CommandResult, KLDResult, Measurement, Mount, Objective, Profile, TestCase, TestResult,
+                        from_dict, to_dict)
+from ...sandbox.readback import read_text_inside
+from ...sandbox.workers import Worker, cpu_has, cpu_model, cpu_signature, short_digest
+from ...sources import SourceRepo, git
+from ..base import GitTarget
+from .logits import KLDThresholds, kld_failure, parse_kld
+
+# The fast ctest subset that exercises ggml's CPU numerics directly: quantize/dequantize and vec_dot of every
+# type against the reference implementation (test-quantize-fns), RoPE (test-rope), the tiled matmul path against
+# a naive one (test-tiled-mulmat), and the thread pool barrier the CPU graph executor relies on (test-barrier).
+# Tokenizer, grammar, chat and server tests do not touch the kernels a performance patch changes.
+FAST_TESTS = ("test-quantize-fns", "test-rope", "test-tiled-mulmat", "test-barrier")
+TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
+# The benchmark, the logits check and the tests are read-only to experiments.
+PROTECTED = ("tools/llama-bench/*", "tools/perplexity/*", "tools/quantize/*", "tests/*")
+# The CPU backend's hot code, upstream's and the forks' (ik_llama.cpp keeps its CPU kernels in ggml/src/iqk and
+# its graph code in ggml/src/ggml.c).
+HOT_PATHS = ("ggml/src/ggml-cpu/*", "ggml/src/iqk/*", "ggml/src/ggml.c", "ggml/src/ggml-quants.c")
+
+BASE_CMAKE = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_CCACHE=ON", "-DLLAMA_CURL=OFF",
+              "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON",
+              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+              "-DLLAMA_USE_PREBUILT_UI=OFF")
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+_LINK_ERRORS = re.compile(r"undefined reference|collect2: error|ld returned|ld: cannot find|multiple definition")
+
+# Build configurations a maintainer would try; offered as offline candidates (Target.variants).
+BUILD_VARIANTS = (
+    ("-DGGML_OPENMP=OFF", "ggml's own thread pool instead of OpenMP (different barrier and wake-up costs)"),
+    ("-DGGML_LTO=ON", "link-time optimization across ggml's translation units"),
+    ("-DBUILD_SHARED_LIBS=OFF", "static libraries: no PLT indirection on calls between ggml and llama"),
+)
+
+# What the agents read about, by role. Memory-bound generation wants fewer bytes and fewer passes; compute-bound
+# prompt processing wants better matmul kernels.
+MEMORY_BOUND_QUERIES = (
+    "operator fusion to reduce memory traffic in LLM inference on CPU",
+    "fused RMS norm and multiply kernel",
+    "flash attention kernel for the CPU",
+    "quantized matrix-vector product memory bandwidth bound decoding",
+    "thread synchronization barrier overhead in graph execution",
+)
+COMPUTE_BOUND_QUERIES = (
+    "quantized matrix multiplication kernel tiling for CPU prompt processing",
+    "weight repacking interleaved blocks for SIMD dot products",
+    "tinyBLAS llamafile matrix multiplication",
+)
+FORK_QUERIES = (
+    "fused rms_norm multiply CPU kernel",
+    "flash attention CPU kernel",
+    "softmax CPU vectorized",
+    "q4_0 dot product AVX2",
+    "matrix multiplication quantized CPU",
+    "rope CPU kernel",
+    "thread barrier synchronization graph compute",
+)
+
+
+def research_queries(facts: Sequence[str]) -> list[str]:
+    memory_bound = any("memory-bound" in f for f in facts)
+    queries = list(MEMORY_BOUND_QUERIES if memory_bound else MEMORY_BOUND_QUERIES[2:] + MEMORY_BOUND_QUERIES[:2])
+    return queries + list(COMPUTE_BOUND_QUERIES)
+
+
+def native_config() -> BuildConfig:
+    return BuildConfig(cmake_flags=list(BASE_CMAKE), c_flags="", note="native")
+
+
+def fallback_configs() -> list[BuildConfig]:
+    """Configurations to try when the native baseline crashes or fails its checks, most native first.
+
+    Seen: on AVX-512 + AMX Xeons the pinned llama.cpp crashes in its AMX matmul during prompt processing
+    (upstream #20824); native flags without AMX run.
+    """
+    configs = []
+    if cpu_has_amx():
+        configs.append(BuildConfig(list(BASE_CMAKE), NO_AMX, "native without AMX (AMX matmul crashes: #20824)"))
+    configs.append(BuildConfig([f for f in BASE_CMAKE if f != "-DGGML_NATIVE=ON"] + ["-DGGML_NATIVE=OFF"], "",
+                               "portable (GGML_NATIVE=OFF)"))
+    return configs
+
+
+def cpu_has_amx() -> bool:
+    return cpu_has("amx_tile")
+
+
+def config_key(config: BuildConfig) -> str:
+    return short_digest(json.dumps([config.cmake_flags, config.c_flags, cpu_signature()]))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    n_prompt: int = 512
+    n_gen: int = 128
+    threads: int = 2
+    flash_attn: bool = True
+    repetitions: int = 5
+    ubatch: int = 0  # 0: llama-bench's default
+
+
+RUN_SETTINGS = ("threads", "flash_attn", "ubatch")  # the runtime part of a variant
+
+
+def make_variant(config: BuildConfig, options: BenchOptions, model: Path | str) -> dict[str, Any]:
+    return {"build": dataclasses.asdict(config), "run": {k: getattr(options, k) for k in RUN_SETTINGS},
+            "model": str(model)}
+
+
+class LlamaCppTarget(GitTarget):
+    name = "llama.cpp"
+    protected = PROTECTED
+    hot_paths = HOT_PATHS
+    objective = Objective(metric="tg", direction="higher", guards=None, unit="t/s")
+    kld_thresholds = KLDThresholds()
+
+    def __init__(self, paths: Paths, sandbox: Sandbox, source: SourceRepo, *, model: Path | None = None,
+                 quant: str = "Q4_0", shape: BenchOptions = BenchOptions(), config: BuildConfig | None = None,
+                 say: Callable[[str], None] = lambda _: None, build_timeout_s: float = 3600,
+                 run_timeout_s: float = 1800):
+        super().__init__(paths, sandbox, source, say=say)
+        self.user_model = model
+        self.quant = quant
+        self.shape = shape
+        self.config = config or native_config()
+        self.build_timeout_s = build_timeout_s
+        self.run_timeout_s = run_timeout_s
+        self.use_ccache = True  # off only to measure cold builds
+
+    # -- the Target interface -------------------------------------------------------------------------------------
+    def prepare(self) -> Baseline:
+        """Build and check the baseline (falling back from the native build when it does not work here), and make
+        or import the model every experiment is measured on."""
+        from .baseline import establish_baseline
+        verified, model = establish_baseline(self, say=self.say, build_model=self.make_model)
+        variant = make_variant(verified.config, self.shape, model)
+        return Baseline(verified.commit, variant, Checks([_tests_check(verified.tests)]), verified.fallback_reason,
+                        verified.build.duration_s)
+
+    def build(self, commit: str, variant: Mapping[str, Any] | None = None, *, worker: int = 0,
+              reuse: bool = True) -> BuildResult:
+        config = self._config(variant)
+        if reuse and self.has_build(commit, config):
+            return BuildResult(True, "ok", 0.0, f"reused the build of {commit[:10]} ({config.note})", config,
+                               commit, reused=True)
+        return self.build_config(commit, worker=worker, config=config)
+
+    def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
+        """The ctest subset (its result kept with the build, so an unchanged build is not tested twice), then the
+        logits against the baseline's (llama-perplexity --kl-divergence)."""
+        config = self._config(variant)
+        tests = self._tests_of(commit, config, worker)
+        results = [_tests_check(tests)]
+        if not tests.ok:
+            return Checks(results)
+        base_config = self._config(baseline.variant)
+        model = Path(variant["model"])
+        t0 = _now()
+        try:
+            base_logits = self.kld_base(baseline.commit, model=model, config=base_config,
+                                        flash_attn=bool(baseline.variant["run"]["flash_attn"]))
+            kld = self.logits_check(commit, model=model, base_logits=base_logits, config=config,
+                                    flash_attn=bool(variant["run"]["flash_attn"]))
+        except SandboxError as e:
+            results.append(CheckResult("logits", False, f"the logits check could not run: {str(e)[:300]}",
+                                       round(_now() - t0, 2)))
+            return Checks(results)
+        failure = kld_failure(kld, self.kld_thresholds)
+        results.append(CheckResult("logits", failure is None, failure or "", round(_now() - t0, 2), to_dict(kld)))
+        return Checks(results)
+
+    def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
+        """One llama-bench run (one repetition of each test) at the run's shape."""
+        options = self._options(variant, repetitions=1)
+        result = self.bench(commit, model=Path(variant["model"]), options=options, config=self._config(variant))
+        return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
+                           {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
+                            "flash_attn": result.flash_attn})
+
+    def profile(self, baseline: Baseline) -> Profile:
+        """The baseline benchmarked (3 repetitions) and the machine's read bandwidth measured in the sandbox: how
+        far generation is from its bandwidth limit decides what is worth reading about."""
+        from .model import bytes_read_per_token
+        from .profile import make_profile, measure_read_bandwidth
+        model = Path(baseline.variant["model"])
+        bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
+                           config=self._config(baseline.variant))
+        # The probe is a benchmark too: it takes the benchmark lock so that nothing else measures beside it.
+        with FileLock(str(self.paths.cache / "bench.lock")):
+            read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
+                                              threads=int(baseline.variant["run"]["threads"]))
+        prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+        return Profile(prof.facts, {s.test: s.mean_ts for s in bench.samples},
+                       {"research": research_queries(prof.facts), "competitors": list(FORK_QUERIES)},
+                       {**prof.to_dict(), "bench": to_dict(bench),
+                        "setup": {"cpu": bench.cpu, "threads": bench.threads, "cpus": bench.cpus,
+                                  "flash_attn": bench.flash_attn}})
+
+    def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Build flags a maintainer would try, and the runtime settings a user would tune."""
+        flags = list(variant["build"]["cmake_flags"])
+        run = variant["run"]
+        out = [{"kind": "build", "title": f"build with {flag}", "rationale": why,
+                "change": {"cmake_flags_add": [flag]}} for flag, why in BUILD_VARIANTS if flag not in flags]
+        cpus = os.cpu_count() or 1
+        for t in sorted({1, max(1, cpus // 2), cpus} - {run.get("threads")}):
+            out.append({"kind": "runtime", "title": f"run with {t} thread{'s' if t > 1 else ''}",
+                        "rationale": "Generation is bandwidth-bound: fewer threads may saturate memory with less "
+                                     "synchronization; more may hide latency.", "change": {"run": {"threads": t}}})
+        fa = not run.get("flash_attn", True)
+        out.append({"kind": "runtime", "title": f"flash attention {'on' if fa else 'off'}",
+                    "rationale": "Flash attention changes the attention kernel and its memory traffic.",
+                    "change": {"run": {"flash_attn": fa}}})
+        for ub in (256, 1024):
+            if run.get("ubatch") != ub:
+                out.append({"kind": "runtime", "title": f"micro-batch {ub}",
+                            "rationale": "Prompt processing is compute-bound: the micro-batch sets the matmul tile "
+                                         "the kernels see.", "change": {"run": {"ubatch": ub}}})
+        return _interleave([h for h in out if h["kind"] == "build"], [h for h in out if h["kind"] == "runtime"])
+
+    def apply(self, variant: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+        out = json.loads(json.dumps(dict(variant)))  # a deep copy of plain data
+        added = list(change.get("cmake_flags_add") or [])
+        if added:
+            names = {a.split("=")[0] for a in added}
+            build = out["build"]
+            build["cmake_flags"] = [f for f in build["cmake_flags"] if f.split("=")[0] not in names] + added
+            build["note"] = f"{build.get('note', '')} + {' '.join(added)}".strip(" +")
+        unknown = set(change.get("run") or {}) - set(RUN_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown llama.cpp runtime setting(s): {', '.join(sorted(unknown))}")
+        out["run"].update(change.get("run") or {})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source.origin, "repository": str(self.source.path),
+                "baseline": self.source.baseline, "config": self.config.note,
+                "shape": {"n_prompt": self.shape.n_prompt, "n_gen": self.shape.n_gen},
+                "objective": dataclasses.asdict(self.objective)}
+
+    # -- variants ------------------------------------------------------------------------------------------------
+    def _config(self, variant: Mapping[str, Any] | None) -> BuildConfig:
+        return from_dict(BuildConfig, dict(variant["build"])) if variant else self.config
+
+    def _options(self, variant: Mapping[str, Any], *, repetitions: int) -> BenchOptions:
+        run = variant["run"]
+        return replace(self.shape, threads=int(run["threads"]), flash_attn=bool(run["flash_attn"]),
+                       ubatch=int(run.get("ubatch") or 0), repetitions=repetitions)
+
+    def make_model(self, target: "LlamaCppTarget", commit: str) -> Path:
+        """Import the user's GGUF, or synthesize the TinyLlama-shaped one with this build's llama-quantize."""
+        from .model import import_model, synthesize
+        if self.user_model is not None:
+            return import_model(self.user_model, self.paths.models)
+        return synthesize(target, commit, self.paths.models, quant=self.quant, say=self.say)
+
+    # -- plumbing --------------------------------------------------------------------------------------------------
+    def artifact_dir(self, commit: str, config: BuildConfig | None = None) -> Path:
+        """Where a build's binaries are kept, so benchmarks of any two builds can alternate without rebuilding."""
+        return self.paths.cache / "artifacts" / self.source.key / f"{commit[:16]}-{config_key(config or self.config)}"
+
+    def has_build(self, commit: str, config: BuildConfig | None = None) -> bool:
+        return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
+
+    def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
+             workdir: str = "/tmp", cpuset: str | None = None,
+             env: Mapping[str, str] | None = None) -> tuple[CommandResult, Path]:
+        ccache = self.paths.ccache / short_digest(cpu_signature())
+        ccache.mkdir(parents=True, exist_ok=True)
+        self.paths.models.mkdir(parents=True, exist_ok=True)
+        env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1", **(env or {})}
+        if not self.use_ccache:
+            env["CCACHE_DISABLE"] = "1"
+        return super()._run(command, timeout_s=timeout_s, log_name=log_name, workdir=workdir, cpuset=cpuset,
+                            env=env, mounts=[Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
+                                             *mounts])
+
+    def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
+        return [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(config)), "/build", False)]
+
+    def _tool_mounts(self, commit: str, config: BuildConfig | None) -> list[Mount]:
+        """A finished build's binaries at the path they were linked for (/build/bin), read-only."""
+        art = self.artifact_dir(commit, config)
+        if not (art / "bin" / "llama-bench").is_file():
+            raise SandboxError(f"no build of {commit[:10]} ({(config or self.config).note}) to run: build it first")
+        return [Mount(art / "bin", "/build/bin", True)]
+
+    # -- build -------------------------------------------------------------------------------------------------------
+    def build_config(self, commit: str, *, worker: int = 0, targets: Sequence[str] = TOOLS + FAST_TESTS,
+                     config: BuildConfig | None = None) -> BuildResult:
+        """Configure and build `commit` in a worker's checkout (incrementally), and keep its binaries."""
+        config = config or self.config
+        w = self._worker(worker)
+        with w.locked():
+            w.checkout(commit)
+            mounts = self._worker_mounts(w, config)
+            flags = " ".join(config.cmake_flags)
+            if config.c_flags:
+                flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
+            configure, out = self._run(f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure",
+                                       mounts=mounts, workdir="/build")
+            self._discard(out)
+            if not configure.ok:
+                return self._build_result(False, "timeout" if configure.timed_out else "configure", configure,
+                                          commit, config)
+            art = self.artifact_dir(commit, config)
+            art.mkdir(parents=True, exist_ok=True)
+            (art / "tests.json").unlink(missing_ok=True)  # a new build: its tests have not run
+            jobs = max(1, int(getattr(getattr(self.sandbox, "limits", None), "cpus", os.cpu_count() or 1)))
+            build, out = self._run(f"cmake --build /build -j {jobs} --target {' '.join(targets)} && "
+                                   f"rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
+                                   timeout_s=self.build_timeout_s, log_name="build",
+                                   mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build")
+            self._discard(out)
+            duration = configure.duration_s + build.duration_s
+            if build.ok:
+                return self._build_result(True, "ok", build, commit, config, duration)
+            stage = "timeout" if build.timed_out else ("link" if _LINK_ERRORS.search(build.output_tail)
+                                                       else "compile")
+            return self._build_result(False, stage, build, commit, config, duration)
+
+    def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str, config: BuildConfig,
+                      duration: float | None = None) -> BuildResult:
+        return BuildResult(ok=ok, stage=stage, duration_s=round(duration if duration is not None else r.duration_s, 3),
+                           log_tail=r.output_tail[-8000:], config=config, commit=commit, log_path=r.log_path)
+
+    # -- tests ---------------------------------------------------------------------------------------------------
+    def _tests_of(self, commit: str, config: BuildConfig, worker: int) -> TestResult:
+        """The ctest subset of a build, run once per build: an unchanged build's result is read back."""
+        record = self.artifact_dir(commit, config) / "tests.json"
+        try:
+            return from_dict(TestResult, json.loads(record.read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
+        # ctest runs in the worker's build directory, which must hold this very build.
+        build = self.build_config(commit, worker=worker, config=config)
+        if not build.ok:
+            return TestResult(False, [], f"the build for the tests failed at {build.stage}: {build.log_tail[-1000:]}",
+                              build.duration_s)
+        tests = self.run_tests(commit, worker=worker, config=config)
+        if record.parent.is_dir():
+            record.write_text(json.dumps(to_dict(tests)))
+        return tests
+
+    def run_tests(self, commit: str, *, worker: int = 0, tests: Sequence[str] = FAST_TESTS,
+                  config: BuildConfig | None = None) -> TestResult:
+        """Run the fast ctest subset in the worker's build of `commit` (build it first)."""
+        config = config or self.config
+        w = self._worker(worker)
+        with w.locked():
+            w.checkout(commit)
+            pattern = "^(" + "|".join(re.escape(t) for t in tests) + ")$"
+            r, out = self._run(f"ctest --test-dir /build -R '{pattern}' --timeout 600 --output-on-failure "
+                               f"--output-junit /out/junit.xml", timeout_s=self.run_timeout_s, log_name="ctest",
+                               mounts=self._worker_mounts(w, config), workdir="/build")
+            try:
+                cases = _parse_junit(read_text_inside(out, "junit.xml"))
+            except (OSError, ET.ParseError):
+                cases = []
+            finally:
+                self._discard(out)
+        found = {c.name for c in cases}
+        missing = [TestCase(t, False, 0.0) for t in tests if t not in found]
+        cases += missing
+        return TestResult(ok=r.ok and not missing and all(c.passed for c in cases), cases=cases,
+                          log_tail=r.output_tail[-6000:], duration_s=r.duration_s)
+
+    # -- benchmark -------------------------------------------------------------------------------------------------
+    def bench(self, commit: str, *, model: Path, options: BenchOptions = BenchOptions(),
+              config: BuildConfig | None = None) -> BenchResult:
+        """llama-bench on a finished build. Benchmarks are serialized machine-wide: two at once measure each other."""
+        rel = self._model_in_container(model)
+        mounts = self._tool_mounts(commit, config)
+        extra = f" -ub {options.ubatch}" if options.ubatch else ""
+        cmd = (f"/build/bin/llama-bench -m {rel} -p {options.n_prompt} -n {options.n_gen} "
+               f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions}{extra} -o json "
+               f"> /out/bench.json")
+        self.paths.cache.mkdir(parents=True, exist_ok=True)
+        cpus = bench_cpus(options.threads)
+        with FileLock(str(self.paths.cache / "bench.lock")):
+            r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts, cpuset=cpus)
+        try:
+            text = read_text_inside(out, "bench.json") if r.ok else ""
+        finally:
+            self._discard(out)
+        if not r.ok:
+            raise SandboxError(f"llama-bench failed (exit {r.exit_code}{', timed out' if r.timed_out else ''}): "
+                               f"{r.output_tail[-1500:]}")
+        result = parse_bench_json(text, options=options, config=config or self.config, model=model.name)
+        result.cpus = cpus
+        return result
+
+    def _model_in_container(self, model: Path) -> str:
+        model = Path(model).resolve()
+        models = self.paths.models.resolve()
+        if models not in model.parents:
+            raise SandboxError(f"model {model} is not in the model cache {models}")
+        return "/models/" + str(model.relative_to(models))
+
+    # -- models ------------------------------------------------------------------------------------------------------
+    def quantize(self, commit: str, *, source_model: Path, dest: Path, quant: str,
+                 config: BuildConfig | None = None) -> Path:
+        """Quantize a model in the model cache with a build's llama-quantize; the result lands at `dest`."""
+        rel = self._model_in_container(source_model)
+        r, out = self._run(f"/build/bin/llama-quantize {rel} /out/model.gguf {quant} 2",
+                           timeout_s=self.run_timeout_s, log_name="quantize", mounts=self._tool_mounts(commit, config))
+        try:
+            produced = out / "model.gguf"
+            if not r.ok or produced.is_symlink() or not produced.is_file():
+                raise SandboxError(f"llama-quantize failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(produced, dest)
+        finally:
+            self._discard(out)
+        return dest
+
+    # -- logits ------------------------------------------------------------------------------------------------------
+    def _kld_text(self) -> Path:
+        """The evaluation text: documentation of the baseline tree, fixed for the whole life of the source."""
+        path = self.paths.cache / "kld" / f"text-{self.source.baseline[:12]}" / "text.txt"
+        if not path.exists():
+            parts = [git(self.source.path, "show", f"{self.source.baseline}:{f}", check=False).stdout
+                     for f in ("README.md", "docs/build.md", "CONTRIBUTING.md")]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n".join(p for p in parts if p))
+        return path
+
+    def _perplexity(self, commit: str, config: BuildConfig | None, model: Path, args: str, ctx: int, chunks: int,
+                    flash_attn: bool, extra: Sequence[Mount], log_name: str) -> tuple[CommandResult, Path]:
+        rel = self._model_in_container(model)
+        text = self._kld_text()
+        cmd = (f"/build/bin/llama-perplexity -m {rel} -f /text/text.txt -c {ctx} --chunks {chunks} -t 2 "
+               f"-fa {'on' if flash_attn else 'off'} {args}")
+        return self._run(cmd, timeout_s=self.run_timeout_s, log_name=log_name,
+                         mounts=[*self._tool_mounts(commit, config), Mount(text.parent, "/text", True), *extra])
+
+    def kld_base(self, commit: str, *, model: Path, config: BuildConfig | None = None, ctx: int = 128,
+                 chunks: int = 8, flash_attn: bool = True) -> Path:
+        """The baseline's logits (llama-perplexity --kl-divergence-base), cached per build, model and settings."""
+        config = config or self.config
+        dest = (self.paths.cache / "kld" / f"{commit[:12]}-{config_key(config)}-{Path(model).stem}-c{ctx}x{chunks}"
+                f"-fa{int(flash_attn)}" / "base.kld")
+        if dest.exists():
+            return dest
+        r, out = self._perplexity(commit, config, model, "--kl-divergence-base /out/base.kld", ctx, chunks,
+                                  flash_attn, (), "kld-base")
+        try:
+            if not r.ok:
+                raise SandboxError(f"llama-perplexity (baseline logits) failed: {r.output_tail[-1500:]}")
+            src = out / "base.kld"
+            if src.is_symlink() or not src.is_file():
+                raise SandboxError("the baseline logits file is missing or not a regular file")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        finally:
+            self._discard(out)
+        return dest
+
+    def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: BuildConfig | None = None,
+                     ctx: int = 128, chunks: int = 8, flash_attn: bool = True) -> KLDResult:
+        r, out = self._perplexity(commit, config, model, "--kl-divergence-base /kld/base.kld --kl-divergence", ctx,
+                                  chunks, flash_attn, [Mount(base_logits.parent, "/kld", True)], "kld")
+        self._discard(out)
+        if not r.ok:
+            return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
+                             f"llama-perplexity failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
+        return parse_kld(r.output_tail)
+
+
+def _now() -> float:
+    import time
+    return time.monotonic()
+
+
+def _tests_check(tests: TestResult) -> CheckResult:
+    """The ctest subset as a check, its failure a sentence naming the failed cases."""
+    failed = [c.name for c in tests.cases if not c.passed]
+    reason = ""
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        reason = f"tests failed: {shown} ({len(failed)} of {len(tests.cases)})."
+    elif not tests.ok:
+        tail = tests.log_tail.strip().splitlines()[-1:] or ["no output"]
+        reason = f"tests failed: {tail[0][:200]}"
+    return CheckResult("tests", tests.ok and not failed, reason, tests.duration_s,
+                       {"cases": [dataclasses.asdict(c) for c in tests.cases], "log_tail": tests.log_tail[-3000:]})
+
+
+def _interleave(*lists: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def bench_cpus(threads: int, allowed: set[int] | None = None) -> str:
+    """The CPUs a benchmark with `threads` threads is pinned to, the same set every run: the last `threads` of
+    those this process may use (CPU 0 takes most interrupts and housekeeping), or all of them when there are no
+    more than that (a 2-core machine: pinned to both, which fixes the set without narrowing it)."""
+    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cpus[-max(1, threads):])
+
+
+def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, model: str) -> BenchResult:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SandboxError(f"llama-bench wrote no valid JSON: {e}") from e
+    samples = []
+    for row in rows:
+        n_prompt, n_gen = int(row.get("n_prompt", 0)), int(row.get("n_gen", 0))
+        test = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
+        samples.append(BenchSample(test=test, n_prompt=n_prompt, n_gen=n_gen,
+                                   samples_ts=[float(x) for x in row.get("samples_ts", [])],
+                                   mean_ts=float(row.get("avg_ts", 0.0)), stddev_ts=float(row.get("stddev_ts", 0.0))))
+    first = rows[0] if rows else {}
+    return BenchResult(samples=samples, threads=options.threads, flash_attn=options.flash_attn,
+                       cpu=first.get("cpu_info") or cpu_model(), build_commit=str(first.get("build_commit", "")),
+                       config=config, model=model, raw=rows)
+
+
+def _parse_junit(text: str) -> list[TestCase]:
+    root = ET.fromstring(text)
+    cases = []
+    for tc in root.iter("testcase"):
+        failed = tc.find("failure") is not None or tc.find("error") is not None or tc.get("status") == "fail"
+        skipped = tc.find("skipped") is not None
+        cases.append(TestCase(tc.get("name", "?"), not failed and not skipped, float(tc.get("time", 0) or 0)))
+    return cases
