@@ -14,6 +14,11 @@ say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 if ! command -v python3 >/dev/null; then
   echo "python3 (3.11+) is required" >&2; exit 1
 fi
+# git: sources, experiments and forks are all git repositories.
+if ! command -v git >/dev/null; then
+  [ "$(id -u)" = 0 ] || { echo "git is missing; install it (as root: apt-get install -y git)" >&2; exit 1; }
+  say "installing git"; apt-get update -qq && apt-get install -y -qq git >/dev/null
+fi
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   [ "$(id -u)" = 0 ] || { echo "python3-venv is missing; install it (as root: apt-get install -y python3-venv)" >&2; exit 1; }
   say "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null

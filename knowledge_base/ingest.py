@@ -26,9 +26,16 @@ Progress = Callable[[str], None]
 
 def fork_recipe(fork: str, upstream: str = "llama.cpp", *, subdirs: Sequence[str] = (),
                 as_trees: bool | None = None) -> dict[str, Any]:
-    # Two pinned sdists are vendored trees with no shared history: compare them as trees.
-    trees = as_trees if as_trees is not None else (fork in KNOWN_SOURCES and upstream in KNOWN_SOURCES)
+    # Two pinned sdists are vendored trees with no shared history, and so is a plain directory (a vendored copy
+    # on either side): compare them as trees. Two git repositories are compared by their history.
+    trees = as_trees if as_trees is not None else (
+        (fork in KNOWN_SOURCES and upstream in KNOWN_SOURCES) or _plain_directory(fork) or _plain_directory(upstream))
     return {"kind": "fork", "fork": fork, "upstream": upstream, "subdirs": list(subdirs), "as_trees": trees}
+
+
+def _plain_directory(name: str) -> bool:
+    local = Path(name).expanduser()
+    return name not in KNOWN_SOURCES and local.is_dir() and not (local / ".git").exists()
 
 
 def source_key(recipe: dict[str, Any]) -> str:

@@ -137,8 +137,9 @@ class ConfigTarget(GitTarget):
         return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command})
 
     def profile(self, baseline: Baseline) -> Profile:
-        runs = [self.measure(baseline.commit, baseline.variant).values for _ in range(3)]
-        metrics = {k: statistics.median(r[k] for r in runs) for k in runs[0] if all(k in r for r in runs)}
+        runs = [self.measure(baseline.commit, baseline.variant) for _ in range(3)]
+        values = [r.values for r in runs]
+        metrics = {k: statistics.median(r[k] for r in values) for k in values[0] if all(k in r for r in values)}
         metric, unit = self.objective.metric, f" {self.objective.unit}" if self.objective.unit else ""
         facts = [f"Project: {self.name}" + (f" — {self.config.description}" if self.config.description else "."),
                  *self.config.facts,
@@ -147,8 +148,8 @@ class ConfigTarget(GitTarget):
                  f"Building takes {baseline.build_s:.0f} s and the tests "
                  f"{sum(c.duration_s for c in baseline.checks.results):.0f} s; edits matter under "
                  f"{', '.join(self.hot_paths)}."]
-        return Profile(facts, metrics, dict(self.config.queries),
-                       {"runs": runs, "setup": {"cpu": cpu_model(), "command": self.config.bench.command}})
+        return Profile(facts, metrics, dict(self.config.queries), {"runs": [r.values for r in runs],
+                                                                    "setup": runs[0].setup})
 
     def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
         out = []

@@ -94,12 +94,14 @@ def test_unrelated_histories_are_refused_unless_compared_as_trees(tmp_path, loca
     assert [u.key.split("::")[-1] for u in units] == ["file:ggml/src/fused.c"]
 
 
-def test_a_directory_that_is_not_a_git_repository_is_a_clear_error(tmp_path, local_paths):
+def test_a_vendored_fork_is_compared_as_a_tree_and_by_commits_it_is_a_clear_error(tmp_path, local_paths):
     upstream = make_repo(tmp_path / "upstream", UPSTREAM)
     plain = tmp_path / "plain"
     write_files(plain, UPSTREAM)
+    assert fork_recipe(str(plain), str(upstream))["as_trees"]  # a plain directory has no history to follow
+    assert not fork_recipe(str(upstream), str(upstream))["as_trees"]
     with pytest.raises(KnowledgeBaseError, match="plain is not a git repository"):
-        _units(fork_recipe(str(plain), str(upstream)), local_paths)
+        _units(fork_recipe(str(plain), str(upstream), as_trees=False), local_paths)
     with pytest.raises(KnowledgeBaseError, match="cannot prepare"):
         _units(fork_recipe(str(tmp_path / "missing"), str(upstream)), local_paths)
 

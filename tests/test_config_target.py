@@ -1,0 +1,238 @@
+"""The config target: any project with a build, a test suite and a benchmark, described by its readfirst.toml.
+
+Fast tests pin the file's validation (one sentence naming the key), the METRIC lines, the registry and the
+variants. The docker tests take a real third-party C library (LZ4, from the lz4 sdist on PyPI) through the real
+sandbox: a run that reads a fork holding a known win keeps it (git fork and vendored tree), and a project whose
+build, tests or bench misbehave is judged, killed or refused as it should be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from config_project import make_fork, make_project, vendored  # noqa: E402
+
+from readfirst.errors import ReadfirstError  # noqa: E402
+from readfirst.targets import make_spec  # noqa: E402
+from readfirst.targets.config_file import ConfigError, load_config, parse_metrics  # noqa: E402
+
+GOOD = """
+[target]
+name = "mylib"
+hot_paths = ["src/**"]
+protected = ["bench/**"]
+[build]
+command = "make -j2"
+[test]
+command = "make test"
+[bench]
+command = "./bench.sh"
+[objective]
+metric = "mb_per_s"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "readfirst.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_complete_file_loads_with_its_defaults(tmp_path):
+    config = load_config(write(tmp_path, GOOD + '[objective.guards]\nratio = 0.02\npeak_kb = { max_regression = '
+                                              '0.1, direction = "lower" }\n'))
+    assert config.name == "mylib" and config.source == str(tmp_path.resolve())
+    assert config.build.timeout_s == 600 and config.bench.timeout_s == 120
+    assert config.protected == ("bench/**", "readfirst.toml")  # the rulebook is never patched
+    assert config.objective.metric == "mb_per_s" and config.objective.direction == "higher"
+    assert config.objective.guards["peak_kb"].direction == "lower" and config.objective.guards["ratio"].max_regression == 0.02
+    assert config.objective.lower_is_better() == ("peak_kb",)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda t: t.replace("[bench]\ncommand = \"./bench.sh\"", "[bench]"), "[bench] command: missing"),
+    (lambda t: t + "[extra]\nx = 1\n", "[extra]: unknown section"),
+    (lambda t: t.replace('name = "mylib"', 'name = "mylib"\nnmae = "x"'), "[target] nmae: unknown key"),
+    (lambda t: t.replace('command = "make -j2"', "command = 3"), "[build] command: must be a string"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\ndirection = "up"'),
+     "[objective] direction: must be \"higher\" or \"lower\""),
+    (lambda t: t.replace('metric = "mb_per_s"', ""), "[objective] metric: missing"),
+    (lambda t: t + "[objective.guards]\nratio = 2\n", "[objective.guards] ratio max_regression"),
+    (lambda t: t + '[sandbox]\napt = ["libz dev"]\n', "[sandbox] apt: 'libz dev' is not a Debian package"),
+    (lambda t: t + '[[variants]]\ntitle = "O3"\n', "[[variants]] #1 env: missing"),
+    (lambda t: t.replace("[build]", "[build]\ntimeout_s = -1"), "[build] timeout_s"),
+    (lambda t: t + "[target\n", "not valid TOML"),
+])
+def test_a_bad_file_is_one_sentence_naming_the_key(tmp_path, edit, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, edit(GOOD)))
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_metric_lines_are_parsed_and_bad_values_named():
+    values, problems = parse_metrics("warming up\nMETRIC mb_per_s=812.5\nMETRIC ratio=2.1 x\n  METRIC mb_per_s=800\n"
+                                     "METRIC mb_per_s=900\nMETRIC speed=fast\nMETRIC n=inf\n")
+    assert values == {"mb_per_s": 812.5, "ratio": 2.1}  # a metric printed thrice counts by its median
+    assert problems == ["speed='fast' is not a number", "n=inf is not a finite number"]
+
+
+def test_the_registry_chooses_config_for_a_project_with_a_readfirst_toml(tmp_path):
+    write(tmp_path, GOOD)
+    assert make_spec(None, source=str(tmp_path))["name"] == "config"
+    assert make_spec(None, source="llama.cpp")["name"] == "llama.cpp"
+    with pytest.raises(ReadfirstError, match="unknown target 'mylib'; known: llama.cpp, config"):
+        make_spec("mylib", source=str(tmp_path))
+    with pytest.raises(ConfigError, match="needs a readfirst.toml"):
+        make_spec("config", source=str(tmp_path / "nowhere"))
+
+
+def test_variants_are_the_files_and_apply_only_what_they_name(tmp_path):
+    from readfirst.targets.config_target import ConfigTarget
+    config = load_config(write(tmp_path, GOOD + '[[variants]]\ntitle = "O3"\nenv = { CFLAGS = "-O3" }\n'
+                                              '[[variants]]\ntitle = "one thread"\nkind = "runtime"\n'
+                                              'env = { THREADS = 1 }\n'))
+    target = ConfigTarget(None, None, SimpleNamespace(path=tmp_path, baseline="b" * 40, origin=str(tmp_path),
+                                                      key="k"), config)
+    base = {"build_env": {}, "run_env": {}}
+    offered = target.variants(base)
+    assert [(v["kind"], v["change"]) for v in offered] == [("build", {"build_env": {"CFLAGS": "-O3"}}),
+                                                           ("runtime", {"run_env": {"THREADS": "1"}})]
+    o3 = target.apply(base, offered[0]["change"])
+    assert o3 == {"build_env": {"CFLAGS": "-O3"}, "run_env": {}} and base == {"build_env": {}, "run_env": {}}
+    assert [v["title"] for v in target.variants(o3)] == ["one thread"]  # what is in effect is not offered
+    with pytest.raises(ValueError, match="build_env or run_env"):
+        target.apply(base, {"cmake_flags_add": ["-DX=1"]})
+
+
+# -- the real thing: LZ4 in the sandbox --------------------------------------------------------------------------
+
+def readfirst(*args: str, home: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "READFIRST_HOME": str(home)}
+    env.pop("ANTHROPIC_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "readfirst.graph", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+RUN = ["run", "--offline", "--calibration-pairs", "0", "--max-runs", "18", "--json"]
+
+
+@pytest.fixture(scope="module")
+def lz4_project(tmp_path_factory, shared_cache):
+    root = tmp_path_factory.mktemp("lz4")
+    project = make_project(root / "lz4", shared_cache / "sdists")
+    return project, make_fork(project, root / "lz4-fork")
+
+
+def _kept_fix(summary: dict, rows: list[dict]) -> dict:
+    kept = [r for r in rows if r["decision"] == "keep" and r["id"] in summary["kept"]]
+    fix = [r for r in kept if "lz4.c" in r["title"]]
+    assert fix, [(r["title"], r["decision"], r["reason"]) for r in rows]
+    return fix[0]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["git fork", "vendored tree"])
+def test_a_run_reading_a_fork_keeps_its_faster_change_and_reports_the_speedup(lz4_project, tmp_path, docker_client,
+                                                                                base_image, form):
+    project, fork = lz4_project
+    fork_path = fork if form == "git fork" else vendored(fork, tmp_path / "vendored-fork")
+    proc = readfirst(*RUN, "--source", str(project), "--fork", str(fork_path), "--budget-experiments", "3",
+                     home=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert summary["target"] == "lz4" and summary["objective"] == "mb_per_s"
+    run = tmp_path / "runs" / summary["run_id"]
+    from readfirst.graph.ledger import Ledger
+    ledger = Ledger(run / "ledger.sqlite")
+    rows = ledger.rows()
+    ledger.close()
+    fix = _kept_fix(summary, rows)
+    assert fix["kind"] == "patch" and fix["speedup"] > 0.2 and fix["ci_low"] > 0.1  # three passes less
+    assert "-    {   /* checksum the input first" in fix["patch"]
+    assert summary["best_speedup"] >= fix["speedup"] * 0.99 and summary["best_patches"]
+    header = (run / "results.tsv").read_text().splitlines()[0].split("\t")
+    assert "mb_per_s_base" in header and "mb_per_s_cand" in header
+    assert any("mb_per_s" in f and "baseline measures" in f for f in summary["facts"])
+
+
+@pytest.fixture
+def lz4_target(lz4_project, paths, docker_client, base_image):
+    from readfirst.graph.deps import compose_target
+    project, _ = lz4_project
+    _, target = compose_target(paths, make_spec(None, source=str(project)), say=lambda _: None)
+    return target
+
+
+def _patch(target, old: str, new: str, path: str = "lz4/lz4.c") -> str:
+    import difflib
+    before = subprocess.run(["git", "-C", str(target.repository), "show", f"baseline:{path}"], capture_output=True,
+                            text=True, check=True).stdout
+    assert old in before
+    after = before.replace(old, new, 1)
+    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
+        before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_broken_build_and_broken_tests_are_discarded_with_their_reason(lz4_target):
+    from readfirst.agents.experiment import run_experiment
+    target = lz4_target
+    baseline = target.prepare()
+    best = {"commit": baseline.commit, "variant": baseline.variant}
+
+    def experiment(title: str, patch: str) -> dict:
+        h = {"id": "H1", "key": title, "kind": "patch", "title": title, "change": {"patch": patch}}
+        return run_experiment(h, target=target, best=best, baseline=baseline)
+
+    broken = experiment("does not compile", _patch(target, "int LZ4_compress_default(", "int LZ4_compress_default(}"))
+    assert (broken["decision"], broken["verdict"]["gate"]) == ("discard", "build") and "compile" in broken["reason"]
+    wrong = experiment("wrong output", _patch(target, "    return LZ4_compress_fast(src, dst, srcSize, maxOutputSize, 1);",
+                                             "    if (srcSize > 1) srcSize--;\n"
+                                             "    return LZ4_compress_fast(src, dst, srcSize, maxOutputSize, 1);"))
+    assert (wrong["decision"], wrong["verdict"]["gate"]) == ("discard", "tests")
+    assert "FAIL" in wrong["reason"] and wrong["verdict"]["stopped"] == "not measured"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_hanging_bench_is_killed_at_its_timeout_and_leaves_nothing_running(tmp_path, shared_cache, paths,
+                                                                             docker_client, base_image):
+    from readfirst.errors import SandboxError
+    from readfirst.graph.deps import compose_target
+    from readfirst.sandbox.docker_sandbox import LABEL
+    project = make_project(tmp_path / "hangs", shared_cache / "sdists", bench="sleep 600", bench_timeout=3,
+                           slowdown=False)
+    _, target = compose_target(paths, make_spec(None, source=str(project)), say=lambda _: None)
+    variant = {"build_env": {}, "run_env": {}}
+    assert target.build(target.source.baseline, variant).ok
+    with pytest.raises(SandboxError, match="timed out after 3 s"):
+        target.measure(target.source.baseline, variant)
+    assert docker_client.containers.list(all=True, filters={"label": LABEL}) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_bench_without_the_objective_metric_is_one_sentence(tmp_path, shared_cache, docker_client, base_image):
+    project = make_project(tmp_path / "nometric", shared_cache / "sdists", metric="throughput", slowdown=False)
+    proc = readfirst(*RUN, "--source", str(project), "--budget-experiments", "1", home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no `METRIC throughput=<number>` line" in proc.stderr and "mb_per_s=" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_readmes_readfirst_toml_loads_as_written(tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, block))
+    assert (config.name, config.objective.metric, config.build.command) == ("lz4", "mb_per_s", "make -j2")
+    assert [v.title for v in config.variants] == ["build with -O3"] and "ratio" in config.objective.guards

@@ -1,0 +1,182 @@
+"""The experiment pipeline (implement, apply, build, repair, checks, measure, verdict) on a small stand-in that
+satisfies the Target interface and nothing more. Patches are real commits in a real git repository; builds,
+checks and measurements are the stand-in's answers, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from readfirst.agents.experiment import evaluator_for, run_experiment
+from readfirst.errors import SandboxError
+from readfirst.records import (Baseline, BuildConfig, BuildResult, CheckResult, Checks, Measurement, Objective,
+                               Profile)
+from readfirst.sandbox.patch import commit_patch
+
+SOURCE = "int work(int n) {\n    return n * 2;\n}\n"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def patch_replacing(old: str, new: str, path: str = "src/work.c") -> str:
+    import difflib
+    after = SOURCE.replace(old, new)
+    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
+        SOURCE.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
+
+
+class PipelineTarget:
+    """A one-file C project. Its answers follow the code: a commit whose src/work.c holds `#error` does not build,
+    one holding `BUG` fails its tests, `FAST` makes it 10% faster; the variant {"opt": n} makes it n% faster."""
+    name = "pipeline"
+    objective = Objective(metric="ops_per_s", direction="higher", guards={})
+    hot_paths = ("src/*",)
+    protected = ("tests/*",)
+
+    def __init__(self, repo: Path):
+        self.repository = repo
+        self.calls: list[str] = []
+        self.bench_error: Exception | None = None
+        self.runs = 0
+
+    def _text(self, commit: str) -> str:
+        return git(self.repository, "show", f"{commit}:src/work.c")
+
+    def prepare(self) -> Baseline:
+        head = git(self.repository, "rev-parse", "HEAD")
+        return Baseline(head, {"opt": 0}, Checks([CheckResult("tests", True)]))
+
+    def commit_patch(self, patch: str, *, base: str, message: str = "experiment") -> str:
+        return commit_patch(self.repository, patch, base=base, message=message, protected=self.protected)
+
+    def build(self, commit: str, variant: dict[str, Any], *, worker: int = 0) -> BuildResult:
+        self.calls.append("build")
+        broken = "#error" in self._text(commit)
+        return BuildResult(not broken, "compile" if broken else "ok", 0.1,
+                           "src/work.c:2: error: #error here" if broken else "", BuildConfig(), commit)
+
+    def checks(self, commit: str, variant: dict[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
+        self.calls.append("checks")
+        bug = "BUG" in self._text(commit)
+        return Checks([CheckResult("tests", not bug, "work(2) returned 5, expected 4." if bug else "")])
+
+    def measure(self, commit: str, variant: dict[str, Any]) -> Measurement:
+        self.calls.append("measure")
+        if self.bench_error is not None:
+            raise self.bench_error
+        self.runs += 1
+        speed = 1000.0 * (1.10 if "FAST" in self._text(commit) else 1.0) * (1 + variant["opt"] / 100)
+        return Measurement({"ops_per_s": speed * (1 + 0.003 * math.sin(self.runs)), "noise": -1.0},
+                           {"cpu": "stand-in"})
+
+    def profile(self, baseline: Baseline) -> Profile:
+        return Profile(["a stand-in"], {})
+
+    def variants(self, variant: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"kind": "build", "title": "opt 5", "rationale": "", "change": {"opt": 5}}]
+
+    def apply(self, variant: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+        if set(change) - {"opt"}:
+            raise ValueError("only opt")
+        return {**variant, **change}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@pytest.fixture
+def target(tmp_path) -> PipelineTarget:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src/work.c").write_text(SOURCE)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    return PipelineTarget(repo)
+
+
+def run(target: PipelineTarget, change: dict[str, Any], *, kind: str = "patch", implement=None) -> dict[str, Any]:
+    baseline = target.prepare()
+    best = {"commit": baseline.commit, "variant": baseline.variant}
+    h = {"id": "H1", "key": "k", "kind": kind, "title": "t", "change": change}
+    return run_experiment(h, target=target, best=best, baseline=baseline, implement=implement,
+                          evaluator_config=evaluator_for(target, max_runs=18))
+
+
+def test_a_faster_patch_is_committed_built_checked_measured_and_kept(target):
+    row = run(target, {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")})
+    assert row["decision"] == "keep", row["reason"]
+    assert 0.08 < row["speedup"] < 0.12 and row["objective"] == "ops_per_s"
+    assert "FAST" in git(target.repository, "show", f"{row['candidate']['commit']}:src/work.c")
+    assert target.calls[:2] == ["build", "checks"] and set(target.calls[2:]) == {"measure"}
+    assert row["verdict"]["effects"].keys() == {"ops_per_s"}  # `noise` is neither the objective nor a guard
+
+
+def test_a_variant_is_applied_by_the_target_and_kept_on_its_merit(target):
+    row = run(target, {"variant": {"opt": 5}}, kind="build")
+    assert row["decision"] == "keep" and row["candidate"]["variant"] == {"opt": 5}
+    refused = run(target, {"variant": {"threads": 3}}, kind="runtime")
+    assert (refused["decision"], refused["verdict"]["gate"]) == ("discard", "apply") and "only opt" in refused["reason"]
+
+
+def test_a_patch_that_does_not_apply_or_touches_the_tests_is_discarded_unbuilt(target):
+    stale = run(target, {"patch": patch_replacing("n * 2", "n * 3").replace("n * 2", "n * 7")})
+    assert (stale["decision"], stale["verdict"]["gate"]) == ("discard", "apply")
+    judge = run(target, {"patch": patch_replacing("n * 2", "n * 3", path="tests/work.c")})
+    assert judge["verdict"]["gate"] == "apply" and "protected" in judge["reason"]
+    assert target.calls == []
+
+
+def test_a_build_failure_is_discarded_with_its_first_error(target):
+    row = run(target, {"patch": patch_replacing("return", "#error\n    return")})
+    assert (row["decision"], row["verdict"]["gate"]) == ("discard", "build")
+    assert "compile stage" in row["reason"] and "#error here" in row["reason"] and "measure" not in target.calls
+
+
+def test_the_implementer_repairs_a_failed_build_and_the_repair_is_measured(target):
+    attempts: list[dict] = []
+
+    def implement(hypothesis, base_commit):
+        attempts.append(hypothesis)
+        if "repair_log" not in hypothesis:
+            return patch_replacing("return", "#error\n    return"), {"usd": 0.01}
+        assert "#error here" in hypothesis["repair_log"] and "#error" in hypothesis["patch"]
+        return patch_replacing("n * 2", "n * 2 /* FAST */"), {"usd": 0.01}
+
+    row = run(target, {}, kind="llm", implement=implement)
+    assert len(attempts) == 2 and row["decision"] == "keep" and "repair_1" in row["llm"]
+    assert target.calls.count("build") == 2
+
+
+def test_a_failed_check_is_the_verdict_and_nothing_is_measured(target):
+    row = run(target, {"patch": patch_replacing("n * 2", "n * 2 + 1 /* BUG FAST */")})
+    assert (row["decision"], row["verdict"]["gate"]) == ("discard", "tests")
+    assert row["reason"] == "work(2) returned 5, expected 4." and "measure" not in target.calls
+    assert row["checks"]["results"][0]["passed"] is False
+
+
+@pytest.mark.parametrize("error, says", [(SandboxError("the bench command timed out after 3 s and was killed"),
+                                          "the benchmark failed: the bench command timed out"),
+                                         (ValueError("measure returned no usable values"), "unusable")])
+def test_a_benchmark_that_fails_discards_the_candidate_not_the_run(target, error, says):
+    target.bench_error = error
+    row = run(target, {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")})
+    assert (row["decision"], row["verdict"]["gate"]) == ("discard", "performance") and says in row["reason"]
+
+
+def test_the_seams_roles_and_graph_import_neither_docker_nor_a_concrete_target():
+    code = ("import sys, readfirst.protocols, readfirst.knowledge_base.ingest, readfirst.graph.workflow, "
+            "readfirst.agents.experiment, readfirst.agents.offline_policy; "
+            "bad = [m for m in sys.modules if m == 'docker' or m.startswith('readfirst.sandbox.docker') "
+            "or m.startswith('readfirst.targets.')]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
