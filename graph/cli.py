@@ -9,6 +9,7 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Paths
 from ..errors import ReadfirstError
@@ -50,7 +51,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ReadfirstError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}")
+        # escaped: a message may quote brackets ("[bench] command: missing") that rich would take for markup
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(e))}")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)

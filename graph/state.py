@@ -21,10 +21,10 @@ class RunState(TypedDict, total=False):
     run_id: str
     options: dict[str, Any]             # the run's options (budgets, workers, bench shape, offline...)
     started_at: float                   # wall-clock seconds; the minutes budget counts from here
-    baseline: dict[str, Any]            # {"commit", "config", "options", "tests", "model"}
-    profile: dict[str, Any]             # agents.profiling.Profile as a dict, with its facts
+    baseline: dict[str, Any]            # records.Baseline as a dict (commit, variant, checks, note) + "metrics"
+    profile: dict[str, Any]             # records.Profile as a dict: facts, metrics, queries, details
     calibration: str                    # the A/A noise floor, in words
-    best: dict[str, Any]                # {"commit", "config", "options", "stack": [experiment ids], "metrics"}
+    best: dict[str, Any]                # {"commit", "variant", "stack": [experiment ids], "metrics"}
     findings: Annotated[list[dict[str, Any]], operator.add]
     hypotheses: list[dict[str, Any]]    # the ranked queue; replaced by each hypothesize step
     tried: Annotated[list[str], operator.add]          # hypothesis keys already run

@@ -236,3 +236,12 @@ def test_the_readmes_readfirst_toml_loads_as_written(tmp_path):
     config = load_config(write(tmp_path, block))
     assert (config.name, config.objective.metric, config.build.command) == ("lz4", "mb_per_s", "make -j2")
     assert [v.title for v in config.variants] == ["build with -O3"] and "ratio" in config.objective.guards
+
+
+def test_run_with_a_bad_readfirst_toml_says_which_key_before_any_run_exists(tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    write(project, GOOD.replace('metric = "mb_per_s"', ""))
+    proc = readfirst("run", "--offline", "--source", str(project), home=tmp_path / "home", timeout=120)
+    assert proc.returncode == 2 and "readfirst.toml: [objective] metric: missing" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "home" / "runs").exists()
