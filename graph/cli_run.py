@@ -56,9 +56,10 @@ def run(ctx: typer.Context,
                                                                          "benchmark."),
         n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="llama.cpp: generated tokens per benchmark."),
         threads: int = typer.Option(2, "-t", "--threads", min=1, help="llama.cpp: benchmark threads."),
-        max_runs: int = typer.Option(26, "--max-runs", min=14, help="Benchmark runs per candidate at most, "
-                                                                    "warm-ups included (a keep needs 6 pairs after "
-                                                                    "2 warm-up runs: at least 14)."),
+        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most, "
+                                                                   "warm-ups included. A keep needs 6 pairs after 2 "
+                                                                   "warm-up runs, so below 14 a run can only discard "
+                                                                   "(quick smoke runs)."),
         calibration_pairs: int = typer.Option(4, "--calibration-pairs", min=0, help="A/A pairs for the noise "
                                                                                     "floor (0: skip)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by its id."),

@@ -162,6 +162,11 @@ def test_a_run_reading_a_fork_keeps_its_faster_change_and_reports_the_speedup(lz
     header = (run / "results.tsv").read_text().splitlines()[0].split("\t")
     assert "mb_per_s_base" in header and "mb_per_s_cand" in header
     assert any("mb_per_s" in f and "baseline measures" in f for f in summary["facts"])
+    if form == "git fork":  # the trace and the report serve every target alike
+        replayed = readfirst("trace", "replay", summary["run_id"], "--json", home=tmp_path)
+        assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout[-2000:]
+        report = readfirst("report", summary["run_id"], "--json", home=tmp_path)
+        assert report.returncode == 0 and (run / "report.png").stat().st_size > 1000
 
 
 @pytest.fixture
