@@ -46,6 +46,8 @@ def _strip_prefix(raw: str) -> str | None:
 
 
 def _check_path(path: str) -> None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise PatchRejected(f"patch names a path with control characters: {path!r}")
     if not path or path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise PatchRejected(f"patch names an absolute path: {path!r}")
     parts = path.split("/")
@@ -143,6 +145,7 @@ def commit_patch(repo: Path, patch: str, *, base: str, message: str, protected: 
                    env=env, check=False)
         if proc.returncode != 0:
             raise PatchDoesNotApply(_explain_failure(proc.stderr, files))
+        _vet_applied(repo, base, env, protected)
         tree = git(repo, "write-tree", env=env).stdout.strip()
     # Dated like its base, so that the same patch on the same base with the same message is the same commit:
     # builds and artifacts are keyed by commit, and a resumed run, a second run or a replay with real builds
@@ -152,6 +155,28 @@ def commit_patch(repo: Path, patch: str, *, base: str, message: str, protected: 
                  env={"GIT_AUTHOR_DATE": base_date, "GIT_COMMITTER_DATE": base_date}).stdout.strip()
     git(repo, "update-ref", f"refs/heads/exp/{patch_id(patch)}", commit)
     return commit
+
+
+def _vet_applied(repo: Path, base: str, env: dict[str, str], protected: Sequence[str]) -> None:
+    """Vet what git did, not what a parse of the text says it will do: every path the applied index changes,
+    added or removed (renames as both), against the protected globs; every symlink's target; no submodule.
+    The parse above is a cheap first pass; a patch that fools it (odd prefixes, lone CRs, spaces in a header,
+    renames) is caught here, before its tree is written."""
+    raw = git(repo, "diff-index", "--cached", "-z", "--no-renames", base, env=env).stdout.split("\0")
+    for meta, path in zip(raw[0::2], raw[1::2]):
+        if not meta.startswith(":"):
+            continue
+        _, new_mode, _, new_sha, status = meta[1:].split(" ", 4)
+        _check_path(path)
+        for pattern in protected:
+            if fnmatch.fnmatch(path, pattern):
+                verb = "removes" if status == "D" else "edits"
+                raise PatchRejected(f"the patch {verb} {path}, which is protected ({pattern}): benchmarks and "
+                                    "tests are read-only to experiments")
+        if new_mode == "160000":
+            raise PatchRejected(f"the patch makes {path} a submodule: refusing")
+        if new_mode == "120000":
+            _check_symlink(path, git(repo, "cat-file", "blob", new_sha).stdout)
 
 
 def _explain_failure(stderr: str, files: list[PatchFile]) -> str:

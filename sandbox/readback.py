@@ -23,7 +23,9 @@ def read_bytes_inside(root: Path, relative: str, *, limit: int = MAX_READBACK) -
             nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nfd
-        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer that never comes (the
+        # container is gone); the file type is checked before anything is read.
+        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
     finally:
         os.close(fd)
     with os.fdopen(ffd, "rb") as f:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
+from readfirst.errors import SandboxError
+from readfirst.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 from readfirst.targets.llama_cpp.logits import kld_failure, parse_kld
 from readfirst.targets.llama_cpp.target import BenchOptions, _parse_junit, _tests_check, bench_cpus, parse_bench_json
-from readfirst.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 
 KLD_OUTPUT = """
 ====== Perplexity statistics ======
@@ -86,3 +89,32 @@ def test_the_ctest_check_names_failed_cases_or_quotes_the_log():
     quoted = _tests_check(TestResult(False, [], "...\nctest: 3 tests failed\n", 1.0))
     assert quoted.reason == "tests failed: ctest: 3 tests failed"
     assert _tests_check(TestResult(True, cases[:1], "", 1.0)).passed
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', '[{"n_prompt": 0, "n_gen": 8, "samples_ts": ["fast"]}]',
+                                  "[" * 100_000 + "]" * 100_000, '[{"avg_ts": "NaN"}]', '[1, 2]', "not json"])
+def test_odd_bench_json_is_a_sandbox_error_that_discards_the_candidate(text):
+    with pytest.raises(SandboxError):
+        parse_bench_json(text, options=BenchOptions(), config=BuildConfig(), model="m.gguf")
+
+
+def test_a_result_file_that_is_a_fifo_is_refused_at_once(tmp_path):
+    import os
+    import threading
+
+    from readfirst.sandbox.readback import read_text_inside
+    os.mkfifo(tmp_path / "bench.json")
+    outcome: list = []
+    reader = threading.Thread(target=lambda: outcome.append(_raises(read_text_inside, tmp_path, "bench.json")),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert outcome == ["refusing to read 'bench.json': not a regular file"]  # no writer ever comes: no wait
+
+
+def _raises(fn, *args):
+    try:
+        fn(*args)
+    except OSError as e:
+        return str(e)
+    return None

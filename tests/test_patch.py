@@ -113,3 +113,35 @@ def test_prepare_source_is_idempotent_and_tags_the_baseline(tmp_path):
     assert first == second
     files = subprocess.run(["git", "-C", str(first.path), "ls-files"], capture_output=True, text=True).stdout.split()
     assert "a.c" in files
+
+
+T_C = "int main(){return 0;}"
+
+
+@pytest.mark.parametrize("name, patch", [
+    ("a prefix other than a/ b/", f"diff --git x/tests/t.c y/tests/t.c\n--- x/tests/t.c\n+++ y/tests/t.c\n"
+                                  f"@@ -1 +1 @@\n-{T_C}\n+int main(){{return 1;}}\n"),
+    ("a rename out of the protected tree", "diff --git a/tests/t.c b/ggml/t.c\nsimilarity index 100%\n"
+                                           "rename from tests/t.c\nrename to ggml/t.c\n"),
+    ("a symlink out of the tree behind a space in the header",
+     "diff --git a/my dir/evil b/my dir/evil\nnew file mode 120000\n--- /dev/null\n+++ b/my dir/evil\n"
+     "@@ -0,0 +1 @@\n+/etc/shadow\n\\ No newline at end of file\n"),
+    ("a form feed between the --- and +++ lines", f"diff --git a/tests/t.c b/tests/t.c\n--- a/ggml/ops.c\x0c\n"
+                                                  f"+++ b/tests/t.c\n@@ -1 +1 @@\n-{T_C}\n+int main(){{return 1;}}\n"),
+])
+def test_what_git_applies_is_vetted_not_what_the_text_seems_to_say(repo, name, patch):
+    base = git(repo, "rev-parse", "HEAD").stdout.strip()
+    with pytest.raises((PatchRejected, PatchDoesNotApply)) as e:
+        commit_patch(repo, patch, base=base, message=name, protected=["tests/*"])
+    if isinstance(e.value, PatchDoesNotApply):
+        return  # git would not apply it either: nothing reaches the tree
+    assert "protected" in str(e.value) or "leaves the tree" in str(e.value), str(e.value)
+    assert git(repo, "ls-tree", "-r", "--name-only", base).stdout == git(repo, "ls-tree", "-r", "--name-only",
+                                                                       "HEAD").stdout
+
+
+def test_a_path_with_a_nul_or_control_character_is_refused_not_a_traceback(repo):
+    base = git(repo, "rev-parse", "HEAD").stdout.strip()
+    for bad in ("ggml/o\0ps.c", "ggml/o\x1bps.c"):
+        with pytest.raises(PatchRejected, match="control characters"):
+            commit_patch(repo, _diff(bad, "line 2", "line two", 2), base=base, message="nul")

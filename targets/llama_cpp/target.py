@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -534,21 +535,31 @@ def bench_cpus(threads: int, allowed: set[int] | None = None) -> str:
 
 
 def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, model: str) -> BenchResult:
+    """llama-bench's JSON as a BenchResult. Whatever the file holds (a patched build writes it), a shape that is
+    not llama-bench's is a SandboxError, which discards the candidate, never another exception."""
     try:
         rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SandboxError(f"llama-bench wrote no valid JSON: {e}") from e
-    samples = []
-    for row in rows:
-        n_prompt, n_gen = int(row.get("n_prompt", 0)), int(row.get("n_gen", 0))
-        test = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
-        samples.append(BenchSample(test=test, n_prompt=n_prompt, n_gen=n_gen,
-                                   samples_ts=[float(x) for x in row.get("samples_ts", [])],
-                                   mean_ts=float(row.get("avg_ts", 0.0)), stddev_ts=float(row.get("stddev_ts", 0.0))))
-    first = rows[0] if rows else {}
-    return BenchResult(samples=samples, threads=options.threads, flash_attn=options.flash_attn,
-                       cpu=first.get("cpu_info") or cpu_model(), build_commit=str(first.get("build_commit", "")),
-                       config=config, model=model, raw=rows)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise SandboxError(f"llama-bench wrote no valid JSON: {str(e)[:200]}") from None
+    try:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError("not a list of objects")
+        samples = []
+        for row in rows:
+            n_prompt, n_gen = int(row.get("n_prompt", 0)), int(row.get("n_gen", 0))
+            test = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
+            values = [float(x) for x in row.get("samples_ts", [])]
+            mean, sd = float(row.get("avg_ts", 0.0)), float(row.get("stddev_ts", 0.0))
+            if not all(math.isfinite(v) for v in [*values, mean, sd]):
+                raise ValueError("a throughput that is not a finite number")
+            samples.append(BenchSample(test=test, n_prompt=n_prompt, n_gen=n_gen, samples_ts=values, mean_ts=mean,
+                                       stddev_ts=sd))
+        first = rows[0] if rows else {}
+        return BenchResult(samples=samples, threads=options.threads, flash_attn=options.flash_attn,
+                           cpu=str(first.get("cpu_info") or cpu_model()),
+                           build_commit=str(first.get("build_commit", "")), config=config, model=model, raw=rows)
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise SandboxError(f"llama-bench's JSON is not of its usual shape ({str(e)[:200]})") from None
 
 
 def _parse_junit(text: str) -> list[TestCase]:
