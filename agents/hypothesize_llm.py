@@ -71,20 +71,30 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     """At most n hypotheses, best first, each {"id", "key", "kind": "llm", "source": "llm", "title", "rationale",
     "files", "expected_gain", "citations" (finding ids), "chunk_ids" (the chunks those findings cite), "evidence"
     (the cited findings as {"id", "origin", "text"} for the implementer's prompt)}.
-    `tried`: titles, hypothesis keys, or dicts with a "title"; a hypothesis matching any of them is dropped."""
+    `tried`: titles, hypothesis keys, or the ledger's experiments as dicts ({"title", "key", "decision",
+    "speedup", "reason"}); a hypothesis matching any of them is dropped, and the model is shown each one with
+    its outcome, so that it learns from what was measured instead of rewording it."""
     by_id = {str(f["id"]): f for f in findings if f.get("id") is not None}
     tried_titles, tried_keys = set(), set()
+    outcomes: list[str] = []
     for t in tried:
         text = str(t.get("title", "") if isinstance(t, Mapping) else t)
         tried_keys.add(text)
         tried_titles.add(_normal(text))
+        if isinstance(t, Mapping):
+            tried_keys.add(str(t.get("key") or ""))
+            if text:
+                outcomes.append(_outcome_line(t))
     tried_titles.discard("")
+    tried_keys.discard("")
+    plain_titles = sorted(tried_titles - {_normal(str(t.get("title", ""))) for t in tried if isinstance(t, Mapping)})
+    tried_text = "\n".join([*outcomes, *(f"- {t}" for t in plain_titles)])
     findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in by_id.items())
     task = render_prompt(
         "hypothesize_task", n=n,
         facts="\n".join(f"- {f if isinstance(f, str) else json.dumps(f, sort_keys=True)}" for f in facts) or "(none)",
         findings=data_block("untrusted-source", findings_text, limit=40_000, id="findings") if by_id else "(none)",
-        tried="\n".join(f"- {t}" for t in sorted(tried_titles)) or "(nothing yet)")
+        tried=data_block("ledger", tried_text, limit=20_000) if tried_text else "(nothing yet)")
     parsed, error = _ask_for_list(llm, render_prompt("hypothesize_system"), task, agent="hypothesize",
                                   experiment=experiment, max_tokens=max_tokens)
     result = CheckedList(error=error)
@@ -114,6 +124,16 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
             "chunk_ids": list(dict.fromkeys(_chunk_id(c) for fid in cited for c in by_id[fid].get("citations") or [])),
             "evidence": [_evidence(fid, by_id[fid]) for fid in cited]})
     return result
+
+
+def _outcome_line(t: Mapping[str, Any]) -> str:
+    """One tried experiment as the planner reads it: its title, what was decided, the measured effect, why."""
+    effect = t.get("speedup")
+    measured = f" {effect:+.1%}" if isinstance(effect, (int, float)) else ""
+    if isinstance(effect, (int, float)) and t.get("ci_low") is not None and t.get("ci_high") is not None:
+        measured += f" [{t['ci_low']:+.1%}, {t['ci_high']:+.1%}]"
+    reason = str(t.get("reason") or "")[:300]
+    return f"- {t.get('title')}: {t.get('decision', 'tried')}{measured}" + (f" ({reason})" if reason else "")
 
 
 def hypothesis_key(title: str) -> str:

@@ -151,7 +151,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         ranked: list[dict[str, Any]] = []
         if deps.plan is not None:
             try:
-                planned = deps.plan(state["profile"]["facts"], findings, tried, 2 * opts.workers)
+                planned = deps.plan(state["profile"]["facts"], findings, _tried_for_planner(deps.ledger, tried),
+                                    2 * opts.workers)
             except BudgetExceeded as e:
                 return {"stop_reason": f"dollar budget spent ({e})", "hypotheses": []}
             if getattr(planned, "error", None):
@@ -255,6 +256,17 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
 def _config_id(best: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(best["variant"], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _tried_for_planner(ledger: Ledger | None, tried: set[str]) -> list[dict[str, Any]]:
+    """What the planner is told was tried: every experiment of the ledger with its outcome, and the keys of the
+    state's tried list that the ledger does not hold (an experiment in flight when the run was cut)."""
+    rows = ledger.rows() if ledger is not None else []
+    out = [{"title": r["title"], "key": (r.get("hypothesis") or {}).get("key"), "decision": r["decision"],
+            "speedup": r.get("speedup"), "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"),
+            "reason": r.get("reason", "")} for r in rows]
+    known = {t["key"] for t in out}
+    return out + [{"key": k} for k in sorted(tried - known)]
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

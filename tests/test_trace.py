@@ -242,3 +242,17 @@ def test_a_run_without_a_trace_is_one_sentence(tmp_path):
     (tmp_path / "old").mkdir()
     with pytest.raises(TraceError, match="has no trace"):
         Trace(tmp_path / "old")
+
+
+def test_the_planner_is_told_each_tried_experiment_with_its_outcome(tmp_path):
+    told: list[list[dict]] = []
+
+    def plan(facts, findings, tried, n):
+        told.append(list(tried))
+        return []  # the offline ideas run
+
+    record_run(tmp_path, kb=StandInKnowledgeBase(), plan=plan)
+    assert told[0] == [] and len(told) >= 2
+    later = told[-1]
+    assert [t["title"] for t in later if t.get("title")] == ["build with -DFAST=ON"]
+    assert later[0]["decision"] == "keep" and later[0]["speedup"] > 0.05 and later[0]["key"]
