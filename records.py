@@ -62,10 +62,11 @@ class CommandResult:
     truncated: bool
     timed_out: bool
     log_path: str | None = None
+    oom_killed: bool = False  # the engine killed it for exceeding its memory limit
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
 
 
 @dataclass
@@ -79,7 +80,7 @@ class BuildConfig:
 @dataclass
 class BuildResult:
     ok: bool
-    stage: str  # "ok" | "configure" | "compile" | "link" | "timeout"
+    stage: str  # "ok" | "configure" | "compile" | "link" | "timeout" | "out of memory"
     duration_s: float
     log_tail: str
     config: BuildConfig

@@ -47,9 +47,20 @@ _USAGE_ERRORS = tuple({click.ClickException,
                        *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
 
 
+def _terminate(signum, _frame) -> None:
+    """SIGTERM (a scheduler, `kill`, a CI timeout) stops the run as Ctrl-C does: the sandbox's containers are
+    removed on the way out and the run is saved as interrupted, instead of running on until their timeouts."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns an Exit's code instead of exiting with it (Ctrl-C's 130).
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ReadfirstError as e:
         # escaped: a message may quote brackets ("[bench] command: missing") that rich would take for markup
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(e))}")

@@ -110,10 +110,16 @@ def run(ctx: typer.Context,
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")
-    sandbox, tgt = compose_target(app.paths, spec, say=app.say)
-    kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []),
-                         upstream=tgt.describe().get("source") or spec.get("source", source),
-                         subdirs=meta.get("fork_subdirs") or [])
+    try:
+        sandbox, tgt = compose_target(app.paths, spec, say=app.say)
+        kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []),
+                             upstream=tgt.describe().get("source") or spec.get("source", source),
+                             subdirs=meta.get("fork_subdirs") or [])
+    except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
+        meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                    error=f"{type(e).__name__}: {e}"[:2000])
+        write_meta(directory, meta)
+        raise
     ledger = Ledger(directory / "ledger.sqlite")
     deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say)
     if not offline:

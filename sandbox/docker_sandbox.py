@@ -177,7 +177,8 @@ class DockerSandbox:
             return CommandResult(command=command, exit_code=exit_code, duration_s=round(duration, 3),
                                  output_tail=collector.text(), output_bytes=collector.total,
                                  truncated=collector.total > self.limits.output_tail_bytes, timed_out=timed_out,
-                                 log_path=str(log_path) if log_path else None)
+                                 log_path=str(log_path) if log_path else None,
+                                 oom_killed=not timed_out and _oom_killed(container))
         except docker.errors.ImageNotFound as e:
             raise SandboxError(f"the sandbox image {self.image} is missing: run `readfirst sandbox image`") from e
         except docker.errors.APIError as e:
@@ -211,6 +212,15 @@ class DockerSandbox:
     def gc(self, *, everything: bool = False) -> int:
         """Remove sandbox containers whose owner process is gone (all of them with everything=True)."""
         return collect_garbage(self.client, everything=everything, keep_owner=self.owner)
+
+
+def _oom_killed(container) -> bool:
+    """Whether the engine killed the container for its memory limit (an exit 137 alone could be anything)."""
+    try:
+        container.reload()
+        return bool(container.attrs.get("State", {}).get("OOMKilled"))
+    except docker.errors.APIError:
+        return False
 
 
 def collect_garbage(client: docker.DockerClient, *, everything: bool = False, keep_owner: str | None = None) -> int:

@@ -94,7 +94,7 @@ class ConfigTarget(GitTarget):
                            mounts=[Mount(staged, "/src", True), Mount(tree, "/work", False)], workdir="/work",
                            env={**self.config.env, **env})
         self._discard(out)
-        stage = "ok" if r.ok else ("timeout" if r.timed_out else "compile")
+        stage = "ok" if r.ok else "timeout" if r.timed_out else "out of memory" if r.oom_killed else "compile"
         result = BuildResult(r.ok, stage, r.duration_s, r.output_tail[-8000:], config, commit, r.log_path)
         if r.ok:
             record.write_text(json.dumps(to_dict(result)))
@@ -109,6 +109,8 @@ class ConfigTarget(GitTarget):
         r = self._in_copy(commit, variant, step.command, step.timeout_s, "test")
         if r.timed_out:
             reason = f"the tests timed out after {step.timeout_s:g} s (`{step.command}`)."
+        elif r.oom_killed:
+            reason = f"the tests ran out of memory (`{step.command}`)."
         elif not r.ok:
             reason = f"the tests failed (exit {r.exit_code}): {_last_lines(r.output_tail)}"
         else:
@@ -126,6 +128,8 @@ class ConfigTarget(GitTarget):
             r = self._in_copy(commit, variant, step.command, step.timeout_s, "bench", cpuset=cpus)
         if r.timed_out:
             raise SandboxError(f"the bench command timed out after {step.timeout_s:g} s and was killed")
+        if r.oom_killed:
+            raise SandboxError("the bench command ran out of memory and was killed")
         if not r.ok:
             raise SandboxError(f"the bench command failed (exit {r.exit_code}): {_last_lines(r.output_tail)}")
         values, problems = parse_metrics(r.output_tail)

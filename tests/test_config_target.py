@@ -250,3 +250,37 @@ def test_run_with_a_bad_readfirst_toml_says_which_key_before_any_run_exists(tmp_
     proc = readfirst("run", "--offline", "--source", str(project), home=tmp_path / "home", timeout=120)
     assert proc.returncode == 2 and "readfirst.toml: [objective] metric: missing" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "home" / "runs").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_sigterm_stops_a_run_removes_its_containers_and_saves_it_as_interrupted(tmp_path, shared_cache,
+                                                                                docker_client, base_image):
+    import signal
+    import time
+
+    from readfirst.sandbox.docker_sandbox import LABEL
+    project = make_project(tmp_path / "slowbench", shared_cache / "sdists", bench="sleep 600", bench_timeout=500,
+                           slowdown=False)
+    env = {**os.environ, "READFIRST_HOME": str(tmp_path / "home")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "readfirst.graph", *RUN, "--source", str(project)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def benching() -> bool:
+        return any("sleep 600" in " ".join(c.attrs.get("Args") or [])
+                   for c in docker_client.containers.list(filters={"label": LABEL}))
+    try:
+        deadline = time.monotonic() + 300
+        while not benching():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its bench"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)  # not the bench's 500 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130, proc.stderr.read()[-2000:]
+    assert not benching() and docker_client.containers.list(all=True, filters={"label": LABEL}) == []
+    [run] = list((tmp_path / "home" / "runs").iterdir())
+    assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"

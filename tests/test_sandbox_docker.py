@@ -104,6 +104,14 @@ def test_a_fork_bomb_is_stopped_by_the_pids_limit(sandbox, docker_client):
     assert not _leftovers(docker_client)
 
 
+def test_running_out_of_memory_is_reported_as_that(sandbox, docker_client):
+    r = sandbox.run("python3 -c 'b = bytearray(1 << 30); print(len(b))'", timeout_s=60)  # 1 GiB in a 512 MiB box
+    assert r.oom_killed and not r.ok and not r.timed_out
+    fine = sandbox.run("python3 -c 'b = bytearray(1 << 20); print(len(b))'", timeout_s=60)
+    assert fine.ok and not fine.oom_killed
+    assert _leftovers(docker_client) == []
+
+
 def test_a_timeout_kills_the_command_and_leaves_no_process(sandbox, docker_client):
     t0 = time.monotonic()
     r = sandbox.run("sleep 9137 & sleep 9137 & sleep 9137", timeout_s=3)
