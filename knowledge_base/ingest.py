@@ -91,7 +91,12 @@ def _path_units(root: Path, *, source: str) -> Iterator[Unit | Skipped]:
     files = ([root / p for p in listing.stdout.splitlines()] if listing.returncode == 0 and listing.stdout
              else sorted(p for p in root.rglob("*") if p.is_file()
                          and not any(part.startswith(".") for part in p.relative_to(root).parts)))
+    inside = root.resolve()
     for path in files:
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            # An untrusted tree's `notes.md -> ~/.ssh/id_rsa` would go into prompts and traces: never read it.
+            yield Skipped(f"{source}::file:{path.relative_to(root)}", "a symlink out of the tree")
+            continue
         yield _one_path(path, base, source, repo, revision)
 
 
@@ -158,6 +163,8 @@ def paper_recipes(items: Sequence[str], *, max_results: int = 5, fetch_pdf: bool
 def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progress: Progress | None = None,
                arxiv_url: str | None = None) -> tuple[str, IngestSummary]:
     source = source_key(recipe)
+    if recipe["kind"] == "path" and not Path(recipe["path"]).exists():
+        raise KnowledgeBaseError(f"{recipe['path']}: no such file or directory")  # and nothing recorded
     units = recipe_units(recipe, paths, arxiv_url=arxiv_url)
     kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
     # A query or reading-list item may return different papers over time: never prune papers.

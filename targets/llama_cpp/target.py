@@ -45,8 +45,11 @@ from .logits import KLDThresholds, kld_failure, parse_kld
 # Tokenizer, grammar, chat and server tests do not touch the kernels a performance patch changes.
 FAST_TESTS = ("test-quantize-fns", "test-rope", "test-tiled-mulmat", "test-barrier")
 TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
-# The benchmark, the logits check and the tests are read-only to experiments.
-PROTECTED = ("tools/llama-bench/*", "tools/perplexity/*", "tools/quantize/*", "tests/*")
+# The benchmark, the logits check and the tests are read-only to experiments, and so are the build scripts that
+# decide what they are built from (a patch to them could point llama-bench at other sources). ggml's own CMake
+# files stay open: an optimization may add a source file.
+PROTECTED = ("tools/llama-bench/*", "tools/perplexity/*", "tools/quantize/*", "tests/*", "CMakeLists.txt",
+             "tools/CMakeLists.txt", "cmake/*", "common/*")
 # The CPU backend's hot code, upstream's and the forks' (ik_llama.cpp keeps its CPU kernels in ggml/src/iqk and
 # its graph code in ggml/src/ggml.c).
 HOT_PATHS = ("ggml/src/ggml-cpu/*", "ggml/src/iqk/*", "ggml/src/ggml.c", "ggml/src/ggml-quants.c")
