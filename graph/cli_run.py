@@ -70,7 +70,7 @@ def run(ctx: typer.Context,
     target's build and runtime variants. Ctrl-C saves; `--resume RUN_ID` continues where it stopped.
     """
     from ..targets import make_spec
-    from .deps import compose_target
+    from . import deps as deps_root  # the composition root; looked up at call time (tests put stand-ins there)
     from .runner import spec_of
     from .trace import start_tracing
     from .workflow import RunDeps, RunOptions
@@ -111,10 +111,10 @@ def run(ctx: typer.Context,
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")
     try:
-        sandbox, tgt = compose_target(app.paths, spec, say=app.say)
-        kb = _knowledge_base(app, forks=meta.get("forks", []), papers=meta.get("papers", []),
-                             upstream=tgt.describe().get("source") or spec.get("source", source),
-                             subdirs=meta.get("fork_subdirs") or [])
+        sandbox, tgt = deps_root.compose_target(app.paths, spec, say=app.say)
+        kb = deps_root.open_knowledge_base(app.paths, forks=meta.get("forks", []), papers=meta.get("papers", []),
+                                           upstream=tgt.describe().get("source") or spec.get("source", source),
+                                           subdirs=meta.get("fork_subdirs") or [], say=app.say)
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])
@@ -123,8 +123,8 @@ def run(ctx: typer.Context,
     ledger = Ledger(directory / "ledger.sqlite")
     deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say)
     if not offline:
-        deps = _with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
-                         budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
+        deps = deps_root.with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
+                                  budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
         meta["budget_usd"] = options.budget_usd if options else meta.get("budget_usd", budget_usd)
     deps = start_tracing(deps, directory)
     try:
@@ -147,48 +147,6 @@ def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
     if unknown:
         raise typer.BadParameter(f"unknown kind {unknown[0]!r}; choose from {', '.join(known)}", param_hint="--kind")
     return tuple(kinds) or known
-
-
-def _with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float):
-    """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
-
-    The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.
-    """
-    from dataclasses import replace
-
-    from ..agents.llm import AnthropicLLM, Budget, make_client
-    from .deps import llm_roles
-    budget = Budget.restore(meta["llm_budget"]) if meta.get("llm_budget") else Budget(budget_usd)
-
-    def saved(call: dict) -> None:
-        meta["llm_budget"] = budget.snapshot()
-        write_meta(directory, meta)
-
-    client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
-    llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
-    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, **llm_roles(llm, deps.target))
-
-
-def _knowledge_base(app: AppContext, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str]):
-    """Ingest what the run names first (one writer at a time), then open the store for reading."""
-    from ..knowledge_base.embedder import SentenceTransformerEmbedder
-    from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
-    from ..knowledge_base.store import KnowledgeBase
-    embedder = SentenceTransformerEmbedder()
-    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs) for f in forks]
-    recipes += paper_recipes(papers) if papers else []
-    if recipes:
-        kb = KnowledgeBase(app.paths.knowledge_base, embedder, writable=True)
-        try:
-            for recipe in recipes:
-                app.say(f"reading {recipe.get('fork') or recipe.get('item')} into the knowledge base")
-                source, summary = run_recipe(kb, recipe, app.paths)
-                app.say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
-                        f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
-        finally:
-            kb.close()
-    kb = KnowledgeBase(app.paths.knowledge_base, embedder)
-    return kb if kb.count() else None
 
 
 def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:

@@ -1,13 +1,14 @@
 """Composition: the one place where a command's concrete sandbox, target, knowledge base and LLM roles are built.
 
 `run`, `trace replay --rerun-sandbox`, `trace fork`'s resumption, `sandbox bench`, `model synth` and `setup` all
-come through here; roles and graph nodes receive what these return. Nothing here runs at import time.
+come through here (the knowledge base and the LLM too, for `run`); roles and graph nodes receive what these return. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config import Paths
@@ -44,3 +45,46 @@ def llm_roles(llm, target) -> dict:
     from ..agents.implementer import worktree_implementer
     return {"implement": worktree_implementer(llm, target.repository, protected=tuple(target.protected)),
             "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
+
+
+def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float):
+    """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
+
+    The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.
+    """
+    from dataclasses import replace
+
+    from ..agents.llm import AnthropicLLM, Budget, make_client
+    from .runner import write_meta
+    budget = Budget.restore(meta["llm_budget"]) if meta.get("llm_budget") else Budget(budget_usd)
+
+    def saved(call: dict) -> None:
+        meta["llm_budget"] = budget.snapshot()
+        write_meta(directory, meta)
+
+    client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
+    llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
+    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, **llm_roles(llm, deps.target))
+
+
+def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str],
+                        say: Say):
+    """Ingest what the run names first (one writer at a time), then open the store for reading."""
+    from ..knowledge_base.embedder import SentenceTransformerEmbedder
+    from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
+    from ..knowledge_base.store import KnowledgeBase
+    embedder = SentenceTransformerEmbedder()
+    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs) for f in forks]
+    recipes += paper_recipes(papers) if papers else []
+    if recipes:
+        kb = KnowledgeBase(paths.knowledge_base, embedder, writable=True)
+        try:
+            for recipe in recipes:
+                say(f"reading {recipe.get('fork') or recipe.get('item')} into the knowledge base")
+                source, summary = run_recipe(kb, recipe, paths)
+                say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
+                    f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
+        finally:
+            kb.close()
+    kb = KnowledgeBase(paths.knowledge_base, embedder)
+    return kb if kb.count() else None

@@ -139,14 +139,14 @@ def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):
 def _stand_in_composition(monkeypatch, paths):
     from test_trace_standin import CountingSandbox, StandInTarget
 
-    from readfirst.graph import cli_run, deps
+    from readfirst.graph import deps
 
     def compose(_paths, spec, **_):
         sandbox = CountingSandbox()
         return sandbox, StandInTarget(paths.home, Path(spec["source"]), sandbox)
     # `readfirst run` takes its composition from graph.deps when it runs, so the stand-ins go there.
     monkeypatch.setattr(deps, "compose_target", compose)
-    monkeypatch.setattr(cli_run, "_knowledge_base", lambda *_, **__: None)
+    monkeypatch.setattr(deps, "open_knowledge_base", lambda *_, **__: None)
 
 
 def test_an_llm_mode_run_of_readfirst_run_replays_with_no_request(paths, monkeypatch):
