@@ -95,7 +95,8 @@ def ingest_fork(ctx: typer.Context,
                 as_trees: Optional[bool] = typer.Option(None, "--as-trees/--by-commits",
                                                         help="Compare file by file (vendored trees) or by "
                                                              "commits since the merge base (default: trees for "
-                                                             "two known names, else commits)."),
+                                                             "two known names or a plain directory, else "
+                                                             "commits)."),
                 as_json: bool = _JSON) -> None:
     """A fork against its upstream: its diffs, and the code only it has, chunked by function."""
     _run(ctx, [recipes.fork_recipe(fork, upstream, subdirs=subdir, as_trees=as_trees)], as_json=as_json)

@@ -45,7 +45,14 @@ def run(ctx: typer.Context,
         fork_subdirs: list[str] = typer.Option([], "--fork-subdir", help="Read only these folders of the forks "
                                                                          "(repeatable; llama.cpp default: "
                                                                          "ggml/src)."),
+        as_trees: Optional[bool] = typer.Option(None, "--as-trees/--by-commits",
+                                                help="Compare the forks with the source file by file, or by their "
+                                                     "git history. Default: history for git forks, file by file "
+                                                     "for vendored trees and the pinned sdists."),
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
+        chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
+                                                 help="A Chroma server for the knowledge base (default: embedded, "
+                                                      "in the data directory)."),
         offline: bool = typer.Option(False, "--offline", help="No LLM: fork hunks and the target's build and "
                                                               "runtime variants."),
         kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable): llm, "
@@ -105,7 +112,7 @@ def run(ctx: typer.Context,
                              calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
                 "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
-                "papers": papers, "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp"
+                "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url, "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp"
                                                                    else []),
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
@@ -114,7 +121,8 @@ def run(ctx: typer.Context,
         sandbox, tgt = deps_root.compose_target(app.paths, spec, say=app.say)
         kb = deps_root.open_knowledge_base(app.paths, forks=meta.get("forks", []), papers=meta.get("papers", []),
                                            upstream=tgt.describe().get("source") or spec.get("source", source),
-                                           subdirs=meta.get("fork_subdirs") or [], say=app.say)
+                                           subdirs=meta.get("fork_subdirs") or [], say=app.say,
+                                           as_trees=meta.get("as_trees"), chroma_url=meta.get("chroma_url"))
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])

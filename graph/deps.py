@@ -68,16 +68,18 @@ def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float
 
 
 def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str],
-                        say: Say):
-    """Ingest what the run names first (one writer at a time), then open the store for reading."""
+                        say: Say, as_trees: bool | None = None, chroma_url: str | None = None):
+    """Ingest what the run names first (one writer at a time), then open the store for reading (embedded Chroma
+    in the data directory, or the Chroma server at `chroma_url`). `as_trees` None: forks are compared as
+    `kb ingest fork` would choose (history for git forks, file by file for vendored trees)."""
     from ..knowledge_base.embedder import SentenceTransformerEmbedder
     from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
     from ..knowledge_base.store import KnowledgeBase
     embedder = SentenceTransformerEmbedder()
-    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs) for f in forks]
+    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs, as_trees=as_trees) for f in forks]
     recipes += paper_recipes(papers) if papers else []
     if recipes:
-        kb = KnowledgeBase(paths.knowledge_base, embedder, writable=True)
+        kb = KnowledgeBase(paths.knowledge_base, embedder, writable=True, chroma_url=chroma_url)
         try:
             for recipe in recipes:
                 say(f"reading {recipe.get('fork') or recipe.get('item')} into the knowledge base")
@@ -86,5 +88,5 @@ def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], up
                     f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
         finally:
             kb.close()
-    kb = KnowledgeBase(paths.knowledge_base, embedder)
+    kb = KnowledgeBase(paths.knowledge_base, embedder, chroma_url=chroma_url)
     return kb if kb.count() else None
