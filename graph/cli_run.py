@@ -39,7 +39,7 @@ def run(ctx: typer.Context,
         budget_minutes: float = typer.Option(120, "--budget-minutes", min=1, help="Stop after M minutes."),
         budget_usd: float = typer.Option(5.0, "--budget-usd", min=0, help="Stop once the LLM spent X dollars."),
         workers: int = typer.Option(1, "--workers", min=1, help="Experiments per wave (builds in parallel, "
-                                                                "benchmarks one at a time)."),
+                                                                "each benchmark alone on the machine)."),
         forks: list[str] = typer.Option([], "--fork", help="A fork to read before researching (ik_llama.cpp, a "
                                                            "path or a git URL), against the target's source."),
         fork_subdirs: list[str] = typer.Option([], "--fork-subdir", help="Read only these folders of the forks "
@@ -112,8 +112,8 @@ def run(ctx: typer.Context,
                              calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
                 "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
-                "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url, "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp"
-                                                                   else []),
+                "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url,
+                "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")

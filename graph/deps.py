@@ -1,7 +1,8 @@
 """Composition: the one place where a command's concrete sandbox, target, knowledge base and LLM roles are built.
 
 `run`, `trace replay --rerun-sandbox`, `trace fork`'s resumption, `sandbox bench`, `model synth` and `setup` all
-come through here (the knowledge base and the LLM too, for `run`); roles and graph nodes receive what these return. Nothing here runs at import time.
+come through here (the knowledge base and the LLM too, for `run`); roles and graph nodes receive what these
+return. Nothing here runs at import time.
 """
 
 from __future__ import annotations

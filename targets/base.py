@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import Paths
 from ..protocols import Sandbox
 from ..records import CommandResult, Mount
+from ..sandbox.machine_lock import machine_lock
 from ..sandbox.patch import commit_patch
 from ..sandbox.workers import Worker, worker
 from ..sources import SourceRepo
@@ -45,14 +46,16 @@ class GitTarget:
         return worker(self.paths.builds, self.source, index)
 
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
-             workdir: str = "/tmp", cpuset: str | None = None,
-             env: Mapping[str, str] | None = None) -> tuple[CommandResult, Path]:
-        """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it."""
+             workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
+             measuring: bool = False) -> tuple[CommandResult, Path]:
+        """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it.
+        A measurement (`measuring`) has the machine to itself; anything else only shares it with non-measurements."""
         out = self.paths.cache / "scratch" / uuid.uuid4().hex
         out.mkdir(parents=True)
         log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
-        result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
-                                  timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
+        with machine_lock(self.paths.cache, exclusive=measuring):
+            result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
+                                      timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
         return result, out
 
     @staticmethod

@@ -180,3 +180,33 @@ def test_the_seams_roles_and_graph_import_neither_docker_nor_a_concrete_target()
             "or m.startswith('readfirst.targets.')]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_measurement_never_shares_the_machine_with_a_build(tmp_path):
+    import threading
+    import time
+
+    from readfirst.sandbox.machine_lock import machine_lock
+    events: list[str] = []
+    both_building = threading.Barrier(3)
+
+    def build(name: str) -> None:
+        with machine_lock(tmp_path, exclusive=False):
+            events.append(f"{name} start")
+            both_building.wait(timeout=10)
+            time.sleep(0.3)
+            events.append(f"{name} end")
+
+    def bench() -> None:
+        both_building.wait(timeout=10)  # both builds hold the machine, shared
+        with machine_lock(tmp_path, exclusive=True):
+            events.append("bench")
+
+    threads = [threading.Thread(target=build, args=(n,)) for n in "ab"] + [threading.Thread(target=bench)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    # the two builds overlapped each other; the bench ran only once neither was running
+    assert sorted(events[:2]) == ["a start", "b start"] and sorted(events[2:4]) == ["a end", "b end"]
+    assert events[4:] == ["bench"]

@@ -25,14 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from ...config import Paths
 from ...errors import SandboxError
 from ...protocols import Sandbox
 from ...records import (Baseline, BenchResult, BenchSample, BuildConfig, BuildResult, CheckResult, Checks,
                         CommandResult, KLDResult, Measurement, Mount, Objective, Profile, TestCase, TestResult,
                         from_dict, to_dict)
+from ...sandbox.machine_lock import machine_lock
 from ...sandbox.readback import read_text_inside
 from ...sandbox.workers import Worker, cpu_has, cpu_model, cpu_signature, short_digest
 from ...sources import SourceRepo, git
@@ -221,8 +220,8 @@ class LlamaCppTarget(GitTarget):
         model = Path(baseline.variant["model"])
         bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
                            config=self._config(baseline.variant))
-        # The probe is a benchmark too: it takes the benchmark lock so that nothing else measures beside it.
-        with FileLock(str(self.paths.cache / "bench.lock")):
+        # The probe is a measurement too: nothing runs beside it.
+        with machine_lock(self.paths.cache, exclusive=True):
             read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
                                               threads=int(baseline.variant["run"]["threads"]))
         prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
@@ -299,17 +298,17 @@ class LlamaCppTarget(GitTarget):
         return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
 
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
-             workdir: str = "/tmp", cpuset: str | None = None,
-             env: Mapping[str, str] | None = None) -> tuple[CommandResult, Path]:
+             workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
+             measuring: bool = False) -> tuple[CommandResult, Path]:
         ccache = self.paths.ccache / short_digest(cpu_signature())
         ccache.mkdir(parents=True, exist_ok=True)
         self.paths.models.mkdir(parents=True, exist_ok=True)
         env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1", **(env or {})}
         if not self.use_ccache:
             env["CCACHE_DISABLE"] = "1"
+        mounts = [Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True), *mounts]
         return super()._run(command, timeout_s=timeout_s, log_name=log_name, workdir=workdir, cpuset=cpuset,
-                            env=env, mounts=[Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True),
-                                             *mounts])
+                            env=env, measuring=measuring, mounts=mounts)
 
     def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
         return [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(config)), "/build", False)]
@@ -404,7 +403,8 @@ class LlamaCppTarget(GitTarget):
     # -- benchmark -------------------------------------------------------------------------------------------------
     def bench(self, commit: str, *, model: Path, options: BenchOptions = BenchOptions(),
               config: BuildConfig | None = None) -> BenchResult:
-        """llama-bench on a finished build. Benchmarks are serialized machine-wide: two at once measure each other."""
+        """llama-bench on a finished build, with the machine to itself (no other benchmark, build or test beside it:
+        they would measure each other)."""
         rel = self._model_in_container(model)
         mounts = self._tool_mounts(commit, config)
         extra = f" -ub {options.ubatch}" if options.ubatch else ""
@@ -413,8 +413,8 @@ class LlamaCppTarget(GitTarget):
                f"> /out/bench.json")
         self.paths.cache.mkdir(parents=True, exist_ok=True)
         cpus = bench_cpus(options.threads)
-        with FileLock(str(self.paths.cache / "bench.lock")):
-            r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts, cpuset=cpus)
+        r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="bench", mounts=mounts, cpuset=cpus,
+                           measuring=True)
         try:
             text = read_text_inside(out, "bench.json") if r.ok else ""
         finally:
