@@ -49,15 +49,26 @@ def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, 
     assert report.served["target"] > 0 and [s["step"] for s in report.steps] == sorted(trace.steps)
 
     # --rerun-sandbox, through the CLI as a user runs it: the same run is rebuilt (the artifacts are found again,
-    # commits being content-addressed) and measured again; the profile's fresh numbers still match the recording
-    # once masked, so the step is the same and the replay goes on to the experiments.
+    # commits being content-addressed) and measured again; the profile's fresh numbers match the recording once
+    # masked, so the step is the same and the replay goes on to the experiments, unless the roofline's category
+    # itself came out differently.
     logs_before = set((tmp_path / "logs").glob("*.log"))
     proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "trace", "replay", run_id, "--rerun-sandbox",
                            "--json"], capture_output=True, text=True, timeout=3600, env=env)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a decision came out differently this time
     rerun = json.loads(proc.stdout)
     assert rerun["rerun_sandbox"] and "target" not in rerun["served"]
-    assert rerun["steps"][0] == {"step": 1, "node": "profile", "same": True}
-    assert len(rerun["steps"]) > 1
+    first = rerun["steps"][0]
+    assert (first["step"], first["node"]) == (1, "profile")
+    if not first["same"]:
+        # Measured again, the baseline may fall on the other side of the roofline's 60% line on a noisy machine
+        # (seen: 56% recorded, 61% replayed): then the facts say so, and that is the only thing that may differ.
+        d = rerun["divergence"]
+        assert d["step"] == 1 and set(d["differences"]) <= {"profile", "findings"}, d
+        facts = json.dumps(d["differences"])
+        categories = ("Generation is memory-bound", "well below its bandwidth limit", "not trustworthy")
+        assert sum(c in facts for c in categories) == 2, d  # recorded in one category, replayed in another
+    else:
+        assert len(rerun["steps"]) > 1  # the replay went on to the experiments
     new_logs = set((tmp_path / "logs").glob("*.log")) - logs_before
     assert any(p.name.startswith("bench") for p in new_logs), sorted(p.name for p in new_logs)
