@@ -176,6 +176,11 @@ class Measurement:
     setup: dict[str, Any] = field(default_factory=dict)  # cpu, threads, pinned cpus... fixed for a run
 
 
+def metric_matches(name: str, key: str) -> bool:
+    """Whether a measured metric is the one a key names: the same name, or a prefix of it ("tg" is "tg128")."""
+    return name == key or name.startswith(key)
+
+
 @dataclass
 class Guard:
     """A metric that may not get worse by more than `max_regression` (0.03 = 3%)."""
@@ -201,7 +206,7 @@ class Objective:
     def uses(self, metric: str) -> bool:
         """Whether a measured metric takes part in the decision (the objective, or a guard)."""
         named = [self.metric] if self.guards is None else [self.metric, *self.guards]
-        return self.guards is None or any(metric == m or metric.startswith(m) for m in named)
+        return self.guards is None or any(metric_matches(metric, m) for m in named)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The evaluator role: measure a candidate against the baseline and decide keep or discard.
 
 Dependencies come in as arguments: `measure(which)` runs one benchmark of "baseline" or "candidate" and returns
-a value per metric ({"tg128": 70.1, "pp512": 290.3}: llama.cpp's tokens/s per test); `clock` returns seconds (time.monotonic; a fake in tests).
+a value per metric ({"tg128": 70.1, "pp512": 290.3}: llama.cpp's tokens/s per test); `clock` returns seconds
+(time.monotonic; a fake in tests).
 The statistics live in agents/statistics.py; this module owns the schedule and the records.
 
 Schedule, and why:
@@ -136,7 +137,8 @@ class _Session:
         values = {k: float(v) for k, v in self.measure(which).items()}
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
         if not values or bad:
-            raise ValueError(f"measure({which!r}) returned no usable values (each must be positive and finite): {values}")
+            raise ValueError(f"measure({which!r}) returned no usable values (each must be positive and finite): "
+                             f"{values}")
         self.runs.append(Run(len(self.runs), which, warmup, values, began - self.start, self.clock() - began))
         return values
 

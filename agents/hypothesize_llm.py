@@ -76,19 +76,22 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     its outcome, so that it learns from what was measured instead of rewording it."""
     by_id = {str(f["id"]): f for f in findings if f.get("id") is not None}
     tried_titles, tried_keys = set(), set()
-    outcomes: list[str] = []
+    outcomes: list[str] = []     # the ledger's experiments, with what came of them
+    bare: set[str] = set()       # titles or keys given alone
     for t in tried:
-        text = str(t.get("title", "") if isinstance(t, Mapping) else t)
-        tried_keys.add(text)
-        tried_titles.add(_normal(text))
         if isinstance(t, Mapping):
+            text = str(t.get("title") or "")
             tried_keys.add(str(t.get("key") or ""))
             if text:
                 outcomes.append(_outcome_line(t))
+        else:
+            text = str(t)
+            bare.add(_normal(text))
+        tried_keys.add(text)
+        tried_titles.add(_normal(text))
     tried_titles.discard("")
     tried_keys.discard("")
-    plain_titles = sorted(tried_titles - {_normal(str(t.get("title", ""))) for t in tried if isinstance(t, Mapping)})
-    tried_text = "\n".join([*outcomes, *(f"- {t}" for t in plain_titles)])
+    tried_text = "\n".join([*outcomes, *(f"- {t}" for t in sorted(bare - {""}))])
     findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in by_id.items())
     task = render_prompt(
         "hypothesize_task", n=n,

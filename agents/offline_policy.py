@@ -101,7 +101,9 @@ def interleave(*lists: Sequence[Hypothesis]) -> list[Hypothesis]:
 
 def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, Any]], tried: set[str],
             profile_finding: str, read_file: Callable[[str], str | None]) -> list[Hypothesis]:
-    """Ranked hypotheses for the next wave, none already tried: fork hunks first, interleaved with the target's
-    variants (in the target's order), so that a short budget samples both."""
-    ranked = interleave(fork_candidates(findings, read_file), variant_candidates(variants, cite=profile_finding))
+    """Ranked hypotheses for the next wave, none already tried: fork hunks, then the target's variants kind by
+    kind (build, runtime), interleaved so that a short budget samples every source."""
+    offered = variant_candidates(variants, cite=profile_finding)
+    kinds = list(dict.fromkeys(h["kind"] for h in offered))
+    ranked = interleave(fork_candidates(findings, read_file), *([h for h in offered if h["kind"] == k] for k in kinds))
     return [h for h in ranked if h["key"] not in tried]

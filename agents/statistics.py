@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from ..records import metric_matches
+
 
 Pair = tuple[Mapping[str, float], Mapping[str, float]]  # (baseline, candidate) value per metric, back to back
 
@@ -103,14 +105,14 @@ class DecisionRule:
                    guards=guards, **kw)
 
     def lower(self, test: str) -> bool:
-        return _matches(test, self.lower_is_better)
+        return any(metric_matches(test, k) for k in self.lower_is_better)
 
     def guard_limit(self, test: str) -> float | None:
         """The regression limit of a measured test that is not optimized; None when it is not guarded."""
         if self.guards is None:
             return self.max_regression
         key = next((g for g in self.guards if test == g), None) or next((g for g in self.guards
-                                                                         if test.startswith(g)), None)
+                                                                         if metric_matches(test, g)), None)
         return None if key is None else self.guards[key]
 
 
@@ -147,10 +149,6 @@ def expanded_confidence(confidence: float, n: int) -> float:
     return min(1 - 2 * stats.norm.sf(z), 1 - 1e-9)
 
 
-def _matches(test: str, keys: Sequence[str]) -> bool:
-    return any(test == k or test.startswith(k) for k in keys)
-
-
 def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float], lower: Sequence[str] = ()) -> np.ndarray:
     """Per pair, the weighted sum of log(candidate / baseline) over the weighted tests (weights sum to 1); for a
     test where lower is better (`lower`: names or prefixes), log(baseline / candidate)."""
@@ -160,7 +158,7 @@ def log_ratios(pairs: Sequence[Pair], weights: Mapping[str, float], lower: Seque
         cand = np.array([c[test] for _, c in pairs], dtype=float)
         if np.any(base <= 0) or np.any(cand <= 0) or not (np.all(np.isfinite(base)) and np.all(np.isfinite(cand))):
             raise ValueError(f"{test}: values must be positive and finite")
-        out += weight * (-1 if _matches(test, lower) else 1) * np.log(cand / base)
+        out += weight * (-1 if any(metric_matches(test, k) for k in lower) else 1) * np.log(cand / base)
     return out
 
 

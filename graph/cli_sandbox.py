@@ -82,7 +82,7 @@ def bench_cmd(ctx: typer.Context,
     report: dict = {"baseline": {"commit": baseline.commit, "variant": baseline.variant,
                                  "fallback": baseline.note, "build_s": baseline.build_s}}
     app.say("benchmarking the baseline")
-    config = target._config(baseline.variant)
+    config = target.config_of(baseline.variant)
     base = target.bench(baseline.commit, model=model_path, options=options, config=config)
     report["baseline"]["bench"] = to_dict(base)
     cand = None
@@ -151,7 +151,7 @@ def synth_cmd(ctx: typer.Context,
     build = target.build(commit)
     if not build.ok:
         raise ReadfirstError(f"the baseline did not build ({build.stage}): {build.log_tail[-800:]}")
-    path = target.make_model(target, commit)
+    path = target.make_model(commit)
     info = validate_gguf(path)
     if as_json:
         app.emit_json({"path": str(path), **info})

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..records import metric_matches
+
 MIGRATIONS = [
     """
     CREATE TABLE experiments (
@@ -117,6 +119,6 @@ def arm_means(row: dict[str, Any], metric: str) -> tuple[float | None, float | N
     out = []
     for which in ("baseline", "candidate"):
         vals = [v for r in runs if r["which"] == which and not r["warmup"]
-                for k, v in r["values"].items() if k == metric or k.startswith(metric)]
+                for k, v in r["values"].items() if metric_matches(k, metric)]
         out.append(sum(vals) / len(vals) if vals else None)
     return out[0], out[1]

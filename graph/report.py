@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..records import metric_matches
 from .ledger import arm_means
 
 
@@ -35,9 +36,9 @@ def write_plot(rows: list[dict[str, Any]], state: dict[str, Any], dest: Path, *,
     matplotlib.use("Agg")  # no display here, and no window in a terminal run
     import matplotlib.pyplot as plt
 
-    base_value = next((v for k, v in ((state.get("baseline") or {}).get("metrics") or {}).items()
-                       if k == metric or k.startswith(metric)), None) or next((m[0] for _, _, m in measured if m[0]),
-                                                                               None)
+    baseline_metrics = (state.get("baseline") or {}).get("metrics") or {}
+    base_value = next((v for k, v in baseline_metrics.items() if metric_matches(k, metric)), None) or \
+        next((m[0] for _, _, m in measured if m[0]), None)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 3), 4))
     best = base_value
     best_line = []

@@ -86,8 +86,6 @@ def build_graph(deps: RunDeps, checkpointer=None):
         opts = _options(state)
         say(f"profile: preparing the baseline of {target.name}")
         baseline = target.prepare()
-        if baseline.note:
-            say(baseline.note)
         say("profile: measuring the baseline")
         prof = target.profile(baseline)
         for fact in prof.facts:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
 from ..errors import ImageBuildError
 
@@ -52,12 +53,8 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say
         return base
     tag = hashlib.sha256(f"{TAG}:{','.join(extra)}".encode()).hexdigest()[:12]
     derived = f"{REPOSITORY}-extra:{tag}"
-    if not rebuild:
-        try:
-            client.images.get(derived)
-            return derived
-        except docker.errors.ImageNotFound:
-            pass
+    if not rebuild and _exists(client, derived):
+        return derived
     say(f"adding {', '.join(extra)} to the sandbox image")
     # Installed as root with the host's network (the engine has no bridge), then committed: no registry needed.
     container = client.containers.create(IMAGE, ["/bin/sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND="
@@ -66,13 +63,13 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say
                                          user="0:0", network_mode="host")
     try:
         container.start()
-        status = container.wait(timeout=1800)
+        status = container.wait(timeout=1800)  # docker-py: a timeout is a requests error, caught below
         if status.get("StatusCode") != 0:
             logs = container.logs(tail=30).decode(errors="replace")
             raise ImageBuildError(f"installing {', '.join(extra)} in the sandbox image failed: {logs[-1500:]}")
         repository, _, name = derived.partition(":")
         container.commit(repository=repository, tag=name, changes=[f"ENV PATH={ENV_PATH}", "ENV HOME=/tmp"])
-    except docker.errors.APIError as e:
+    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
         raise ImageBuildError(f"installing {', '.join(extra)} in the sandbox image failed: {e}") from e
     finally:
         container.remove(force=True)
@@ -80,12 +77,8 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say
 
 
 def _ensure_base(client: docker.DockerClient, *, rebuild: bool, say: Say) -> str:
-    if not rebuild:
-        try:
-            client.images.get(IMAGE)
-            return IMAGE
-        except docker.errors.ImageNotFound:
-            pass
+    if not rebuild and _exists(client, IMAGE):
+        return IMAGE
     if _registry_answers(client):
         say("building the base image FROM debian:bookworm-slim")
         _build_from_registry(client)
@@ -93,6 +86,14 @@ def _ensure_base(client: docker.DockerClient, *, rebuild: bool, say: Say) -> str
         say("no container registry answers: building the base image with debootstrap (a few minutes)")
         _build_with_debootstrap(client, say)
     return IMAGE
+
+
+def _exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
 
 
 def _registry_answers(client: docker.DockerClient) -> bool:

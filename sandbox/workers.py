@@ -9,6 +9,7 @@ stays valid. A file lock per worker keeps two processes from using one worker at
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ def cpu_model() -> str:
 
 def cpu_has(flag: str) -> bool:
     return flag in cpu_signature().split("|", 1)[1].split()
+
+
+def bench_cpus(threads: int, allowed: set[int] | None = None) -> str:
+    """The CPUs a benchmark with `threads` threads is pinned to, the same set every run: the last `threads` of
+    those this process may use (CPU 0 takes most interrupts and housekeeping), or all of them when there are no
+    more than that (a 2-core machine: pinned to both, which fixes the set without narrowing it)."""
+    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cpus[-max(1, threads):])
 
 
 def short_digest(text: str) -> str:

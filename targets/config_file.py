@@ -116,7 +116,7 @@ def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
                 expected = _SCHEMA[section].get(key)
                 if expected is None:
                     raise fail(f"[{section}] {key}", f"unknown key; known: {', '.join(_SCHEMA[section])}")
-                if isinstance(v, bool) and expected is not bool or not isinstance(v, expected):
+                if (isinstance(v, bool) and expected is not bool) or not isinstance(v, expected):
                     raise fail(f"[{section}] {key}", f"must be {_TYPE_NAMES.get(expected, expected)}, not "
                                                      f"{type(v).__name__}")
 

@@ -10,7 +10,8 @@ import pytest
 from readfirst.errors import SandboxError
 from readfirst.records import BenchResult, BuildConfig, BuildResult, from_dict, to_dict
 from readfirst.targets.llama_cpp.logits import kld_failure, parse_kld
-from readfirst.targets.llama_cpp.target import BenchOptions, _parse_junit, _tests_check, bench_cpus, parse_bench_json
+from readfirst.sandbox.workers import bench_cpus
+from readfirst.targets.llama_cpp.target import BenchOptions, _parse_junit, _tests_check, parse_bench_json
 
 KLD_OUTPUT = """
 ====== Perplexity statistics ======

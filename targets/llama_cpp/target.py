@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from ...records import (Baseline, BenchResult, BenchSample, BuildConfig, BuildRe
                         from_dict, to_dict)
 from ...sandbox.machine_lock import machine_lock
 from ...sandbox.readback import read_text_inside
-from ...sandbox.workers import Worker, cpu_has, cpu_model, cpu_signature, short_digest
+from ...sandbox.workers import Worker, bench_cpus, cpu_has, cpu_model, cpu_signature, short_digest
 from ...sources import SourceRepo, git
 from ..base import GitTarget
 from .logits import KLDThresholds, kld_failure, parse_kld
@@ -167,14 +168,14 @@ class LlamaCppTarget(GitTarget):
         """Build and check the baseline (falling back from the native build when it does not work here), and make
         or import the model every experiment is measured on."""
         from .baseline import establish_baseline
-        verified, model = establish_baseline(self, say=self.say, build_model=self.make_model)
+        verified, model = establish_baseline(self, say=self.say, build_model=lambda _t, commit: self.make_model(commit))
         variant = make_variant(verified.config, self.shape, model)
         return Baseline(verified.commit, variant, Checks([_tests_check(verified.tests)]), verified.fallback_reason,
                         verified.build.duration_s)
 
     def build(self, commit: str, variant: Mapping[str, Any] | None = None, *, worker: int = 0,
               reuse: bool = True) -> BuildResult:
-        config = self._config(variant)
+        config = self.config_of(variant)
         if reuse and self.has_build(commit, config):
             return BuildResult(True, "ok", 0.0, f"reused the build of {commit[:10]} ({config.note})", config,
                                commit, reused=True)
@@ -183,14 +184,14 @@ class LlamaCppTarget(GitTarget):
     def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
         """The ctest subset (its result kept with the build, so an unchanged build is not tested twice), then the
         logits against the baseline's (llama-perplexity --kl-divergence)."""
-        config = self._config(variant)
+        config = self.config_of(variant)
         tests = self._tests_of(commit, config, worker)
         results = [_tests_check(tests)]
         if not tests.ok:
             return Checks(results)
-        base_config = self._config(baseline.variant)
+        base_config = self.config_of(baseline.variant)
         model = Path(variant["model"])
-        t0 = _now()
+        t0 = time.monotonic()
         try:
             base_logits = self.kld_base(baseline.commit, model=model, config=base_config,
                                         flash_attn=bool(baseline.variant["run"]["flash_attn"]))
@@ -198,16 +199,17 @@ class LlamaCppTarget(GitTarget):
                                     flash_attn=bool(variant["run"]["flash_attn"]))
         except SandboxError as e:
             results.append(CheckResult("logits", False, f"the logits check could not run: {str(e)[:300]}",
-                                       round(_now() - t0, 2)))
+                                       round(time.monotonic() - t0, 2)))
             return Checks(results)
         failure = kld_failure(kld, self.kld_thresholds)
-        results.append(CheckResult("logits", failure is None, failure or "", round(_now() - t0, 2), to_dict(kld)))
+        results.append(CheckResult("logits", failure is None, failure or "", round(time.monotonic() - t0, 2),
+                                   to_dict(kld)))
         return Checks(results)
 
     def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
         """One llama-bench run (one repetition of each test) at the run's shape."""
         options = self._options(variant, repetitions=1)
-        result = self.bench(commit, model=Path(variant["model"]), options=options, config=self._config(variant))
+        result = self.bench(commit, model=Path(variant["model"]), options=options, config=self.config_of(variant))
         return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
                            {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
                             "flash_attn": result.flash_attn})
@@ -219,7 +221,7 @@ class LlamaCppTarget(GitTarget):
         from .profile import make_profile, measure_read_bandwidth
         model = Path(baseline.variant["model"])
         bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
-                           config=self._config(baseline.variant))
+                           config=self.config_of(baseline.variant))
         # The probe is a measurement too: nothing runs beside it.
         with machine_lock(self.paths.cache, exclusive=True):
             read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
@@ -251,7 +253,7 @@ class LlamaCppTarget(GitTarget):
                 out.append({"kind": "runtime", "title": f"micro-batch {ub}",
                             "rationale": "Prompt processing is compute-bound: the micro-batch sets the matmul tile "
                                          "the kernels see.", "change": {"run": {"ubatch": ub}}})
-        return _interleave([h for h in out if h["kind"] == "build"], [h for h in out if h["kind"] == "runtime"])
+        return out
 
     def apply(self, variant: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
         out = json.loads(json.dumps(dict(variant)))  # a deep copy of plain data
@@ -274,7 +276,8 @@ class LlamaCppTarget(GitTarget):
                 "objective": dataclasses.asdict(self.objective)}
 
     # -- variants ------------------------------------------------------------------------------------------------
-    def _config(self, variant: Mapping[str, Any] | None) -> BuildConfig:
+    def config_of(self, variant: Mapping[str, Any] | None) -> BuildConfig:
+        """The build configuration a variant names (the target's current one for None)."""
         return from_dict(BuildConfig, dict(variant["build"])) if variant else self.config
 
     def _options(self, variant: Mapping[str, Any], *, repetitions: int) -> BenchOptions:
@@ -282,12 +285,12 @@ class LlamaCppTarget(GitTarget):
         return replace(self.shape, threads=int(run["threads"]), flash_attn=bool(run["flash_attn"]),
                        ubatch=int(run.get("ubatch") or 0), repetitions=repetitions)
 
-    def make_model(self, target: "LlamaCppTarget", commit: str) -> Path:
+    def make_model(self, commit: str) -> Path:
         """Import the user's GGUF, or synthesize the TinyLlama-shaped one with this build's llama-quantize."""
         from .model import import_model, synthesize
         if self.user_model is not None:
             return import_model(self.user_model, self.paths.models)
-        return synthesize(target, commit, self.paths.models, quant=self.quant, say=self.say)
+        return synthesize(self, commit, self.paths.models, quant=self.quant, say=self.say)
 
     # -- plumbing --------------------------------------------------------------------------------------------------
     def artifact_dir(self, commit: str, config: BuildConfig | None = None) -> Path:
@@ -503,11 +506,6 @@ class LlamaCppTarget(GitTarget):
         return parse_kld(r.output_tail)
 
 
-def _now() -> float:
-    import time
-    return time.monotonic()
-
-
 def _tests_check(tests: TestResult) -> CheckResult:
     """The ctest subset as a check, its failure a sentence naming the failed cases."""
     failed = [c.name for c in tests.cases if not c.passed]
@@ -520,21 +518,6 @@ def _tests_check(tests: TestResult) -> CheckResult:
         reason = f"tests failed: {tail[0][:200]}"
     return CheckResult("tests", tests.ok and not failed, reason, tests.duration_s,
                        {"cases": [dataclasses.asdict(c) for c in tests.cases], "log_tail": tests.log_tail[-3000:]})
-
-
-def _interleave(*lists: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for i in range(max((len(x) for x in lists), default=0)):
-        out += [x[i] for x in lists if i < len(x)]
-    return out
-
-
-def bench_cpus(threads: int, allowed: set[int] | None = None) -> str:
-    """The CPUs a benchmark with `threads` threads is pinned to, the same set every run: the last `threads` of
-    those this process may use (CPU 0 takes most interrupts and housekeeping), or all of them when there are no
-    more than that (a 2-core machine: pinned to both, which fixes the set without narrowing it)."""
-    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
-    return ",".join(str(c) for c in cpus[-max(1, threads):])
 
 
 def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, model: str) -> BenchResult:
