@@ -85,6 +85,7 @@ class ConfigTarget(GitTarget):
         command = f"cp -a /src/. /work/ && cd /work && exec /bin/sh -c {shlex.quote(self.config.build.command)}"
         (self.paths.cache / "scratch").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.paths.cache / "scratch", prefix="export-") as exported:
+            os.chmod(exported, 0o755)  # mkdtemp makes it 0700: the sandbox user must read it
             self._export(commit, Path(exported))
             r, out = self._run(command, timeout_s=self.config.build.timeout_s, log_name="build",
                                mounts=[Mount(Path(exported), "/src", True), Mount(tree, "/work", False)],
