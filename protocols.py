@@ -26,6 +26,19 @@ class Sandbox(Protocol):
     def gc(self, *, everything: bool = False) -> int: ...
 
 
+class Tree(Protocol):
+    """A source tree at one revision, read-only: the run's current best tree, or a fork's (sources.GitTree)."""
+    name: str
+    revision: str
+
+    def files(self) -> list[str]: ...
+
+    def read(self, path: str, revision: str | None = None) -> str | None:
+        """The file's text (at `revision` of the same repository when given), or None."""
+
+    def at(self, revision: str) -> "Tree": ...
+
+
 class Target(Protocol):
     """A project that can be patched, built, checked and measured: llama.cpp, or any project a readfirst.toml
     describes.
@@ -66,6 +79,10 @@ class Target(Protocol):
 
     def apply(self, variant: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
         """The variant with `change` made to it."""
+
+    def readings(self) -> list[dict[str, Any]]:
+        """What the target asks to read before a run, as knowledge-base recipes (plain data): for llama.cpp its
+        curated reading list and its own sibling backends' gaps."""
 
     def describe(self) -> dict[str, Any]:
         """For reports and traces: the target's name, source, objective and whatever else identifies the setup."""

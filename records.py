@@ -11,6 +11,8 @@ stay readable when a record grows.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,6 +183,19 @@ def metric_matches(name: str, key: str) -> bool:
     return name == key or name.startswith(key)
 
 
+def in_paths(path: str, globs: Sequence[str]) -> bool:
+    """Whether a repository path is among `globs` (fnmatch, `*` crosses folders); a glob starting with `!`
+    takes back what the earlier ones matched, as in .gitignore ("ggml/src/ggml-cpu/*",
+    "!ggml/src/ggml-cpu/arch/*", "ggml/src/ggml-cpu/arch/x86/*")."""
+    inside = False
+    for g in globs:
+        if g.startswith("!"):
+            inside = inside and not fnmatch.fnmatchcase(path, g[1:])
+        elif fnmatch.fnmatchcase(path, g):
+            inside = True
+    return inside
+
+
 @dataclass
 class Guard:
     """A metric that may not get worse by more than `max_regression` (0.03 = 3%)."""
@@ -228,6 +243,9 @@ class Profile:
     metrics: dict[str, float] = field(default_factory=dict)
     queries: dict[str, list[str]] = field(default_factory=dict)  # "research", "competitors" -> queries
     details: dict[str, Any] = field(default_factory=dict)        # target-specific figures, for reports
+    # Function-name fragments that hold the time, most first ("vec_dot_q4_0", "mul_mat"): fork code is ranked and
+    # retrieved by them. Empty when the target cannot tell.
+    hot_symbols: list[str] = field(default_factory=list)
 
 
 _NESTED: dict[tuple[str, str], type] = {

@@ -78,6 +78,77 @@ def read_at(repo: Path, commit: str, path: str) -> str | None:
     return got.stdout if got.returncode == 0 else None
 
 
+class GitTree:
+    """One repository at one revision, read through git (never its work tree): the current best tree of a run,
+    or a fork's. Implements protocols.Tree. Reads go through one `git cat-file --batch` process and are kept:
+    a revision does not change, and the porting engine reads hundreds of files per wave."""
+
+    def __init__(self, name: str, repo: Path, revision: str):
+        self.name, self.repo, self.revision = name, repo, revision
+        self._files: list[str] | None = None
+        self._texts: dict[tuple[str, str], str | None] = {}
+        self._batch: subprocess.Popen | None = None
+
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._files = git(self.repo, "ls-tree", "-r", "--name-only", self.revision).stdout.splitlines()
+        return self._files
+
+    def read(self, path: str, revision: str | None = None) -> str | None:
+        key = (revision or self.revision, path)
+        if key not in self._texts:
+            if len(self._texts) > 4096:
+                self._texts.clear()
+            self._texts[key] = self._cat(f"{key[0]}:{path}")
+        return self._texts[key]
+
+    def _cat(self, spec: str) -> str | None:
+        if "\n" in spec:
+            return None
+        if self._batch is None or self._batch.poll() is not None:
+            self._batch = subprocess.Popen(["git", "-C", str(self.repo), "cat-file", "--batch"],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._batch.stdin is not None and self._batch.stdout is not None
+        self._batch.stdin.write(spec.encode() + b"\n")
+        self._batch.stdin.flush()
+        header = self._batch.stdout.readline().split()
+        if len(header) != 3:
+            return None  # "<spec> missing" (or ambiguous)
+        data = self._batch.stdout.read(int(header[2]) + 1)[:-1]
+        if header[1] != b"blob" or b"\0" in data[:8192]:
+            return None
+        return data.decode("utf-8", errors="replace")
+
+    def at(self, revision: str) -> "GitTree":
+        return GitTree(self.name, self.repo, revision)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.kill()
+            self._batch.wait()
+            self._batch = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def merge_file(ours: str, base: str, theirs: str) -> tuple[str, int]:
+    """git's three-way merge of one file's texts: (merged text, number of conflicts; 0 = clean)."""
+    with tempfile.TemporaryDirectory(prefix="readfirst-merge-") as tmp:
+        names = []
+        for label, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            f = Path(tmp) / label
+            f.write_text(text)
+            names.append(str(f))
+        proc = subprocess.run(["git", "merge-file", "-p", "-q", *names], capture_output=True, text=True)
+    if proc.returncode < 0 or proc.returncode > 127:
+        raise SourceError(f"git merge-file failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout, proc.returncode
+
+
 # -- PyPI sdists ---------------------------------------------------------------------------------------------
 
 def fetch_sdist(spec: SdistSpec, sdists_dir: Path) -> Path:

@@ -9,6 +9,7 @@ experiment with its reason, never an exception out of here, except a ReadfirstEr
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,19 @@ from .statistics import DecisionRule
 Say = Callable[[str], None]
 Implement = Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]
 MAX_REPAIRS = 2
+
+
+_COMPILER_ERROR = re.compile(r"^(\S+?:\d+(?::\d+)?: (?:fatal )?error: .*)$", re.M)
+
+
+def first_error(log: str) -> str:
+    """The compiler's first error (file:line:col: error: ...), which a parallel build may print long before it
+    stops; else the first line that says error."""
+    m = _COMPILER_ERROR.search(log)
+    if m:
+        return m.group(1).strip()[:300]
+    lines = [ln for ln in log.splitlines() if "error" in ln.lower()]
+    return lines[0].strip()[:300] if lines else ""
 
 
 def _discarded(gate: str, reason: str) -> Verdict:
@@ -123,9 +137,9 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     durations["build"] = clock() - t0
     row["build"] = to_dict(build)
     if not build.ok:
-        tail = [ln for ln in build.log_tail.splitlines() if "error" in ln.lower()][:1]
+        error = first_error(build.log_tail)
         return finish(_discarded("build", f"the build failed at the {build.stage} stage"
-                                          f"{': ' + tail[0].strip()[:200] if tail else ''}."))
+                                          f"{': ' + error if error else ''}."))
 
     # -- the target's checks (tests, numerics) ---------------------------------------------------------------------------
     say(f"{title}: checking")

@@ -50,3 +50,18 @@ def llm_findings(llm, role: str, query: str, chunks: Sequence[dict[str, Any]], *
         if cited:
             out.append(finding(role, query, item["claim"], cited))
     return out
+
+
+def source_kind(finding_ids, findings) -> str:
+    """Where a hypothesis comes from, by what its cited findings cite: a fork's code, another backend, a paper
+    (or doc); otherwise the profile alone."""
+    by_id = {f["id"]: f for f in findings}
+    kinds = {c.get("kind", "") for fid in finding_ids for c in (by_id.get(fid) or {}).get("citations", [])}
+    roles = {(by_id.get(fid) or {}).get("role") for fid in finding_ids}
+    if kinds & {"fork-diff", "fork-code"} or any((by_id.get(fid) or {}).get("ports") for fid in finding_ids):
+        return "fork"
+    if "backend-gap" in kinds:
+        return "backend-gap"
+    if kinds & {"paper", "doc"}:
+        return "paper"
+    return "profile" if roles else "llm"

@@ -1,94 +1,157 @@
-"""The offline policy: real experiments without an LLM.
+"""The offline policy: real experiments without an LLM, each attributed to the source it comes from.
 
-Two sources of candidates, each a real experiment reported as what it is:
-- fork hunks: a fork-diff chunk from the knowledge base that touches the target's hot paths, moved onto the
-  current best tree by anchoring its upstream side (context and removed lines) in the file and replacing it with
-  the fork's side; only hunks whose anchor is found exactly once become candidates;
-- the target's variants (Target.variants): for llama.cpp, ggml build options and runtime settings; for a
-  readfirst.toml project, the variants its file lists.
-Each cites the finding it comes from. Sources are interleaved so a short budget samples both.
+Candidates, by source kind (`source_kind` on every hypothesis, and from there on every ledger row):
+- `fork`: the porting engine's patches (agents/porting.py): the fork's definitions of the tree's hot functions,
+  and the fork-diff hunks the competitor analyst retrieved, moved onto the current best tree;
+- `profile`: the target's variants (Target.variants), which its profile suggests: for llama.cpp, ggml build
+  options and runtime settings; for a readfirst.toml project, the variants its file lists;
+- `backend-gap`: what another backend implements and the CPU lacks. No offline switch makes a fusion, so these
+  are hypotheses for the LLM implementer (carrying the other backend's code); offline they are listed as
+  "needs an LLM".
+Fork candidates and the rest alternate, so that a short budget spends at least half of itself on what was read.
+Whatever could not become a candidate is counted with its reason (no anchor, conflict, signature...).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocols import Tree
+from . import porting
+
 Hypothesis = dict[str, Any]
+SOURCE_KINDS = ("fork", "backend-gap", "paper", "profile", "llm")
+MAX_FORK_CANDIDATES = 40   # per wave; the rest wait for the next waves
 
 
 def hypothesis_key(kind: str, change: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([kind, change], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _hypothesis(kind: str, title: str, rationale: str, change: dict[str, Any], cites: list[str]) -> Hypothesis:
-    key = hypothesis_key(kind, change)
+def _hypothesis(kind: str, title: str, rationale: str, change: dict[str, Any], cites: list[str], *,
+                source_kind: str, identity: dict[str, Any] | None = None, **extra: Any) -> Hypothesis:
+    # `identity` is what the change *is* (a port of this function from that fork): the same port made against a
+    # newer best tree has another patch text but is the same hypothesis, tried once.
+    key = hypothesis_key(kind, identity if identity is not None else change)
     return {"id": f"H{key[:8]}", "key": key, "kind": kind, "title": title, "rationale": rationale,
-            "change": change, "citations": cites, "source": "offline"}
+            "change": change, "citations": cites, "source": "offline", "source_kind": source_kind, **extra}
 
 
 def variant_candidates(variants: Sequence[dict[str, Any]], *, cite: str) -> list[Hypothesis]:
     """The target's own offline candidates (build and runtime variants), as hypotheses citing the profile."""
-    return [_hypothesis(v["kind"], v["title"], v.get("rationale", ""), {"variant": v["change"]}, [cite])
-            for v in variants]
+    return [_hypothesis(v["kind"], v["title"], v.get("rationale", ""), {"variant": v["change"]}, [cite],
+                        source_kind="profile") for v in variants]
 
 
-def hunk_sides(chunk_text: str) -> tuple[list[str], list[str]] | None:
-    """(upstream lines, fork lines) of a fork-diff chunk: its body after the comment and @@ header lines."""
-    lines = chunk_text.split("\n")
-    body = [ln for ln in lines[2:]] if len(lines) > 2 and lines[1].startswith("@@") else None
-    if not body:
-        return None
-    old, new = [], []
-    for ln in body:
-        tag, text = (ln[:1], ln[1:]) if ln else (" ", "")
-        if tag in (" ", "-"):
-            old.append(text)
-        if tag in (" ", "+"):
-            new.append(text)
-        if tag not in (" ", "-", "+", "\\"):
-            return None
-    if old == new or not any(s.strip() for s in old):
-        return None  # nothing to anchor on (a pure addition), or no change
-    return old, new
+@dataclass
+class ForkSources:
+    """What the porting engine reads: the current best tree, the tree the run started from, the forks' trees
+    (by the name their knowledge-base chunks cite), and which files are hot."""
+    current: Tree
+    base: Tree
+    forks: dict[str, Tree]
+    hot_paths: Sequence[str]
+    merge_file: porting.MergeFile
+    rank: Callable[[str], int] = lambda _: 0
 
 
-def anchored_patch(path: str, current: str, old: list[str], new: list[str]) -> str | None:
-    """Replace the one place where `old` stands in `current` with `new`; a unified diff, or None."""
-    lines = current.split("\n")
-    n = len(old)
-    hits = [i for i in range(len(lines) - n + 1) if lines[i:i + n] == old]
-    if len(hits) != 1:
-        return None
-    i = hits[0]
-    after = lines[:i] + new + lines[i + n:]
-    diff = difflib.unified_diff([ln + "\n" for ln in lines], [ln + "\n" for ln in after], f"a/{path}", f"b/{path}")
-    text = "".join(diff)
-    return f"diff --git a/{path} b/{path}\n{text}" if text else None
+@dataclass
+class Proposal:
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    dropped: list[dict[str, str]] = field(default_factory=list)   # {"source_kind", "what", "reason", "detail"}
+    needs_llm: list[Hypothesis] = field(default_factory=list)     # backend gaps with no offline switch
+    findings: list[dict[str, Any]] = field(default_factory=list)  # what the porting engine found, to cite
+    made: dict[str, int] = field(default_factory=dict)            # candidates per source, tried ones included
+
+    def stats(self) -> dict[str, Any]:
+        """Plain data for the state and the summary: candidates per source, drops per reason, the LLM's list."""
+        return {"candidates_by_source": dict(self.made), "dropped": porting.reasons(
+                    porting.Dropped(d["source_kind"], d["what"], d["reason"]) for d in self.dropped),
+                "needs_llm": [{"title": h["title"], "where": h.get("where", "")} for h in self.needs_llm]}
 
 
-def fork_candidates(findings: Sequence[dict[str, Any]], read_file: Callable[[str], str | None]) -> list[Hypothesis]:
-    """Fork hunks cited by findings that anchor exactly once in the current best tree."""
-    out, seen = [], set()
+def _drop(d: porting.Dropped) -> dict[str, str]:
+    return {"source_kind": "fork", "what": d.what, "reason": d.reason, "detail": d.detail}
+
+
+def hunk_candidates(findings: Sequence[dict[str, Any]], src: ForkSources) -> tuple[list[Hypothesis], list[dict]]:
+    """Fork-diff hunks the findings carry, each moved onto the current tree (tolerant anchor, three-way merge)."""
+    out, dropped, seen = [], [], set()
     for f in findings:
         for hunk in f.get("fork_hunks", []):
-            if hunk["id"] in seen or not hunk.get("path"):
+            unit = hunk.get("commit") or hunk["id"]
+            if (unit, hunk.get("path")) in seen or not hunk.get("path"):
                 continue
-            seen.add(hunk["id"])
-            sides = hunk_sides(hunk.get("text", ""))
-            current = read_file(hunk["path"]) if sides else None
-            if current is None:
+            seen.add((unit, hunk.get("path")))
+            made = porting.hunk_port(hunk, current=src.current, base=src.base, forks=src.forks,
+                                     merge_file=src.merge_file)
+            if isinstance(made, porting.Dropped):
+                dropped.append(_drop(made))
                 continue
-            patch = anchored_patch(hunk["path"], current, *sides)
-            if patch is None:
+            identity = {"hunk": hunk.get("commit") or hunk["id"], "path": made.path}
+            out.append(_hypothesis("patch", made.title, f"{f['claim']} The change merges cleanly into the "
+                                   f"current tree ({made.changed_lines} lines).",
+                                   {"patch": made.patch, "chunk": hunk["id"]}, [f["id"]], source_kind="fork",
+                                   identity=identity, where=f"{made.path} {made.symbol}".strip()))
+    return out, dropped
+
+
+def port_finding(ports: porting.Ports, forks: Sequence[str]) -> dict[str, Any] | None:
+    """One finding naming what the fork trees define differently, for the port hypotheses to cite."""
+    from .findings import finding
+    if not ports.candidates:
+        return None
+    names = sorted({c.symbol for c in ports.candidates})
+    claim = (f"{', '.join(forks)} define{'s' if len(forks) == 1 else ''} {len(names)} of the tree's hot functions "
+             f"differently with the same signature: {', '.join(names[:12])}{'...' if len(names) > 12 else ''}.")
+    return finding("competitor_analyst", "fork functions", claim,
+                   extra={"ports": [{"symbol": c.symbol, "fork": c.fork, "fork_path": c.fork_path, "path": c.path}
+                                    for c in ports.candidates]})
+
+
+def function_candidates(src: ForkSources) -> tuple[list[Hypothesis], list[dict], dict[str, Any] | None]:
+    ports = porting.function_ports(src.current, list(src.forks.values()), hot_paths=src.hot_paths, rank=src.rank)
+    cited = port_finding(ports, sorted(src.forks))
+    ranked = sorted(ports.candidates, key=lambda c: (src.rank(c.symbol), c.changed_lines, c.symbol))
+    out = []
+    for c in ranked:
+        helpers = f", bringing along {', '.join(c.helpers)}" if c.helpers else ""
+        out.append(_hypothesis(
+            "patch", c.title, f"{c.fork} keeps its own {c.symbol} in {c.fork_path}; the tree's is in {c.path}. "
+            f"Same signature; {c.changed_lines} lines change{helpers}.", {"patch": c.patch}, [cited["id"]] if cited
+            else [], source_kind="fork", identity={"port": c.symbol, "fork": c.fork, "from": c.fork_path,
+                                                    "into": c.path}, where=f"{c.path} {c.symbol}"))
+    return out, [_drop(d) for d in ports.dropped], cited
+
+
+def gap_candidates(findings: Sequence[dict[str, Any]]) -> list[Hypothesis]:
+    """Backend gaps the competitor analyst retrieved, as hypotheses for the LLM implementer: each carries the
+    other backend's code (the gap document's excerpt) as the context to port."""
+    out, seen = [], set()
+    for f in findings:
+        for gap in f.get("backend_gaps", []):
+            if gap["id"] in seen or gap.get("gap") == "summary":
                 continue
-            where = f"{hunk['path']} {hunk.get('symbol') or ''}".strip()
-            out.append(_hypothesis("patch", f"port the fork's change to {where}",
-                                   f"{f['claim']} This hunk applies to the current tree.",
-                                   {"patch": patch, "chunk": hunk["id"]}, [f["id"]]))
+            seen.add(gap["id"])
+            what = gap.get("ops", "").replace("GGML_OP_", "").replace(",", " + ")
+            title = (f"fuse {what} on the CPU, as the {gap.get('backends', 'other')} backend does" if
+                     gap.get("gap") == "fusion" else f"implement {what} on the CPU, as {gap.get('backends')} does")
+            out.append(_hypothesis("llm", title, f"{f['claim']} Port the other backend's approach to the CPU "
+                                   f"backend's hot path.", {}, [f["id"]], source_kind="backend-gap",
+                                   identity={"gap": gap["id"]}, chunk_ids=[gap["id"]],
+                                   where=f"{gap.get('path', '')} {gap.get('symbol', '')}".strip()))
+    return out
+
+
+def alternate(first: Sequence[Hypothesis], second: Sequence[Hypothesis]) -> list[Hypothesis]:
+    """first[0], second[0], first[1], second[1]...; the longer one's rest at the end."""
+    out = []
+    for i in range(max(len(first), len(second))):
+        out += [x[i] for x in (first, second) if i < len(x)]
     return out
 
 
@@ -100,10 +163,31 @@ def interleave(*lists: Sequence[Hypothesis]) -> list[Hypothesis]:
 
 
 def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, Any]], tried: set[str],
-            profile_finding: str, read_file: Callable[[str], str | None]) -> list[Hypothesis]:
-    """Ranked hypotheses for the next wave, none already tried: fork hunks, then the target's variants kind by
-    kind (build, runtime), interleaved so that a short budget samples every source."""
+            profile_finding: str, forks: ForkSources | None = None, llm: bool = False) -> Proposal:
+    """Ranked hypotheses for the next wave, none already tried: fork candidates alternating with the target's
+    variants (themselves interleaved kind by kind: build, runtime). Backend gaps join the queue when an LLM
+    implements (`llm`), and are listed as needing one otherwise."""
+    proposal = Proposal()
+    fork_made: list[Hypothesis] = []
+    if forks is not None:
+        functions, dropped, cited = function_candidates(forks)
+        hunks, hunk_dropped = hunk_candidates(findings, forks)
+        proposal.dropped += dropped + hunk_dropped
+        if cited:
+            proposal.findings.append(cited)
+        fork_made = interleave(functions, hunks)
     offered = variant_candidates(variants, cite=profile_finding)
     kinds = list(dict.fromkeys(h["kind"] for h in offered))
-    ranked = interleave(fork_candidates(findings, read_file), *([h for h in offered if h["kind"] == k] for k in kinds))
-    return [h for h in ranked if h["key"] not in tried]
+    profile_made = interleave(*([h for h in offered if h["kind"] == k] for k in kinds))
+    all_gaps = gap_candidates(findings)
+    gaps = [h for h in all_gaps if h["key"] not in tried]
+    proposal.made = {k: n for k, n in (("fork", len(fork_made)), ("profile", len(profile_made)),
+                                       ("backend-gap", len(all_gaps))) if n}
+    fresh = [h for h in fork_made if h["key"] not in tried][:MAX_FORK_CANDIDATES]
+    ranked = alternate(fresh, [h for h in profile_made if h["key"] not in tried])
+    if llm:
+        ranked = alternate(ranked, gaps) if gaps else ranked
+    else:
+        proposal.needs_llm = gaps
+    proposal.hypotheses = ranked
+    return proposal

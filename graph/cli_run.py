@@ -50,6 +50,12 @@ def run(ctx: typer.Context,
                                                      "git history. Default: history for git forks, file by file "
                                                      "for vendored trees and the pinned sdists."),
         papers: list[str] = typer.Option([], "--papers", help="arXiv query, id or local file to read first."),
+        reading_list: bool = typer.Option(True, "--reading-list/--no-reading-list",
+                                          help="Read the target's curated reading list first (llama.cpp: papers "
+                                               "on CPU inference, offline notes)."),
+        backend_gaps: bool = typer.Option(True, "--backend-gaps/--no-backend-gaps",
+                                          help="Read what the target's other backends implement and its CPU "
+                                               "backend lacks (llama.cpp: CUDA, Metal, Vulkan)."),
         chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
                                                  help="A Chroma server for the knowledge base (default: embedded, "
                                                       "in the data directory)."),
@@ -113,6 +119,7 @@ def run(ctx: typer.Context,
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
                 "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
                 "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url,
+                "reading_list": reading_list, "backend_gaps": backend_gaps,
                 "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
                 "offline": offline, "status": "starting"}
         write_meta(directory, meta)
@@ -122,14 +129,18 @@ def run(ctx: typer.Context,
         kb = deps_root.open_knowledge_base(app.paths, forks=meta.get("forks", []), papers=meta.get("papers", []),
                                            upstream=tgt.describe().get("source") or spec.get("source", source),
                                            subdirs=meta.get("fork_subdirs") or [], say=app.say,
-                                           as_trees=meta.get("as_trees"), chroma_url=meta.get("chroma_url"))
+                                           as_trees=meta.get("as_trees"), chroma_url=meta.get("chroma_url"),
+                                           readings=deps_root.target_readings(
+                                               tgt, spec, reading_list=meta.get("reading_list", True),
+                                               backend_gaps=meta.get("backend_gaps", True)))
+        fork_trees = deps_root.open_fork_trees(app.paths, meta.get("forks", []))
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])
         write_meta(directory, meta)
         raise
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say)
+    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say, fork_trees=fork_trees)
     if not offline:
         deps = deps_root.with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
                                   budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))

@@ -68,26 +68,91 @@ def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float
     return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, **llm_roles(llm, deps.target))
 
 
+def target_readings(target, spec: dict[str, Any], *, reading_list: bool = True, backend_gaps: bool = True
+                    ) -> list[dict[str, Any]]:
+    """What the target itself asks to read (Target.readings: the curated reading list, its own sibling backends),
+    less what the user opted out of; as knowledge-base recipes."""
+    out = []
+    for r in getattr(target, "readings", lambda: [])():
+        if r["kind"] == "papers" and r.get("item") == "reading-list" and not reading_list:
+            continue
+        if r["kind"] == "backends" and not backend_gaps:
+            continue
+        out.append(dict(r))
+    return out
+
+
 def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str],
-                        say: Say, as_trees: bool | None = None, chroma_url: str | None = None):
+                        say: Say, as_trees: bool | None = None, chroma_url: str | None = None,
+                        readings: list[dict[str, Any]] = ()):
     """Ingest what the run names first (one writer at a time), then open the store for reading (embedded Chroma
     in the data directory, or the Chroma server at `chroma_url`). `as_trees` None: forks are compared as
-    `kb ingest fork` would choose (history for git forks, file by file for vendored trees)."""
+    `kb ingest fork` would choose (history for git forks, file by file for vendored trees). `readings`: the
+    target's own recipes (the reading list, its backend gaps).
+
+    A recipe already read in full from the same revisions is not read again: the second run of a fork reads
+    nothing (the recipe is recorded as complete, with the revisions it read, only once its ingestion ends)."""
     from ..knowledge_base.embedder import SentenceTransformerEmbedder
-    from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe
+    from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe, source_key
     from ..knowledge_base.store import KnowledgeBase
     embedder = SentenceTransformerEmbedder()
     recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs, as_trees=as_trees) for f in forks]
     recipes += paper_recipes(papers) if papers else []
+    recipes += list(readings)
     if recipes:
         kb = KnowledgeBase(paths.knowledge_base, embedder, writable=True, chroma_url=chroma_url)
         try:
+            recorded = kb.sources()
             for recipe in recipes:
-                say(f"reading {recipe.get('fork') or recipe.get('item')} into the knowledge base")
+                source = source_key(recipe)
+                revisions = _revisions(paths, recipe)
+                done = recorded.get(source) or {}
+                if revisions and done.get("complete") and done.get("revisions") == revisions:
+                    say(f"{source}: already read (the same revisions); nothing to read again")
+                    continue
+                say(f"reading {recipe.get('fork') or recipe.get('item') or recipe.get('target')} into the "
+                    f"knowledge base")
                 source, summary = run_recipe(kb, recipe, paths)
                 say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
                     f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
+                if revisions:
+                    kb.record_source(source, {**recipe, "revisions": revisions, "complete": True})
         finally:
             kb.close()
     kb = KnowledgeBase(paths.knowledge_base, embedder, chroma_url=chroma_url)
     return kb if kb.count() else None
+
+
+def _revisions(paths: Paths, recipe: dict[str, Any]) -> dict[str, str]:
+    """The revisions a recipe reads (the prepared sources' baselines; a local tree's key changes with its files),
+    or {} when they cannot be told without reading (papers by query, paths)."""
+    from ..sources import prepare_source
+    names = {"fork": ("fork", "upstream"), "backends": ("target",)}.get(recipe["kind"])
+    if names is None:
+        if recipe.get("item") != "reading-list":
+            return {}
+        import hashlib
+
+        from ..knowledge_base import papers
+        listing = Path(papers.__file__).parent / "reading_list.toml"
+        return {"reading-list": hashlib.sha256(listing.read_bytes()).hexdigest()[:16]}
+    out = {}
+    for n in names:
+        try:
+            source = prepare_source(recipe[n], paths.sources, paths.sdists)
+        except Exception:
+            return {}  # the ingestion itself will say what is wrong with it
+        out[n] = f"{source.path.name}@{source.baseline}"
+    return out
+
+
+def open_fork_trees(paths: Paths, forks: list[str]) -> dict[str, Any]:
+    """The forks' source trees, by the name their knowledge-base chunks cite (for the porting engine)."""
+    from ..knowledge_base.ingest import _display_name
+    from ..sources import GitTree, prepare_source
+    trees = {}
+    for fork in forks:
+        source = prepare_source(fork, paths.sources, paths.sdists)
+        name = _display_name(fork)
+        trees[name] = GitTree(name, source.path, source.baseline)
+    return trees

@@ -136,7 +136,24 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
             "target": deps.target.name, "objective": metric, "best_variant": best.get("variant"),
             "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
             "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", []),
-            "measured_on": setup}
+            "measured_on": setup, **attribution(rows, kept, state.get("candidate_stats") or {})}
+
+
+def attribution(rows: list[dict[str, Any]], kept: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
+    """Which source paid: candidates, experiments and kept wins per source kind (paper, fork, backend-gap,
+    profile, llm), and why candidates were dropped before any experiment or discarded at the build."""
+    def count(items) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in items:
+            kind = r.get("source_kind") or "llm"
+            out[kind] = out.get(kind, 0) + 1
+        return out
+    builds = [r for r in rows if (r.get("verdict") or {}).get("gate") == "build"]
+    return {"candidates_by_source": dict(stats.get("candidates_by_source") or {}),
+            "experiments_by_source": count(rows), "kept_by_source": count(kept),
+            "dropped_by_reason": {**(stats.get("dropped") or {}),
+                                  **({"build failure": len(builds)} if builds else {})},
+            "needs_llm": list(stats.get("needs_llm") or [])}
 
 
 def list_runs(paths: Paths) -> list[dict[str, Any]]:

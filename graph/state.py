@@ -35,3 +35,4 @@ class RunState(TypedDict, total=False):
     research_round: int
     last_wave_won: bool
     stop_reason: str
+    candidate_stats: dict[str, Any]     # the last proposal: candidates per source, drops per reason, needs an LLM

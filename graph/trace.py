@@ -374,7 +374,10 @@ def start_tracing(deps: Any, directory: Path) -> Any:
                              "repository": str(getattr(deps.target, "repository", "") or ""),
                              "objective": plain(getattr(deps.target, "objective", None)),
                              "hot_paths": list(getattr(deps.target, "hot_paths", ()) or ()),
-                             "protected": list(getattr(deps.target, "protected", ()) or ())}}, sync=True)
+                             "protected": list(getattr(deps.target, "protected", ()) or ())},
+                  # Trees are read, not called: a replay reopens the same revisions to port the same code.
+                  "fork_trees": {name: {"repo": str(getattr(t, "repo", "")), "revision": t.revision}
+                                 for name, t in deps.fork_trees.items()}}, sync=True)
     return dataclasses.replace(
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,
         ledger=TracedLedger(deps.ledger, recorder) if deps.ledger is not None else None,

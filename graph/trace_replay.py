@@ -240,6 +240,13 @@ def _outcome(error: dict[str, str] | None) -> str:
     return "success" if not error else f"{error.get('type')}: {error.get('message', '')[:200]}"
 
 
+def fork_trees_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache)."""
+    from ..sources import GitTree
+    return {name: GitTree(name, Path(t["repo"]), t["revision"]) for name, t in (info.get("fork_trees") or {}).items()
+            if t.get("repo") and Path(t["repo"]).is_dir()}
+
+
 # -- stand-ins that serve the recording --------------------------------------------------------------------------
 
 class ReplayTarget:
@@ -380,7 +387,8 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
                        kb=ReplayKnowledgeBase(replayer) if has.get("kb") else None, llm=llm,
                        implement=roles.get("implement"), plan=roles.get("plan"),
                        spent_usd=replayer.value("spent_usd", lambda: 0.0),
-                       clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node)
+                       clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node,
+                       fork_trees=fork_trees_of(info))
         saver, conn = open_checkpointer(scratch)
         try:
             graph = build_graph(deps, checkpointer=saver)

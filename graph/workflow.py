@@ -21,14 +21,14 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from ..agents import competitor_analyst, offline_policy, researcher
+from ..agents import competitor_analyst, offline_policy, porting, researcher
 from ..agents.evaluator import calibrate
 from ..agents.experiment import evaluator_for, run_experiment
-from ..agents.findings import finding
+from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
-from ..protocols import KnowledgeStore, Target
+from ..protocols import KnowledgeStore, Target, Tree
 from ..records import Baseline, from_dict, to_dict
-from ..sources import read_at
+from ..sources import GitTree, merge_file
 from .ledger import Ledger
 from .state import RunState
 
@@ -63,6 +63,7 @@ class RunDeps:
     say: Say = lambda _: None
     clock: Callable[[], float] = time.time
     wrap_node: Callable[[str, Callable], Callable] = lambda name, fn: fn  # the trace recorder's hook
+    fork_trees: dict[str, Tree] = field(default_factory=dict)  # the forks' source trees, by the name chunks cite
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,6 +81,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
     say = deps.say
 
     target = deps.target
+
+    def tree_at(commit: str) -> Tree:
+        return GitTree(target.name, target.repository, commit)
 
     # -- profile ---------------------------------------------------------------------------------------------------
     def profile(state: RunState) -> dict[str, Any]:
@@ -126,6 +130,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         try:
             found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_,
                                                say=say, hot_paths=target.hot_paths,
+                                               hot_symbols=porting.hot_symbols(tree_at(state["best"]["commit"]),
+                                                                               target.hot_paths),
                                                queries=(state["profile"].get("queries") or {}).get("competitors"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
@@ -143,9 +149,6 @@ def build_graph(deps: RunDeps, checkpointer=None):
         profile_finding = next(f["id"] for f in findings if f["role"] == "profiler")
         best = state["best"]
 
-        def read_file(path: str) -> str | None:
-            return read_at(target.repository, best["commit"], path)
-
         ranked: list[dict[str, Any]] = []
         if deps.plan is not None:
             try:
@@ -155,16 +158,31 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 return {"stop_reason": f"dollar budget spent ({e})", "hypotheses": []}
             if getattr(planned, "error", None):
                 say(f"hypothesize: the planner's answer was unusable: {planned.error}")
-            ranked = [h for h in planned if h["key"] not in tried]
-        ranked += offline_policy.propose(findings, variants=target.variants(best["variant"]), tried=tried,
-                                         profile_finding=profile_finding, read_file=read_file)
+            ranked = [{**h, "source_kind": source_kind(h.get("citations", []), findings)}
+                      for h in planned if h["key"] not in tried]
+        proposal = offline_policy.propose(
+            findings, variants=target.variants(best["variant"]), tried=tried, profile_finding=profile_finding,
+            forks=offline_policy.ForkSources(
+                current=tree_at(best["commit"]), base=tree_at(state["baseline"]["commit"]), forks=deps.fork_trees,
+                hot_paths=target.hot_paths, merge_file=merge_file,
+                rank=_ranker((state.get("profile") or {}).get("hot_symbols") or [])),
+            llm=deps.implement is not None)
+        ranked += proposal.hypotheses
+        stats = proposal.stats()
+        if stats != state.get("candidate_stats"):
+            say("hypothesize: candidates by source: " + (", ".join(f"{k} {n}" for k, n in
+                stats["candidates_by_source"].items()) or "none") + (
+                "; dropped: " + ", ".join(f"{n} {r}" for r, n in stats["dropped"].items()) if stats["dropped"] else ""))
+        known = {f["id"] for f in findings}
+        update: dict[str, Any] = {"candidate_stats": stats,
+                                  "findings": [f for f in proposal.findings if f["id"] not in known]}
         ranked = [h for h in ranked if h["kind"] in opts.kinds]
         if not ranked:
             if state.get("research_round", 0) + 1 < opts.max_research_rounds and deps.kb is not None:
-                return {"hypotheses": [], "research_round": state.get("research_round", 0) + 1}
-            return {"hypotheses": [], "stop_reason": "hypotheses exhausted"}
+                return {**update, "hypotheses": [], "research_round": state.get("research_round", 0) + 1}
+            return {**update, "hypotheses": [], "stop_reason": "hypotheses exhausted"}
         say(f"hypothesize: {len(ranked)} untried; next: " + "; ".join(h["title"] for h in ranked[:opts.workers]))
-        return {"hypotheses": ranked, "wave": state.get("wave", 0) + 1}
+        return {**update, "hypotheses": ranked, "wave": state.get("wave", 0) + 1}
 
     def after_competitors(state: RunState) -> str:
         return END if state.get("stop_reason") else "hypothesize"
@@ -198,7 +216,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
                                  worker=payload["worker"], evaluator_config=evaluator_for(target,
                                                                                           max_runs=opts.max_runs),
                                  implement=deps.implement, say=say)
-            recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"]})
+            recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"],
+                                           "source_kind": h.get("source_kind") or "llm"})
         return {"wave_results": [_summary(recorded)], "tried": [h["key"]]}
 
     # -- decide ------------------------------------------------------------------------------------------------------
@@ -252,6 +271,13 @@ def build_graph(deps: RunDeps, checkpointer=None):
     return g.compile(checkpointer=checkpointer)
 
 
+def _ranker(fragments: list[str]) -> Callable[[str], int]:
+    """A function name's rank by the profile's hot symbols: the index of the first fragment it contains."""
+    def rank(name: str) -> int:
+        return next((i for i, f in enumerate(fragments) if f in name), len(fragments))
+    return rank
+
+
 def _config_id(best: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(best["variant"], sort_keys=True).encode()).hexdigest()[:8]
 
@@ -270,7 +296,7 @@ def _tried_for_planner(ledger: Ledger | None, tried: set[str]) -> list[dict[str,
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """What the state keeps of an experiment; the ledger keeps everything."""
     return {k: row.get(k) for k in ("id", "key", "kind", "title", "decision", "reason", "speedup", "ci_low",
-                                    "ci_high", "candidate")}
+                                    "ci_high", "candidate", "source_kind")}
 
 
 def _pct(x: float | None) -> str:

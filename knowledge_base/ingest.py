@@ -2,13 +2,17 @@
 
 A recipe is plain data ({"kind": "fork", "fork": "ik_llama.cpp", ...}); `run_recipe` resolves its sources
 (known names → pinned sdists, else git URL or path) and feeds its units to the store.
+
+A fork compared as trees is read again only where it changed: the blob of every path on both sides is recorded
+after a complete ingestion, and the next one reads (and replaces, or removes) only the files whose blobs differ.
+Re-reading the whole ik_llama.cpp tree takes about half a minute; one changed file, seconds.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +21,22 @@ from ..errors import KnowledgeBaseError, SourceError
 from ..sources import KNOWN_SOURCES, prepare_source
 from .backends import gap_units, scan_backends
 from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
-from .forks import Side, fork_units
+from .forks import ScratchRepo, Side, fork_units
 from .papers import ARXIV_ID, arxiv_client, arxiv_units, document_unit, find_papers, reading_list_units
 from .store import IngestSummary, KnowledgeBase
 
-Progress = Callable[[str], None]
+# (phase, done, total): "reading" counts units (total unknown), "writing" counts chunks of the units read.
+Progress = Callable[[str, int, int | None], None]
+# A tree comparison reads anew when more paths than this changed (a pathspec that long is a full read anyway).
+MAX_CHANGED_PATHS = 300
 
 
 def fork_recipe(fork: str, upstream: str = "llama.cpp", *, subdirs: Sequence[str] = (),
                 as_trees: bool | None = None) -> dict[str, Any]:
-    # Two pinned sdists are vendored trees with no shared history, and so is a plain directory (a vendored copy
-    # on either side): compare them as trees. Two git repositories are compared by their history.
+    # A pinned sdist is a vendored tree with no history, and so is a plain directory: with one on either side
+    # there is no shared history to follow, so compare the trees. Two git repositories are compared by history.
     trees = as_trees if as_trees is not None else (
-        (fork in KNOWN_SOURCES and upstream in KNOWN_SOURCES) or _plain_directory(fork) or _plain_directory(upstream))
+        fork in KNOWN_SOURCES or upstream in KNOWN_SOURCES or _plain_directory(fork) or _plain_directory(upstream))
     return {"kind": "fork", "fork": fork, "upstream": upstream, "subdirs": list(subdirs), "as_trees": trees}
 
 
@@ -160,15 +167,79 @@ def paper_recipes(items: Sequence[str], *, max_results: int = 5, fetch_pdf: bool
     return recipes
 
 
+# -- a tree comparison, read where it changed -------------------------------------------------------------------
+
+def _blobs(scratch: ScratchRepo, revision: str, subdirs: Sequence[str]) -> dict[str, str]:
+    listing = scratch.git("ls-tree", "-r", "--full-tree", revision, "--", *subdirs)
+    blobs = {}
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        blobs[path] = meta.split()[2]
+    return blobs
+
+
+def _fork_tree_plan(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, source: str
+                    ) -> tuple[Iterator[Unit | Skipped], bool | set[str], dict[str, Any]]:
+    """(units, what may be pruned, the state to record once they are written) of a tree comparison: every file
+    on a first read (or when much changed), else only the files whose blob changed on either side."""
+    fork = _prepare(recipe["fork"], paths, need_git=False)
+    upstream = _prepare(recipe["upstream"], paths, need_git=False)
+    fork_side = Side(_display_name(recipe["fork"]), fork.path, fork.baseline)
+    upstream_side = Side(_display_name(recipe["upstream"]), upstream.path, upstream.baseline)
+    scratch_dir = paths.knowledge_base / "git"
+    subdirs = list(recipe.get("subdirs", ()))
+    scratch = ScratchRepo(scratch_dir, fork_side, upstream_side)
+    state = {"fork": _blobs(scratch, fork.baseline, subdirs), "upstream": _blobs(scratch, upstream.baseline, subdirs)}
+    previous = kb.tree_state(source)
+    changed: set[str] | None = None
+    if previous and kb.has_source(source):
+        changed = {p for side in ("fork", "upstream") for p in state[side].keys() | previous[side].keys()
+                   if state[side].get(p) != previous[side].get(p)}
+        if changed:
+            # A rename pairs two paths: whichever side changed, read both so git still sees the rename.
+            status = scratch.git("diff", "--name-status", "-M", "--no-color", upstream.baseline, fork.baseline,
+                                 "--", *subdirs)
+            for line in status.splitlines():
+                named = line.split("\t")[1:]
+                if changed.intersection(named):
+                    changed.update(named)
+        if len(changed) > MAX_CHANGED_PATHS:
+            changed = None
+    if changed is None:
+        units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=subdirs, as_trees=True)
+        return units, True, state
+    if not changed:
+        return iter(()), set(), state
+    units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=sorted(changed), as_trees=True)
+    prunable = {f"{source}::{shape}:{p}" for p in changed for shape in ("file", "diff")}
+    return units, prunable, state
+
+
 def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progress: Progress | None = None,
                arxiv_url: str | None = None) -> tuple[str, IngestSummary]:
     source = source_key(recipe)
     if recipe["kind"] == "path" and not Path(recipe["path"]).exists():
         raise KnowledgeBaseError(f"{recipe['path']}: no such file or directory")  # and nothing recorded
-    units = recipe_units(recipe, paths, arxiv_url=arxiv_url)
-    kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
+    tree_state = None
     # A query or reading-list item may return different papers over time: never prune papers.
-    return source, kb.ingest(source, units, prune=recipe["kind"] != "papers", progress=progress)
+    prune: bool | Collection[str] = recipe["kind"] != "papers"
+    if recipe["kind"] == "fork" and recipe["as_trees"]:
+        units, prune, tree_state = _fork_tree_plan(kb, recipe, paths, source)
+    else:
+        units = recipe_units(recipe, paths, arxiv_url=arxiv_url)
+    kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
+    # Read everything first: the writing phase then knows how many chunks it has, for a rate and an ETA.
+    items: list[Unit | Skipped] = []
+    for item in units:
+        items.append(item)
+        if progress:
+            progress("reading", len(items), None)
+    total = sum(len(i.chunks) for i in items if isinstance(i, Unit))
+    summary = kb.ingest(source, items, prune=prune,
+                        progress=(lambda done, _unit: progress("writing", done, total)) if progress else None)
+    if tree_state is not None:
+        kb.record_tree_state(source, tree_state)  # only once everything is written: else the next read is whole
+    return source, summary
 
 
 def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:
@@ -202,12 +273,14 @@ def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:
                 pass  # no collection yet
             for f in directory.glob("lexical-*.sqlite*"):
                 f.unlink()
+            (directory / "fork-trees-server.json").unlink(missing_ok=True)
         else:
             from chromadb.api.shared_system_client import SharedSystemClient
             SharedSystemClient.clear_system_cache()  # a client opened earlier in this process holds the old files
             shutil.rmtree(directory / "chroma", ignore_errors=True)
             for f in directory.glob("lexical.sqlite*"):
                 f.unlink()
+            (directory / "fork-trees.json").unlink(missing_ok=True)
     finally:
         lock.release()
     return recipes

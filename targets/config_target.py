@@ -174,6 +174,10 @@ class ConfigTarget(GitTarget):
             out[key].update({str(k): str(v) for k, v in env.items()})
         return out
 
+    def readings(self) -> list[dict[str, Any]]:
+        """A readfirst.toml project names what to read with `run --papers`/`--fork`; nothing by itself."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": str(self.config.path), "source": self.source.origin,
                 "repository": str(self.source.path), "baseline": self.source.baseline,

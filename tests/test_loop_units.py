@@ -7,7 +7,6 @@ import sqlite3
 import pytest
 
 from readfirst.agents.findings import finding
-from readfirst.agents.offline_policy import anchored_patch, hunk_sides, interleave, propose
 from readfirst.targets.llama_cpp.profile import make_profile
 from readfirst.graph.ledger import Ledger
 from readfirst.graph.state import extend_or_reset
@@ -41,49 +40,6 @@ def test_wave_results_append_and_reset():
     assert extend_or_reset([1], [2]) == [1, 2]
     assert extend_or_reset([1, 2], None) == []
     assert extend_or_reset(None, [3]) == [3]
-
-
-CHUNK = """// fork ik_llama.cpp vs llama.cpp: ggml/src/ggml-cpu/ops.cpp:10-14 rms_norm
-@@ -10,5 +10,5 @@ static void rms_norm
- int a = 1;
--int b = 2;
-+int b = 3;
- int c = 4;"""
-
-
-def test_fork_hunk_is_anchored_once_and_becomes_a_real_diff():
-    old, new = hunk_sides(CHUNK)
-    assert old == ["int a = 1;", "int b = 2;", "int c = 4;"] and new[1] == "int b = 3;"
-    current = "x\nint a = 1;\nint b = 2;\nint c = 4;\ny\n"
-    patch = anchored_patch("f.c", current, old, new)
-    assert patch.startswith("diff --git a/f.c b/f.c\n--- a/f.c\n+++ b/f.c\n")
-    assert "-int b = 2;\n+int b = 3;\n" in patch
-    # Twice in the file: ambiguous, so not a candidate; absent: not a candidate either.
-    assert anchored_patch("f.c", current + current, old, new) is None
-    assert anchored_patch("f.c", "nothing here\n", old, new) is None
-
-
-def test_pure_additions_and_non_diffs_have_no_anchor():
-    assert hunk_sides("// x\n@@ -1,0 +1,2 @@\n+new line\n+another") is None
-    assert hunk_sides("just text") is None
-
-
-def test_propose_interleaves_kinds_cites_findings_and_skips_tried():
-    fork_finding = finding("competitor_analyst", "q", "fork does X",
-                           extra={"fork_hunks": [{"id": "c1", "path": "f.c", "symbol": "rms_norm", "text": CHUNK}]})
-    variants = [{"kind": "build", "title": "build with -O3", "rationale": "r", "change": {"build_env": {"O": "3"}}},
-                {"kind": "runtime", "title": "one thread", "rationale": "r", "change": {"run_env": {"T": "1"}}}]
-    read = lambda path: "int a = 1;\nint b = 2;\nint c = 4;\n" if path == "f.c" else None  # noqa: E731
-    ranked = propose([fork_finding], variants=variants, tried=set(), profile_finding="Fprof", read_file=read)
-    kinds = [h["kind"] for h in ranked]
-    assert kinds == ["patch", "build", "runtime"]
-    assert ranked[1]["change"] == {"variant": {"build_env": {"O": "3"}}}  # opaque: passed to Target.apply
-    assert ranked[0]["citations"] == [fork_finding["id"]] and ranked[1]["citations"] == ["Fprof"]
-    again = propose([fork_finding], variants=variants, tried={ranked[0]["key"], ranked[1]["key"]},
-                    profile_finding="Fprof", read_file=read)
-    assert {h["key"] for h in again}.isdisjoint({ranked[0]["key"], ranked[1]["key"]})
-    assert len(again) == len(ranked) - 2
-    assert interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]
 
 
 def _bench(tg: float, pp: float) -> BenchResult:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -50,9 +51,21 @@ TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
 # files stay open: an optimization may add a source file.
 PROTECTED = ("tools/llama-bench/*", "tools/perplexity/*", "tools/quantize/*", "tests/*", "CMakeLists.txt",
              "tools/CMakeLists.txt", "cmake/*", "common/*")
-# The CPU backend's hot code, upstream's and the forks' (ik_llama.cpp keeps its CPU kernels in ggml/src/iqk and
-# its graph code in ggml/src/ggml.c).
-HOT_PATHS = ("ggml/src/ggml-cpu/*", "ggml/src/iqk/*", "ggml/src/ggml.c", "ggml/src/ggml-quants.c")
+# The CPU backend's hot code as compiled on this machine: its ops, vec, quants, repack, matmul (llamafile's
+# sgemm, the tiled paths) and flash-attention code, and only this CPU's arch/ folder (the others are not built).
+# A fork's code is matched by function name wherever the fork keeps it (ik_llama.cpp: ggml.c, ggml-quants.c,
+# iqk/), so the forks' layouts need no globs here; iqk/ is for retrieving its own kernels (iqk_mul_mat...), which
+# replace upstream's rather than share their names.
+_ARCH = {"x86_64": "x86", "amd64": "x86", "i686": "x86", "aarch64": "arm", "arm64": "arm", "ppc64le": "powerpc",
+         "riscv64": "riscv", "s390x": "s390", "loongarch64": "loongarch"}.get(platform.machine().lower(), "x86")
+HOT_PATHS = ("ggml/src/ggml-cpu/*", "!ggml/src/ggml-cpu/arch/*", f"ggml/src/ggml-cpu/arch/{_ARCH}/*",
+             "!ggml/src/ggml-cpu/kleidiai/*", "!ggml/src/ggml-cpu/spacemit/*", "!ggml/src/ggml-cpu/cmake/*",
+             "ggml/src/iqk/*")
+# What dominates a dense model's generation and prompt processing on the CPU, most first: the quantized dot
+# product of its weights' type and the activations' quantization, the matmul driver, attention, then the
+# per-token elementwise ops. The profile puts the model's own types in front.
+HOT_OPS = ("mul_mat", "flash_attn_ext", "vec_dot_f16", "rms_norm", "rope", "soft_max", "swiglu", "silu",
+           "get_rows", "add", "mul", "cpy")
 
 BASE_CMAKE = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_CCACHE=ON", "-DLLAMA_CURL=OFF",
               "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON",
@@ -91,6 +104,15 @@ FORK_QUERIES = (
     "rope CPU kernel",
     "thread barrier synchronization graph compute",
 )
+
+
+def hot_symbols(quant: str, *, flash_attn: bool) -> list[str]:
+    """The function-name fragments that hold the time for this model type, most first: `vec_dot_q4_0` and
+    `quantize_row_q8_0` for Q4_0 weights (whose dot product takes Q8_0 activations), then HOT_OPS."""
+    q = quant.lower()
+    activation = {"q4_0": "q8_0", "q4_1": "q8_1", "q5_0": "q8_0", "q5_1": "q8_1", "q8_0": "q8_0"}.get(q, "q8_k")
+    ops = [o for o in HOT_OPS if flash_attn or o not in ("flash_attn_ext", "vec_dot_f16")]
+    return [f"vec_dot_{q}", f"quantize_row_{activation}", *ops]
 
 
 def research_queries(facts: Sequence[str]) -> list[str]:
@@ -227,11 +249,13 @@ class LlamaCppTarget(GitTarget):
             read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
                                               threads=int(baseline.variant["run"]["threads"]))
         prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+        symbols = hot_symbols(self.quant, flash_attn=bool(baseline.variant["run"]["flash_attn"]))
         return Profile(prof.facts, {s.test: s.mean_ts for s in bench.samples},
-                       {"research": research_queries(prof.facts), "competitors": list(FORK_QUERIES)},
+                       {"research": research_queries(prof.facts),
+                        "competitors": list(FORK_QUERIES) + [f"{s} CPU kernel" for s in symbols[:3]]},
                        {**prof.to_dict(), "bench": to_dict(bench),
                         "setup": {"cpu": bench.cpu, "threads": bench.threads, "cpus": bench.cpus,
-                                  "flash_attn": bench.flash_attn}})
+                                  "flash_attn": bench.flash_attn}}, hot_symbols=symbols)
 
     def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Build flags a maintainer would try, and the runtime settings a user would tune."""
@@ -268,6 +292,12 @@ class LlamaCppTarget(GitTarget):
             raise ValueError(f"unknown llama.cpp runtime setting(s): {', '.join(sorted(unknown))}")
         out["run"].update(change.get("run") or {})
         return out
+
+    def readings(self) -> list[dict[str, Any]]:
+        """The curated reading list on CPU inference, and this tree's own other backends (what CUDA, Metal and
+        Vulkan implement that the CPU backend lacks)."""
+        return [{"kind": "papers", "item": "reading-list", "max_results": 5, "fetch_pdf": True},
+                {"kind": "backends", "target": self.source.origin}]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source.origin, "repository": str(self.source.path),

@@ -1,0 +1,216 @@
+"""The porting engine on real git trees: tolerant hunks, three-way merges, function ports with their helpers, and
+the drops that say why. The ports are compiled with the host's C compiler: a candidate that would not build is
+the engine's fault when the reason was knowable from the text."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from readfirst.agents import porting
+from readfirst.agents.offline_policy import ForkSources, propose
+from readfirst.sources import GitTree, merge_file
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_tree(path: Path, files: dict[str, str], name: str | None = None) -> GitTree:
+    path.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    if not (path / ".git").exists():
+        git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "tree")
+    return GitTree(name or path.name, path, git(path, "rev-parse", "HEAD"))
+
+
+UPSTREAM_C = """#include <stddef.h>
+
+static int scale = 3;
+
+int sum(const int * x, size_t n) {
+    int s = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += x[i];
+    }
+    return s * scale;
+}
+
+int other(int a) {
+    return a + 1;
+}
+"""
+
+# The fork moved sum() into another file, reformatted it, and made it use a helper and a macro of its own.
+FORK_KERNELS_C = """#include <stddef.h>
+#define UNROLL 4
+
+static int scale = 3;
+
+static inline int sum4(const int *x) { return x[0] + x[1] + x[2] + x[3]; }
+
+int sum(const int *x,
+        size_t n)
+{
+  int s = 0; size_t i = 0;
+  for (; i + UNROLL <= n; i += UNROLL) s += sum4(x + i);
+  for (; i < n; i++) s += x[i];
+  return s * scale;
+}
+"""
+
+
+def compiles(source: str, tmp: Path) -> subprocess.CompletedProcess:
+    f = tmp / "unit.c"
+    f.write_text(source)
+    return subprocess.run(["gcc", "-c", "-Wall", "-Werror", "-o", str(tmp / "unit.o"), str(f)],
+                          capture_output=True, text=True)
+
+
+def apply(tree: GitTree, patch: str) -> str:
+    work = tree.repo
+    subprocess.run(["git", "-C", str(work), "apply", "--check", "-"], input=patch, text=True, check=True)
+    subprocess.run(["git", "-C", str(work), "apply", "-"], input=patch, text=True, check=True)
+    return work
+
+
+def test_a_function_moved_and_reformatted_in_the_fork_is_ported_with_its_helper_and_builds(tmp_path):
+    upstream = make_tree(tmp_path / "up", {"src/math.c": UPSTREAM_C})
+    fork = make_tree(tmp_path / "fork", {"src/math.c": UPSTREAM_C.replace(UPSTREAM_C[UPSTREAM_C.index("int sum"):
+                                                                                     UPSTREAM_C.index("int other")], ""),
+                                         "lib/kernels.c": FORK_KERNELS_C}, name="fork")
+    ports = porting.function_ports(upstream, [fork], hot_paths=["src/*"])
+    [port] = ports.candidates
+    assert port.symbol == "sum" and port.path == "src/math.c" and port.fork_path == "lib/kernels.c"
+    assert set(port.helpers) == {"sum4", "UNROLL"}  # `scale` is the tree's own: not brought twice
+    apply(upstream, port.patch)
+    ported = (upstream.repo / "src/math.c").read_text()
+    assert ported.count("static int scale") == 1 and "sum4(x + i)" in ported and "int other(int a)" in ported
+    built = compiles(ported, tmp_path)
+    assert built.returncode == 0, built.stderr
+
+
+def test_what_cannot_be_ported_is_dropped_with_its_reason(tmp_path):
+    upstream = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    fork_c = (UPSTREAM_C.replace("int sum(const int * x, size_t n)", "int sum(const int * x, size_t n, int k)")
+              .replace("return a + 1;", "return fork_only_magic(a);")
+              + "#if FORK_ONLY_FEATURE\nint never(void) { return undefined_thing(); }\n#endif\n")
+    fork = make_tree(tmp_path / "fork", {"a.c": fork_c})
+    ports = porting.function_ports(upstream, [fork], hot_paths=["*"])
+    assert ports.candidates == []
+    reasons = {d.what.split("'s ")[1]: d.reason for d in ports.dropped}
+    assert reasons == {"sum": "signature differs", "other": "unresolved"}
+    assert "fork_only_magic" in next(d.detail for d in ports.dropped if d.reason == "unresolved")
+
+
+def test_code_under_an_if_the_tree_never_defines_does_not_count_as_needed(tmp_path):
+    upstream = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    fork_c = UPSTREAM_C.replace("    return a + 1;", "#if GGML_USE_FORK_ONLY\n    return fork_kernel(a);\n"
+                                                    "#elif defined(__ARM_NEON)\n    return vaddq_neon_only(a);\n"
+                                                    "#else\n    return a + 2;\n#endif")
+    fork = make_tree(tmp_path / "fork", {"a.c": fork_c})
+    [port] = porting.function_ports(upstream, [fork], hot_paths=["*"]).candidates
+    assert port.symbol == "other"
+    apply(upstream, port.patch)
+    assert compiles((upstream.repo / "a.c").read_text(), tmp_path).returncode == 0
+
+
+HUNK = """// fork-diff fork vs up: a.c:5-9 sum
+@@ -5,5 +5,5 @@ int sum(const int * x, size_t n) {
+     int s = 0;
+     for (size_t i = 0; i < n; i++) {
+-        s += x[i];
++        s += 2 * x[i];
+     }
+     return s * scale;"""
+
+
+def test_a_hunk_anchors_ignoring_whitespace_and_with_less_context(tmp_path):
+    # The current file was reformatted (tabs, one context line changed): the hunk still finds its one place.
+    current = UPSTREAM_C.replace("    int s = 0;", "\tint s = 0;").replace("    return s * scale;",
+                                                                           "    return scale * s;")
+    tagged = porting.hunk_lines(HUNK)
+    out = porting.apply_hunk(current, tagged)
+    assert out is not None and "s += 2 * x[i];" in out and "\tint s = 0;" in out  # context keeps its spelling
+    assert porting.apply_hunk(current.replace("s += x[i];", "s -= x[i];"), tagged) is None
+    assert porting.apply_hunk(current + current, tagged) is None  # twice: ambiguous, no anchor
+
+
+def test_a_hunk_merges_three_way_onto_a_changed_file_or_reports_the_conflict(tmp_path):
+    base = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    # A kept experiment changed another function of the file: the hunk still merges.
+    current = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C.replace("return a + 1;", "return a + 10;")})
+    base = base.at(base.revision)
+    hunk = {"id": "c1", "repo": "fork", "path": "a.c", "symbol": "sum", "text": HUNK}
+    made = porting.hunk_port(hunk, current=current, base=base, forks={}, merge_file=merge_file)
+    assert isinstance(made, porting.Candidate), made
+    assert "+        s += 2 * x[i];" in made.patch and "a + 10" not in made.patch.split("@@")[-1].split("\n+")[0]
+    # The kept experiment changed the very line the hunk changes: a conflict, said as such.
+    clash = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C.replace("s += x[i];", "s += x[i] + 0;")})
+    dropped = porting.hunk_port(hunk, current=clash, base=base, forks={}, merge_file=merge_file)
+    assert isinstance(dropped, porting.Dropped) and dropped.reason == "conflict"
+    gone = porting.hunk_port({**hunk, "path": "missing.c"}, current=clash, base=base, forks={}, merge_file=merge_file)
+    assert isinstance(gone, porting.Dropped) and gone.reason == "no file"
+
+
+def test_a_git_forks_commit_is_merged_from_its_own_parent(tmp_path):
+    up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    shutil.copytree(tmp_path / "up", tmp_path / "fork")
+    fork = make_tree(tmp_path / "fork", {"a.c": UPSTREAM_C.replace("return a + 1;", "return a + 2;")}, name="fork")
+    hunk = {"id": "c2", "repo": "fork", "commit": fork.revision, "path": "a.c", "symbol": "other", "text": ""}
+    made = porting.hunk_port(hunk, current=up, base=up, forks={"fork": fork}, merge_file=merge_file)
+    assert isinstance(made, porting.Candidate) and "+    return a + 2;" in made.patch
+
+
+def test_propose_alternates_fork_ports_with_the_targets_variants_and_attributes_them(tmp_path):
+    upstream = make_tree(tmp_path / "up", {"src/math.c": UPSTREAM_C})
+    fork = make_tree(tmp_path / "fork", {"lib/kernels.c": FORK_KERNELS_C,
+                                         "lib/other.c": "int other(int a) {\n    return a + 3;\n}\n"}, name="fork")
+    variants = [{"kind": "build", "title": f"build {i}", "change": {"build_env": {"O": str(i)}}} for i in range(3)]
+    sources = ForkSources(current=upstream, base=upstream, forks={"fork": fork}, hot_paths=["src/*"],
+                          merge_file=merge_file, rank=lambda name: 0 if name == "other" else 1)
+    gap_finding = {"id": "Fgap", "claim": "CUDA fuses it", "backend_gaps": [
+        {"id": "g1", "gap": "fusion", "ops": "GGML_OP_RMS_NORM,GGML_OP_MUL", "backends": "CUDA", "path": "x.cu"}]}
+    proposal = propose([gap_finding], variants=variants, tried=set(), profile_finding="Fprof", forks=sources)
+    kinds = [h["source_kind"] for h in proposal.hypotheses]
+    assert kinds[:4] == ["fork", "profile", "fork", "profile"]
+    assert proposal.hypotheses[0]["title"].startswith("port fork's other")  # the profile's rank goes first
+    assert proposal.stats()["candidates_by_source"] == {"fork": 2, "profile": 3, "backend-gap": 1}
+    # Offline, a backend gap needs an LLM: listed, not queued; with an LLM it joins the queue.
+    assert [h["title"] for h in proposal.needs_llm] == ["fuse RMS_NORM + MUL on the CPU, as the CUDA backend does"]
+    with_llm = propose([gap_finding], variants=variants, tried=set(), profile_finding="Fprof", forks=sources,
+                       llm=True)
+    assert "backend-gap" in [h["source_kind"] for h in with_llm.hypotheses]
+    # The same port against a newer tree is the same hypothesis: tried once.
+    tried = {h["key"] for h in proposal.hypotheses if h["source_kind"] == "fork"}
+    again = propose([], variants=variants, tried=tried, profile_finding="Fprof", forks=sources)
+    assert [h["source_kind"] for h in again.hypotheses] == ["profile"] * 3
+
+
+@pytest.mark.slow
+def test_the_pinned_llama_cpp_and_ik_llama_cpp_give_fork_candidates_in_the_cpu_hot_code(paths):
+    from readfirst.sources import prepare_source
+    from readfirst.targets.llama_cpp.target import HOT_PATHS, hot_symbols
+    up = prepare_source("llama.cpp", paths.sources, paths.sdists)
+    ik = prepare_source("ik_llama.cpp", paths.sources, paths.sdists)
+    current = GitTree("llama.cpp", up.path, up.baseline)
+    fork = GitTree("ik_llama.cpp", ik.path, ik.baseline)
+    fragments = hot_symbols("Q4_0", flash_attn=True)
+    ports = porting.function_ports(current, [fork], hot_paths=HOT_PATHS)
+    hot = [c for c in ports.candidates if any(f in c.symbol for f in fragments)]
+    print(f"{len(ports.candidates)} candidates, {len(hot)} in the profile's hot symbols; dropped: "
+          f"{porting.reasons(ports.dropped)}")
+    for c in sorted(hot, key=lambda c: c.changed_lines)[:8]:
+        print(f"  {c.title}: {c.changed_lines} lines")
+    assert len(hot) >= 5
+    assert all(c.path.startswith("ggml/src/ggml-cpu/") for c in ports.candidates)
+    assert any(c.symbol == "ggml_vec_dot_q4_0_q8_0" for c in ports.candidates)
+    assert any(c.fork_path == "ggml/src/ggml.c" for c in hot)  # found where ik_llama.cpp keeps it
