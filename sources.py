@@ -83,15 +83,17 @@ class GitTree:
     or a fork's. Implements protocols.Tree. Reads go through one `git cat-file --batch` process and are kept:
     a revision does not change, and the porting engine reads hundreds of files per wave."""
 
-    def __init__(self, name: str, repo: Path, revision: str):
-        self.name, self.repo, self.revision = name, repo, revision
+    def __init__(self, name: str, repo: Path, revision: str, *, subdirs: tuple[str, ...] = ()):
+        self.name, self.repo, self.revision, self.subdirs = name, repo, revision, tuple(subdirs)
         self._files: list[str] | None = None
         self._texts: dict[tuple[str, str], str | None] = {}
         self._batch: subprocess.Popen | None = None
 
     def files(self) -> list[str]:
         if self._files is None:
-            self._files = git(self.repo, "ls-tree", "-r", "--name-only", self.revision).stdout.splitlines()
+            # Only these folders, when given (a run's --fork-subdir): what the user pointed the run at.
+            self._files = git(self.repo, "ls-tree", "-r", "--name-only", self.revision, "--",
+                              *self.subdirs).stdout.splitlines()
         return self._files
 
     def read(self, path: str, revision: str | None = None) -> str | None:
@@ -120,7 +122,7 @@ class GitTree:
         return data.decode("utf-8", errors="replace")
 
     def at(self, revision: str) -> "GitTree":
-        return GitTree(self.name, self.repo, revision)
+        return GitTree(self.name, self.repo, revision, subdirs=self.subdirs)
 
     def close(self) -> None:
         if self._batch is not None:

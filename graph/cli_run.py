@@ -133,7 +133,7 @@ def run(ctx: typer.Context,
                                            readings=deps_root.target_readings(
                                                tgt, spec, reading_list=meta.get("reading_list", True),
                                                backend_gaps=meta.get("backend_gaps", True)))
-        fork_trees = deps_root.open_fork_trees(app.paths, meta.get("forks", []))
+        fork_trees = deps_root.open_fork_trees(app.paths, meta.get("forks", []), meta.get("fork_subdirs") or [])
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])

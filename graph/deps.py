@@ -146,13 +146,14 @@ def _revisions(paths: Paths, recipe: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def open_fork_trees(paths: Paths, forks: list[str]) -> dict[str, Any]:
-    """The forks' source trees, by the name their knowledge-base chunks cite (for the porting engine)."""
+def open_fork_trees(paths: Paths, forks: list[str], subdirs: list[str] = ()) -> dict[str, Any]:
+    """The forks' source trees, by the name their knowledge-base chunks cite (for the porting engine), limited
+    to the run's fork subfolders."""
     from ..knowledge_base.ingest import _display_name
     from ..sources import GitTree, prepare_source
     trees = {}
     for fork in forks:
         source = prepare_source(fork, paths.sources, paths.sdists)
         name = _display_name(fork)
-        trees[name] = GitTree(name, source.path, source.baseline)
+        trees[name] = GitTree(name, source.path, source.baseline, subdirs=tuple(subdirs))
     return trees

@@ -376,7 +376,8 @@ def start_tracing(deps: Any, directory: Path) -> Any:
                              "hot_paths": list(getattr(deps.target, "hot_paths", ()) or ()),
                              "protected": list(getattr(deps.target, "protected", ()) or ())},
                   # Trees are read, not called: a replay reopens the same revisions to port the same code.
-                  "fork_trees": {name: {"repo": str(getattr(t, "repo", "")), "revision": t.revision}
+                  "fork_trees": {name: {"repo": str(getattr(t, "repo", "")), "revision": t.revision,
+                                        "subdirs": list(getattr(t, "subdirs", ()))}
                                  for name, t in deps.fork_trees.items()}}, sync=True)
     return dataclasses.replace(
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,

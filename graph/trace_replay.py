@@ -243,7 +243,8 @@ def _outcome(error: dict[str, str] | None) -> str:
 def fork_trees_of(info: dict[str, Any]) -> dict[str, Any]:
     """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache)."""
     from ..sources import GitTree
-    return {name: GitTree(name, Path(t["repo"]), t["revision"]) for name, t in (info.get("fork_trees") or {}).items()
+    return {name: GitTree(name, Path(t["repo"]), t["revision"], subdirs=tuple(t.get("subdirs") or ()))
+            for name, t in (info.get("fork_trees") or {}).items()
             if t.get("repo") and Path(t["repo"]).is_dir()}
 
 
