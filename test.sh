@@ -5,4 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh --no-run
+# The run page's browser tests (tests/chromium_page.py) open it in Debian's Chromium: installed when missing
+# (without root they skip, and fail under CI).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    printf '\033[1m==>\033[0m %s\n' "installing chromium (the page's browser tests)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: the browser tests skip (as root: apt-get install -y chromium)" >&2
+  fi
+fi
 exec .venv/bin/pytest "$@"

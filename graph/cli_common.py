@@ -13,6 +13,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.segment import Segments
+from rich.table import Table
 
 from ..config import Paths
 
@@ -38,3 +41,26 @@ def app_context(ctx: typer.Context) -> AppContext:
         obj = AppContext(paths=Paths.resolve())
         ctx.find_root().obj = obj
     return obj
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print a table whose no_wrap columns (run ids, experiment ids, paths: what a user copies into the next
+    command) are never cut. Rich's last resort on a narrow console (or a pipe, 80 columns) shrinks every column
+    with an ellipsis; a table that cannot fit with those columns whole is rendered as wide as it needs instead,
+    its other columns wrapped as narrow as they go."""
+    console.print(Segments(console.render(table, console.options.update_width(max(console.width,
+                                                                                  _whole_width(console, table))))),
+                  crop=False)
+
+
+def _whole_width(console: Console, table: Table) -> int:
+    wide = console.options.update_width(10_000)
+    width = table._extra_width  # borders and separators
+    for i, column in enumerate(table.columns):
+        cells = [column.header, *column.cells]
+        if column.no_wrap:
+            need = max(Measurement.get(console, wide, c).maximum for c in cells)
+        else:  # a wrapping column keeps its words whole up to a dozen characters, and folds longer ones
+            need = min(max(Measurement.get(console, wide, c).minimum for c in cells), 12)
+        width += need + table._get_padding_width(i)
+    return width

@@ -153,6 +153,8 @@ def run(ctx: typer.Context,
         raise typer.Exit(130)
     finally:
         ledger.close()
+        from .report_html import write_after_run  # finished, interrupted or failed: the page shows what there is
+        write_after_run(directory, app.say)
     if as_json:
         app.emit_json(summary)
     else:
@@ -185,44 +187,69 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
 
 
 def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List runs with their status, experiments and best speedup."""
+    """List runs with their status, experiments and best speedup.
+
+    A run that did not finish (interrupted, crashed, still running) shows its figures from its ledger, marked
+    partial."""
+    from .cli_common import print_table
+    from .report_data import run_figures
     app = app_context(ctx)
-    items = list_runs(app.paths)
+    items = [{**m, "figures": run_figures(app.paths.runs / m["run_id"], m)} for m in list_runs(app.paths)]
     if as_json:
         app.emit_json(items)
         return
     table = Table(title=f"runs in {app.paths.runs}")
-    for col in ("run", "status", "source", "experiments", "kept", "best", "stopped"):
-        table.add_column(col)
+    table.add_column("run", no_wrap=True)  # what `report`, `trace show`, `--resume` take: never cut
+    table.add_column("status", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    for col in ("experiments", "kept", "best", "stopped"):
+        table.add_column(col, overflow="fold")
     for m in items:
-        s = m.get("summary") or {}
-        best = s.get("best_speedup")
-        table.add_row(m["run_id"], m.get("status", "?"), str(m.get("source", "")), str(s.get("experiments", "")),
-                      str(len(s.get("kept", []))) if s else "", "" if best is None else f"{best:+.1%}",
-                      s.get("stop_reason", ""))
-    app.console.print(table)
+        f = m["figures"]
+        best = f["best_speedup"]
+        table.add_row(m["run_id"], m.get("status", "?") + (" (partial)" if f["partial"] and f["experiments"] else ""),
+                      str(m.get("source", "")), str(f["experiments"]), str(len(f["kept"])),
+                      "" if best is None else f"{best:+.1%}", f["stop_reason"])
+    print_table(app.console, table)
 
 
 def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id (see `readfirst runs`)."),
+           html_file: Optional[Path] = typer.Option(None, "--html", dir_okay=False,
+                                                    help="Also write the run's page here (one self-contained "
+                                                         "file; report.html in the run directory is written at "
+                                                         "the end of every run)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Print a run's experiment table and write its plot (report.png in the run directory)."""
+    """Print a run's experiment table and write its plot; with --html, its page.
+
+    The plot is report.png in the run directory. The page is one self-contained HTML file: the run's setup, the
+    experiments with their patches, cited chunks, checks and A/B samples, the running best, and where the time
+    went."""
+    from .cli_common import print_table
+    from .report import write_plot
+    from .report_data import ledger_rows, run_figures
     app = app_context(ctx)
     directory = run_dir(app.paths, run_id)
-    ledger = Ledger(directory / "ledger.sqlite")
-    rows = ledger.rows()
-    ledger.close()
+    rows = ledger_rows(directory)
     meta = read_meta(directory)
-    from .report import write_plot
     summary = meta.get("summary") or {}
     state = {"baseline": summary.get("baseline") or {}}
     metric = next((r["objective"] for r in rows if r.get("objective")), None) or summary.get("objective") or "tg"
     plot = write_plot(rows, state, directory / "report.png", metric=metric)
+    page = None
+    if html_file is not None:
+        from .report_html import write_html_report
+        page = write_html_report(directory, html_file)
+    figures = run_figures(directory, meta)
     if as_json:
-        app.emit_json({"run": meta, "experiments": rows, "plot": str(plot) if plot else None})
+        app.emit_json({"run": meta, "figures": figures, "experiments": rows, "plot": str(plot) if plot else None,
+                       "html": str(page) if page else None})
         return
-    app.console.print(experiment_table(rows, title=f"run {run_id} ({meta.get('status')})"))
+    partial = ", partial: from the ledger" if figures["partial"] and rows else ""
+    print_table(app.console, experiment_table(rows, title=f"run {run_id} ({meta.get('status')}{partial})"))
     if plot:
-        app.console.print(f"plot: {plot}")
+        app.console.print(f"plot: {plot}", soft_wrap=True)
+    if page:
+        app.console.print(f"page: {page}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

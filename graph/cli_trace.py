@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli_common import AppContext, app_context
+from .cli_common import AppContext, app_context, print_table
 from .runner import list_runs, new_run_id, read_meta, run_dir
 from .trace import TraceError
 from .trace_read import Step, Trace, has_trace, state_at
@@ -32,30 +32,35 @@ def _money(x: float | None) -> str:
 
 @trace_app.command("list")
 def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Runs with their status, duration, experiments, best speedup and LLM cost."""
+    """Runs with their status, duration, experiments, best speedup and LLM cost (a run that did not finish:
+    its experiments, keeps and best from the ledger, marked partial)."""
+    from .report_data import run_figures
     app = app_context(ctx)
     items = []
     for meta in list_runs(app.paths):
         directory = app.paths.runs / meta["run_id"]
         figures = Trace(directory, checkpoints=False).summary() if has_trace(directory) else {}
-        s = meta.get("summary") or {}
+        done = run_figures(directory, meta)
         items.append({"run_id": meta["run_id"], "status": meta.get("status"), "traced": bool(figures),
                       "parent": (meta.get("parent") or {}).get("run_id"), "duration_s": figures.get("duration_s"),
-                      "steps": figures.get("steps"), "experiments": s.get("experiments", figures.get("experiments")),
-                      "best_speedup": s.get("best_speedup"), "cost_usd": figures.get("cost_usd")})
+                      "steps": figures.get("steps"), "experiments": done["experiments"], "kept": done["kept"],
+                      "best_speedup": done["best_speedup"], "partial": done["partial"],
+                      "cost_usd": figures.get("cost_usd")})
     if as_json:
         app.emit_json(items)
         return
     table = Table(title=f"runs in {app.paths.runs}")
-    for col in ("run", "status", "parent", "duration", "steps", "experiments", "best", "cost"):
-        table.add_column(col)
+    for col in ("run", "status", "parent"):  # ids a user copies into show, replay, fork, report: never cut
+        table.add_column(col, no_wrap=True)
+    for col in ("duration", "steps", "experiments", "kept", "best", "cost"):
+        table.add_column(col, overflow="fold")
     for i in items:
         best = i["best_speedup"]
-        table.add_row(i["run_id"], str(i["status"]), i["parent"] or "",
-                      "" if i["duration_s"] is None else f"{i['duration_s']:.0f}s",
+        table.add_row(i["run_id"], str(i["status"]) + (" (partial)" if i["partial"] and i["experiments"] else ""),
+                      i["parent"] or "", "" if i["duration_s"] is None else f"{i['duration_s']:.0f}s",
                       "untraced" if not i["traced"] else str(i["steps"]), str(i["experiments"] or 0),
-                      "" if best is None else f"{best:+.1%}", _money(i["cost_usd"]))
-    app.console.print(table)
+                      str(len(i["kept"])), "" if best is None else f"{best:+.1%}", _money(i["cost_usd"]))
+    print_table(app.console, table)
 
 
 def _step_row(step: Step, t0: float) -> dict[str, Any]:
@@ -109,7 +114,8 @@ def show(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id (s
                        "steps": [{**_step_row(s, t0), "outcome": _outcome(trace, s)} for s in steps]})
         return
     table = Table(title=f"run {run_id}: {len(trace.steps)} steps")
-    for col in ("#", "node", "start", "took", "llm", "kb", "target", "sandbox", "cost", "outcome"):
+    table.add_column("#", no_wrap=True)  # what --step takes
+    for col in ("node", "start", "took", "llm", "kb", "target", "sandbox", "cost", "outcome"):
         table.add_column(col, overflow="fold")
     for s in steps:
         r = _step_row(s, t0)
@@ -117,7 +123,7 @@ def show(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id (s
                       "?" if s.duration_s is None else f"{s.duration_s:.1f}s", str(r["llm"] or ""), str(r["kb"] or ""),
                       str(r["target"] or ""), str(r["sandbox"] or ""), _money(s.cost_usd),
                       escape(_outcome(trace, s)))
-    app.console.print(table)
+    print_table(app.console, table)
 
 
 def _show_step(app: AppContext, trace: Trace, step: Step, t0: float, as_json: bool) -> None:
@@ -244,7 +250,9 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
                                                  help="llama.cpp: generated tokens per benchmark."),
              threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1,
                                                    help="llama.cpp: threads of a baseline profiled anew."),
-             max_runs: Optional[int] = typer.Option(None, "--max-runs", min=6),
+             max_runs: Optional[int] = typer.Option(None, "--max-runs", min=6,
+                                                    help="Benchmark runs per candidate at most (see `run "
+                                                         "--help`: below 14 a candidate can only be discarded)."),
              calibration_pairs: Optional[int] = typer.Option(None, "--calibration-pairs", min=0),
              max_research_rounds: Optional[int] = typer.Option(None, "--max-research-rounds", min=1),
              kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable)."),
@@ -284,13 +292,14 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
 
 @trace_app.command("export")
 def export_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
-               html_file: Path = typer.Option(..., "--html", help="Where to write the page.")) -> None:
-    """One self-contained HTML page (no network needed to view it): the timeline, each step expandable."""
-    from .trace_html import render
+               html_file: Path = typer.Option(..., "--html", dir_okay=False, help="Where to write the page.")) -> None:
+    """The run's self-contained HTML page (no network needed to view it), the same as `readfirst report RUN
+    --html`: the experiments, their plots and where the time went, then the timeline, each step expandable."""
+    from .report_html import write_html_report
     app = app_context(ctx)
     trace = _open(app, run_id)
-    html_file.write_text(render(trace, read_meta(trace.directory)), encoding="utf-8")
-    app.console.print(f"wrote {html_file}")
+    write_html_report(trace.directory, html_file)
+    app.console.print(f"wrote {html_file}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""`readfirst trace export --html`: one self-contained page (inline CSS, no script, no network) with the run's
-timeline and every step expandable (<details>), its calls expandable inside it."""
+"""The trace's part of the run's HTML page (graph/report_html.py): the timeline, every step expandable
+(<details>, id step-N so the experiment table can link to the step that ran it), its calls expandable inside it.
+Inline CSS, no script, no network."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from .trace_read import Step, Trace
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.4em}table{border-collapse:collapse;margin:1em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;
-text-align:left}details{margin:4px 0;border-left:3px solid #ccc;padding-left:8px}details.error{border-color:#c33}
-details.interrupted{border-color:#e90}summary{cursor:pointer}pre{background:#f6f6f6;padding:6px;overflow-x:auto;
-max-height:40em;white-space:pre-wrap}.k{color:#666}.llm{color:#63c}.target{color:#06c}.sandbox{color:#080}
-.kb{color:#a50}
+text-align:left;vertical-align:top}details{margin:4px 0;border-left:3px solid #ccc;padding-left:8px}
+details.error{border-color:#c33}details.interrupted{border-color:#e90}summary{cursor:pointer}
+pre{background:#f6f6f6;padding:6px;overflow-x:auto;max-height:40em;white-space:pre-wrap}.k{color:#666}
+.llm{color:#63c}.target{color:#06c}.sandbox{color:#080}.kb{color:#a50}
 """
 
 
@@ -58,7 +59,7 @@ def _call(trace: Trace, call: dict[str, Any]) -> str:
     return (f"<details class='{kind}'><summary>{html.escape(head + nested)}</summary>{body}</details>")
 
 
-def _step(trace: Trace, step: Step, t0: float) -> str:
+def _step(trace: Trace, step: Step, t0: float, experiments: frozenset[str]) -> str:
     end = step.end or {}
     status = step.status
     took = "?" if step.duration_s is None else f"{step.duration_s}"
@@ -67,6 +68,9 @@ def _step(trace: Trace, step: Step, t0: float) -> str:
             + ("" if status == "ok" else f" · {status}"))
     parts = [f"<p class=k>checkpoint {html.escape(str(step.starts_from))} → {html.escape(str(step.ends_at))}; "
              f"input digest {html.escape(step.input_digest)}</p>"]
+    if step.experiment_ids():
+        parts.append("<p>ran " + ", ".join(f"<a href='#exp-{html.escape(i)}'>{html.escape(i)}</a>" if i in experiments
+                                            else html.escape(i) for i in step.experiment_ids()) + "</p>")
     if step.payload is not None:
         parts.append("<p class=k>payload</p>" + _pre(trace.blob(step.payload)))
     if "error" in end:
@@ -78,17 +82,9 @@ def _step(trace: Trace, step: Step, t0: float) -> str:
             + "".join(parts) + "</details>")
 
 
-def render(trace: Trace, meta: dict[str, Any]) -> str:
+def timeline(trace: Trace, experiments: frozenset[str] = frozenset()) -> str:
+    """Every step of the run, in order, as expandable sections; a step links to the experiments it ran that
+    the page shows (`experiments`, their ids)."""
     steps = trace.ordered()
     t0 = min((s.at for s in steps), default=0.0)
-    summary = trace.summary()
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in (
-        ("run", meta.get("run_id", trace.directory.name)), ("status", meta.get("status")),
-        ("parent", (meta.get("parent") or {}).get("run_id", "")), ("steps", summary["steps"]),
-        ("duration", f"{summary['duration_s']}s"), ("experiments", summary["experiments"]),
-        ("LLM calls", summary["llm_calls"]), ("cost", f"${summary['cost_usd']:.4f}"),
-        ("stopped", (meta.get("summary") or {}).get("stop_reason", ""))))
-    body = "".join(_step(trace, s, t0) for s in steps)
-    title = html.escape(f"readfirst trace {meta.get('run_id', trace.directory.name)}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
-            f"<body><h1>{title}</h1><table>{rows}</table><h2>Timeline</h2>{body}</body></html>\n")
+    return "".join(_step(trace, s, t0, experiments) for s in steps)

@@ -1,12 +1,10 @@
 """`readfirst trace ...` on a recorded stand-in run: list, show, replay, fork, export; the page in headless
-Chromium; user errors as one sentence."""
+Chromium (tests/chromium_page.py); user errors as one sentence."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -106,22 +104,18 @@ def test_fork_prepare_only_names_its_parent(cli, recorded, paths):
 
 
 def test_the_html_export_is_self_contained_and_renders_in_headless_chromium(cli, recorded, tmp_path):
+    from chromium_page import broken_links, external_references, open_page
     page = tmp_path / "trace.html"
     result = cli("export", "run-a", "--html", str(page))
     assert result.exit_code == 0, result.output
-    text = page.read_text()
-    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", text)  # nothing to fetch
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    steps = re.findall(r'<details class="step (ok|error|interrupted)" id="step-(\d+)">', dom.stdout)
+    assert external_references(page.read_text()) == []  # nothing to fetch
+    opened = open_page(page, tmp_path)
+    assert opened.requests == [] and broken_links(opened.dom) == []
+    steps = re.findall(r'<details class="step (ok|error|interrupted)" id="step-(\d+)">', opened.dom)
     assert len(steps) == len(json.loads(cli("show", "run-a", "--json").stdout)["steps"])
-    assert "target.prepare" in dom.stdout and "state update" in dom.stdout and "readfirst trace run-a" in dom.stdout
+    assert "target.prepare" in opened.dom and "state update" in opened.dom and "readfirst run run-a" in opened.dom
+    # a step that ran an experiment links to it, and the experiment back to its step
+    assert re.search(r'href="#exp-E001"', opened.dom) and re.search(r'href="#step-\d+"', opened.dom)
 
 
 def test_fork_continues_as_a_run_of_its_own(cli, recorded, paths, monkeypatch):

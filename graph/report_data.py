@@ -1,0 +1,128 @@
+"""What a run's report shows, gathered from the run directory as plain data: the ledger (always there once an
+experiment ran), the last checkpoint's state (the question, the setup, the findings), and the trace (where the
+time went), each optional.
+
+A run's summary is only written when it finishes; an interrupted or crashed run's figures (experiments, keeps,
+best) come from its ledger instead, marked partial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .ledger import Ledger
+
+
+def ledger_rows(directory: Path) -> list[dict[str, Any]]:
+    """The run's experiments; none when no ledger was created (the run never reached one)."""
+    path = directory / "ledger.sqlite"
+    if not path.exists():  # Ledger() would create it: listing runs must not
+        return []
+    ledger = Ledger(path)
+    try:
+        return ledger.rows()
+    finally:
+        ledger.close()
+
+
+def kept_stack(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The keeps that entered the best, in order: the decide step keeps each wave's largest significant win
+    (workflow.decide), so a wave with two keeps stacks only one of them."""
+    by_wave: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("decision") != "keep":
+            continue
+        wave = r.get("wave", 0)
+        if wave not in by_wave or (r.get("speedup") or 0) > (by_wave[wave].get("speedup") or 0):
+            by_wave[wave] = r
+    return [by_wave[w] for w in sorted(by_wave, key=lambda w: (w is None, w))]
+
+
+def stacked_speedup(kept: list[dict[str, Any]]) -> float | None:
+    """Kept patches stack: the total is the product of their improvements, as the run's summary counts it."""
+    if not kept:
+        return None
+    total = 1.0
+    for r in kept:
+        total *= 1 + (r.get("speedup") or 0)
+    return total - 1
+
+
+def run_figures(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Experiments, kept ids, best speedup and stop reason: the summary's when the run finished, else the
+    ledger's with partial=True."""
+    summary = meta.get("summary")
+    if summary:
+        return {"experiments": summary.get("experiments"), "kept": list(summary.get("kept") or []),
+                "best_speedup": summary.get("best_speedup"), "stop_reason": summary.get("stop_reason", ""),
+                "partial": False}
+    rows = ledger_rows(directory)
+    kept = kept_stack(rows)
+    return {"experiments": len(rows), "kept": [r["id"] for r in kept], "best_speedup": stacked_speedup(kept),
+            "stop_reason": "", "partial": True}
+
+
+def last_state(directory: Path) -> dict[str, Any]:
+    """The graph state of the run's newest checkpoint (empty when it has none)."""
+    from .trace_read import checkpoint_history, state_at
+    try:
+        history = checkpoint_history(directory, directory.name)
+        return (state_at(directory, directory.name, history[-1][0]) or {}) if history else {}
+    except Exception as e:  # noqa: BLE001 - a report of a damaged run still shows its ledger; the reason is kept
+        return {"_unreadable": f"{type(e).__name__}: {e}"}
+
+
+def findings_by_id(state: dict[str, Any], trace: Any = None) -> dict[str, dict[str, Any]]:
+    """Every finding the run made, by id: the state holds them all (an appending channel); a trace's step
+    updates are the fallback for a run whose checkpoints cannot be read."""
+    found = {f["id"]: f for f in state.get("findings") or [] if isinstance(f, dict) and f.get("id")}
+    if trace is not None:
+        for step in trace.ordered():
+            update = trace.update(step)
+            if not isinstance(update, dict):
+                continue
+            for f in update.get("findings") or []:
+                if isinstance(f, dict) and f.get("id"):
+                    found.setdefault(f["id"], f)
+    return found
+
+
+def cited_chunks(row: dict[str, Any], findings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an experiment rests on, as {"finding", "claim", "id", "kind", "origin", "snippet"}: a citation is a
+    finding id (resolved to the chunks that finding cites) or already a chunk citation."""
+    out: list[dict[str, Any]] = []
+    hypothesis = row.get("hypothesis") or {}
+    for c in [*(row.get("citations") or hypothesis.get("citations") or []), *(hypothesis.get("evidence") or [])]:
+        if isinstance(c, dict):
+            out.append({"finding": "", "claim": "", **c})
+            continue
+        f = findings.get(str(c))
+        if f is None:
+            out.append({"finding": str(c), "claim": "", "id": "", "kind": "", "origin": "(not in this run's state)",
+                        "snippet": ""})
+            continue
+        chunks = [x for x in f.get("citations") or [] if isinstance(x, dict)]
+        for chunk in chunks or [{}]:
+            out.append({"finding": f["id"], "claim": f.get("claim", ""), "id": chunk.get("id", ""),
+                        "kind": chunk.get("kind", ""), "origin": chunk.get("origin", ""),
+                        "snippet": chunk.get("snippet", "")})
+    return out
+
+
+def source_kind(row: dict[str, Any]) -> str:
+    """Where the idea came from (paper, fork, backend-gap, profile, llm); ledgers written before the field
+    existed have none."""
+    return row.get("source_kind") or (row.get("hypothesis") or {}).get("source_kind") or ""
+
+
+def collect(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything the HTML report shows, as plain data."""
+    from .trace_read import Trace, has_trace
+    rows = ledger_rows(directory)
+    state = last_state(directory)
+    trace = Trace(directory) if has_trace(directory) else None
+    findings = findings_by_id(state, trace)
+    return {"directory": directory, "meta": meta, "rows": rows, "figures": run_figures(directory, meta),
+            "state": state, "trace": trace,
+            "citations": {r["id"]: cited_chunks(r, findings) for r in rows}}
