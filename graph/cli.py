@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 import typer
@@ -42,6 +43,29 @@ def _register() -> None:
 _register()
 
 
+def plain_help(command: Any) -> Any:
+    """Help that reads as the command line is typed: typer's help panels print a flag's type (`--offline
+    <bool>`) as if it took a value, and a repeatable option's as `<list[str]>`. A flag shows nothing; a
+    repeatable option shows its element's type and says it repeats. (Typer carries its own click, so options are
+    told by what they are, not by click's classes.)"""
+    # --help itself is made on first use and cached; make it now so it is fixed too
+    ctx = typer.Context(command)
+    help_option = command.get_help_option(ctx) if hasattr(command, "get_help_option") else None
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if getattr(param, "param_type_name", "") != "option" or param.metavar is not None:
+            continue
+        repeated = re.fullmatch(r"<list\[(.+)\]>", param.display_type(ctx) if param.display_type else "")
+        if param.is_flag:
+            param.metavar = ""
+        elif repeated:
+            param.metavar = f"<{repeated.group(1)}>"
+            if param.help and "repeatable" not in param.help.lower():
+                param.help = param.help.rstrip() + " Repeatable."
+    for sub in (getattr(command, "commands", None) or {}).values():
+        plain_help(sub)
+    return command
+
+
 # Usage errors: typer may vendor its own copy of click, so take its ClickException from its own class tree.
 _USAGE_ERRORS = tuple({click.ClickException,
                        *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
@@ -58,7 +82,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         # Without standalone mode click returns an Exit's code instead of exiting with it (Ctrl-C's 130).
-        code = app(standalone_mode=False)
+        code = plain_help(typer.main.get_command(app)).main(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except ReadfirstError as e:

@@ -19,6 +19,16 @@ def readfirst(*args: str, home) -> subprocess.CompletedProcess:
 def test_every_command_explains_itself(group, tmp_path):
     proc = readfirst(*group, "--help", home=tmp_path)
     assert proc.returncode == 0 and "Usage:" in proc.stdout
+    # a flag takes no value and shows none; a repeatable option shows its element's type
+    assert "<bool>" not in proc.stdout and "<list[" not in proc.stdout, proc.stdout
+
+
+def test_help_shows_flags_plainly_and_says_what_repeats(tmp_path):
+    proc = readfirst("run", "--help", home=tmp_path)
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│ --")}
+    assert "<" not in lines["--offline"] and "<" not in lines["--json"]
+    assert "<str>" in lines["--fork"]
+    assert "Repeatable." in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [
