@@ -26,12 +26,12 @@ Implement = Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]
 MAX_REPAIRS = 2
 
 
-_COMPILER_ERROR = re.compile(r"^(\S+?:\d+(?::\d+)?: (?:fatal )?error: .*)$", re.M)
+_COMPILER_ERROR = re.compile(r"^(\S+?:\d+(?::\d+)?: (?:fatal )?error: .*|.*undefined reference to .*)$", re.M)
 
 
 def first_error(log: str) -> str:
-    """The compiler's first error (file:line:col: error: ...), which a parallel build may print long before it
-    stops; else the first line that says error."""
+    """The compiler's first error (file:line:col: error: ...) or the linker's (undefined reference), which a
+    parallel build may print long before it stops; else the first line that says error."""
     m = _COMPILER_ERROR.search(log)
     if m:
         return m.group(1).strip()[:300]

@@ -171,7 +171,9 @@ def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
 
 
 def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
-    app.console.print(experiment_table(rows, title=f"run {summary['run_id']}"))
+    from .cli_common import print_table
+    print_table(app.console, experiment_table(rows, title=f"run {summary['run_id']}"))
+    print_table(app.console, source_table(summary))
     best = summary.get("best_speedup")
     app.console.print(f"stopped: {summary['stop_reason']}; {summary['experiments']} experiments, "
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
@@ -182,8 +184,22 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
         app.console.print(f"measured on: {on['cpu']}" + (f", {on['threads']} threads" if on.get("threads") else "")
                           + (f" pinned to CPUs {on['cpus']}" if on.get("cpus") else ""))
     for p in summary.get("best_patches") or []:
-        app.console.print(f"patch: {p}")
-    app.console.print(f"results: {summary['results_tsv']}" + (f"; plot: {summary['report']}" if summary.get("report") else ""))
+        app.console.print(f"patch: {p}", soft_wrap=True)
+    page = Path(summary["results_tsv"]).parent / "report.html"
+    app.console.print(f"results: {summary['results_tsv']}" + (f"; plot: {summary['report']}" if summary.get("report")
+                                                              else "") + f"; page: {page}", soft_wrap=True)
+
+
+def source_table(summary: dict) -> Table:
+    """Which source paid: candidates, experiments and kept wins per source kind."""
+    table = Table(title="by source")
+    for col in ("source", "candidates", "experiments", "kept"):
+        table.add_column(col, no_wrap=col == "source")
+    keys = ("candidates_by_source", "experiments_by_source", "kept_by_source")
+    kinds = list(dict.fromkeys(k for key in keys for k in (summary.get(key) or {})))
+    for kind in kinds:
+        table.add_row(kind, *(str((summary.get(key) or {}).get(kind, 0)) for key in keys))
+    return table
 
 
 def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:

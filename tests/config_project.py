@@ -175,3 +175,28 @@ def vendored(fork: Path, dest: Path) -> Path:
     """The fork as a plain tree (no git history), as vendored copies ship."""
     shutil.copytree(fork, dest, ignore=shutil.ignore_patterns(".git"))
     return dest
+
+
+MOVED_FILE = """/* The fork keeps its public entry points here, in its own style. */
+#include "lz4.h"
+
+int
+LZ4_compress_default (const char *src, char *dst,
+                      int srcSize, int maxOutputSize)
+{
+\treturn LZ4_compress_fast (src, dst, srcSize, maxOutputSize, 1);
+}
+"""
+
+
+def make_moved_fork(project: Path, dest: Path) -> Path:
+    """A vendored fork (a plain tree) that moved LZ4_compress_default, without the redundant passes, out of
+    lz4.c into a file of its own and reformatted it: no hunk of lz4.c carries the fix, only the function does."""
+    shutil.copytree(project, dest, ignore=shutil.ignore_patterns(".git"))
+    source = dest / "lz4/lz4.c"
+    text = source.read_text()
+    start = text.index(ANCHOR)
+    end = text.index("}\n", start) + 2
+    source.write_text(text[:start] + text[end:])
+    (dest / "lz4/lz4_default.c").write_text(MOVED_FILE)
+    return dest

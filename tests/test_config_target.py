@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from config_project import make_fork, make_project, vendored  # noqa: E402
+from config_project import make_fork, make_moved_fork, make_project, vendored  # noqa: E402
 
 from readfirst.errors import ReadfirstError  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
@@ -167,6 +167,32 @@ def test_a_run_reading_a_fork_keeps_its_faster_change_and_reports_the_speedup(lz
         assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout[-2000:]
         report = readfirst("report", summary["run_id"], "--json", home=tmp_path)
         assert report.returncode == 0 and (run / "report.png").stat().st_size > 1000
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_function_the_fork_moved_and_reformatted_is_ported_built_and_measured(lz4_project, tmp_path, docker_client,
+                                                                                  base_image):
+    project, _ = lz4_project
+    fork = make_moved_fork(project, tmp_path / "lz4-moved")
+    proc = readfirst(*RUN, "--source", str(project), "--fork", str(fork), "--budget-experiments", "2",
+                     home=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    from readfirst.graph.ledger import Ledger
+    run = tmp_path / "runs" / summary["run_id"]
+    ledger = Ledger(run / "ledger.sqlite")
+    rows = ledger.rows()
+    ledger.close()
+    port = rows[0]  # fork candidates come first
+    assert port["title"] == "port lz4-moved's LZ4_compress_default (lz4/lz4_default.c) into lz4/lz4.c", rows
+    assert port["source_kind"] == "fork" and port["build"]["ok"] and port["verdict"]["runs"]
+    assert port["decision"] == "keep" and port["speedup"] > 0.2, (port["decision"], port["reason"])
+    assert "-    {   /* checksum the input first" in port["patch"] and "LZ4_compress_fast (src" in port["patch"]
+    assert summary["experiments_by_source"].get("fork") >= 1 and summary["kept_by_source"] == {"fork": 1}
+    assert summary["candidates_by_source"]["fork"] >= 1 and summary["candidates_by_source"]["profile"] >= 1
+    replayed = readfirst("trace", "replay", summary["run_id"], "--json", home=tmp_path)
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout[-2000:]
 
 
 @pytest.fixture
