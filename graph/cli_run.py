@@ -177,6 +177,11 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     best = summary.get("best_speedup")
     app.console.print(f"stopped: {summary['stop_reason']}; {summary['experiments']} experiments, "
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
+    dropped = summary.get("dropped_by_reason") or {}
+    if dropped:
+        app.console.print("dropped before or at the build: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))
+    for item in (summary.get("needs_llm") or [])[:5]:
+        app.console.print(f"needs an LLM: {item['title']} ({item['where']})", soft_wrap=True)
     if summary.get("calibration"):
         app.console.print(f"noise floor: {summary['calibration']}")
     on = summary.get("measured_on") or {}
