@@ -90,7 +90,7 @@ def run(ctx: typer.Context,
     app = app_context(ctx)
     if model is not None:
         validate_gguf(model)  # before any work starts
-    previous = read_meta(run_dir(app.paths, resume)) if resume else {}
+    previous = read_meta(run_dir(app.paths, resume), strict=True) if resume else {}
     offline = previous.get("offline", offline)  # a resumed run keeps its mode
     if not offline and not os.environ.get("ANTHROPIC_API_KEY"):
         raise ReadfirstError("no ANTHROPIC_API_KEY is set: set it, or pass --offline to run without an LLM")

@@ -40,10 +40,19 @@ def run_dir(paths: Paths, run_id: str) -> Path:
     return d
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
+def read_meta(directory: Path, *, strict: bool = False) -> dict[str, Any]:
+    """A run's meta.json. A listing shows an unreadable one as status "unknown"; what continues a run
+    (`strict`: resume, trace fork) stops instead, since its mode, source and target would be guessed."""
     try:
-        return json.loads((directory / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads((directory / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        return meta
+    except (OSError, ValueError) as e:
+        if strict:
+            raise ReadfirstError(f"{directory / 'meta.json'} cannot be read ({type(e).__name__}: {str(e)[:200]}): "
+                                 f"the run's mode, source and target are not known, so it cannot be continued; "
+                                 f"its ledger and traces are still there to read") from e
         return {"run_id": directory.name, "status": "unknown"}
 
 

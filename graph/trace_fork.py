@@ -39,7 +39,7 @@ def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict
     if unknown:
         raise TraceError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     target_overrides = dict(target_overrides or {})
-    spec = spec_of(read_meta(parent_dir))
+    spec = spec_of(read_meta(parent_dir, strict=True))
     if target_overrides:
         unknown = sorted(set(target_overrides) - set(TARGET_OPTIONS))
         if unknown or spec.get("name") != "llama.cpp":
@@ -80,7 +80,7 @@ def fork_run(parent_dir: Path, new_dir: Path, *, from_step: int, overrides: dict
         graph.update_state(at, {"options": options, "run_id": new_id},
                            as_node=made_by[0] if len(made_by) == 1 else None)
     copy_ledger_before(trace, parent_dir / "ledger.sqlite", new_dir / "ledger.sqlite", later).close()
-    parent_meta = read_meta(parent_dir)
+    parent_meta = read_meta(parent_dir, strict=True)
     meta = {"run_id": new_id, "created_at": time.time(), **{k: parent_meta[k] for k in INHERITED if k in parent_meta},
             "target_spec": spec, "status": "forked", "options": options, "budget_usd": options.get("budget_usd"),
             "parent": {"run_id": parent_dir.name, "step": from_step, "node": start.node,

@@ -85,3 +85,15 @@ def test_parallel_records_get_distinct_ids(tmp_path):
     for t in threads:
         t.join()
     assert sorted(r["id"] for r in ledger.rows()) == [f"E{i:03d}" for i in range(1, 9)]
+
+
+def test_a_corrupt_meta_json_stops_what_continues_a_run_but_not_a_listing(tmp_path):
+    from readfirst.errors import ReadfirstError
+    from readfirst.graph.runner import read_meta
+    (tmp_path / "meta.json").write_text('{"run_id": "x", "offline": tr')
+    assert read_meta(tmp_path)["status"] == "unknown"
+    with pytest.raises(ReadfirstError, match="cannot be continued"):
+        read_meta(tmp_path, strict=True)
+    (tmp_path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(ReadfirstError, match="not a JSON object"):
+        read_meta(tmp_path, strict=True)
