@@ -242,6 +242,15 @@ def tree_diff(tree: Path) -> str | None:
     return diff or None
 
 
+def hypothesis_block(hypothesis: Mapping[str, Any]) -> str:
+    """A hypothesis as the implementer reads it: fenced like any untrusted text, since a planner that read papers
+    and forks wrote it (a title can carry an injected instruction as well as a chunk can)."""
+    files = ", ".join(str(f) for f in hypothesis.get("files") or []) or "(none given)"
+    return data_block("hypothesis", f"title: {hypothesis.get('title', '')}\nrationale: "
+                      f"{hypothesis.get('rationale', '')}\nfiles likely relevant (hints, not a limit): {files}",
+                      limit=6000, id=hypothesis.get("id", "?"))
+
+
 def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps: int = 20,
               context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
               protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
@@ -253,9 +262,7 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
                 if isinstance(c, Mapping)]
     excerpts = [data_block("untrusted-source", str(c.get("text", "")), limit=4000, id=c.get("id"),
                            origin=chunk_origin(c)) for c in context]
-    task = render_prompt("implementer_task", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
-                         rationale=hypothesis.get("rationale", ""),
-                         files=", ".join(hypothesis.get("files") or []) or "(none given)",
+    task = render_prompt("implementer_task", hypothesis=hypothesis_block(hypothesis),
                          citations="\n\n".join(evidence) or "(none)", context="\n\n".join(excerpts) or "(none)")
     return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
                      experiment=experiment or hypothesis.get("id"))
@@ -265,8 +272,8 @@ def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: 
            experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
     """Continue from the tree as it is (the failed change still in it), given the tail of the build's log."""
     before = tree_diff(tree)
-    task = render_prompt("implementer_repair", id=hypothesis.get("id", "?"), title=hypothesis.get("title", ""),
-                         rationale=hypothesis.get("rationale", ""), diff=(before or "(no changes)")[:20_000],
+    task = render_prompt("implementer_repair", hypothesis=hypothesis_block(hypothesis),
+                         diff=data_block("current-diff", before or "(no changes)", limit=20_000),
                          build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
     result = _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
                        experiment=experiment or hypothesis.get("id"))

@@ -198,7 +198,9 @@ def data_block(tag: str, text: str, *, limit: int = 8000, **attrs: Any) -> str:
     """Untrusted text (papers, forks, build logs) fenced in <tag ...>...</tag>. Any tag inside the text that
     could open or close such a fence is neutralized, so quoted text cannot end its block and pose as ours."""
     body = text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters cut]"
-    body = re.sub(r"<(/?)\s*(untrusted-source|build-log|current-diff|ledger)", r"&lt;\1\2", body, flags=re.IGNORECASE)
+    # "<", then any spacing around an optional "/", then a fence name: "</ledger>", "< /untrusted-source".
+    body = re.sub(r"<\s*(/?)\s*(untrusted-source|build-log|current-diff|ledger|hypothesis)", r"&lt;\1\2", body,
+                  flags=re.IGNORECASE)
     attributes = "".join(f' {k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items() if v is not None)
     return f"<{tag}{attributes}>\n{body}\n</{tag}>"
 
