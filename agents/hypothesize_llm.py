@@ -92,7 +92,9 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     tried_titles.discard("")
     tried_keys.discard("")
     tried_text = "\n".join([*outcomes, *(f"- {t}" for t in sorted(bare - {""}))])
-    findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in by_id.items())
+    # Newest first: findings accumulate over research rounds, and a cut must drop the oldest, not what was
+    # paid for last.
+    findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in reversed(list(by_id.items())))
     task = render_prompt(
         "hypothesize_task", n=n,
         facts="\n".join(f"- {f if isinstance(f, str) else json.dumps(f, sort_keys=True)}" for f in facts) or "(none)",

@@ -298,3 +298,12 @@ def test_the_planner_sees_what_was_tried_with_its_outcome_and_cannot_repeat_it()
     assert "- Fuse RMS norm and mul: discard -2.1% [-4.0%, +0.1%] (mb cannot reach the +1.0% minimum.)" in task
     assert "- build with -DGGML_LTO=ON: keep +3.2% [+1.2%, +5.0%]" in task
     assert task.count("</ledger>") == 1 and "0123456789abcdef" not in task  # fenced; keys are not shown
+
+
+def test_the_planner_reads_the_newest_findings_when_they_do_not_all_fit():
+    many = [{"id": f"f-{i}", "role": "researcher", "claim": f"claim number {i} " + "x" * 400, "citations": []}
+            for i in range(200)]  # about 80,000 characters: the block keeps 40,000
+    llm = ScriptedLLM([message_json("[]")])
+    plan_hypotheses(llm, [], many, [], n=1)
+    task = llm.calls[0]["messages"][0]["content"]
+    assert "claim number 199 " in task and "claim number 0 " not in task
