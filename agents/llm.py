@@ -312,11 +312,14 @@ class AnthropicLLM(_Accounting):
         # A copy of the list: the caller appends to its conversation after the call, the hook keeps what was sent.
         request = {"messages": list(messages), "system": system, "tools": tools, "max_tokens": max_tokens,
                    "agent": agent, "experiment": experiment, "model": self.model}
+        # A cache write costs 1.25x the input price and pays only when the prefix is sent again: in an agent's
+        # tool loop (its conversation grows turn by turn), not in a one-shot call such as a summary.
+        cache = self.cache_prompts and (bool(tools) or len(messages) > 1)
         params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
-                                  "messages": _with_cache_mark(messages) if self.cache_prompts else messages}
+                                  "messages": _with_cache_mark(messages) if cache else messages}
         if system:
             params["system"] = [{"type": "text", "text": system,
-                                 **({"cache_control": {"type": "ephemeral"}} if self.cache_prompts else {})}]
+                                 **({"cache_control": {"type": "ephemeral"}} if cache else {})}]
         if tools:
             params["tools"] = tools
         start = time.monotonic()

@@ -44,9 +44,16 @@ def test_text_reply_is_plain_data_with_tokens_and_dollars(fake):
     sent = fake.requests[0]["body"]
     assert sent["model"] == MODEL and sent["max_tokens"] == 77
     assert sent["system"][0]["text"] == "be brief"
-    # The repeated prefix is marked for caching on the wire, but the caller's conversation is not touched.
-    assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    # A one-shot call is not marked for caching (the 1.25x write would never be read back)...
+    assert "cache_control" not in json.dumps(sent)
     assert messages == [{"role": "user", "content": "hello"}]
+    # ...a conversation that goes on is, on the wire only: the caller's list is not touched.
+    fake.add(message_json("again"))
+    turns = [*messages, {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "more"}]
+    llm_for(fake).complete(turns, system="be brief")
+    sent = fake.requests[1]["body"]
+    assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert sent["system"][0]["cache_control"] == {"type": "ephemeral"} and turns[-1]["content"] == "more"
 
 
 def test_tool_use_blocks_come_back_as_dicts(fake):
@@ -251,7 +258,7 @@ def test_summarize_findings_drops_uncited_claims_through_the_real_client(fake):
     assert [f["citations"] for f in result.items] == [["c2"]]
     assert [d["reason"] for d in result.dropped] == ["cites none of the given chunks", "no claim",
                                                      "repeats an earlier finding"]
-    task = fake.requests[0]["body"]["messages"][0]["content"][0]["text"]
+    task = fake.requests[0]["body"]["messages"][0]["content"]  # one-shot: sent as a plain string, no cache mark
     assert task.count("</untrusted-source>") == 2 and 'origin="ik_llama.cpp a.c"' in task
     assert fake.count == 2
 
