@@ -8,11 +8,13 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
 
 from ..knowledge_base import ingest as recipes
 from ..knowledge_base.chunking import KINDS
-from ..knowledge_base.embedder import DEFAULT_MODEL, SentenceTransformerEmbedder
+from ..knowledge_base.embedder import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, make_embedder
 from ..knowledge_base.store import MODES, IngestSummary, KnowledgeBase
 from .cli_common import AppContext, app_context
 
@@ -30,26 +32,44 @@ def _kb_options(ctx: typer.Context,
                                                               "embedded store under the data directory."),
                 model: str = typer.Option(DEFAULT_MODEL, "--model", envvar="READFIRST_EMBEDDING_MODEL",
                                           help="sentence-transformers model (a local directory or a cached "
-                                               "name); the default ships with readfirst.")) -> None:
-    ctx.meta["kb"] = {"chroma_url": chroma_url, "model": model}
+                                               "name); the default ships with readfirst."),
+                backend: str = typer.Option(DEFAULT_BACKEND, "--embedding-backend",
+                                            envvar="READFIRST_EMBEDDING_BACKEND",
+                                            help=f"How the model runs: {', '.join(BACKENDS)} (a store answers "
+                                                 f"only the backend it was built with).")) -> None:
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"unknown embedding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    ctx.meta["kb"] = {"chroma_url": chroma_url, "model": model, "backend": backend}
 
 
 def _open(ctx: typer.Context, *, writable: bool) -> KnowledgeBase:
     app = app_context(ctx)
     opts = ctx.meta.get("kb", {})
-    return KnowledgeBase(app.paths.knowledge_base, SentenceTransformerEmbedder(opts.get("model", DEFAULT_MODEL)),
-                         chroma_url=opts.get("chroma_url"), writable=writable)
+    embedder = make_embedder(opts.get("model", DEFAULT_MODEL), backend=opts.get("backend", DEFAULT_BACKEND),
+                             export_dir=app.paths.models / "embeddings")
+    return KnowledgeBase(app.paths.knowledge_base, embedder, chroma_url=opts.get("chroma_url"), writable=writable)
+
+
+class _RateColumn(ProgressColumn):
+    """Chunks per second over rich's recent window (None until two updates have come)."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.0f} chunks/s" if task.speed and task.total else "")
 
 
 @contextlib.contextmanager
 def _progress(app: AppContext, title: str):
-    """A spinner with a count of units and the current one, on stderr (stdout stays clean for --json)."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} units"),
-                  TimeElapsedColumn(), console=app.err, transient=True) as bar:
-        task = bar.add_task(escape(title), total=None)
+    """On stderr (stdout stays clean for --json): while reading, a spinner and the units read; while writing, the
+    chunks written of all, their rate and the time left."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=app.err,
+                  transient=True) as bar:
+        task = bar.add_task(escape(f"{title} · reading"), total=None)
 
-        def step(unit: str) -> None:
-            bar.update(task, advance=1, description=escape(f"{title} · {unit.split('::')[-1][-60:]}"))
+        def step(phase: str, done: int, total: int | None) -> None:
+            if phase == "writing" and bar.tasks[0].total is None:
+                bar.reset(task, total=total, completed=0, description=escape(f"{title} · writing chunks"))
+            bar.update(task, completed=done)
         yield step
 
 
@@ -59,6 +79,7 @@ def _report(app: AppContext, source: str, summary: IngestSummary, *, as_json: bo
         app.console.print(f"[bold]{escape(source)}[/bold]: {summary.added} added, {summary.unchanged} unchanged, "
                           f"{summary.replaced} replaced, {summary.removed} removed, "
                           f"{len(summary.skipped)} skipped ({summary.chunks_added} chunks written, "
+                          f"{summary.chunks_embedded} of them embedded, the rest from the cache; "
                           f"{summary.chunks_deleted} deleted)", soft_wrap=True)
         reasons: dict[str, int] = {}
         for _, reason in summary.skipped:
@@ -76,8 +97,15 @@ def _run(ctx: typer.Context, recipe_list: list[dict[str, Any]], *, as_json: bool
     with _open(ctx, writable=True) as kb:
         for recipe in recipe_list:
             title = recipes.source_key(recipe)
-            with _progress(app, title) as step:
-                source, summary = recipes.run_recipe(kb, recipe, app.paths, progress=step, arxiv_url=arxiv_url)
+            try:
+                with _progress(app, title) as step:
+                    source, summary = recipes.run_recipe(kb, recipe, app.paths, progress=step,
+                                                         arxiv_url=arxiv_url)
+            except KeyboardInterrupt:
+                # Everything written so far stays searchable; a rerun skips it and embeds nothing twice.
+                app.err.print(f"interrupted: {kb.count()} chunks in the knowledge base; run the same command "
+                              f"again to continue where it stopped")
+                raise
             results.append(_report(app, source, summary, as_json=as_json))
     if as_json:
         app.emit_json(results)

@@ -4,6 +4,13 @@ FTS5 over bm25s because it updates in place (add and delete by id, in a transact
 so it stays consistent with Chroma through the same chunk ids. Identifiers are kept whole (`_` is a token
 character) *and* split into their parts, so `ggml_compute_forward_rms_norm` matches exactly, and "rms norm" still
 finds it.
+
+A query reads a bounded number of rows: FTS5 scores every row any term matches (about 1 µs a row here), and one
+term that most chunks contain (`ggml`, `0`, `return` in llama.cpp code) would cost a scan of most of the index
+while BM25 gives it almost no weight (FTS5 floors the IDF of a term in more than half the rows at ~0). Terms are
+taken rarest first while the rows they match stay within ROW_BUDGET; a rare term (in at most 1% of the rows) is
+always kept, and so is the rarest one. At the size of the whole ik_llama.cpp tree this drops only terms like
+those; in a far larger store it drops the commonest words of a query first.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ def identifier_parts(text: str) -> list[str]:
     return parts
 
 
-def match_expression(query: str) -> str:
-    """An FTS5 OR-query of the query's words and identifier parts (quoted: no FTS syntax leaks through)."""
+def query_terms(query: str) -> list[str]:
+    """The query's words and identifier parts, lower case, once each, stopwords left out."""
     terms: list[str] = []
     for word in _WORD.findall(query):
         low = word.lower()
@@ -39,8 +46,18 @@ def match_expression(query: str) -> str:
             continue
         terms.append(low)
         terms += [p.lower() for p in identifier_parts(word)]
-    unique = list(dict.fromkeys(t for t in terms if t))
-    return " OR ".join(f'"{t}"' for t in unique)
+    return list(dict.fromkeys(t for t in terms if t))
+
+
+def match_expression(query: str | Sequence[str]) -> str:
+    """An FTS5 OR-query of the query's terms (quoted: no FTS syntax leaks through)."""
+    terms = query_terms(query) if isinstance(query, str) else list(query)
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+ROW_BUDGET = 10_000      # rows one query may score, summed over its terms (~15 ms at 100k chunks)
+RARE_SHARE = 0.01        # a term in at most this share of the rows is always kept
+NO_WEIGHT_SHARE = 0.5    # a term in more than this share has no BM25 weight at all
 
 
 SCHEMA_VERSION = 1  # 1: rowid derived from the chunk id, so a delete by id is a lookup, not a table scan
@@ -59,6 +76,7 @@ class LexicalIndex:
 
     def __init__(self, path: Path | str):
         self.path = str(path)
+        self._rows: int | None = None
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers keep working while one writer writes
         if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
@@ -68,6 +86,8 @@ class LexicalIndex:
             "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
             "id UNINDEXED, kind UNINDEXED, repo UNINDEXED, path UNINDEXED, source UNINDEXED, body, "
             "tokenize = \"unicode61 tokenchars '_'\")")
+        # Document frequencies per term, read from the index itself (FTS5's own vocabulary table, in memory).
+        self._db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocabulary USING fts5vocab(main, chunks, row)")
         self._db.commit()
 
     def close(self) -> None:
@@ -81,6 +101,7 @@ class LexicalIndex:
 
     def add(self, rows: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
         """Rows of (id, text, metadata); an id already present is replaced, not doubled."""
+        self._rows = None
         rows = list(rows)
         with self._db:
             self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(rowid(r[0]),) for r in rows])
@@ -91,17 +112,38 @@ class LexicalIndex:
                  for cid, text, meta in rows])
 
     def delete(self, ids: Sequence[str]) -> None:
+        self._rows = None
         with self._db:
             self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(rowid(i),) for i in ids])
 
     def clear(self) -> None:
+        self._rows = None
         with self._db:
             self._db.execute("DELETE FROM chunks")
+
+    def selective_terms(self, terms: Sequence[str]) -> list[str]:
+        """The terms worth the rows they match (see the module's note), rarest first."""
+        if len(terms) <= 1:
+            return list(terms)
+        df = dict(self._db.execute(f"SELECT term, doc FROM temp.vocabulary WHERE term IN "
+                                   f"({','.join('?' * len(terms))})", list(terms)).fetchall())
+        if self._rows is None:  # counted once: FTS5 counts by a scan (this process's writes reset it)
+            self._rows = self.count()
+        rows = max(self._rows, 1)
+        kept: list[str] = []
+        scanned = 0
+        for term in sorted(terms, key=lambda t: df.get(t, 0)):
+            n = df.get(term, 0)
+            if kept and (n > NO_WEIGHT_SHARE * rows or (n > RARE_SHARE * rows and scanned + n > ROW_BUDGET)):
+                continue
+            kept.append(term)
+            scanned += n
+        return kept
 
     def search(self, query: str, *, k: int = 50, kinds: Sequence[str] = (), repo: str | None = None,
                path_globs: Sequence[str] = (), source: str | None = None) -> list[tuple[str, float]]:
         """(id, bm25 score) best first; higher is better (FTS5's bm25() is negated)."""
-        expression = match_expression(query)
+        expression = match_expression(self.selective_terms(query_terms(query)))
         if not expression:
             return []
         sql = "SELECT id, bm25(chunks) FROM chunks WHERE chunks MATCH ?"

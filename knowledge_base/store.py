@@ -6,6 +6,7 @@
   are deleted, so an interrupted ingestion leaves a usable store and running it again completes it.
 - The lexical index is derived from Chroma's documents; a writer checks on open that both hold the same ids and
   repairs the lexical side if not.
+- A writer embeds through the embedding cache (embedding_cache.py): text embedded once is never embedded again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,14 @@ from filelock import FileLock, Timeout
 from ..errors import KnowledgeBaseError
 from .chunking import Chunk, Skipped, Unit
 from .embedder import Embedder
+from .embedding_cache import EmbeddingCache
 from .lexical import LexicalIndex
 from .search import fuse, lexical_weight, to_chroma_where
 
 COLLECTION = "readfirst-kb"
 MODES = ("hybrid", "dense", "lexical")
+# (chunks done so far, the unit just done): called after every unit, unchanged ones included.
+IngestProgress = Callable[[int, str], None]
 
 
 @dataclass
@@ -41,12 +45,13 @@ class IngestSummary:
     removed: int = 0
     chunks_added: int = 0
     chunks_deleted: int = 0
+    chunks_embedded: int = 0      # of chunks_added, those the model computed (the rest came from the cache)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "unchanged": self.unchanged, "replaced": self.replaced,
                 "removed": self.removed, "chunks_added": self.chunks_added,
-                "chunks_deleted": self.chunks_deleted,
+                "chunks_deleted": self.chunks_deleted, "chunks_embedded": self.chunks_embedded,
                 "skipped": [{"unit": u, "reason": r} for u, r in self.skipped]}
 
 
@@ -89,6 +94,7 @@ class KnowledgeBase:
         self.batch_size = batch_size
         self._lock: FileLock | None = None
         self.lexical: LexicalIndex | None = None
+        self.embeddings: EmbeddingCache | None = None
         self._collection = None
         if not writable and not chroma_url and not (self.directory / "chroma").is_dir():
             return  # nothing ingested here yet: a reader creates nothing and finds nothing
@@ -100,6 +106,8 @@ class KnowledgeBase:
             self._collection = self._open_collection()
             suffix = "" if not chroma_url else "-" + re.sub(r"[^A-Za-z0-9]+", "_", chroma_url).strip("_")
             self.lexical = LexicalIndex(self.directory / f"lexical{suffix}.sqlite")
+            if writable:
+                self.embeddings = EmbeddingCache(self.directory / "embeddings.sqlite")
             # A client of a server keeps its own lexical index: a reader builds it once, from the server.
             if writable or (chroma_url and self._collection is not None and self.lexical.count() == 0):
                 self._check_consistency()
@@ -142,7 +150,8 @@ class KnowledgeBase:
         built_with = (collection.metadata or {}).get("embedder")
         if built_with and built_with != self.embedder.name:
             raise KnowledgeBaseError(f"the knowledge base was built with the embedding model {built_with!r}, not "
-                                     f"{self.embedder.name!r}; use that model or `readfirst kb rebuild`")
+                                     f"{self.embedder.name!r}; use that model (`--model`, `--embedding-backend`) "
+                                     f"or re-embed everything with `readfirst kb rebuild`")
         return collection
 
     def _all_ids(self, where: Mapping[str, Any] | None = None, include: list[str] | None = None):
@@ -171,6 +180,9 @@ class KnowledgeBase:
             self.lexical.add(zip(got["ids"], got["documents"], got["metadatas"]))
 
     def close(self) -> None:
+        if self.embeddings is not None:
+            self.embeddings.close()
+            self.embeddings = None
         if self.lexical is not None:
             self.lexical.close()
             self.lexical = None
@@ -204,25 +216,57 @@ class KnowledgeBase:
         tmp.write_text(json.dumps(sources, indent=2, sort_keys=True))
         tmp.replace(self._manifest_path)
 
+    @property
+    def _tree_state_path(self) -> Path:
+        return self.directory / ("fork-trees.json" if not self.chroma_url else "fork-trees-server.json")
+
+    def tree_state(self, source: str) -> dict[str, Any] | None:
+        """What a tree comparison last read completely (the blob of each path on both sides), or None."""
+        try:
+            return json.loads(self._tree_state_path.read_text()).get(source)
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def record_tree_state(self, source: str, state: Mapping[str, Any]) -> None:
+        try:
+            states = json.loads(self._tree_state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            states = {}
+        states[source] = dict(state)
+        tmp = self._tree_state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(states))
+        tmp.replace(self._tree_state_path)
+
+    def has_source(self, source: str) -> bool:
+        if self._collection is None:
+            return False
+        return bool(self._collection.get(where={"source": source}, include=[], limit=1)["ids"])
+
     # -- writing ---------------------------------------------------------------------------------------------
 
     def _require_writable(self) -> None:
         if not self.writable:
             raise KnowledgeBaseError("the knowledge base was opened read-only")
 
-    def ingest(self, source: str, items: Iterable[Unit | Skipped], *, prune: bool = True,
-               progress: Callable[[str], None] | None = None) -> IngestSummary:
-        """Write every unit of one source; units the source no longer has are removed when `prune`."""
+    def ingest(self, source: str, items: Iterable[Unit | Skipped], *, prune: bool | Collection[str] = True,
+               progress: IngestProgress | None = None) -> IngestSummary:
+        """Write every unit of one source; units the source no longer has are removed when `prune` (True: any
+        of them; a collection of unit keys: only those, for a reading of part of the source).
+
+        Units are written in batches of about `batch_size` chunks; an interruption loses at most the batch being
+        written (its vectors are already in the embedding cache), and a rerun skips every unit already written."""
         self._require_writable()
         summary = IngestSummary()
         existing: dict[str, set[str]] = {}
         for cid, meta, _ in self._all_ids({"source": source}, include=["metadatas"]):
             existing.setdefault(meta["unit"], set()).add(cid)
         pending: list[tuple[list[Chunk], list[str]]] = []
-        pending_chunks = 0
+        pending_chunks = done = 0
         for item in items:
-            if progress:
-                progress(item.key if isinstance(item, Unit) else item.unit)
+            if progress and done:
+                progress(done, key)
+            key = item.key if isinstance(item, Unit) else item.unit
+            done += len(item.chunks) if isinstance(item, Unit) else 0
             if isinstance(item, Skipped):
                 summary.skipped.append((item.unit, item.reason))
                 existing.pop(item.unit, None)  # a unit that became unreadable keeps its last good chunks
@@ -246,6 +290,14 @@ class KnowledgeBase:
                 self._flush(source, pending, summary)
                 pending, pending_chunks = [], 0
         self._flush(source, pending, summary)
+        if progress and done:
+            progress(done, key)
+        if prune is False:
+            existing = {}
+        elif prune is not True:
+            # A reading of part of the source: the units it did not read are as they were.
+            summary.unchanged += sum(1 for unit in existing if unit not in prune)
+            existing = {unit: ids for unit, ids in existing.items() if unit in prune}
         if prune and existing:
             gone = sorted(cid for ids in existing.values() for cid in ids)
             self._delete(gone)
@@ -256,7 +308,9 @@ class KnowledgeBase:
     def _flush(self, source: str, pending: list[tuple[list[Chunk], list[str]]], summary: IngestSummary) -> None:
         new_chunks = [c for chunks, _ in pending for c in chunks]
         if new_chunks:
-            vectors = self.embedder.embed([c.text for c in new_chunks])
+            vectors, computed = self.embeddings.embed(self.embedder.name, [c.text for c in new_chunks],
+                                                      self.embedder.embed)
+            summary.chunks_embedded += computed
             metas = [c.metadata(source) for c in new_chunks]
             ids = [c.id for c in new_chunks]
             self._collection.upsert(ids=ids, embeddings=vectors, documents=[c.text for c in new_chunks],
@@ -283,6 +337,7 @@ class KnowledgeBase:
         self._collection = self._open_collection()
         self.lexical.clear()
         self._manifest_path.unlink(missing_ok=True)
+        self._tree_state_path.unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -295,13 +350,12 @@ class KnowledgeBase:
         globs, any of which may match).
 
         hybrid fuses the dense and lexical rankings by reciprocal rank; dense and lexical are there to compare.
+        Both rankings are ids only (with metadata when a path glob filters them); the k chunks that win are then
+        read in one request, so a query costs one vector search, one FTS5 query and one fetch of k documents.
         """
         if mode not in MODES:
             raise KnowledgeBaseError(f"unknown query mode {mode!r}; choose one of {', '.join(MODES)}")
         if self._collection is None or not text.strip():
-            return []
-        total = self.count()
-        if total == 0:
             return []
         where = dict(where or {})
         path_glob = where.pop("path", None)
@@ -310,34 +364,31 @@ class KnowledgeBase:
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         depth = max(50, 4 * k)
         dense: list[tuple[str, float]] = []
-        found: dict[str, tuple[str, dict]] = {}
         if mode in ("hybrid", "dense"):
-            # A path glob is not a Chroma filter: fetch deeper and filter here.
-            n = min(total, depth * (10 if path_globs else 1))
+            # A path glob is not a Chroma filter: fetch deeper and filter here, by the metadata alone.
+            n = depth * (10 if path_globs else 1)
             vector = self.embedder.embed([text])
             try:
                 res = self._collection.query(query_embeddings=vector, n_results=n, where=to_chroma_where(where),
-                                             include=["documents", "metadatas", "distances"])
+                                             include=["distances", "metadatas"] if path_globs else ["distances"])
             except Exception as e:  # a damaged index file surfaces here, as one of several error types
                 raise KnowledgeBaseError(f"the knowledge base at {self.chroma_url or self.directory} could not "
                                          f"be searched ({str(e)[:200]}); `readfirst kb rebuild` re-creates "
                                          f"it") from e
-            for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
-                                            res["distances"][0]):
+            metas = res["metadatas"][0] if path_globs else [None] * len(res["ids"][0])
+            for cid, meta, dist in zip(res["ids"][0], metas, res["distances"][0]):
                 if path_globs and not any(fnmatch.fnmatchcase(meta.get("path", ""), g) for g in path_globs):
                     continue
                 dense.append((cid, 1.0 - dist))
-                found[cid] = (doc, meta)
         lexical: list[tuple[str, float]] = []
         if mode in ("hybrid", "lexical"):
             lexical = self.lexical.search(text, k=depth, kinds=kinds, repo=where.get("repo"),
                                           path_globs=path_globs, source=where.get("source"))
         ranked = fuse(dense, lexical, k=k, weights=(1.0, lexical_weight(text))) if mode == "hybrid" else (dense or lexical)[:k]
-        missing = [cid for cid, _ in ranked if cid not in found]
-        if missing:
-            got = self._collection.get(ids=missing, include=["documents", "metadatas"])
-            found.update({cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"],
-                                                                        got["metadatas"])})
+        found: dict[str, tuple[str, dict]] = {}
+        if ranked:
+            got = self._collection.get(ids=[cid for cid, _ in ranked], include=["documents", "metadatas"])
+            found = {cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])}
         dense_rank = {cid: i + 1 for i, (cid, _) in enumerate(dense)}
         lexical_rank = {cid: i + 1 for i, (cid, _) in enumerate(lexical)}
         results = []

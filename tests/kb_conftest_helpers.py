@@ -23,9 +23,12 @@ GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhos
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real all-MiniLM-L6-v2, loaded once per session (loading takes seconds on 2 cores)."""
-    from readfirst.knowledge_base.embedder import SentenceTransformerEmbedder
-    return SentenceTransformerEmbedder()
+    """The embedder that ships (all-MiniLM-L6-v2, ONNX int8), loaded once per session; its export lives in the
+    shared cache (made once, in seconds), as the CLI's does."""
+    from readfirst.config import Paths
+    from readfirst.knowledge_base.embedder import make_embedder
+    cache = Paths.resolve(environ={k: v for k, v in os.environ.items() if k != "READFIRST_HOME"}).cache
+    return make_embedder(export_dir=cache / "models" / "embeddings")
 
 
 def git(repo: Path, *args: str) -> str:

@@ -173,7 +173,7 @@ def test_a_store_built_with_another_model_is_refused(tmp_path, embedder):
         def embed(self, texts):
             return embedder.embed(texts)
 
-    with pytest.raises(KnowledgeBaseError, match="built with the embedding model 'all-MiniLM-L6-v2'"):
+    with pytest.raises(KnowledgeBaseError, match=r"built with the embedding model 'all-MiniLM-L6-v2 \(onnx-int8, 128 tokens\)'"):
         KnowledgeBase(tmp_path / "kb", OtherModel())
 
 
