@@ -3,6 +3,8 @@
 A label is a predicate on a result's origin, not a chunk id (ids change when a file changes): `path` is a glob,
 `symbol` a regular expression matched in full, `paper` an arXiv id, `gap` a regular expression on a backend-gap
 unit. A result is relevant when every field given matches. `exact` marks queries that name an identifier.
+QUERIES are answered by the small corpus (ggml/src/iqk, upstream's CPU files, backend gaps, reading list);
+TREE_QUERIES only by a store that holds the whole ik_llama.cpp tree.
 """
 
 from __future__ import annotations
@@ -62,6 +64,52 @@ QUERIES: list[dict[str, Any]] = [
     {"q": "IO-aware exact attention that never writes the score matrix", "paper": "2205.14135|2307.08691|2112.05682"},
     {"q": "operator fusions other backends have and the CPU backend lacks", "gap": r".*::fusion:.*"},
     {"q": "lookup tables instead of multiplications for low-bit weights", "paper": "2407.00088"},
+]
+
+SAMPLING = "src/llama-sampling.cpp"
+# About the rest of the ik_llama.cpp tree (outside ggml/src/iqk): answered only by a store holding the whole tree.
+TREE_QUERIES: list[dict[str, Any]] = [
+    {"q": "llama_sample_xtc_impl", "exact": True, "path": SAMPLING, "symbol": "llama_sample_xtc_impl"},
+    {"q": "sampler that excludes the top choices, removing the most probable tokens", "path": SAMPLING,
+     "symbol": "llama_sample_xtc_impl"},
+    {"q": "top n sigma sampling", "path": SAMPLING, "symbol": "llama_sample_top_n_sigma_impl"},
+    {"q": "adaptive p sampler", "path": SAMPLING, "symbol": r"llama_.*adaptive_p_impl"},
+    {"q": "delta_net::build_fused_delta_net", "exact": True, "path": "src/llama-delta-net.cpp",
+     "symbol": "delta_net::build_fused_delta_net"},
+    {"q": "gated delta net linear attention layer", "path": "src/llama-delta-net.cpp"},
+    {"q": "ggml_cuda_op_multi_add", "exact": True, "path": "ggml/src/ggml-cuda/multiadd.cu",
+     "symbol": "ggml_cuda_op_multi_add"},
+    {"q": "CUDA kernel that adds the outputs of several experts in one pass", "path": "ggml/src/ggml-cuda/multiadd.cu"},
+    {"q": "ggml_gemv_q4_0_4x4_q8_0", "exact": True, "path": "ggml/src/ggml-aarch64.c",
+     "symbol": "ggml_gemv_q4_0_4x4_q8_0"},
+    {"q": "interleave q4_0 blocks of four rows for ARM NEON", "path": "ggml/src/ggml-aarch64.c",
+     "symbol": r"make_block_q4_0x4|quantize_q4_0_4x4|quantize_q4_0_nr_bl|ggml_gemv_q4_0_4x4_q8_0"},
+    {"q": "common_speculative_are_compatible", "exact": True, "path": "common/speculative.cpp",
+     "symbol": "common_speculative_are_compatible"},
+    {"q": "check that the draft model and the target model of speculative decoding share a vocabulary",
+     "path": "common/speculative.cpp", "symbol": "common_speculative_are_compatible"},
+    {"q": "create_tensors_helper::create_deepseek2_tensors", "exact": True, "path": "src/llama-load-tensors.cpp",
+     "symbol": "create_tensors_helper::create_deepseek2_tensors"},
+    {"q": "load the weight tensors of a DeepSeek-V2 model", "path": "src/*", "symbol": r".*deepseek2.*"},
+    {"q": "llm_build_context::build_deepseek2", "exact": True, "path": "src/llama-build-context.cpp",
+     "symbol": "llm_build_context::build_deepseek2"},
+    {"q": "llm_build_std_moe_ffn", "exact": True, "path": "src/llama-build-context.cpp",
+     "symbol": "llm_build_context::llm_build_std_moe_ffn"},
+    {"q": "mixture of experts feed-forward block of the compute graph", "path": "src/llama-build-context.cpp",
+     "symbol": r".*moe_ffn.*"},
+    {"q": "flash_attn_mask_to_KV_max", "exact": True, "path": "ggml/src/ggml-cuda/fattn-new-mma.cu",
+     "symbol": "flash_attn_mask_to_KV_max"},
+    {"q": "tensor core flash attention kernel in CUDA", "path": "ggml/src/ggml-cuda/*",
+     "symbol": r".*flash_attn.*|.*fattn.*"},
+    {"q": "print llama-bench results as markdown or SQL", "path": "examples/llama-bench/*"},
+    {"q": "add_cpu_buft_overrides", "exact": True, "path": "examples/llama-bench/*", "symbol": "add_cpu_buft_overrides"},
+    {"q": "pull request fusing a matrix multiplication with the scale that follows it on the CPU",
+     "path": "github-data/pull_requests/5 - *"},
+    {"q": "use MLA without a transposed KV cache", "path": "github-data/pull_requests/235 - *"},
+    {"q": "llama_context::can_reuse_graph", "exact": True, "path": "src/llama.cpp",
+     "symbol": "llama_context::can_reuse_graph"},
+    {"q": "reuse the previous compute graph when the batch has the same shape", "path": "src/llama.cpp",
+     "symbol": "llama_context::can_reuse_graph"},
 ]
 
 
