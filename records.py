@@ -140,6 +140,7 @@ class BenchResult:
     model: str
     raw: list[dict[str, Any]] = field(default_factory=list)
     cpus: str = ""  # the CPUs the benchmark was pinned to ("0,1"); empty: not pinned
+    duration_s: float | None = None  # the llama-bench command's own run time
 
     def get(self, test: str) -> BenchSample | None:
         return next((s for s in self.samples if s.test == test), None)
@@ -176,6 +177,10 @@ class Measurement:
     """One run of a target's benchmark: a value per named metric, and the setup it ran on."""
     values: dict[str, float]
     setup: dict[str, Any] = field(default_factory=dict)  # cpu, threads, pinned cpus... fixed for a run
+    # Seconds the benchmark itself ran (in the sandbox, after it had the machine): what an evaluator's time
+    # budget counts, so that waiting for another process's benchmark neither stops a verdict nor makes a
+    # replay (which serves this figure back) decide otherwise. None: not known.
+    duration_s: float | None = None
 
 
 def metric_matches(name: str, key: str) -> bool:

@@ -133,7 +133,7 @@ class ConfigTarget(GitTarget):
             why = f"; {problems[0]}" if problems else ""
             printed = ", ".join(f"{k}={v:g}" for k, v in values.items()) or "no METRIC line at all"
             raise SandboxError(f"it printed no `METRIC {metric}=<number>` line{why} (it printed: {printed})")
-        return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command})
+        return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command}, r.duration_s)
 
     def profile(self, baseline: Baseline) -> Profile:
         try:  # the first run of the bench is the test of the file's [bench] and [objective]

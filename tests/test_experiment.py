@@ -210,3 +210,28 @@ def test_a_measurement_never_shares_the_machine_with_a_build(tmp_path):
     # the two builds overlapped each other; the bench ran only once neither was running
     assert sorted(events[:2]) == ["a start", "b start"] and sorted(events[2:4]) == ["a end", "b end"]
     assert events[4:] == ["bench"]
+
+
+def test_the_time_budget_counts_benchmarking_not_waiting_for_the_machine(target):
+    """Another process's benchmark holds the machine: each measurement waits, but reports the seconds it ran.
+    The verdict is the same as without the wait (and a replay, which serves those seconds back, agrees)."""
+    import time as _time
+    from dataclasses import replace
+
+    from readfirst.agents.evaluator import EvaluatorConfig
+    plain = target.measure
+
+    def waiting(commit, variant):
+        _time.sleep(0.03)  # the wait for the lock
+        return replace(plain(commit, variant), duration_s=0.001)
+    target.measure = waiting
+    baseline = target.prepare()
+    h = {"id": "H1", "key": "k", "kind": "patch", "title": "t",
+         "change": {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")}}
+    config = replace(evaluator_for(target, max_runs=18), time_budget_s=0.2)
+    assert isinstance(config, EvaluatorConfig)
+    row = run_experiment(h, target=target, best={"commit": baseline.commit, "variant": baseline.variant},
+                         baseline=baseline, evaluator_config=config)
+    # By the wall clock 0.2 s would not even cover the warm-up runs (about 0.03 s each).
+    assert row["decision"] == "keep" and row["verdict"]["stopped"] != "time budget", row["reason"]
+    assert all(r["duration_s"] < 0.01 for r in row["verdict"]["runs"])

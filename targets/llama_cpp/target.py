@@ -235,7 +235,7 @@ class LlamaCppTarget(GitTarget):
         result = self.bench(commit, model=Path(variant["model"]), options=options, config=self.config_of(variant))
         return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
                            {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
-                            "flash_attn": result.flash_attn})
+                            "flash_attn": result.flash_attn}, result.duration_s)
 
     def profile(self, baseline: Baseline) -> Profile:
         """The baseline benchmarked (3 repetitions) and the machine's read bandwidth measured in the sandbox: how
@@ -458,6 +458,7 @@ class LlamaCppTarget(GitTarget):
                                f"{r.output_tail[-1500:]}")
         result = parse_bench_json(text, options=options, config=config or self.config, model=model.name)
         result.cpus = cpus
+        result.duration_s = r.duration_s
         return result
 
     def _model_in_container(self, model: Path) -> str:
