@@ -88,7 +88,7 @@ def hunk_candidates(findings: Sequence[dict[str, Any]], src: ForkSources) -> tup
                 continue
             seen.add((unit, hunk.get("path")))
             made = porting.hunk_port(hunk, current=src.current, base=src.base, forks=src.forks,
-                                     merge_file=src.merge_file)
+                                     merge_file=src.merge_file, hot_paths=src.hot_paths)
             if isinstance(made, porting.Dropped):
                 dropped.append(_drop(made))
                 continue

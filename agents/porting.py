@@ -93,7 +93,9 @@ REASONS = {
     "ambiguous": "the name is defined more than once (under #if branches) on one side",
     "too large": f"the fork's function is longer than {MAX_PORT_LINES} lines",
     "no file": "the file is not in the current tree",
+    "not hot": "the file it changes is not among the target's hot files",
 }
+MIN_ANCHOR_LINES = 2     # lines of real code (not braces or blanks) an anchor must match, after any fuzz
 
 
 # -- parsing ---------------------------------------------------------------------------------------------------
@@ -434,8 +436,8 @@ def anchor(lines: Sequence[str], tagged: Sequence[tuple[str, str]]) -> tuple[int
                 continue  # only context may be dropped
             body = body[lead:len(body) - trail if trail else None]
             old = [_key(s) for t, s in body if t in " -"]
-            if not old or not any(old):
-                continue
+            if sum(1 for k in old if len(k.strip("{}();, ")) > 3) < MIN_ANCHOR_LINES:
+                continue  # braces and blank lines match anywhere: not an anchor
             keys = [_key(s) for s in lines]
             hits = [i for i in range(len(keys) - len(old) + 1) if keys[i:i + len(old)] == old]
             if len(hits) == 1:
@@ -466,11 +468,13 @@ def apply_hunk(text: str, tagged: Sequence[tuple[str, str]]) -> str | None:
 
 
 def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[str, Tree],
-              merge_file: MergeFile) -> Candidate | Dropped:
+              merge_file: MergeFile, hot_paths: Sequence[str] = ()) -> Candidate | Dropped:
     """One fork-diff chunk onto the current tree. `base` is the tree the run started from (the upstream side a
     vendored fork was compared with); a git fork's commit is merged from its own parent instead."""
     path = hunk.get("path", "")
     what = f"{hunk.get('repo', 'fork')} hunk in {path} {hunk.get('symbol') or ''}".strip()
+    if hot_paths and not in_paths(path, hot_paths):
+        return Dropped("hunk", what, "not hot", path)  # ik_llama.cpp's ggml.c is CPU code; upstream's is not
     ours = current.read(path)
     if ours is None:
         return Dropped("hunk", what, "no file", path)

@@ -214,3 +214,12 @@ def test_the_pinned_llama_cpp_and_ik_llama_cpp_give_fork_candidates_in_the_cpu_h
     assert all(c.path.startswith("ggml/src/ggml-cpu/") for c in ports.candidates)
     assert any(c.symbol == "ggml_vec_dot_q4_0_q8_0" for c in ports.candidates)
     assert any(c.fork_path == "ggml/src/ggml.c" for c in hot)  # found where ik_llama.cpp keeps it
+
+
+def test_a_hunk_does_not_anchor_on_braces_alone_nor_outside_the_hot_files(tmp_path):
+    thin = "// fork-diff\n@@ -1,3 +1,3 @@\n }\n-    x();\n+    y();\n \n"
+    assert porting.apply_hunk("void f() {\n    z();\n}\n\nvoid g() {\n    x();\n}\n", porting.hunk_lines(thin)) is None
+    up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C, "cold/b.c": UPSTREAM_C})
+    hunk = {"id": "c1", "repo": "fork", "path": "cold/b.c", "symbol": "sum", "text": HUNK}
+    dropped = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file, hot_paths=["a.c"])
+    assert isinstance(dropped, porting.Dropped) and dropped.reason == "not hot"
