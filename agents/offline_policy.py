@@ -163,10 +163,13 @@ def interleave(*lists: Sequence[Hypothesis]) -> list[Hypothesis]:
 
 
 def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, Any]], tried: set[str],
-            profile_finding: str, forks: ForkSources | None = None, llm: bool = False) -> Proposal:
+            profile_finding: str, forks: ForkSources | None = None, llm: bool = False,
+            history: Sequence[str] = ()) -> Proposal:
     """Ranked hypotheses for the next wave, none already tried: fork candidates alternating with the target's
-    variants (themselves interleaved kind by kind: build, runtime). Backend gaps join the queue when an LLM
-    implements (`llm`), and are listed as needing one otherwise."""
+    variants (themselves interleaved kind by kind: build, runtime), starting with the source that has had fewer
+    experiments so far (`history`: the source kinds of the run's experiments), so that one experiment per wave
+    still alternates. Backend gaps join the queue when an LLM implements (`llm`), and are listed as needing one
+    otherwise."""
     proposal = Proposal()
     fork_made: list[Hypothesis] = []
     if forks is not None:
@@ -184,7 +187,9 @@ def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, 
     proposal.made = {k: n for k, n in (("fork", len(fork_made)), ("profile", len(profile_made)),
                                        ("backend-gap", len(all_gaps))) if n}
     fresh = [h for h in fork_made if h["key"] not in tried][:MAX_FORK_CANDIDATES]
-    ranked = alternate(fresh, [h for h in profile_made if h["key"] not in tried])
+    profile_fresh = [h for h in profile_made if h["key"] not in tried]
+    fork_first = list(history).count("fork") <= list(history).count("profile")
+    ranked = alternate(fresh, profile_fresh) if fork_first else alternate(profile_fresh, fresh)
     if llm:
         ranked = alternate(ranked, gaps) if gaps else ranked
     else:

@@ -166,7 +166,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 current=tree_at(best["commit"]), base=tree_at(state["baseline"]["commit"]), forks=deps.fork_trees,
                 hot_paths=target.hot_paths, merge_file=merge_file,
                 rank=_ranker((state.get("profile") or {}).get("hot_symbols") or [])),
-            llm=deps.implement is not None)
+            llm=deps.implement is not None,
+            history=[r.get("source_kind") or "llm" for r in (deps.ledger.rows() if deps.ledger is not None else [])])
         ranked += proposal.hypotheses
         stats = proposal.stats()
         if stats != state.get("candidate_stats"):

@@ -189,6 +189,10 @@ def test_propose_alternates_fork_ports_with_the_targets_variants_and_attributes_
     with_llm = propose([gap_finding], variants=variants, tried=set(), profile_finding="Fprof", forks=sources,
                        llm=True)
     assert "backend-gap" in [h["source_kind"] for h in with_llm.hypotheses]
+    # One experiment per wave still alternates: after a fork experiment, the next wave starts with the profile's.
+    after_fork = propose([], variants=variants, tried=set(), profile_finding="Fprof", forks=sources,
+                         history=["fork"])
+    assert after_fork.hypotheses[0]["source_kind"] == "profile"
     # The same port against a newer tree is the same hypothesis: tried once.
     tried = {h["key"] for h in proposal.hypotheses if h["source_kind"] == "fork"}
     again = propose([], variants=variants, tried=tried, profile_finding="Fprof", forks=sources)
