@@ -40,11 +40,14 @@ say "installing readfirst and its dependencies"
 .venv/bin/readfirst setup
 
 if [ "$run_main" = 1 ]; then
-  # A short run of the loop: read ik_llama.cpp's own CPU kernels (ggml/src/iqk) against llama.cpp, then three
-  # experiments. Without an API key the offline policy runs real experiments with no LLM.
+  # A short run of the loop: read ik_llama.cpp's CPU code (ggml.c and ggml-quants.c, where it keeps upstream's
+  # ggml-cpu functions, its iqk kernels and its llamafile sgemm) against llama.cpp, then six experiments: half of them ports of the
+  # fork's functions, half the build and runtime settings the profile suggests. Without an API key the offline
+  # policy runs real experiments with no LLM.
   mode=()
   [ -n "${ANTHROPIC_API_KEY:-}" ] || mode=(--offline)
-  args=("${mode[@]}" --fork ik_llama.cpp --fork-subdir ggml/src/iqk --budget-experiments 3)
+  args=("${mode[@]}" --fork ik_llama.cpp --fork-subdir ggml/src/ggml.c --fork-subdir ggml/src/ggml-quants.c
+        --fork-subdir ggml/src/iqk --fork-subdir ggml/src/llamafile --budget-experiments 6)
   say "running the main job: readfirst run ${args[*]}"
   exec .venv/bin/readfirst run "${args[@]}"
 fi

@@ -92,9 +92,11 @@ def _report(app: AppContext, source: str, summary: IngestSummary, *, as_json: bo
 
 def _run(ctx: typer.Context, recipe_list: list[dict[str, Any]], *, as_json: bool,
          arxiv_url: str | None = None) -> None:
+    from ..sandbox.machine_lock import machine_lock
     app = app_context(ctx)
     results = []
-    with _open(ctx, writable=True) as kb:
+    # Embedding is CPU work like a build: it shares the machine with builds, never with a measurement.
+    with _open(ctx, writable=True) as kb, machine_lock(app.paths.cache, exclusive=False):
         for recipe in recipe_list:
             title = recipes.source_key(recipe)
             try:

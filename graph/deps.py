@@ -92,31 +92,34 @@ def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], up
 
     A recipe already read in full from the same revisions is not read again: the second run of a fork reads
     nothing (the recipe is recorded as complete, with the revisions it read, only once its ingestion ends)."""
-    from ..knowledge_base.embedder import SentenceTransformerEmbedder
+    from ..knowledge_base.embedder import make_embedder
     from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe, source_key
     from ..knowledge_base.store import KnowledgeBase
-    embedder = SentenceTransformerEmbedder()
+    embedder = make_embedder(export_dir=paths.models / "embeddings")  # the one `readfirst kb` uses by default
     recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs, as_trees=as_trees) for f in forks]
     recipes += paper_recipes(papers) if papers else []
     recipes += list(readings)
     if recipes:
+        from ..sandbox.machine_lock import machine_lock
         kb = KnowledgeBase(paths.knowledge_base, embedder, writable=True, chroma_url=chroma_url)
+        # Embedding is CPU work like a build: it shares the machine with builds, never with a measurement.
         try:
-            recorded = kb.sources()
-            for recipe in recipes:
-                source = source_key(recipe)
-                revisions = _revisions(paths, recipe)
-                done = recorded.get(source) or {}
-                if revisions and done.get("complete") and done.get("revisions") == revisions:
-                    say(f"{source}: already read (the same revisions); nothing to read again")
-                    continue
-                say(f"reading {recipe.get('fork') or recipe.get('item') or recipe.get('target')} into the "
-                    f"knowledge base")
-                source, summary = run_recipe(kb, recipe, paths)
-                say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
-                    f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
-                if revisions:
-                    kb.record_source(source, {**recipe, "revisions": revisions, "complete": True})
+            with machine_lock(paths.cache, exclusive=False):
+                recorded = kb.sources()
+                for recipe in recipes:
+                    source = source_key(recipe)
+                    revisions = _revisions(paths, recipe)
+                    done = recorded.get(source) or {}
+                    if revisions and done.get("complete") and done.get("revisions") == revisions:
+                        say(f"{source}: already read (the same revisions); nothing to read again")
+                        continue
+                    say(f"reading {recipe.get('fork') or recipe.get('item') or recipe.get('target')} into the "
+                        f"knowledge base")
+                    source, summary = run_recipe(kb, recipe, paths)
+                    say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
+                        f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
+                    if revisions:
+                        kb.record_source(source, {**recipe, "revisions": revisions, "complete": True})
         finally:
             kb.close()
     kb = KnowledgeBase(paths.knowledge_base, embedder, chroma_url=chroma_url)
