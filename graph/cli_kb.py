@@ -30,7 +30,7 @@ def _kb_options(ctx: typer.Context,
                 chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
                                                          help="A Chroma server (http://HOST:PORT) instead of the "
                                                               "embedded store under the data directory."),
-                model: str = typer.Option(DEFAULT_MODEL, "--model", envvar="READFIRST_EMBEDDING_MODEL",
+                model: str = typer.Option(DEFAULT_MODEL, "--embedding-model", envvar="READFIRST_EMBEDDING_MODEL",
                                           help="sentence-transformers model (a local directory or a cached "
                                                "name); the default ships with readfirst."),
                 backend: str = typer.Option(DEFAULT_BACKEND, "--embedding-backend",

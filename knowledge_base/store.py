@@ -150,8 +150,8 @@ class KnowledgeBase:
         built_with = (collection.metadata or {}).get("embedder")
         if built_with and built_with != self.embedder.name:
             raise KnowledgeBaseError(f"the knowledge base was built with the embedding model {built_with!r}, not "
-                                     f"{self.embedder.name!r}; use that model (`--model`, `--embedding-backend`) "
-                                     f"or re-embed everything with `readfirst kb rebuild`")
+                                     f"{self.embedder.name!r}; use that model (`kb --embedding-model`, "
+                                     f"`--embedding-backend`) or re-embed everything with `readfirst kb rebuild`")
         return collection
 
     def _all_ids(self, where: Mapping[str, Any] | None = None, include: list[str] | None = None):
