@@ -309,6 +309,24 @@ def _by_name(tree: Tree, paths: Iterable[str]) -> dict[str, list[tuple[str, Defi
     return out
 
 
+def adapt(text: str, name: str, replaced: str, *, from_path: str, into_path: str) -> str:
+    """The fork's definition made to fit where it goes: C's `restrict` is `__restrict` (which C and C++ compilers
+    both take) when C code moves into a C++ file or a header, and the function keeps the linkage of the one it
+    replaces (`static` added or removed), since the tree's declarations and callers expect that one."""
+    if Path(from_path).suffix.lower() == ".c" and Path(into_path).suffix.lower() != ".c":
+        text = re.sub(r"\brestrict\b", "__restrict", text)
+    if not replaced:
+        return text
+    head = text[:m.start()] if (m := re.search(rf"\b{re.escape(name)}\s*\(", text)) else ""
+    mine = replaced[:m2.start()] if (m2 := re.search(rf"\b{re.escape(name)}\s*\(", replaced)) else ""
+    static_here, static_there = bool(re.search(r"\bstatic\b", mine)), bool(re.search(r"\bstatic\b", head))
+    if static_there and not static_here:
+        text = re.sub(r"\bstatic\s+", "", text, count=1)
+    elif static_here and not static_there and head:
+        text = "static " + text
+    return text
+
+
 def _mentioning(tree: Tree, names: set[str]) -> list[str]:
     out = []
     for path in tree.files():
@@ -387,10 +405,12 @@ def function_ports(current: Tree, forks: Sequence[Tree], *, hot_paths: Sequence[
             if unresolved:
                 result.dropped.append(Dropped("function", what, "unresolved", ", ".join(sorted(unresolved)[:8])))
                 continue
-            brought = "".join(h.text + ("\n" if not h.text.endswith("\n\n") else "") for h in helpers)
+            ported = adapt(fork_def.text, name, mine.text, from_path=fork_path, into_path=path)
+            brought = "".join(adapt(h.text, h.name, "", from_path=fork_path, into_path=path)
+                              + ("\n" if not h.text.endswith("\n\n") else "") for h in helpers)
             header = f"// ported from {fork.name} {fork_path}" + (
                 f" (with {', '.join(h.name for h in helpers)})" if helpers else "") + "\n"
-            new_text = text[:mine.start] + header + brought + fork_def.text + text[mine.end:]
+            new_text = text[:mine.start] + header + brought + ported + text[mine.end:]
             patch, changed = unified_patch(path, text, new_text)
             if not patch:
                 continue

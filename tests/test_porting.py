@@ -227,3 +227,23 @@ def test_a_hunk_does_not_anchor_on_braces_alone_nor_outside_the_hot_files(tmp_pa
     hunk = {"id": "c1", "repo": "fork", "path": "cold/b.c", "symbol": "sum", "text": HUNK}
     dropped = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file, hot_paths=["a.c"])
     assert isinstance(dropped, porting.Dropped) and dropped.reason == "not hot"
+
+
+def test_a_c_function_moving_into_cpp_keeps_the_trees_linkage_and_drops_cs_restrict(tmp_path):
+    up_cpp = "#include <cstddef>\nfloat dot(const float * x, const float * y, int n);\n\n" \
+             "float dot(const float * x, const float * y, int n) {\n    float s = 0;\n" \
+             "    for (int i = 0; i < n; i++) s += x[i] * y[i];\n    return s;\n}\n"
+    fork_c = "static float dot(const float * restrict x, const float * restrict y, int n) {\n" \
+             "    float s0 = 0, s1 = 0; int i = 0;\n    for (; i + 1 < n; i += 2) { s0 += x[i] * y[i]; " \
+             "s1 += x[i + 1] * y[i + 1]; }\n    for (; i < n; i++) s0 += x[i] * y[i];\n    return s0 + s1;\n}\n"
+    upstream = make_tree(tmp_path / "up", {"vec.cpp": up_cpp})
+    fork = make_tree(tmp_path / "fork", {"ggml.c": fork_c}, name="fork")
+    [port] = porting.function_ports(upstream, [fork], hot_paths=["*"]).candidates
+    apply(upstream, port.patch)
+    ported = (upstream.repo / "vec.cpp").read_text()
+    assert "__restrict x" in ported and "static float dot" not in ported
+    f = tmp_path / "unit.cpp"
+    f.write_text(ported)
+    built = subprocess.run(["g++", "-c", "-Wall", "-Werror", "-o", str(tmp_path / "u.o"), str(f)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
