@@ -65,13 +65,28 @@ class Proposal:
     dropped: list[dict[str, str]] = field(default_factory=list)   # {"source_kind", "what", "reason", "detail"}
     needs_llm: list[Hypothesis] = field(default_factory=list)     # backend gaps with no offline switch
     findings: list[dict[str, Any]] = field(default_factory=list)  # what the porting engine found, to cite
-    made: dict[str, int] = field(default_factory=dict)            # candidates per source, tried ones included
 
-    def stats(self) -> dict[str, Any]:
-        """Plain data for the state and the summary: candidates per source, drops per reason, the LLM's list."""
-        return {"candidates_by_source": dict(self.made), "dropped": porting.reasons(
-                    porting.Dropped(d["source_kind"], d["what"], d["reason"]) for d in self.dropped),
-                "needs_llm": [{"title": h["title"], "where": h.get("where", "")} for h in self.needs_llm]}
+    made_keys: dict[str, list[str]] = field(default_factory=dict)  # source -> hypothesis keys made
+
+    def stats(self, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Plain data for the state and the summary: candidates per source, drops per reason, the LLM's list;
+        over the whole run when given the `earlier` stats (a kept port is no candidate against the new best,
+        but it was one)."""
+        earlier = earlier or {}
+        keys = {k: set(v) for k, v in (earlier.get("keys") or {}).items()}
+        for source, made in self.made_keys.items():
+            keys.setdefault(source, set()).update(made)
+        dropped = dict(earlier.get("dropped_what") or {})
+        dropped.update({f"{d['source_kind']}:{d['what']}": d["reason"] for d in self.dropped})
+        needs = {h["title"]: {"title": h["title"], "where": h.get("where", "")} for h in self.needs_llm}
+        needs = {**{n["title"]: n for n in earlier.get("needs_llm") or []}, **needs}
+        reasons: dict[str, int] = {}
+        for reason in dropped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return {"candidates_by_source": {k: len(v) for k, v in keys.items() if v},
+                "dropped": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+                "needs_llm": list(needs.values()),
+                "keys": {k: sorted(v) for k, v in keys.items()}, "dropped_what": dropped}
 
 
 def _drop(d: porting.Dropped) -> dict[str, str]:
@@ -184,8 +199,8 @@ def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, 
     profile_made = interleave(*([h for h in offered if h["kind"] == k] for k in kinds))
     all_gaps = gap_candidates(findings)
     gaps = [h for h in all_gaps if h["key"] not in tried]
-    proposal.made = {k: n for k, n in (("fork", len(fork_made)), ("profile", len(profile_made)),
-                                       ("backend-gap", len(all_gaps))) if n}
+    proposal.made_keys = {k: [h["key"] for h in made] for k, made in
+                          (("fork", fork_made), ("profile", profile_made), ("backend-gap", all_gaps)) if made}
     fresh = [h for h in fork_made if h["key"] not in tried][:MAX_FORK_CANDIDATES]
     profile_fresh = [h for h in profile_made if h["key"] not in tried]
     fork_first = list(history).count("fork") <= list(history).count("profile")

@@ -169,8 +169,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
             llm=deps.implement is not None,
             history=[r.get("source_kind") or "llm" for r in (deps.ledger.rows() if deps.ledger is not None else [])])
         ranked += proposal.hypotheses
-        stats = proposal.stats()
-        if stats != state.get("candidate_stats"):
+        stats = proposal.stats(state.get("candidate_stats"))
+        if stats["candidates_by_source"] != (state.get("candidate_stats") or {}).get("candidates_by_source") or \
+                stats["dropped"] != (state.get("candidate_stats") or {}).get("dropped"):
             say("hypothesize: candidates by source: " + (", ".join(f"{k} {n}" for k, n in
                 stats["candidates_by_source"].items()) or "none") + (
                 "; dropped: " + ", ".join(f"{n} {r}" for r, n in stats["dropped"].items()) if stats["dropped"] else ""))

@@ -197,6 +197,9 @@ def test_propose_alternates_fork_ports_with_the_targets_variants_and_attributes_
     tried = {h["key"] for h in proposal.hypotheses if h["source_kind"] == "fork"}
     again = propose([], variants=variants, tried=tried, profile_finding="Fprof", forks=sources)
     assert [h["source_kind"] for h in again.hypotheses] == ["profile"] * 3
+    # Over the run, a candidate counts once even when a later proposal no longer makes it (a kept port).
+    later = propose([], variants=variants[:1], tried=tried, profile_finding="Fprof", forks=None)
+    assert later.stats(proposal.stats())["candidates_by_source"] == {"fork": 2, "profile": 3, "backend-gap": 1}
 
 
 @pytest.mark.slow

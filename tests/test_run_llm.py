@@ -92,7 +92,7 @@ def test_llm_run_keeps_the_real_win_and_discards_the_broken_build(tmp_path, shar
                "ANTHROPIC_BASE_URL": server.url}
         proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--source", str(source),
                                "--budget-experiments", "2", "-p", "16", "-n", "16", "--max-runs", "14",
-                               "--calibration-pairs", "0", "--json"],
+                               "--calibration-pairs", "0", "--no-reading-list", "--no-backend-gaps", "--json"],
                               capture_output=True, text=True, env=env, timeout=5400)
         requests = server.count
     assert proc.returncode == 0, proc.stderr[-4000:]
