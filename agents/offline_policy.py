@@ -24,7 +24,6 @@ from ..protocols import Tree
 from . import porting
 
 Hypothesis = dict[str, Any]
-SOURCE_KINDS = ("fork", "backend-gap", "paper", "profile", "llm")
 MAX_FORK_CANDIDATES = 40   # per wave; the rest wait for the next waves
 
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..knowledge_base.chunking import c_parser, declarator_name
 from ..protocols import Tree
 from ..records import in_paths
 
@@ -110,31 +111,12 @@ class Definition:
     text: str
 
 
-@lru_cache(maxsize=2)
-def _parser(cpp: bool):
-    import tree_sitter
-    import tree_sitter_c
-    import tree_sitter_cpp
-    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_cpp.language() if cpp else tree_sitter_c.language()))
-
-
 def _norm(text: str) -> str:
     return re.sub(r"\s+", "", re.sub(r"\bstruct\b|\bconst\b\s*$", "", text))
 
 
 def _base_identifier(node) -> str:
-    """The declared name under a declarator (through pointers, arrays, references, initializers, functions)."""
-    while node is not None:
-        if node.type in ("identifier", "field_identifier", "type_identifier", "qualified_identifier"):
-            return node.text.decode("utf-8", "replace")
-        inner = node.child_by_field_name("declarator")
-        if inner is None:
-            for child in node.children:
-                if child.type in ("identifier", "qualified_identifier", "type_identifier"):
-                    return child.text.decode("utf-8", "replace")
-            return ""
-        node = inner
-    return ""
+    return declarator_name(node, types=True)
 
 
 def _dead(node, known: frozenset[str] | set[str]) -> bool:
@@ -224,13 +206,13 @@ def signature(text: str, name: str) -> tuple[str, ...]:
 def uses(text: str, path: str, known: frozenset[str] | set[str] = frozenset()) -> frozenset[str]:
     """The identifiers a definition uses and does not declare itself (its locals, parameters, own macros), in
     the code that is compiled here (`known`: the names the tree has, which decide what an #if selects)."""
-    tree = _parser(Path(path).suffix.lower() != ".c").parse(text.encode("utf-8", "replace"))
+    tree = c_parser(Path(path).suffix.lower() != ".c").parse(text.encode("utf-8", "replace"))
     return _uses(tree.root_node, known)
 
 
 @lru_cache(maxsize=64)
 def _definitions_cached(text: str, cpp: bool) -> tuple[Definition, ...]:
-    tree = _parser(cpp).parse(text.encode("utf-8", "replace"))
+    tree = c_parser(cpp).parse(text.encode("utf-8", "replace"))
     # tree-sitter counts bytes; definitions are cut at whole lines, so its row numbers are all that is needed.
     starts = [0]
     for m in re.finditer("\n", text):

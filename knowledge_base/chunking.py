@@ -79,7 +79,7 @@ def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str | Skipped
 # -- C / C++ ---------------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=2)
-def _parser(cpp: bool):
+def c_parser(cpp: bool):
     # Imported here: nothing loads a grammar at import time.
     import tree_sitter
     import tree_sitter_c
@@ -95,16 +95,19 @@ class FunctionSpan:
     end_line: int
 
 
-def _declarator_name(node) -> str:
-    """The function's name from its declarator (through pointers, references and qualifiers)."""
+def declarator_name(node, *, types: bool = False) -> str:
+    """The declared name under a declarator (through pointers, references, arrays, qualifiers); `types` also
+    takes a type name (a typedef's, a struct's), as the porting engine needs for the tables it brings along."""
+    kinds = ("identifier", "field_identifier", "qualified_identifier", "destructor_name", "operator_name",
+             "template_function") + (("type_identifier",) if types else ())
+    leaves = ("identifier", "qualified_identifier", "field_identifier") + (("type_identifier",) if types else ())
     while node is not None:
-        if node.type in ("identifier", "field_identifier", "qualified_identifier", "destructor_name",
-                         "operator_name", "template_function"):
+        if node.type in kinds:
             return node.text.decode("utf-8", "replace")
         inner = node.child_by_field_name("declarator")
         if inner is None:
             for child in node.children:
-                if child.type in ("identifier", "qualified_identifier", "field_identifier"):
+                if child.type in leaves:
                     return child.text.decode("utf-8", "replace")
             return ""
         node = inner
@@ -113,7 +116,7 @@ def _declarator_name(node) -> str:
 
 def function_spans(text: str, suffix: str) -> list[FunctionSpan]:
     """Every function definition in a C/C++ source, in order (also those inside namespaces, classes, #ifdefs)."""
-    parser = _parser(suffix.lower() in CPP_EXTENSIONS)
+    parser = c_parser(suffix.lower() in CPP_EXTENSIONS)
     tree = parser.parse(text.encode("utf-8", "replace"))
     spans: list[FunctionSpan] = []
     stack = [tree.root_node]
@@ -121,7 +124,7 @@ def function_spans(text: str, suffix: str) -> list[FunctionSpan]:
         node = stack.pop()
         if node.type == "function_definition":
             outer = node.parent if node.parent is not None and node.parent.type == "template_declaration" else node
-            name = _declarator_name(node.child_by_field_name("declarator"))
+            name = declarator_name(node.child_by_field_name("declarator"))
             spans.append(FunctionSpan(name or "<anonymous>", outer.start_point[0] + 1, outer.end_point[0] + 1))
             continue  # lambdas and local classes stay inside their function's chunk
         stack.extend(reversed(node.children))
