@@ -9,14 +9,16 @@ experiment with its reason, never an exception out of here, except a ReadfirstEr
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import PatchDoesNotApply, PatchRejected, SandboxError
 from ..protocols import Target
-from ..records import Baseline, to_dict
+from ..records import Baseline, BuildResult, CheckResult, to_dict
 from .evaluator import BASELINE, EvaluatorConfig, Verdict, evaluate, gates
 from .llm import BudgetExceeded
 from .statistics import DecisionRule
@@ -37,6 +39,49 @@ def first_error(log: str) -> str:
         return m.group(1).strip()[:300]
     lines = [ln for ln in log.splitlines() if "error" in ln.lower()]
     return lines[0].strip()[:300] if lines else ""
+
+
+def first_errors(log: str, *, limit: int = 3, context: int = 4) -> list[str]:
+    """The first `limit` compiler or linker errors, each with the lines the compiler printed after it (its notes,
+    the offending line and caret), in the order the build printed them."""
+    lines = log.splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if _COMPILER_ERROR.match(line):
+            out.append("\n".join(lines[i:i + 1 + context]))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def build_evidence(build: BuildResult, *, tail: int = 3000) -> str:
+    """What a repair is shown of a failed build: its stage, its first errors (read from the whole log when the
+    build kept one: a parallel build prints its first error long before it stops), and the log's last lines."""
+    log = build.log_tail
+    if build.log_path:
+        try:
+            log = Path(build.log_path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    errors = first_errors(log) or first_errors(build.log_tail)
+    parts = [f"stage: {build.stage}"]
+    if errors:
+        parts.append("first errors:\n" + "\n---\n".join(errors))
+    parts.append("end of the log:\n" + build.log_tail[-tail:])
+    return "\n\n".join(parts)
+
+
+def check_evidence(check: CheckResult, reason: str = "") -> str:
+    """What a repair is shown of a failed check: its name, its reason, and its figures (a logits check's KL
+    divergence and top-token agreement against the baseline, a test suite's failed cases and log tail)."""
+    figures = {k: v for k, v in (check.evidence or {}).items() if k != "log_tail"}
+    if isinstance(figures.get("cases"), list):  # the failed cases only: the passing ones say nothing
+        figures["cases"] = [c for c in figures["cases"] if isinstance(c, dict) and not c.get("passed")][:20]
+    text = f"check: {check.name}\nreason: {check.reason or reason}\nfigures: " + json.dumps(figures, default=str)[:4000]
+    log_tail = (check.evidence or {}).get("log_tail")
+    if log_tail:
+        text += "\nend of its log:\n" + str(log_tail)[-3000:]
+    return text
 
 
 def _discarded(gate: str, reason: str) -> Verdict:
@@ -112,48 +157,61 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
             return finish(_discarded("apply", f"the target cannot make this change: {e}"))
     durations["implement"] = clock() - t0
 
-    # -- build (an unchanged build is reused by the target), then repair while an LLM wrote the patch ------------------
-    say(f"{title}: building")
-    t0 = clock()
-    build = target.build(commit, variant, worker=worker)
+    # -- build (an unchanged build is reused by the target) and the target's checks (tests, numerics); while an LLM
+    # -- wrote the patch, a failure of either goes back to it, with its evidence, for a repair -----------------------
     repairs = 0
-    while not build.ok and llm_made and repairs < MAX_REPAIRS:
-        repairs += 1
-        say(f"{title}: build failed at {build.stage}, repair {repairs}")
-        try:
-            patch, info = implement({**hypothesis, "repair_log": build.log_tail[-4000:], "patch": row["patch"]},
-                                    best_commit)
-        except BudgetExceeded:
-            break
-        row["llm"][f"repair_{repairs}"] = info
-        if not patch:
-            break
-        applied = commit_on_best(patch, " (repair)")
-        if isinstance(applied, Verdict):
-            durations["build"] = clock() - t0
-            return finish(applied)
-        commit = applied
-        build = target.build(commit, variant, worker=worker)
-    durations["build"] = clock() - t0
-    row["build"] = to_dict(build)
-    if not build.ok:
-        error = first_error(build.log_tail)
-        return finish(_discarded("build", f"the build failed at the {build.stage} stage"
-                                          f"{': ' + error if error else ''}."))
+    durations["build"] = durations["checks"] = 0.0
 
-    # -- the target's checks (tests, numerics) ---------------------------------------------------------------------------
-    say(f"{title}: checking")
-    t0 = clock()
-    try:
-        checks = target.checks(commit, variant, baseline=baseline, worker=worker)
-    except SandboxError as e:
-        durations["checks"] = clock() - t0
-        return finish(_discarded("checks", f"the checks could not run: {str(e)[:300]}"))
-    durations["checks"] = clock() - t0
-    row["checks"] = to_dict(checks)
-    verdict = gates(checks, None)
-    if verdict.gate != "performance":
-        return finish(verdict)
+    def repaired(failure: str, evidence: str) -> str | Verdict | None:
+        """The repaired patch's commit, the discard verdict when it does not apply, or None: no repair."""
+        nonlocal repairs
+        if not llm_made or repairs >= MAX_REPAIRS:
+            return None
+        repairs += 1
+        say(f"{title}: {failure} failed, repair {repairs}")
+        try:
+            patch, info = implement({**hypothesis, "repair": {"failure": failure, "evidence": evidence},
+                                     "patch": row["patch"]}, best_commit)
+        except BudgetExceeded:
+            return None
+        row["llm"][f"repair_{repairs}"] = {**info, "failure": failure}
+        return commit_on_best(patch, " (repair)") if patch else None
+
+    while True:
+        say(f"{title}: building")
+        t0 = clock()
+        build = target.build(commit, variant, worker=worker)
+        durations["build"] += clock() - t0
+        row["build"] = to_dict(build)
+        if not build.ok:
+            fixed = repaired("build", build_evidence(build))
+            if isinstance(fixed, Verdict):
+                return finish(fixed)
+            if fixed is not None:
+                commit = fixed
+                continue
+            error = first_error(build.log_tail)
+            return finish(_discarded("build", f"the build failed at the {build.stage} stage"
+                                              f"{': ' + error if error else ''}."))
+        say(f"{title}: checking")
+        t0 = clock()
+        try:
+            checks = target.checks(commit, variant, baseline=baseline, worker=worker)
+        except SandboxError as e:
+            durations["checks"] += clock() - t0
+            return finish(_discarded("checks", f"the checks could not run: {str(e)[:300]}"))
+        durations["checks"] += clock() - t0
+        row["checks"] = to_dict(checks)
+        verdict = gates(checks, None)
+        if verdict.gate == "performance":
+            break
+        failed = checks.first_failure()
+        fixed = repaired(verdict.gate, check_evidence(failed, verdict.reason)) if failed is not None else None
+        if isinstance(fixed, Verdict):
+            return finish(fixed)
+        if fixed is None:
+            return finish(verdict)
+        commit = fixed
 
     # -- performance: interleaved A/B against the current best -----------------------------------------------------------
     arms = {BASELINE: (best_commit, best_variant), "candidate": (commit, variant)}

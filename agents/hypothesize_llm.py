@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .briefing import outcome_line, same_change
 from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt, text_block
 
 
@@ -24,6 +25,7 @@ class CheckedList:
     items: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)  # {"item": what the model said, "reason": why}
     error: str | None = None  # the model's answer was unusable (after one retry) or the call failed
+    questions: list[str] = field(default_factory=list)  # the planner's own knowledge-base queries
 
     # It reads as the list of its items, so `for finding in summarize_findings(...)` works; `error` stays visible.
     def __iter__(self):
@@ -66,24 +68,32 @@ def summarize_findings(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]]
     return result
 
 
+MAX_QUESTIONS = 4
+
+
 def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[str, Any]], tried: Iterable[Any],
                     *, n: int = 5, experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
     """At most n hypotheses, best first, each {"id", "key", "kind": "llm", "source": "llm", "title", "rationale",
-    "files", "expected_gain", "citations" (finding ids), "chunk_ids" (the chunks those findings cite), "evidence"
-    (the cited findings as {"id", "origin", "text"} for the implementer's prompt)}.
-    `tried`: titles, hypothesis keys, or the ledger's experiments as dicts ({"title", "key", "decision",
-    "speedup", "reason"}); a hypothesis matching any of them is dropped, and the model is shown each one with
-    its outcome, so that it learns from what was measured instead of rewording it."""
+    "files", "functions", "expected_gain", "citations" (finding ids), "chunk_ids" (the chunks those findings
+    cite), "evidence" (the cited findings as {"id", "origin", "text"} for the implementer's prompt)}; and in
+    `questions` the knowledge-base queries the model asks for its next round of reading.
+    `tried`: titles, hypothesis keys, or experiments as dicts (briefing.tried_experiments: title, key, decision,
+    effect, reason, files, functions); the model is shown each with its outcome. A hypothesis is dropped when
+    its title or key matches a tried one, or when it changes exactly the functions a discarded experiment
+    changed (a reworded repeat is recognized by what it changes, not by its words)."""
     by_id = {str(f["id"]): f for f in findings if f.get("id") is not None}
     tried_titles, tried_keys = set(), set()
     outcomes: list[str] = []     # the ledger's experiments, with what came of them
     bare: set[str] = set()       # titles or keys given alone
+    changes: list[Mapping[str, Any]] = []  # tried experiments that say what they changed
     for t in tried:
         if isinstance(t, Mapping):
             text = str(t.get("title") or "")
             tried_keys.add(str(t.get("key") or ""))
             if text:
-                outcomes.append(_outcome_line(t))
+                outcomes.append(outcome_line(t))
+            if t.get("functions"):
+                changes.append(t)
         else:
             text = str(t)
             bare.add(_normal(text))
@@ -96,23 +106,33 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     # paid for last.
     findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in reversed(list(by_id.items())))
     task = render_prompt(
-        "hypothesize_task", n=n,
+        "hypothesize_task", n=n, questions=MAX_QUESTIONS,
         facts="\n".join(f"- {f if isinstance(f, str) else json.dumps(f, sort_keys=True)}" for f in facts) or "(none)",
         findings=data_block("untrusted-source", findings_text, limit=40_000, id="findings") if by_id else "(none)",
         tried=data_block("ledger", tried_text, limit=20_000) if tried_text else "(nothing yet)")
     parsed, error = _ask_for_list(llm, render_prompt("hypothesize_system"), task, agent="hypothesize",
-                                  experiment=experiment, max_tokens=max_tokens)
+                                  experiment=experiment, max_tokens=max_tokens, parse=_parse_plan)
     result = CheckedList(error=error)
     for raw in parsed or []:
+        if "question" in raw and "title" not in raw:
+            question = raw.get("question")
+            if isinstance(question, str) and question.strip() and len(result.questions) < MAX_QUESTIONS:
+                result.questions.append(" ".join(question.split())[:300])
+            continue
         title = raw.get("title")
         cited = _known_ids(raw.get("findings"), list(by_id))
         key = hypothesis_key(title) if isinstance(title, str) else ""
+        functions = _strings(raw.get("functions"))
+        repeated = same_change(functions, changes)
         if not isinstance(title, str) or not title.strip():
             reason = "no title"
         elif not cited:
             reason = "cites no known finding"
         elif _normal(title) in tried_titles or key in tried_keys:
             reason = "repeats a tried or an earlier hypothesis"
+        elif repeated is not None:
+            reason = (f"changes the same functions ({', '.join(functions)}) as {repeated.get('id') or 'the tried'} "
+                      f"'{repeated.get('title')}' ({repeated.get('decision')})")
         elif len(result.items) >= n:
             reason = f"beyond the {n} asked for"
         else:
@@ -121,24 +141,38 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
             result.dropped.append({"item": raw, "reason": reason})
             continue
         tried_titles.add(_normal(title))
+        if functions:  # a second hypothesis of this answer changing the same functions is a repeat too
+            changes.append({"title": title.strip(), "decision": "planned", "functions": functions})
         result.items.append({
             "id": f"H{key[:8]}", "key": key, "kind": "llm", "source": "llm", "title": title.strip(),
             "rationale": str(raw.get("rationale") or ""), "expected_gain": str(raw.get("expected_gain") or ""),
-            "files": [f for f in raw["files"] if isinstance(f, str)] if isinstance(raw.get("files"), list) else [],
+            "files": _strings(raw.get("files")), "functions": functions,
             "citations": cited,
             "chunk_ids": list(dict.fromkeys(_chunk_id(c) for fid in cited for c in by_id[fid].get("citations") or [])),
             "evidence": [_evidence(fid, by_id[fid]) for fid in cited]})
     return result
 
 
-def _outcome_line(t: Mapping[str, Any]) -> str:
-    """One tried experiment as the planner reads it: its title, what was decided, the measured effect, why."""
-    effect = t.get("speedup")
-    measured = f" {effect:+.1%}" if isinstance(effect, (int, float)) else ""
-    if isinstance(effect, (int, float)) and t.get("ci_low") is not None and t.get("ci_high") is not None:
-        measured += f" [{t['ci_low']:+.1%}, {t['ci_high']:+.1%}]"
-    reason = str(t.get("reason") or "")[:300]
-    return f"- {t.get('title')}: {t.get('decision', 'tried')}{measured}" + (f" ({reason})" if reason else "")
+def _strings(value: Any) -> list[str]:
+    return [v.strip() for v in value if isinstance(v, str) and v.strip()] if isinstance(value, list) else []
+
+
+def _parse_plan(text: str) -> list[dict[str, Any]]:
+    """The planner's answer: {"hypotheses": [...], "questions": [...]} (questions become {"question": q}
+    items), or a bare list of hypotheses."""
+    try:
+        value = json.loads(_fenced(text))
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("hypotheses"), list):
+        items = [h for h in value["hypotheses"] if isinstance(h, dict)]
+        return items + [{"question": q} for q in value.get("questions") or [] if isinstance(q, str)]
+    return parse_json_list(text)
+
+
+def _fenced(text: str) -> str:
+    m = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
+    return (m.group(1) if m else text).strip()
 
 
 def hypothesis_key(title: str) -> str:
@@ -186,8 +220,9 @@ def parse_json_list(text: str) -> list[dict[str, Any]]:
     raise ValueError(problem)
 
 
-def _ask_for_list(llm: Any, system: str, task: str, *, agent: str, experiment: str | None,
-                  max_tokens: int) -> tuple[list[dict[str, Any]] | None, str | None]:
+def _ask_for_list(llm: Any, system: str, task: str, *, agent: str, experiment: str | None, max_tokens: int,
+                  parse: Callable[[str], list[dict[str, Any]]] | None = None
+                  ) -> tuple[list[dict[str, Any]] | None, str | None]:
     """(items, None), or (None, why) after one retry that shows the model what was wrong with its answer."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
     problem = ""
@@ -200,7 +235,7 @@ def _ask_for_list(llm: Any, system: str, task: str, *, agent: str, experiment: s
         except LLMError as e:
             return None, f"model call failed: {e}"
         try:
-            return parse_json_list(response.text), None
+            return (parse or parse_json_list)(response.text), None
         except ValueError as e:
             problem = str(e)
         messages += [{"role": "assistant", "content": response.content or [text_block("(empty answer)")]},

@@ -3,8 +3,14 @@ the patch (`git diff` of the tree).
 
 The model acts only through the tools below, each confined to the tree: a path that is absolute, has a '..'
 component, reaches into .git, or resolves (through symlinks) outside the tree is refused, and the refusal goes
-back to the model as the tool's result. Nothing the model says is ever run on the host: the only effects are file
-edits inside the tree. Text from papers, forks and build logs is fenced as untrusted data in the prompts.
+back to the model as the tool's result. The forks' trees (and the target's own sibling backends, which are in
+its tree) can be read, never written: a fork is read through git at its recorded revision, only the files of the
+folders the run was pointed at. Nothing the model says is ever run on the host: the only effects are file edits
+inside the target tree. Text from papers, forks and build logs is fenced as untrusted data in the prompts.
+
+One experiment is one conversation: the implementation, then each repair after a failed build or a failed check
+continues it with that failure's evidence (the compiler's first errors, the check's figures), so the model
+remembers what it tried. Steps are bounded per part and dollars per experiment (the budget's experiment cap).
 
 Errors: BudgetExceeded and LLMUnavailable propagate (they end the run); any other failed call, a step limit, or a
 model that changed nothing is an Implementation with `error` set, which the caller records as a failed experiment.
@@ -18,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,7 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..sources import git
-from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt
+from .briefing import briefing_text, patch_digest
+from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt, text_block
 
 AGENT = "implementer"
 MAX_READ_LINES = 300
@@ -38,6 +46,9 @@ MAX_WRITE_BYTES = 1_000_000
 KEEP_TOOL_OUTPUT_CHARS = 200_000
 ELIDED = "[output elided to save context; call the tool again if you still need it]"
 
+TARGET = "target"  # the name of the tree being edited, in the tools' `tree` argument
+MAX_SOURCE_FILES_SCANNED = 5000  # a fork searched without git: at most this many files are read
+MAX_CONVERSATIONS = 16  # experiments whose conversation is kept for a repair (the rest start a new one)
 _PATH = {"type": "string", "description": "path relative to the root of the target tree"}
 TOOL_SPECS: list[dict[str, Any]] = [
     {"name": "read_file", "description": f"Read a text file with line numbers (at most {MAX_READ_LINES} lines "
@@ -60,6 +71,24 @@ TOOL_SPECS: list[dict[str, Any]] = [
      "input_schema": {"type": "object", "properties": {"path": _PATH, "content": {"type": "string"}},
                       "required": ["path", "content"]}},
 ]
+
+
+READ_TOOLS = ("read_file", "search", "list_dir")
+
+
+def tool_specs(sources: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The tools, with a `tree` argument on the read tools when there are fork trees to read."""
+    if not sources:
+        return TOOL_SPECS
+    tree = {"type": "string", "enum": [TARGET, *sources],
+            "description": f"which tree to read: '{TARGET}' (the tree you edit; the default) or a fork's, read-only"}
+    out = []
+    for spec in TOOL_SPECS:
+        if spec["name"] in READ_TOOLS:
+            schema = spec["input_schema"]
+            spec = {**spec, "input_schema": {**schema, "properties": {**schema["properties"], "tree": tree}}}
+        out.append(spec)
+    return out
 
 
 class ToolRefused(Exception):
@@ -94,9 +123,15 @@ class Implementation:
 class TreeTools:
     """The model's only access to the target: read, search, list, and edit files inside `tree`."""
 
-    def __init__(self, tree: Path, *, protected: Sequence[str] = ()):
+    def __init__(self, tree: Path, *, protected: Sequence[str] = (), sources: Mapping[str, Any] | None = None):
         self.root = Path(tree).resolve()
         self.protected = tuple(protected)
+        # Fork trees by name (protocols.Tree): read-only, through their own files() and read().
+        self.sources = {name: t for name, t in (sources or {}).items() if name != TARGET}
+
+    @property
+    def specs(self) -> list[dict[str, Any]]:
+        return tool_specs(sorted(self.sources))
 
     def call(self, name: str, arguments: Any) -> tuple[bool, str]:
         """(ok, text) for one tool_use; refusals and I/O errors become text for the model, never exceptions."""
@@ -106,6 +141,14 @@ class TreeTools:
             return False, f"unknown tool {name!r}; the tools are read_file, search, list_dir, replace_in_file, write_file"
         if not isinstance(arguments, Mapping):
             return False, "tool input must be an object"
+        arguments = dict(arguments)
+        tree = arguments.pop("tree", TARGET) if name in READ_TOOLS else TARGET
+        if tree not in (TARGET, None, ""):
+            if tree not in self.sources:
+                return False, (f"unknown tree {tree!r}; the trees are " + ", ".join([TARGET, *sorted(self.sources)]))
+            handler = {"read_file": self.read_source_file, "search": self.search_source,
+                       "list_dir": self.list_source_dir}[name]
+            arguments["tree"] = tree
         try:
             inspect.signature(handler).bind(**arguments)
         except TypeError as e:  # missing or unknown argument names
@@ -149,23 +192,77 @@ class TreeTools:
         return data.decode("utf-8", errors="replace")
 
     def read_file(self, path: str, start_line: int | None = None, end_line: int | None = None) -> str:
-        lines = self._text(self.resolve(path), path).splitlines()
-        start = max(1, int(start_line or 1))
-        end = min(len(lines), int(end_line) if end_line else start + MAX_READ_LINES - 1, start + MAX_READ_LINES - 1)
-        shown, size = [], 0
-        for number in range(start, end + 1):
-            line = f"{number:6d}\t{lines[number - 1]}"
-            if size + len(line) > MAX_READ_CHARS:
-                end = number - 1
+        return _numbered(self._text(self.resolve(path), path).splitlines(), path, start_line, end_line)
+
+    # -- the forks' trees: read-only, only the files the tree lists ------------------------------------------------
+    def _source_path(self, tree: str, path: Any, *, directory: bool = False) -> str:
+        if not isinstance(path, str) or "\x00" in path:
+            raise ToolRefused("a path relative to the tree root is required")
+        pure = PurePosixPath(path.replace("\\", "/").strip() or ".")
+        if pure.is_absolute() or path.startswith("~") or re.match(r"^[A-Za-z]:", path):
+            raise ToolRefused(f"refused: {path!r} is absolute; use a path relative to the root of {tree}")
+        if ".." in pure.parts:
+            raise ToolRefused(f"refused: {path!r} contains '..'; paths must stay inside {tree}")
+        if ".git" in (p.lower() for p in pure.parts):
+            raise ToolRefused(f"refused: {path!r} is git metadata, not source")
+        relative = pure.as_posix()
+        if directory or relative == ".":
+            return "" if relative == "." else relative.rstrip("/") + "/"
+        if relative not in set(self.sources[tree].files()):
+            raise ToolRefused(f"{path!r} is not a file of {tree} (only the folders this run reads are open)")
+        return relative
+
+    def read_source_file(self, tree: str, path: str, start_line: int | None = None,
+                         end_line: int | None = None) -> str:
+        relative = self._source_path(tree, path)
+        text = self.sources[tree].read(relative)
+        if text is None:
+            raise ToolRefused(f"{path!r} in {tree} is not a text file")
+        return _numbered(text.splitlines(), f"{tree}:{relative}", start_line, end_line)
+
+    def list_source_dir(self, tree: str, path: str = ".") -> str:
+        prefix = self._source_path(tree, path, directory=True)
+        entries = sorted({f[len(prefix):].split("/", 1)[0] + ("/" if "/" in f[len(prefix):] else "")
+                          for f in self.sources[tree].files() if f.startswith(prefix)})
+        if not entries:
+            raise ToolRefused(f"{path!r} is not a directory of {tree} (or not one this run reads)")
+        shown = entries[:MAX_LIST_ENTRIES]
+        return "\n".join(shown) + (f"\n[{len(entries) - len(shown)} more entries]" if len(entries) > len(shown) else "")
+
+    def search_source(self, tree: str, pattern: str, path_glob: str | None = None) -> str:
+        if not isinstance(pattern, str) or not pattern:
+            raise ToolRefused("pattern must be a non-empty string")
+        if path_glob:
+            self._source_path(tree, path_glob.rstrip("/") or ".", directory=True)
+        source = self.sources[tree]
+        try:
+            regex = re.compile(pattern)
+            note = ""
+        except re.error:
+            regex = re.compile(re.escape(pattern))
+            note = "[not a valid regular expression; searched as a fixed string]\n"
+        matches: list[str] = []
+        files = [f for f in source.files() if not path_glob or fnmatch.fnmatch(f, path_glob)
+                 or f.startswith(path_glob.rstrip("/") + "/")]
+        for path in files[:MAX_SOURCE_FILES_SCANNED]:
+            text = source.read(path)
+            if not text or regex.search(text) is None:
+                continue
+            hits = 0
+            for number, line in enumerate(text.splitlines(), 1):
+                if regex.search(line):
+                    matches.append(f"{path}:{number}:{line}")
+                    hits += 1
+                    if hits >= 20:
+                        break
+            if len(matches) > MAX_SEARCH_MATCHES:
                 break
-            shown.append(line)
-            size += len(line) + 1
-        if not lines:
-            return f"{path} is empty"
-        note = f"[{path}: lines {start}-{end} of {len(lines)}]"
-        if end < len(lines):
-            note += f" [more: read_file with start_line={end + 1}]"
-        return note + "\n" + "\n".join(shown)
+        if not matches:
+            return note + "no matches"
+        shown = [m if len(m) <= 240 else m[:240] + " [...]" for m in matches[:MAX_SEARCH_MATCHES]]
+        more = " (or more)" if len(matches) > MAX_SEARCH_MATCHES else ""
+        return note + "\n".join(shown) + (f"\n[more matches{more} not shown; narrow the pattern or path_glob]"
+                                          if len(matches) > len(shown) else "")
 
     def search(self, pattern: str, path_glob: str | None = None) -> str:
         if not isinstance(pattern, str) or not pattern:
@@ -236,6 +333,27 @@ class TreeTools:
         return f"{'overwrote' if existed else 'created'} {path} ({len(content.encode())} bytes)"
 
 
+def _numbered(lines: list[str], path: str, start_line: Any = None, end_line: Any = None) -> str:
+    """Lines start_line..end_line with their numbers, at most MAX_READ_LINES and MAX_READ_CHARS, and a note
+    saying where the next page starts."""
+    if not lines:
+        return f"{path} is empty"
+    start = max(1, int(start_line or 1))
+    end = min(len(lines), int(end_line) if end_line else start + MAX_READ_LINES - 1, start + MAX_READ_LINES - 1)
+    shown, size = [], 0
+    for number in range(start, end + 1):
+        line = f"{number:6d}\t{lines[number - 1]}"
+        if size + len(line) > MAX_READ_CHARS:
+            end = number - 1
+            break
+        shown.append(line)
+        size += len(line) + 1
+    note = f"[{path}: lines {start}-{end} of {len(lines)}]"
+    if end < len(lines):
+        note += f" [more: read_file with start_line={end + 1}]"
+    return note + "\n" + "\n".join(shown)
+
+
 def tree_diff(tree: Path) -> str | None:
     """The tree's edits against its HEAD as a git patch (external diff drivers and colour off)."""
     diff = git(Path(tree), "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary").stdout
@@ -251,10 +369,31 @@ def hypothesis_block(hypothesis: Mapping[str, Any]) -> str:
                       limit=6000, id=hypothesis.get("id", "?"))
 
 
+def briefing_blocks(hypothesis: Mapping[str, Any]) -> tuple[str, str]:
+    """(facts, ledger) for the implementer's prompt: what the planner was told, from the hypothesis's briefing
+    (workflow.hypothesize puts it there). The ledger is fenced: models that read untrusted text wrote its titles."""
+    briefing = hypothesis.get("briefing")
+    if not isinstance(briefing, Mapping):
+        return "(none)", "(nothing yet)"
+    facts, ledger = briefing_text(briefing)
+    return facts, data_block("ledger", ledger, limit=14_000) if ledger else "(nothing yet)"
+
+
+def sources_note(sources: Mapping[str, Any]) -> str:
+    if not sources:
+        return ("No fork tree is open in this run. The target's other backends (for llama.cpp: ggml/src/ggml-cuda, "
+                "ggml-metal, ggml-vulkan) are in its own tree: read them for kernels the CPU backend lacks.")
+    return ("Read-only trees you can read with read_file, search and list_dir (argument tree): "
+            + ", ".join(sorted(sources)) + ". The target's other backends (for llama.cpp: ggml/src/ggml-cuda, "
+            "ggml-metal, ggml-vulkan) are in its own tree: read them for kernels the CPU backend lacks.")
+
+
 def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps: int = 20,
               context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
-              protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
-    """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn."""
+              protected: Sequence[str] = (), max_tokens: int = 8192, sources: Mapping[str, Any] | None = None,
+              conversation: list[dict[str, Any]] | None = None) -> Implementation:
+    """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn.
+    `sources`: fork trees it may read. `conversation`: a list the messages are kept in, for a later repair."""
     # Evidence is a chunk or a finding's digest ({"id", "origin", "text" or "snippet"}); bare ids have nothing to show.
     evidence = [data_block("untrusted-source", str(c.get("text") or c.get("snippet") or ""), id=c.get("id"),
                            origin=chunk_origin(c))
@@ -262,47 +401,99 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
                 if isinstance(c, Mapping)]
     excerpts = [data_block("untrusted-source", str(c.get("text", "")), limit=4000, id=c.get("id"),
                            origin=chunk_origin(c)) for c in context]
-    task = render_prompt("implementer_task", hypothesis=hypothesis_block(hypothesis),
-                         citations="\n\n".join(evidence) or "(none)", context="\n\n".join(excerpts) or "(none)")
-    return _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
-                     experiment=experiment or hypothesis.get("id"))
+    facts, ledger = briefing_blocks(hypothesis)
+    task = render_prompt("implementer_task", hypothesis=hypothesis_block(hypothesis), facts=facts, ledger=ledger,
+                         sources=sources_note(sources or {}), citations="\n\n".join(evidence) or "(none)",
+                         context="\n\n".join(excerpts) or "(none)")
+    messages = conversation if conversation is not None else []
+    messages[:] = [{"role": "user", "content": task}]
+    return _converse(llm, messages, TreeTools(tree, protected=protected, sources=sources), max_steps=max_steps,
+                     max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"))
 
 
-def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, build_log_tail: str, *, max_steps: int = 10,
-           experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192) -> Implementation:
-    """Continue from the tree as it is (the failed change still in it), given the tail of the build's log."""
+def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, evidence: str, *, max_steps: int = 10,
+           experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192,
+           failure: str = "build", sources: Mapping[str, Any] | None = None,
+           conversation: list[dict[str, Any]] | None = None) -> Implementation:
+    """Continue from the tree as it is (the failed change still in it), given what failed: `failure` names it
+    ("build", or the check: "tests", "logits"...) and `evidence` says how (the compiler's first errors, the
+    check's figures). With the implementation's `conversation`, the repair continues it; else it starts anew."""
     before = tree_diff(tree)
-    task = render_prompt("implementer_repair", hypothesis=hypothesis_block(hypothesis),
-                         diff=data_block("current-diff", before or "(no changes)", limit=20_000),
-                         build_log=data_block("build-log", build_log_tail[-12_000:], limit=12_000))
-    result = _converse(llm, task, TreeTools(tree, protected=protected), max_steps=max_steps, max_tokens=max_tokens,
-                       experiment=experiment or hypothesis.get("id"))
+    diff = data_block("current-diff", before or "(no changes)", limit=20_000)
+    fenced = data_block("build-log", evidence, limit=12_000, stage=failure)
+    what = ("does not build" if failure == "build" else
+            f"builds, but fails the {failure} check (a wrong result is discarded at any speed)")
+    if conversation:
+        note = render_prompt("implementer_followup", what=what, diff=diff, evidence=fenced)
+        last = conversation[-1]
+        if last["role"] == "user":  # the part before ended on tool results (a step limit): one user turn
+            content = last["content"]
+            blocks = [text_block(content)] if isinstance(content, str) else list(content)
+            conversation[-1] = {**last, "content": [*blocks, text_block(note)]}
+        else:
+            conversation.append({"role": "user", "content": note})
+        messages = conversation
+    else:
+        task = render_prompt("implementer_repair", what=what, hypothesis=hypothesis_block(hypothesis), diff=diff,
+                             evidence=fenced)
+        messages = conversation if conversation is not None else []
+        messages[:] = [{"role": "user", "content": task}]
+    result = _converse(llm, messages, TreeTools(tree, protected=protected, sources=sources), max_steps=max_steps,
+                       max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"))
     if result.error is None and result.patch == before:
-        # the same patch would fail the same build: not worth building again
+        # the same patch would fail the same way: not worth building again
         result.error = "the repair changed nothing" + (f": {result.summary[:500]}" if result.summary else "")
     return result
 
 
 def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
                          context: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
-                         max_steps: int = 20, repair_steps: int = 10, scratch: Path | None = None
+                         max_steps: int = 20, repair_steps: int = 10, scratch: Path | None = None,
+                         sources: Mapping[str, Any] | None = None
                          ) -> Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]:
     """The experiment's `implement(hypothesis, base_commit) -> (patch or None, ledger info)`. Each call works in a
     fresh detached worktree of `repo` at the base commit, removed afterwards, so parallel workers never share a
-    tree. A hypothesis carrying "repair_log" and "patch" is a repair: the patch is applied first, then repaired.
-    The excerpts shown besides the hypothesis: `context(hypothesis)`, or else the chunks it carries as "context"."""
+    tree. A hypothesis carrying "repair" ({"failure", "evidence"}) and "patch" is a repair: the patch is applied
+    first, then repaired in the same conversation as its implementation (when this process still holds it).
+    The excerpts shown besides the hypothesis: `context(hypothesis)`, or else the chunks it carries as "context".
+    `sources`: the fork trees the model may read. A patch that makes the same edit as a tried experiment (its
+    briefing's digests) is not returned: it would measure the same thing again."""
+    conversations: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    lock = threading.Lock()
+
     def run(hypothesis: dict[str, Any], base_commit: str) -> tuple[str | None, dict[str, Any]]:
+        key = (str(hypothesis.get("id")), base_commit)
         with _worktree(Path(repo), base_commit, scratch) as tree:
-            if hypothesis.get("repair_log"):
+            failed = hypothesis.get("repair")
+            if isinstance(failed, Mapping):
                 # --index: files the patch creates are tracked, so the repaired diff still contains them
                 git(tree, "apply", "--index", "--whitespace=nowarn", "-", input=hypothesis.get("patch") or "")
-                result = repair(llm, hypothesis, tree, hypothesis["repair_log"], max_steps=repair_steps,
-                                protected=protected)
+                with lock:
+                    conversation = conversations.get(key)
+                result = repair(llm, hypothesis, tree, str(failed.get("evidence") or ""),
+                                failure=str(failed.get("failure") or "build"), max_steps=repair_steps,
+                                protected=protected, sources=sources, conversation=conversation)
             else:
-                result = implement(llm, hypothesis, tree, max_steps=max_steps, protected=protected,
-                                   context=context(hypothesis) if context else hypothesis.get("context") or ())
+                conversation = []
+                result = implement(llm, hypothesis, tree, max_steps=max_steps, protected=protected, sources=sources,
+                                   context=context(hypothesis) if context else hypothesis.get("context") or (),
+                                   conversation=conversation)
+                with lock:
+                    conversations[key] = conversation
+                    while len(conversations) > MAX_CONVERSATIONS:
+                        conversations.pop(next(iter(conversations)))
+                repeated = _repeated_edit(result.patch, hypothesis) if result.ok else None
+                if repeated:
+                    result.error = (f"the patch makes the same edit as {repeated.get('id')} "
+                                    f"'{repeated.get('title')}' ({repeated.get('decision')}); not measured again")
         return (result.patch if result.ok else None), result.ledger_info()
     return run
+
+
+def _repeated_edit(patch: str | None, hypothesis: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    digest = patch_digest(patch)
+    tried = (hypothesis.get("briefing") or {}).get("tried") or []
+    return next((t for t in tried if digest and t.get("digest") == digest), None)
 
 
 @contextmanager
@@ -317,10 +508,11 @@ def _worktree(repo: Path, commit: str, scratch: Path | None):
         git(repo, "worktree", "prune", check=False)
 
 
-def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_tokens: int,
+def _converse(llm: Any, messages: list[dict[str, Any]], tools: TreeTools, *, max_steps: int, max_tokens: int,
               experiment: str | None) -> Implementation:
+    """The tool loop over `messages` (extended in place: a repair continues the same list)."""
     system = render_prompt("implementer_system")
-    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
+    specs = tools.specs
     result = Implementation(patch=None, summary="", steps=0)
 
     def finish(error: str | None = None) -> Implementation:
@@ -332,7 +524,7 @@ def _converse(llm: Any, task: str, tools: TreeTools, *, max_steps: int, max_toke
 
     while result.steps < max_steps:
         try:
-            response = llm.complete(messages, system=system, tools=TOOL_SPECS, max_tokens=max_tokens, agent=AGENT,
+            response = llm.complete(messages, system=system, tools=specs, max_tokens=max_tokens, agent=AGENT,
                                     experiment=experiment)
         except LLMUnavailable:
             raise  # a configuration problem (key, model) that every later call shares: it ends the run

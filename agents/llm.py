@@ -8,9 +8,12 @@ Retries: the anthropic SDK already retries 429, 408/409, 5xx, connection errors 
 backoff and honours `retry-after`; `make_client` configures that (timeout, max_retries). A second retry loop here
 would multiply the waits, so there is none.
 
-Money: every call's cost is recorded in a shared `Budget` per agent and per experiment; once the dollar limit is
-spent, the next call is refused before it starts (BudgetExceeded). A call in flight when the limit is crossed
-finishes, so a run overshoots by at most one call per parallel worker.
+Money: before a call its cost is bounded from above (`call_bound`: the request's size at a conservative
+characters-per-token ratio, cache writes priced in, plus `max_tokens` of output) and reserved in the shared
+`Budget`; a call whose bound does not fit in what is left is refused before it starts (BudgetExceeded ends the
+run; ExperimentBudgetSpent, over one experiment's own cap, ends only that experiment). Reservations are held
+while calls are in flight, so parallel workers cannot together spend past the limit: the run overshoots only by
+what a call costs beyond its own bound (an estimate of the input that was short).
 
 Prompts are text files in agents/prompts/, filled by `render_prompt`; untrusted text (papers, forks, build logs)
 enters them only through `data_block`, which fences it and neutralizes anything that could close the fence.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import html
 import itertools
+import json
 import logging
 import re
 import threading
@@ -66,6 +70,33 @@ class LLMUnavailable(LLMError):
 
 class BudgetExceeded(ReadfirstError):
     """The dollar budget is spent; no further model call is started."""
+
+
+class ExperimentBudgetSpent(LLMError):
+    """One experiment's dollar cap would be passed by the next call: that experiment stops (a failed
+    implementation), the run goes on."""
+
+
+# Characters per token assumed when bounding a request's input before sending it. Claude's tokenizer gives about
+# 3.5 for English and 3-3.5 for C; 2.5 keeps the bound above the real count for dense code and JSON.
+CHARS_PER_TOKEN_BOUND = 2.5
+# One experiment's LLM spending cap (implementation and repairs), unless the budget is given another.
+DEFAULT_EXPERIMENT_USD = 1.0
+
+
+def estimate_input_tokens(messages: Any, system: str = "", tools: Any = None) -> int:
+    """An upper estimate of a request's input tokens from its size (no tokenizer is at hand offline)."""
+    size = len(system or "") + len(json.dumps(messages, default=str)) + (len(json.dumps(tools)) if tools else 0)
+    return int(size / CHARS_PER_TOKEN_BOUND) + 16
+
+
+def call_bound(model: str, messages: Any, *, system: str = "", tools: Any = None, max_tokens: int = 4096,
+               cached: bool = False, prices: Mapping[str, tuple[float, float]] | None = None) -> float:
+    """The most a call can cost: its estimated input (as cache writes when it carries cache marks) and
+    `max_tokens` of output."""
+    tokens = estimate_input_tokens(messages, system, tools)
+    return cost_usd(model, 0 if cached else tokens, max_tokens, cache_write_tokens=tokens if cached else 0,
+                    prices=prices)
 
 
 OnCall = Callable[[dict[str, Any]], None]
@@ -120,14 +151,18 @@ def cost_usd(model: str, input_tokens: int, output_tokens: int, *, cache_write_t
 
 
 class Budget:
-    """A dollar limit shared by every LLM of a run (thread-safe: workers run in parallel)."""
+    """A dollar limit shared by every LLM of a run (thread-safe: workers run in parallel), and a cap per
+    experiment. `reserve` takes a call's bound before it starts, `record` turns it into what the call cost."""
 
-    def __init__(self, limit_usd: float | None = None):
+    def __init__(self, limit_usd: float | None = None, *, experiment_limit_usd: float | None = DEFAULT_EXPERIMENT_USD):
         self.limit_usd = limit_usd
+        self.experiment_limit_usd = experiment_limit_usd
         self._lock = threading.Lock()
         self._by_agent: dict[str, dict[str, float]] = {}
         self._by_experiment: dict[str, dict[str, float]] = {}
         self._total = _zero()
+        self._reserved = 0.0
+        self._reserved_by_experiment: dict[str, float] = {}
 
     @property
     def spent_usd(self) -> float:
@@ -141,15 +176,54 @@ class Budget:
     def exhausted(self) -> bool:
         return self.limit_usd is not None and self.spent_usd >= self.limit_usd
 
-    def check(self, *, agent: str = "", experiment: str | None = None) -> None:
-        if self.exhausted:
-            raise BudgetExceeded(f"the LLM budget of ${self.limit_usd:.2f} is spent (${self.spent_usd:.4f}); "
-                                 f"refusing a call for {agent or 'an agent'}"
-                                 + (f" in experiment {experiment}" if experiment else ""))
+    def check(self, *, agent: str = "", experiment: str | None = None, bound: float = 0.0) -> None:
+        """Raise when a call that may cost `bound` does not fit in the run's budget or the experiment's cap."""
+        with self._lock:
+            self._check(agent, experiment, bound)
+
+    def _check(self, agent: str, experiment: str | None, bound: float) -> None:
+        who = f"{agent or 'an agent'}" + (f" in experiment {experiment}" if experiment else "")
+        if self.limit_usd is not None:
+            committed = self._total["cost_usd"] + self._reserved
+            if committed >= self.limit_usd or committed + bound > self.limit_usd:
+                raise BudgetExceeded(
+                    f"the LLM budget of ${self.limit_usd:.2f} cannot pay for the next call: ${self.spent_usd:.4f} "
+                    f"spent, ${self._reserved:.4f} held by calls in flight, and this call for {who} may cost up to "
+                    f"${bound:.4f}")
+        if experiment is not None and self.experiment_limit_usd is not None:
+            spent = self._by_experiment.get(experiment, {}).get("cost_usd", 0.0)
+            held = self._reserved_by_experiment.get(experiment, 0.0)
+            if spent + held + bound > self.experiment_limit_usd:
+                raise ExperimentBudgetSpent(
+                    f"experiment {experiment}'s LLM cap of ${self.experiment_limit_usd:.2f} cannot pay for the next "
+                    f"call of {agent or 'an agent'}: ${spent:.4f} spent, and it may cost up to ${bound:.4f}")
+
+    def reserve(self, *, agent: str = "", experiment: str | None = None, bound: float = 0.0) -> float:
+        """Check and hold `bound` dollars for a call about to start; `record` (or `release`) gives them back."""
+        with self._lock:
+            self._check(agent, experiment, bound)
+            self._reserved += bound
+            if experiment is not None:
+                self._reserved_by_experiment[experiment] = self._reserved_by_experiment.get(experiment, 0.0) + bound
+        return bound
+
+    def release(self, experiment: str | None, held: float) -> None:
+        with self._lock:
+            self._release(experiment, held)
+
+    def _release(self, experiment: str | None, held: float) -> None:
+        self._reserved = max(0.0, self._reserved - held)
+        if experiment is not None and experiment in self._reserved_by_experiment:
+            left = self._reserved_by_experiment[experiment] - held
+            if left > 1e-12:
+                self._reserved_by_experiment[experiment] = left
+            else:
+                del self._reserved_by_experiment[experiment]
 
     def record(self, *, agent: str, experiment: str | None, input_tokens: int, output_tokens: int,
-               cost: float) -> None:
+               cost: float, held: float = 0.0) -> None:
         with self._lock:
+            self._release(experiment, held)
             rows = [self._total, self._by_agent.setdefault(agent or "-", _zero())]
             if experiment is not None:
                 rows.append(self._by_experiment.setdefault(experiment, _zero()))
@@ -170,12 +244,14 @@ class Budget:
     def snapshot(self) -> dict[str, Any]:
         """Plain data for the ledger and the checkpoint; `Budget.restore` turns it back into a budget."""
         with self._lock:
-            return {"limit_usd": self.limit_usd, "total": dict(self._total),
+            return {"limit_usd": self.limit_usd, "experiment_limit_usd": self.experiment_limit_usd,
+                    "total": dict(self._total),
                     "by_agent": copy.deepcopy(self._by_agent), "by_experiment": copy.deepcopy(self._by_experiment)}
 
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any]) -> Budget:
-        budget = cls(snapshot.get("limit_usd"))
+        budget = cls(snapshot.get("limit_usd"),
+                     experiment_limit_usd=snapshot.get("experiment_limit_usd", DEFAULT_EXPERIMENT_USD))
         budget._total = {**_zero(), **snapshot.get("total", {})}
         budget._by_agent = {k: {**_zero(), **v} for k, v in snapshot.get("by_agent", {}).items()}
         budget._by_experiment = {k: {**_zero(), **v} for k, v in snapshot.get("by_experiment", {}).items()}
@@ -256,16 +332,22 @@ class _Accounting:
     on_call: OnCall | None
     prices: Mapping[str, tuple[float, float]] | None
 
-    def _before(self, agent: str, experiment: str | None) -> None:
-        if self.budget is not None:
-            self.budget.check(agent=agent, experiment=experiment)
+    def _before(self, agent: str, experiment: str | None, bound: float) -> float:
+        """Hold the call's bound in the budget (or refuse the call); the dollars held, for `_after`."""
+        if self.budget is None:
+            return 0.0
+        return self.budget.reserve(agent=agent, experiment=experiment, bound=bound)
 
-    def _after(self, request: dict[str, Any], response: LLMResponse | None, error: str | None = None) -> None:
-        if response is not None and self.budget is not None:
-            self.budget.record(agent=request["agent"], experiment=request["experiment"],
-                               input_tokens=response.input_tokens + response.cache_write_tokens
-                               + response.cache_read_tokens, output_tokens=response.output_tokens,
-                               cost=response.cost_usd)
+    def _after(self, request: dict[str, Any], response: LLMResponse | None, error: str | None = None, *,
+               held: float = 0.0) -> None:
+        if self.budget is not None:
+            if response is not None:
+                self.budget.record(agent=request["agent"], experiment=request["experiment"],
+                                   input_tokens=response.input_tokens + response.cache_write_tokens
+                                   + response.cache_read_tokens, output_tokens=response.output_tokens,
+                                   cost=response.cost_usd, held=held)
+            else:
+                self.budget.release(request["experiment"], held)
         if self.on_call is not None:
             self.on_call({**request, "response": response.to_dict() if response else None, "error": error,
                           "input_tokens": response.input_tokens if response else 0,
@@ -308,13 +390,14 @@ class AnthropicLLM(_Accounting):
     def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
                  max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
         import anthropic
-        self._before(agent, experiment)
-        # A copy of the list: the caller appends to its conversation after the call, the hook keeps what was sent.
-        request = {"messages": list(messages), "system": system, "tools": tools, "max_tokens": max_tokens,
-                   "agent": agent, "experiment": experiment, "model": self.model}
         # A cache write costs 1.25x the input price and pays only when the prefix is sent again: in an agent's
         # tool loop (its conversation grows turn by turn), not in a one-shot call such as a summary.
         cache = self.cache_prompts and (bool(tools) or len(messages) > 1)
+        held = self._before(agent, experiment, call_bound(self.model, messages, system=system, tools=tools,
+                                                          max_tokens=max_tokens, cached=cache, prices=self.prices))
+        # A copy of the list: the caller appends to its conversation after the call, the hook keeps what was sent.
+        request = {"messages": list(messages), "system": system, "tools": tools, "max_tokens": max_tokens,
+                   "agent": agent, "experiment": experiment, "model": self.model}
         params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
                                   "messages": _with_cache_mark(messages) if cache else messages}
         if system:
@@ -326,16 +409,16 @@ class AnthropicLLM(_Accounting):
         try:
             message = self.client.messages.create(**params)
         except (anthropic.AuthenticationError, anthropic.PermissionDeniedError, anthropic.NotFoundError) as e:
-            self._after(request, None, error=str(e))
+            self._after(request, None, error=str(e), held=held)
             raise LLMUnavailable(f"the Anthropic API refuses this configuration (model {self.model}): {e}") from e
         except anthropic.AnthropicError as e:
-            self._after(request, None, error=str(e))
+            self._after(request, None, error=str(e), held=held)
             raise LLMError(f"Anthropic API call for {agent or 'an agent'} failed after retries: "
                            f"{type(e).__name__}: {e}") from e
         body = message.model_dump(mode="json", exclude_none=True)
         body["content"] = list(message.content)
         response = self._response(body, time.monotonic() - start)
-        self._after(request, response)
+        self._after(request, response, held=held)
         return response
 
 
@@ -369,18 +452,23 @@ class ScriptedLLM(_Accounting):
 
     def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
                  max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
-        self._before(agent, experiment)
+        held = self._before(agent, experiment, call_bound(self.model, messages, system=system, tools=tools,
+                                                          max_tokens=max_tokens, prices=self.prices))
         # Deep copies: callers append to their conversation after the call, and the record must show what was sent.
         request = {"messages": copy.deepcopy(messages), "system": system, "tools": copy.deepcopy(tools),
                    "max_tokens": max_tokens, "agent": agent, "experiment": experiment, "model": self.model}
         index = len(self.calls)
         self.calls.append(request)
         if index >= len(self.replies):
-            self._after(request, None, error="script exhausted")
+            self._after(request, None, error="script exhausted", held=held)
             raise LLMError(f"the scripted LLM has no reply left for call {index + 1} ({len(self.replies)} scripted)")
         reply = self.replies[index]
-        if callable(reply):
-            reply = reply(request)
-        response = reply if isinstance(reply, LLMResponse) else self._response(reply, 0.0)
-        self._after(request, response)
+        try:
+            if callable(reply):
+                reply = reply(request)
+            response = reply if isinstance(reply, LLMResponse) else self._response(reply, 0.0)
+        except Exception:
+            self._after(request, None, error="unusable scripted reply", held=held)
+            raise
+        self._after(request, response, held=held)
         return response

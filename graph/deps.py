@@ -40,11 +40,13 @@ def compose_target(paths: Paths, spec: dict[str, Any], *, say: Say, start_engine
     return sandbox, open_target(spec, paths=paths, sandbox=sandbox, say=say)
 
 
-def llm_roles(llm, target) -> dict:
-    """The LLM implementer and planner around a model: `readfirst run` and trace replay compose them alike."""
+def llm_roles(llm, target, fork_trees: dict | None = None) -> dict:
+    """The LLM implementer and planner around a model: `readfirst run` and trace replay compose them alike. The
+    implementer may read the fork trees (read-only)."""
     from ..agents.hypothesize_llm import plan_hypotheses
     from ..agents.implementer import worktree_implementer
-    return {"implement": worktree_implementer(llm, target.repository, protected=tuple(target.protected)),
+    return {"implement": worktree_implementer(llm, target.repository, protected=tuple(target.protected),
+                                              sources=fork_trees or {}),
             "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
 
 
@@ -65,7 +67,8 @@ def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float
 
     client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
     llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
-    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, **llm_roles(llm, deps.target))
+    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
+                   **llm_roles(llm, deps.target, deps.fork_trees))
 
 
 def target_readings(target, spec: dict[str, Any], *, reading_list: bool = True, backend_gaps: bool = True

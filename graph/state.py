@@ -36,3 +36,6 @@ class RunState(TypedDict, total=False):
     last_wave_won: bool
     stop_reason: str
     candidate_stats: dict[str, Any]     # the last proposal: candidates per source, drops per reason, needs an LLM
+    ideas: list[dict[str, Any]]         # the planner's hypotheses not run yet; they wait for later waves
+    questions: list[str]                # the planner's knowledge-base queries for the next reading round
+    asked: Annotated[list[str], operator.add]          # questions already read

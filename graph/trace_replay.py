@@ -378,7 +378,7 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     replay_target = target if target is not None else ReplayTarget(replayer, info)
     roles: dict[str, Any] = {}
     if has.get("implement") or has.get("plan"):
-        roles = make_roles(llm) if make_roles is not None else llm_roles(llm, replay_target)
+        roles = make_roles(llm) if make_roles is not None else llm_roles(llm, replay_target, fork_trees_of(info))
 
     with tempfile.TemporaryDirectory(prefix="readfirst-replay-") as scratch_name:
         scratch = Path(scratch_name)

@@ -22,6 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, porting, researcher
+from ..agents.briefing import brief
 from ..agents.evaluator import calibrate
 from ..agents.experiment import evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
@@ -113,10 +114,15 @@ def build_graph(deps: RunDeps, checkpointer=None):
             say("research: the knowledge base is empty; only build and runtime experiments are possible")
             return {}
         round_ = state.get("research_round", 0)
-        say(f"research: reading papers and docs (round {round_ + 1})")
+        questions = _open_questions(state)
+        say(f"research: reading papers and docs (round {round_ + 1}"
+            + (f"; the planner's {len(questions)} questions)" if questions else ")"))
         try:
-            found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_, say=say,
-                                        queries=(state["profile"].get("queries") or {}).get("research"))
+            # The planner's own questions, read from the top; without any, the profile's queries, read deeper
+            # each round.
+            found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm,
+                                        round_=0 if questions else round_, say=say,
+                                        queries=questions or (state["profile"].get("queries") or {}).get("research"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
@@ -126,17 +132,21 @@ def build_graph(deps: RunDeps, checkpointer=None):
         if deps.kb is None:
             return {}
         round_ = state.get("research_round", 0)
+        questions = _open_questions(state)
         say(f"competitors: reading fork diffs and backend gaps (round {round_ + 1})")
         try:
-            found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm, round_=round_,
+            found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm,
+                                               round_=0 if questions else round_,
                                                say=say, hot_paths=target.hot_paths,
                                                hot_symbols=porting.hot_symbols(tree_at(state["best"]["commit"]),
                                                                                target.hot_paths),
-                                               queries=(state["profile"].get("queries") or {}).get("competitors"))
+                                               queries=questions or (state["profile"].get("queries") or {}).get(
+                                                   "competitors"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
         known = {f["id"] for f in state.get("findings", [])}
-        return {"findings": [f for f in found if f["id"] not in known]}
+        # The last reading node: the questions are answered (research read them in papers, this in the forks).
+        return {"findings": [f for f in found if f["id"] not in known], "asked": questions}
 
     # -- hypothesize ---------------------------------------------------------------------------------------------------
     def hypothesize(state: RunState) -> dict[str, Any]:
@@ -149,17 +159,31 @@ def build_graph(deps: RunDeps, checkpointer=None):
         profile_finding = next(f["id"] for f in findings if f["role"] == "profiler")
         best = state["best"]
 
-        ranked: list[dict[str, Any]] = []
-        if deps.plan is not None:
+        # What both LLM roles are told: the facts, the noise floor and keep threshold, the model, the ledger.
+        briefing = brief(profile=state.get("profile") or {}, calibration=state.get("calibration") or "",
+                         min_effect=target.objective.min_effect,
+                         rows=deps.ledger.rows() if deps.ledger is not None else [], stack=best.get("stack") or [])
+        # The planner's surplus of earlier waves waits here (in the state, so a resumed run keeps it); the
+        # planner is asked again only when fewer ideas wait than a wave takes.
+        ideas = [h for h in state.get("ideas") or [] if h["key"] not in tried]
+        plan_update: dict[str, Any] = {}
+        if deps.plan is not None and len(ideas) < opts.workers:
             try:
-                planned = deps.plan(state["profile"]["facts"], findings, _tried_for_planner(deps.ledger, tried),
+                planned = deps.plan(briefing["facts"], findings, _tried_for_planner(briefing, tried, ideas),
                                     2 * opts.workers)
             except BudgetExceeded as e:
                 return {"stop_reason": f"dollar budget spent ({e})", "hypotheses": []}
             if getattr(planned, "error", None):
                 say(f"hypothesize: the planner's answer was unusable: {planned.error}")
-            ranked = [{**h, "source_kind": source_kind(h.get("citations", []), findings)}
-                      for h in planned if h["key"] not in tried]
+            queued = {h["key"] for h in ideas}
+            ideas += [{**h, "source_kind": source_kind(h.get("citations", []), findings)}
+                      for h in planned if h["key"] not in tried and h["key"] not in queued]
+            questions = list(getattr(planned, "questions", None) or [])
+            if questions:
+                say("hypothesize: the planner asks: " + "; ".join(questions))
+            plan_update["questions"] = questions
+        plan_update["ideas"] = ideas
+        ranked: list[dict[str, Any]] = [{**h, "briefing": briefing} for h in ideas]
         proposal = offline_policy.propose(
             findings, variants=target.variants(best["variant"]), tried=tried, profile_finding=profile_finding,
             forks=offline_policy.ForkSources(
@@ -176,7 +200,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 stats["candidates_by_source"].items()) or "none") + (
                 "; dropped: " + ", ".join(f"{n} {r}" for r, n in stats["dropped"].items()) if stats["dropped"] else ""))
         known = {f["id"] for f in findings}
-        update: dict[str, Any] = {"candidate_stats": stats,
+        update: dict[str, Any] = {**plan_update, "candidate_stats": stats,
                                   "findings": [f for f in proposal.findings if f["id"] not in known]}
         ranked = [h for h in ranked if h["kind"] in opts.kinds]
         if not ranked:
@@ -284,15 +308,22 @@ def _config_id(best: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(best["variant"], sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _tried_for_planner(ledger: Ledger | None, tried: set[str]) -> list[dict[str, Any]]:
-    """What the planner is told was tried: every experiment of the ledger with its outcome, and the keys of the
-    state's tried list that the ledger does not hold (an experiment in flight when the run was cut)."""
-    rows = ledger.rows() if ledger is not None else []
-    out = [{"title": r["title"], "key": (r.get("hypothesis") or {}).get("key"), "decision": r["decision"],
-            "speedup": r.get("speedup"), "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"),
-            "reason": r.get("reason", "")} for r in rows]
-    known = {t["key"] for t in out}
+def _tried_for_planner(briefing: dict[str, Any], tried: set[str],
+                       ideas: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """What the planner is told was tried: every experiment of the ledger with its outcome and what it changed
+    (the briefing's), the ideas waiting in the queue (not to be proposed twice), and the keys of the state's
+    tried list that the ledger does not hold (an experiment in flight when the run was cut)."""
+    out = [dict(t) for t in briefing.get("tried") or []]
+    out += [{"title": h["title"], "key": h["key"], "decision": "queued", "files": h.get("files") or [],
+             "functions": h.get("functions") or []} for h in ideas]
+    known = {t.get("key") for t in out}
     return out + [{"key": k} for k in sorted(tried - known)]
+
+
+def _open_questions(state: RunState) -> list[str]:
+    """The planner's questions not read yet."""
+    asked = set(state.get("asked") or [])
+    return [q for q in state.get("questions") or [] if q not in asked]
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

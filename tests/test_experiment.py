@@ -147,14 +147,31 @@ def test_the_implementer_repairs_a_failed_build_and_the_repair_is_measured(targe
 
     def implement(hypothesis, base_commit):
         attempts.append(hypothesis)
-        if "repair_log" not in hypothesis:
+        if "repair" not in hypothesis:
             return patch_replacing("return", "#error\n    return"), {"usd": 0.01}
-        assert "#error here" in hypothesis["repair_log"] and "#error" in hypothesis["patch"]
+        assert hypothesis["repair"]["failure"] == "build" and "#error" in hypothesis["patch"]
+        assert "first errors:\nsrc/work.c:2: error: #error here" in hypothesis["repair"]["evidence"]
         return patch_replacing("n * 2", "n * 2 /* FAST */"), {"usd": 0.01}
 
     row = run(target, {}, kind="llm", implement=implement)
     assert len(attempts) == 2 and row["decision"] == "keep" and "repair_1" in row["llm"]
     assert target.calls.count("build") == 2
+
+
+def test_a_failed_check_goes_back_to_the_implementer_with_its_reason(target):
+    attempts: list[dict] = []
+
+    def implement(hypothesis, base_commit):
+        attempts.append(hypothesis)
+        if "repair" not in hypothesis:
+            return patch_replacing("n * 2", "n * 2 + 1 /* BUG */"), {"usd": 0.01}
+        assert hypothesis["repair"]["failure"] == "tests"
+        assert "reason: work(2) returned 5, expected 4." in hypothesis["repair"]["evidence"]
+        return patch_replacing("n * 2", "n * 2 /* FAST */"), {"usd": 0.01}
+
+    row = run(target, {}, kind="llm", implement=implement)
+    assert len(attempts) == 2 and row["decision"] == "keep", row["reason"]
+    assert row["llm"]["repair_1"]["failure"] == "tests" and target.calls[:4] == ["build", "checks", "build", "checks"]
 
 
 def test_a_failed_check_is_the_verdict_and_nothing_is_measured(target):

@@ -287,8 +287,15 @@ def test_worktree_implementer_implements_then_repairs_in_fresh_worktrees(tree):
     assert info["usd"] > 0 and info["tokens"] == 240 and info["steps"] == 2 and info["error"] is None
     task = llm.calls[0]["messages"][0]["content"]
     assert 'id="F1" origin="finding"' in task and "claim text" in task and 'id="c9"' in task
-    repaired, info = run({**hypothesis, "repair_log": "fused.c:1: undefined reference to `g'", "patch": patch}, base)
+    repaired, info = run({**hypothesis, "repair": {"failure": "build",
+                                                   "evidence": "fused.c:1: undefined reference to `g'"},
+                          "patch": patch}, base)
     assert repaired and "+void f(void) {  }" in repaired and "src/fused.c" in repaired  # the new file survives
+    # One conversation: the repair's request holds the implementation's turns, then the failure.
+    sent = llm.calls[2]["messages"]
+    assert sent[0]["content"] == task and sent[2]["content"][0]["type"] == "tool_result"
+    assert sent[3]["content"][0]["text"] == "Added fused.c."
+    assert "does not build" in sent[4]["content"] and "undefined reference to `g'" in sent[4]["content"]
     assert sh(tree, "git", "status", "--porcelain") == ""  # the caller's checkout is untouched
     assert len(sh(tree, "git", "worktree", "list").splitlines()) == 1  # worktrees are removed
 

@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_anthropic import Fail, FakeAnthropic, Hang  # noqa: E402
 
-from readfirst.agents.llm import (AnthropicLLM, Budget, BudgetExceeded, LLMError, LLMResponse, LLMUnavailable,
-                                  ScriptedLLM, cost_usd, make_client, message_json, tool_use_block)
+from readfirst.agents.llm import (AnthropicLLM, Budget, BudgetExceeded, ExperimentBudgetSpent, LLMError,
+                                  LLMResponse, LLMUnavailable, ScriptedLLM, cost_usd, make_client, message_json,
+                                  tool_use_block)
 from readfirst.errors import ReadfirstError
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,18 +109,47 @@ def test_a_bad_key_is_not_retried_and_says_so(fake):
 
 
 def test_budget_refuses_the_next_call_once_spent(fake):
-    # 10k input + 1k output tokens at $3/$15 per Mtok = $0.045 per call; the limit is $0.05.
+    # Each reply: 10k input + 1k output tokens at $3/$15 per Mtok = $0.045; the limit is $0.05. A call's bound
+    # (its small request, 1,000 tokens of output) is about $0.015, so the first fits and the second does not.
     fake.add(*[message_json("x", input_tokens=10_000, output_tokens=1_000) for _ in range(3)])
     budget = Budget(0.05)
     llm = llm_for(fake, budget=budget)
-    llm.complete(HELLO, agent="implementer", experiment="e1")
+    llm.complete(HELLO, agent="implementer", experiment="e1", max_tokens=1000)
     assert not budget.exhausted and budget.remaining_usd == pytest.approx(0.005)
-    llm.complete(HELLO, agent="implementer", experiment="e1")  # starts under the limit, ends over it
-    assert budget.exhausted
-    with pytest.raises(BudgetExceeded, match=r"\$0\.05"):
-        llm.complete(HELLO, agent="implementer", experiment="e2")
-    assert fake.count == 2  # the refused call never reached the API
-    assert budget.spent_usd == pytest.approx(0.09)
+    with pytest.raises(BudgetExceeded, match=r"\$0\.05 cannot pay"):
+        llm.complete(HELLO, agent="implementer", experiment="e2", max_tokens=1000)
+    assert fake.count == 1  # the refused call never reached the API
+    assert budget.spent_usd == pytest.approx(0.045)
+
+
+def test_budget_stops_before_a_call_it_cannot_afford(fake):
+    """Nothing is spent yet, but the call's own bound (8,192 output tokens: $0.12) is more than the budget."""
+    fake.add(message_json("never sent"))
+    budget = Budget(0.10)
+    with pytest.raises(BudgetExceeded, match="may cost up to"):
+        llm_for(fake, budget=budget).complete(HELLO, agent="implementer", max_tokens=8192)
+    assert fake.count == 0 and budget.spent_usd == 0
+    # Calls in flight hold their bounds: two workers cannot both take the last dollars.
+    budget = Budget(1.0)
+    held = budget.reserve(agent="implementer", experiment="e1", bound=0.6)
+    with pytest.raises(BudgetExceeded, match="held by calls in flight"):
+        budget.check(agent="implementer", experiment="e2", bound=0.6)
+    budget.record(agent="implementer", experiment="e1", input_tokens=10, output_tokens=10, cost=0.2, held=held)
+    budget.check(agent="implementer", experiment="e2", bound=0.6)  # the bound was given back, the cost kept
+
+
+def test_an_experiments_cap_stops_that_experiment_not_the_run(fake):
+    fake.add(*[message_json("x", input_tokens=10_000, output_tokens=1_000) for _ in range(3)])
+    budget = Budget(5.0, experiment_limit_usd=0.06)
+    llm = llm_for(fake, budget=budget)
+    llm.complete(HELLO, agent="implementer", experiment="e1", max_tokens=1000)  # $0.045 of e1's $0.06
+    with pytest.raises(ExperimentBudgetSpent, match=r"e1's LLM cap of \$0\.06"):
+        llm.complete(HELLO, agent="implementer", experiment="e1", max_tokens=1000)
+    assert issubclass(ExperimentBudgetSpent, LLMError) and not issubclass(ExperimentBudgetSpent, BudgetExceeded)
+    llm.complete(HELLO, agent="implementer", experiment="e2", max_tokens=1000)  # another experiment goes on
+    llm.complete(HELLO, agent="hypothesize", max_tokens=1000)  # and so does a call outside any experiment
+    assert fake.count == 3
+    assert Budget.restore(budget.snapshot()).experiment_limit_usd == 0.06
 
 
 def test_spend_is_counted_per_agent_and_per_experiment(fake):
@@ -302,7 +332,7 @@ def test_the_planner_sees_what_was_tried_with_its_outcome_and_cannot_repeat_it()
     result = plan_hypotheses(llm, [], FINDINGS, tried, n=5)
     assert [h["title"] for h in result.items] == ["Tile Q4_0 matmul"]
     task = llm.calls[0]["messages"][0]["content"]
-    assert "- Fuse RMS norm and mul: discard -2.1% [-4.0%, +0.1%] (mb cannot reach the +1.0% minimum.)" in task
+    assert "- Fuse RMS norm and mul: discard -2.1% [-4.0%, +0.1%] — mb cannot reach the +1.0% minimum." in task
     assert "- build with -DGGML_LTO=ON: keep +3.2% [+1.2%, +5.0%]" in task
     assert task.count("</ledger>") == 1 and "0123456789abcdef" not in task  # fenced; keys are not shown
 
