@@ -318,3 +318,106 @@ def test_what_a_planner_wrote_and_the_diff_are_fenced_like_any_untrusted_text(tr
     repair(fixer, injected, tree, "error: nope")
     task = fixer.calls[0]["messages"][0]["content"]
     assert task.count("</current-diff>") == 1 and "&lt;/current-diff> */" in task
+
+
+@pytest.fixture
+def fork(tmp_path):
+    """A fork's repository: a fused kernel under ggml/src (the folder the run reads), a file outside it."""
+    from readfirst.sources import GitTree
+    repo = tmp_path / "fork"
+    (repo / "ggml" / "src").mkdir(parents=True)
+    (repo / "tools").mkdir()
+    (repo / "ggml" / "src" / "fused.c").write_text(FUSED)
+    (repo / "tools" / "private.txt").write_text("NOT-IN-THE-RUN\n")
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fork")
+    (repo / "ggml" / "src" / "fused.c").write_text("uncommitted work-tree text\n")  # reads go through git
+    return GitTree("ik_llama.cpp", repo, sh(repo, "git", "rev-parse", "HEAD").strip(), subdirs=("ggml/src",))
+
+
+def test_the_implementer_reads_a_fork_through_its_tools_and_cannot_leave_it(tree, fork):
+    fork_tree = {"tree": "ik_llama.cpp"}
+    script = [
+        message_json([tool_use_block("list_dir", {"path": ".", **fork_tree}),
+                      tool_use_block("search", {"pattern": "y\\[i\\] \\+=", **fork_tree})]),
+        message_json([tool_use_block("read_file", {"path": "ggml/src/fused.c", **fork_tree}),
+                      tool_use_block("read_file", {"path": "tools/private.txt", **fork_tree}),
+                      tool_use_block("read_file", {"path": "../target/src/ops.c", **fork_tree}),
+                      tool_use_block("read_file", {"path": ".git/config", **fork_tree}),
+                      tool_use_block("read_file", {"path": "src/ops.c", "tree": "someone-else"}),
+                      tool_use_block("write_file", {"path": "ggml/src/fused.c", "content": "x", **fork_tree})]),
+        message_json([tool_use_block("replace_in_file", {"path": "src/ops.c", "old": "void add(",
+                                                         "new": FUSED + "\nvoid add("})]),
+        message_json("Ported scale_add from the fork."),
+    ]
+    with FakeAnthropic(script) as fake:
+        llm = AnthropicLLM(make_client("k", base_url=fake.url, timeout_s=5, max_retries=0))
+        result = implement(llm, HYPOTHESIS, tree, protected=PROTECTED, sources={"ik_llama.cpp": fork})
+        requests = [r["body"] for r in fake.requests]
+    assert result.ok, result
+    read_tools = {t["name"]: t for t in requests[0]["tools"]}
+    assert read_tools["read_file"]["input_schema"]["properties"]["tree"]["enum"] == ["target", "ik_llama.cpp"]
+    assert "tree" not in read_tools["write_file"]["input_schema"]["properties"]  # forks are never written
+    assert "ik_llama.cpp" in requests[0]["messages"][0]["content"][0]["text"]  # the task names the trees
+    listing, found = [b["content"] for b in requests[1]["messages"][-1]["content"]]
+    assert listing == "ggml/" and found == "ggml/src/fused.c:3:        y[i] += x[i] * s;"
+    answers = requests[2]["messages"][-1]["content"]
+    assert "[ik_llama.cpp:ggml/src/fused.c: lines 1-5 of 5]" in answers[0]["content"]
+    assert "y[i] += x[i] * s;" in answers[0]["content"] and "uncommitted" not in answers[0]["content"]
+    refused = [(a["content"], a.get("is_error")) for a in answers[1:]]
+    assert all(error for _, error in refused)
+    assert "not a file of ik_llama.cpp" in refused[0][0] and "NOT-IN-THE-RUN" not in refused[0][0]
+    assert "'..'" in refused[1][0] and "git metadata" in refused[2][0] and "unknown tree" in refused[3][0]
+    assert "bad arguments for write_file" in refused[4][0]
+    assert sh(fork.repo, "git", "status", "--porcelain") == " M ggml/src/fused.c\n"  # only our own edit above
+    assert "+void scale_add(float * y, const float * x, float s, int n) {" in result.patch
+
+
+def test_a_failed_kld_check_goes_back_into_the_same_conversation_with_its_figures(tmp_path):
+    """run_experiment → worktree implementer → the real client: the candidate builds but its logits drift; the
+    repair request continues the implementation's conversation and carries the check's KLD figures."""
+    from test_experiment import PipelineTarget, git as tgit
+
+    from readfirst.agents.experiment import evaluator_for, run_experiment
+    from readfirst.records import CheckResult, Checks
+
+    class DriftingTarget(PipelineTarget):
+        def checks(self, commit, variant, *, baseline, worker=0):
+            self.calls.append("checks")
+            if "BUG" in self._text(commit):
+                return Checks([CheckResult("tests", True), CheckResult(
+                    "logits", False, "mean KL divergence 0.3100 > 0.0050 against the baseline", 1.0,
+                    {"kld_mean": 0.31, "kld_p99": 2.4, "top1_agreement": 0.82, "n_tokens": 512})])
+            return Checks([CheckResult("tests", True), CheckResult("logits", True)])
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src/work.c").write_text("int work(int n) {\n    return n * 2;\n}\n")
+    tgit(repo, "init", "-q")
+    tgit(repo, "add", "-A")
+    tgit(repo, "commit", "-q", "-m", "baseline")
+    target = DriftingTarget(repo)
+
+    def repair_reply(body):
+        note = body["messages"][-1]["content"]
+        text = note if isinstance(note, str) else " ".join(b.get("text", "") for b in note)
+        assert "fails the logits check" in text and '"kld_mean": 0.31' in text and '"top1_agreement": 0.82' in text
+        assert body["messages"][0]["content"].startswith("Implement this hypothesis")  # the same conversation
+        assert body["messages"][1]["content"][0]["name"] == "replace_in_file"
+        return message_json([tool_use_block("replace_in_file", {"path": "src/work.c", "old": "n * 2 /* BUG */",
+                                                                "new": "n * 2 /* FAST */"})])
+
+    script = [message_json([tool_use_block("replace_in_file", {"path": "src/work.c", "old": "n * 2",
+                                                               "new": "n * 2 /* BUG */"})]),
+              message_json("Faster, slightly different rounding."), repair_reply, message_json("Exact again.")]
+    baseline = target.prepare()
+    with FakeAnthropic(script) as fake:
+        llm = AnthropicLLM(make_client("k", base_url=fake.url, timeout_s=5, max_retries=0), budget=Budget(5.0))
+        hypothesis = {"id": "H7", "key": "k7", "kind": "llm", "title": "Faster work", "rationale": "r"}
+        row = run_experiment(hypothesis, target=target, best={"commit": baseline.commit, "variant": baseline.variant},
+                             baseline=baseline, implement=worktree_implementer(llm, repo),
+                             evaluator_config=evaluator_for(target, max_runs=18))
+        assert fake.count == 4
+    assert row["decision"] == "keep", row["reason"]
+    assert row["llm"]["repair_1"]["failure"] == "logits" and "FAST" in row["patch"] and "BUG" not in row["patch"]
