@@ -247,7 +247,7 @@ def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id 
     went."""
     from .cli_common import print_table
     from .report import write_plot
-    from .report_data import ledger_rows, run_figures
+    from .report_data import ledger_rows, llm_costs, run_figures
     app = app_context(ctx)
     directory = run_dir(app.paths, run_id)
     rows = ledger_rows(directory)
@@ -262,11 +262,13 @@ def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id 
         page = write_html_report(directory, html_file)
     figures = run_figures(directory, meta)
     if as_json:
-        app.emit_json({"run": meta, "figures": figures, "experiments": rows, "plot": str(plot) if plot else None,
+        app.emit_json({"run": meta, "figures": figures, "llm": llm_costs(rows, meta), "experiments": rows,
+                       "plot": str(plot) if plot else None,
                        "html": str(page) if page else None})
         return
     partial = ", partial: from the ledger" if figures["partial"] and rows else ""
-    print_table(app.console, experiment_table(rows, title=f"run {run_id} ({meta.get('status')}{partial})"))
+    print_table(app.console, experiment_table(rows, title=f"run {run_id} ({meta.get('status')}{partial})",
+                                              llm=llm_costs(rows, meta)))
     if plot:
         app.console.print(f"plot: {plot}", soft_wrap=True)
     if page:

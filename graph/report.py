@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..records import metric_matches
 from .ledger import arm_means
-from .report_data import source_kind
+from .report_data import experiment_llm, llm_costs, source_kind
 
 # Wins are coloured by where the idea came from (a row's source_kind); older ledgers have none ("").
 SOURCE_COLOURS = {"paper": "tab:purple", "fork": "tab:orange", "backend-gap": "tab:red", "profile": "tab:cyan",
@@ -23,18 +23,38 @@ EXPERIMENT_PARTS = (("implement", "tab:purple"), ("build", "tab:orange"), ("chec
                     ("bench", "tab:blue"))
 
 
-def experiment_table(rows: list[dict[str, Any]], title: str = "experiments") -> Table:
-    table = Table(title=title)
+def experiment_table(rows: list[dict[str, Any]], title: str = "experiments",
+                     llm: dict[str, Any] | None = None) -> Table:
+    """The ledger as a table; with a model, each experiment's dollars and tokens, and the run's per experiment
+    and per kept win below it (`llm`: report_data.llm_costs, else the experiments' own spend)."""
+    llm = llm if llm is not None else llm_costs(rows)
+    table = Table(title=title, caption=llm_caption(llm) if llm else None)
     # the id is what a user copies (`trace show --experiment`): it never wraps; the prose columns do
     table.add_column("id", no_wrap=True)
-    for col, just in (("wave", "right"), ("kind", "left"), ("source", "left"), ("title", "left"),
-                      ("decision", "left"), ("speedup [95% CI]", "right"), ("reason", "left")):
+    columns = [("wave", "right"), ("kind", "left"), ("source", "left"), ("title", "left"), ("decision", "left"),
+               ("speedup [95% CI]", "right"), ("reason", "left")]
+    if llm:
+        columns.insert(6, ("LLM $ / tokens", "right"))
+    for col, just in columns:
         table.add_column(col, justify=just, overflow="fold")
     for r in rows:
         style = "green" if r["decision"] == "keep" else ""
-        table.add_row(r["id"], str(r.get("wave", "")), r["kind"], source_kind(r), r["title"], r["decision"],
-                      speedup_text(r), r["reason"][:160], style=style)
+        cells = [r["id"], str(r.get("wave", "")), r["kind"], source_kind(r), r["title"], r["decision"],
+                 speedup_text(r), r["reason"][:160]]
+        if llm:
+            spent = experiment_llm(r)
+            cells.insert(7, f"${spent['usd']:.3f} / {spent['tokens']:,}" if spent["tokens"] else "")
+        table.add_row(*cells, style=style)
     return table
+
+
+def llm_caption(llm: dict[str, Any]) -> str:
+    """The run's model spend in one line: total, per experiment, per kept win."""
+    text = (f"LLM: ${llm['usd_total']:.2f} and {llm['tokens_total']:,} tokens in all; "
+            f"${llm['usd_per_experiment'] or 0:.3f} and {llm['tokens_per_experiment'] or 0:,} tokens per experiment "
+            f"(implementing: ${llm['usd_implementing']:.2f})")
+    return text + (f"; ${llm['usd_per_kept_win']:.2f} per kept win" if llm.get("usd_per_kept_win") is not None
+                   else "; no kept win")
 
 
 def speedup_text(row: dict[str, Any]) -> str:

@@ -49,6 +49,36 @@ def stacked_speedup(kept: list[dict[str, Any]]) -> float | None:
     return total - 1
 
 
+def experiment_llm(row: dict[str, Any]) -> dict[str, float]:
+    """What one experiment spent on the model: its implementation and every repair (the ledger's `llm` column)."""
+    info = row.get("llm") or {}
+    parts = [info, *(v for k, v in info.items() if k.startswith("repair_") and isinstance(v, dict))]
+    return {"usd": sum(float(p.get("usd") or 0) for p in parts),
+            "tokens": sum(int(p.get("tokens") or 0) for p in parts),
+            "steps": sum(int(p.get("steps") or 0) for p in parts)}
+
+
+def llm_costs(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Dollars and tokens per experiment and per kept win. The run's whole spend (planning and reading too) is
+    the budget's record in meta.json when there is one; the experiments' own share is the ledger's. None: the
+    run used no model."""
+    per = [experiment_llm(r) for r in rows]
+    total = ((meta or {}).get("llm_budget") or {}).get("total") or {}
+    implementing = sum(p["usd"] for p in per)
+    if not total.get("cost_usd") and not implementing:
+        return None
+    usd = float(total.get("cost_usd") or implementing)
+    tokens = int((total.get("input_tokens") or 0) + (total.get("output_tokens") or 0)) or sum(p["tokens"] for p in per)
+    kept = len(kept_stack(rows))
+    n = len(rows)
+    by_agent = {a: round(float(v.get("cost_usd") or 0), 6)
+                for a, v in (((meta or {}).get("llm_budget") or {}).get("by_agent") or {}).items()}
+    return {"usd_total": round(usd, 6), "tokens_total": tokens, "experiments": n,
+            "usd_per_experiment": round(usd / n, 6) if n else None, "tokens_per_experiment": tokens // n if n else None,
+            "usd_implementing": round(implementing, 6), "kept": kept,
+            "usd_per_kept_win": round(usd / kept, 6) if kept else None, "by_agent": by_agent}
+
+
 def run_figures(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Experiments, kept ids, best speedup and stop reason: the summary's when the run finished, else the
     ledger's with partial=True."""
@@ -124,5 +154,6 @@ def collect(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     trace = Trace(directory) if has_trace(directory) else None
     findings = findings_by_id(state, trace)
     return {"directory": directory, "meta": meta, "rows": rows, "figures": run_figures(directory, meta),
+            "llm": llm_costs(rows, meta),
             "state": state, "trace": trace,
             "citations": {r["id"]: cited_chunks(r, findings) for r in rows}}

@@ -116,3 +116,29 @@ def test_the_ideas_queue_is_checkpointed_for_a_resume(tmp_path):
     # A ran; B waits (the next hypothesize step drops what the tried list holds)
     assert [h["title"] for h in state["ideas"]] == [A["title"], B["title"]]
     assert state["tried"] == [state["ideas"][0]["key"]]
+
+
+def test_the_report_shows_dollars_and_tokens_per_experiment_and_per_kept_win():
+    from rich.console import Console
+
+    from readfirst.graph.report import experiment_table
+    from readfirst.graph.report_data import llm_costs
+
+    def row(i, decision, usd, tokens, repair=None):
+        llm = {"usd": usd, "tokens": tokens, "steps": 3, **({"repair_1": repair} if repair else {})}
+        return {"id": f"E{i}", "wave": i, "kind": "llm", "title": f"t{i}", "decision": decision, "reason": "r",
+                "speedup": 0.05 if decision == "keep" else None, "ci_low": 0.02, "ci_high": 0.08, "llm": llm}
+
+    rows = [row(1, "discard", 0.10, 20_000, repair={"usd": 0.05, "tokens": 9_000, "steps": 2}),
+            row(2, "keep", 0.20, 40_000), row(3, "discard", 0.0, 0)]
+    meta = {"llm_budget": {"total": {"cost_usd": 0.60, "input_tokens": 100_000, "output_tokens": 5_000},
+                           "by_agent": {"hypothesize": {"cost_usd": 0.25}, "implementer": {"cost_usd": 0.35}}}}
+    costs = llm_costs(rows, meta)
+    assert costs["usd_per_experiment"] == 0.2 and costs["tokens_per_experiment"] == 35_000
+    assert costs["usd_implementing"] == 0.35 and costs["kept"] == 1 and costs["usd_per_kept_win"] == 0.6
+    assert llm_costs(rows)["usd_total"] == 0.35  # without meta.json: the experiments' own spend
+    assert llm_costs([{**r, "llm": {}} for r in rows]) is None  # an offline run shows no LLM column
+    console = Console(width=200, record=True)
+    console.print(experiment_table(rows, llm=costs))
+    text = console.export_text()
+    assert "$0.150 / 29,000" in text and "$0.60 per kept win" in text and "$0.200 and 35,000 tokens per" in text
