@@ -86,11 +86,11 @@ def run_figures(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     if summary:
         return {"experiments": summary.get("experiments"), "kept": list(summary.get("kept") or []),
                 "best_speedup": summary.get("best_speedup"), "stop_reason": summary.get("stop_reason", ""),
-                "partial": False}
+                "confirmed": (summary.get("confirmation") or {}).get("speedup"), "partial": False}
     rows = ledger_rows(directory)
     kept = kept_stack(rows)
     return {"experiments": len(rows), "kept": [r["id"] for r in kept], "best_speedup": stacked_speedup(kept),
-            "stop_reason": "", "partial": True}
+            "stop_reason": "", "confirmed": None, "partial": True}
 
 
 def last_state(directory: Path) -> dict[str, Any]:

@@ -140,6 +140,8 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
         next((r["bench_setup"] for r in rows if r.get("bench_setup")), {})
     return {"run_id": state.get("run_id", directory.name), "experiments": len(rows),
             "kept": [r["id"] for r in kept], "best_speedup": total,
+            # the final stack re-measured against the baseline (workflow.confirm), beside the estimate above
+            "confirmation": state.get("confirmation"),
             "best_interval": [kept[-1]["ci_low"], kept[-1]["ci_high"]] if len(kept) == 1 else None,
             "stop_reason": state.get("stop_reason", ""), "best_patches": patch_files,
             "target": deps.target.name, "objective": metric, "best_variant": best.get("variant"),

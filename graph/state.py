@@ -39,3 +39,4 @@ class RunState(TypedDict, total=False):
     ideas: list[dict[str, Any]]         # the planner's hypotheses not run yet; they wait for later waves
     questions: list[str]                # the planner's knowledge-base queries for the next reading round
     asked: Annotated[list[str], operator.add]          # questions already read
+    confirmation: dict[str, Any]        # the final stack re-measured against the baseline (confirm node)

@@ -2,7 +2,10 @@
 
 profile → research → competitors → hypothesize ─Send×K→ experiment → decide ─┬→ hypothesize (a win: go on)
                                       ↑                                         ├→ research (no win: read again)
-                                      └─────────────────────────────────────────┴→ END (budget spent, exhausted)
+                                      └─────────────────────────────────────────┴→ confirm → END (budget spent,
+                                                                                             exhausted)
+confirm re-measures the final stack against the baseline in one more interleaved A/B (only when something was
+kept), so the run's speedup is a measurement, not the product of per-step estimates.
 
 Nodes are thin: they read the state, call a role with the dependencies in RunDeps, and return an update. Every
 node is safe to re-run after a crash: the profile and the experiments find their recorded results.
@@ -23,11 +26,12 @@ from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, porting, researcher
 from ..agents.briefing import brief
-from ..agents.evaluator import calibrate
+from ..agents.evaluator import BASELINE, CANDIDATE, calibrate, evaluate
 from ..agents.experiment import evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
 from ..protocols import KnowledgeStore, Target, Tree
+from ..errors import SandboxError
 from ..records import Baseline, from_dict, to_dict
 from ..sources import GitTree, merge_file
 from .ledger import Ledger
@@ -49,6 +53,7 @@ class RunOptions:
     max_runs: int = 26
     max_research_rounds: int = 3
     kinds: tuple[str, ...] = ("llm", "patch", "build", "runtime")
+    confirm: bool = True  # re-measure the final stack against the baseline at the end (when something was kept)
 
 
 @dataclass
@@ -211,11 +216,11 @@ def build_graph(deps: RunDeps, checkpointer=None):
         return {**update, "hypotheses": ranked, "wave": state.get("wave", 0) + 1}
 
     def after_competitors(state: RunState) -> str:
-        return END if state.get("stop_reason") else "hypothesize"
+        return finish(state) if state.get("stop_reason") else "hypothesize"
 
     def after_hypothesize(state: RunState):
         if state.get("stop_reason"):
-            return END
+            return finish(state)
         queue = state.get("hypotheses", [])
         if not queue:
             return "research"
@@ -271,8 +276,51 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
     def after_decide(state: RunState) -> str:
         if state.get("stop_reason"):
-            return END
+            return finish(state)
         return "hypothesize" if state.get("last_wave_won") else "research"
+
+    def finish(state: RunState) -> str:
+        """The way out: through the confirmation when something was kept and it has not run yet."""
+        wanted = _options(state).confirm and (state.get("best") or {}).get("stack")
+        return "confirm" if wanted and not state.get("confirmation") else END
+
+    # -- confirm -----------------------------------------------------------------------------------------------------
+    def confirm(state: RunState) -> dict[str, Any]:
+        """The final stack against the baseline, interleaved like every verdict, beside the estimate (the product
+        of the kept steps' effects). The builds are the run's own (incremental, ccache); a clean rebuild is the
+        target's to offer and no target does yet, so the record says which builds were measured."""
+        opts = _options(state)
+        base, best = _baseline(state), state["best"]
+        rows = {r["id"]: r for r in (deps.ledger.rows() if deps.ledger is not None else [])}
+        estimated = 1.0
+        for eid in best["stack"]:
+            estimated *= 1 + ((rows.get(eid) or {}).get("speedup") or 0)
+        arms = {BASELINE: (base.commit, base.variant), CANDIDATE: (best["commit"], best["variant"])}
+        measured = [0.0]
+
+        def measure(which: str) -> dict[str, float]:
+            began = time.monotonic()
+            m = target.measure(*arms[which])
+            measured[0] += m.duration_s if m.duration_s is not None else time.monotonic() - began
+            return {k: v for k, v in m.values.items() if target.objective.uses(k)}
+
+        say(f"confirm: the final stack ({len(best['stack'])} kept) against the baseline")
+        record: dict[str, Any] = {"estimated": estimated - 1, "stack": list(best["stack"]),
+                                  "builds": "the run's own builds (incremental, ccache)"}
+        try:
+            verdict = evaluate(measure, evaluator_for(target, max_runs=opts.max_runs), clock=lambda: measured[0])
+        except (SandboxError, ValueError) as e:
+            record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            say(f"confirm: could not measure: {record['error']}")
+            return {"confirmation": record}
+        obj = verdict.objective
+        record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
+                      ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,
+                      decision=verdict.decision, reason=verdict.reason,
+                      bench_minutes=round(measured[0] / 60, 2))
+        say(f"confirm: measured {_pct(record['speedup'])} [{_pct(record['ci_low'])}, {_pct(record['ci_high'])}] "
+            f"against the estimated {_pct(record['estimated'])}")
+        return {"confirmation": record}
 
     def _budget_spent(state: RunState, opts: RunOptions) -> str:
         if state.get("experiments", 0) >= opts.budget_experiments:
@@ -285,15 +333,17 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
     g = StateGraph(RunState)
     for name, fn in (("profile", profile), ("research", research), ("competitors", competitors),
-                     ("hypothesize", hypothesize), ("experiment", experiment), ("decide", decide)):
+                     ("hypothesize", hypothesize), ("experiment", experiment), ("decide", decide),
+                     ("confirm", confirm)):
         g.add_node(name, deps.wrap_node(name, fn))
     g.add_edge(START, "profile")
     g.add_edge("profile", "research")
     g.add_edge("research", "competitors")
-    g.add_conditional_edges("competitors", after_competitors, ["hypothesize", END])
-    g.add_conditional_edges("hypothesize", after_hypothesize, ["experiment", "research", END])
+    g.add_conditional_edges("competitors", after_competitors, ["hypothesize", "confirm", END])
+    g.add_conditional_edges("hypothesize", after_hypothesize, ["experiment", "research", "confirm", END])
     g.add_edge("experiment", "decide")
-    g.add_conditional_edges("decide", after_decide, ["hypothesize", "research", END])
+    g.add_conditional_edges("decide", after_decide, ["hypothesize", "research", "confirm", END])
+    g.add_edge("confirm", END)
     return g.compile(checkpointer=checkpointer)
 
 
