@@ -129,7 +129,8 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
             patch, info = implement(hypothesis, best_commit)
         except BudgetExceeded as e:
             durations["implement"] = clock() - t0
-            return finish(_discarded("implement", f"not implemented: {e}"))
+            # gate "budget": the run's dollars cannot pay for the implementation; the loop stops on it
+            return finish(_discarded("budget", f"not implemented: {e}"))
         row["llm"] = info
         if not patch:
             durations["implement"] = clock() - t0

@@ -270,6 +270,10 @@ def build_graph(deps: RunDeps, checkpointer=None):
             say("decide: no win in this wave; reading again")
             update["research_round"] = state.get("research_round", 0) + 1
         stop = _budget_spent({**state, "experiments": done}, _options(state))
+        refused = next((r for r in results if r.get("gate") == "budget"), None)
+        if not stop and refused is not None:
+            # the budget could not pay for the next call: later experiments would be refused the same way
+            stop = f"dollar budget spent ({refused['reason'].removeprefix('not implemented: ')})"
         if stop:
             update["stop_reason"] = stop
         return update
@@ -378,8 +382,9 @@ def _open_questions(state: RunState) -> list[str]:
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """What the state keeps of an experiment; the ledger keeps everything."""
-    return {k: row.get(k) for k in ("id", "key", "kind", "title", "decision", "reason", "speedup", "ci_low",
-                                    "ci_high", "candidate", "source_kind")}
+    return {**{k: row.get(k) for k in ("id", "key", "kind", "title", "decision", "reason", "speedup", "ci_low",
+                                       "ci_high", "candidate", "source_kind")},
+            "gate": (row.get("verdict") or {}).get("gate")}
 
 
 def _pct(x: float | None) -> str:

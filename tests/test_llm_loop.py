@@ -142,3 +142,20 @@ def test_the_report_shows_dollars_and_tokens_per_experiment_and_per_kept_win():
     console.print(experiment_table(rows, llm=costs))
     text = console.export_text()
     assert "$0.150 / 29,000" in text and "$0.60 per kept win" in text and "$0.200 and 35,000 tokens per" in text
+
+
+def test_a_run_whose_budget_cannot_pay_the_implementer_stops_instead_of_discarding_every_idea(tmp_path):
+    from readfirst.agents.llm import Budget
+    source = make_source(tmp_path / "source")
+    # The planner's call (4,096 tokens of output: about $0.06) fits in $0.10; the implementer's (8,192: $0.12) not.
+    llm = ScriptedLLM([responder] * 6, budget=Budget(0.10))
+    plan = lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)  # noqa: E731
+    implement = worktree_implementer(llm, source, protected=("tests/*",))
+    options = RunOptions(budget_experiments=3, calibration_pairs=0, max_runs=12, max_research_rounds=3,
+                         kinds=("llm",))
+    directory, summary, _ = record_run(tmp_path, kb=StandInKnowledgeBase(), plan=plan, implement=implement,
+                                       options=options)
+    assert [c["agent"] for c in llm.calls] == ["hypothesize"]  # no implementer call was made
+    assert summary["experiments"] == 1 and summary["stop_reason"].startswith("dollar budget spent (the LLM budget")
+    row = ledger_rows(directory)[0]
+    assert row["verdict"]["gate"] == "budget" and "may cost up to" in row["reason"]
