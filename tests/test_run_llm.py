@@ -75,7 +75,10 @@ def responder(request: dict) -> dict:
                        for m in messages)
         if "does not build" in first or answered:
             return message_json("Done.")  # a repair that changes nothing ends the attempts
-        if FIX_TITLE in first:
+        task = messages[0]["content"]
+        task = task if isinstance(task, str) else " ".join(b.get("text", "") for b in task)
+        # the hypothesis's own title: the task's ledger names the other experiments too
+        if re.search(r"title: (.*)", task).group(1) == FIX_TITLE:
             return message_json([text_block("Removing the repeats."),
                                  tool_use_block("replace_in_file", {"path": OPS, "old": SLOW, "new": SUM})])
         # Anchored on a line the first (kept) patch leaves alone: this runs on top of the new best.
@@ -95,6 +98,7 @@ def test_llm_run_keeps_the_real_win_and_discards_the_broken_build(tmp_path, shar
                                "--calibration-pairs", "0", "--no-reading-list", "--no-backend-gaps", "--json"],
                               capture_output=True, text=True, env=env, timeout=5400)
         requests = server.count
+        bodies = [r["body"] for r in server.requests]
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout)
     run_dir = tmp_path / "runs" / summary["run_id"]
@@ -106,6 +110,13 @@ def test_llm_run_keeps_the_real_win_and_discards_the_broken_build(tmp_path, shar
     assert fix["ci_low"] > 0.01 and fix["citations"]
     assert broken["decision"] == "discard" and broken["build"]["stage"] == "compile", broken["reason"]
     assert "repair_1" in broken["llm"]  # the implementer was given the build log before the run gave up
+    assert broken["llm"]["repair_1"]["failure"] == "build"
+    # The implementer of the second experiment was told what the first did, and with which outcome.
+    second = next(json.dumps(b["messages"][0]["content"]) for b in bodies
+                  if f"title: {BREAK_TITLE}" in json.dumps(b["messages"][0]["content"]))
+    assert f"{FIX_TITLE} (llm/" in second and ": keep +" in second and "Keep threshold" in second
+    # The final stack was measured again against the baseline.
+    assert summary["confirmation"]["decision"] == "keep" and summary["confirmation"]["speedup"] > 0.01
     assert summary["kept"] == [fix["id"]] and len(summary["best_patches"]) == 1
     assert requests >= 4
     # The kept patch stack applies to the baseline with `git am`, and undoes the slowdown.
