@@ -53,7 +53,7 @@ class GitTarget:
         out = self.paths.cache / "scratch" / uuid.uuid4().hex
         out.mkdir(parents=True)
         log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
-        with machine_lock(self.paths.cache, exclusive=measuring):
+        with machine_lock(self.paths.cache, exclusive=measuring, say=self.say, what=log_name):
             result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
                                       timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
         return result, out

@@ -229,6 +229,31 @@ def test_a_measurement_never_shares_the_machine_with_a_build(tmp_path):
     assert events[4:] == ["bench"]
 
 
+def test_a_wait_for_the_machine_is_said_with_its_length(tmp_path):
+    import threading
+    import time
+
+    from readfirst.sandbox.machine_lock import machine_lock
+    said: list[str] = []
+    held = threading.Event()
+
+    def other_benchmark() -> None:
+        with machine_lock(tmp_path, exclusive=True):
+            held.set()
+            time.sleep(1.3)
+
+    t = threading.Thread(target=other_benchmark)
+    t.start()
+    held.wait(timeout=10)
+    with machine_lock(tmp_path, exclusive=False, say=said.append, what="build"):
+        pass
+    t.join(timeout=10)
+    assert len(said) == 1 and said[0].startswith("build waited 1 s for the machine: a measurement had the machine")
+    with machine_lock(tmp_path, exclusive=True, say=said.append, what="bench"):
+        pass  # no one holds it: nothing to say
+    assert len(said) == 1
+
+
 def test_the_time_budget_counts_benchmarking_not_waiting_for_the_machine(target):
     """Another process's benchmark holds the machine: each measurement waits, but reports the seconds it ran.
     The verdict is the same as without the wait (and a replay, which serves those seconds back, agrees)."""

@@ -246,7 +246,7 @@ class LlamaCppTarget(GitTarget):
         bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
                            config=self.config_of(baseline.variant))
         # The probe is a measurement too: nothing runs beside it.
-        with machine_lock(self.paths.cache, exclusive=True):
+        with machine_lock(self.paths.cache, exclusive=True, say=self.say, what="the bandwidth probe"):
             read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
                                               threads=int(baseline.variant["run"]["threads"]))
         prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
