@@ -156,6 +156,9 @@ class BenchOptions:
     flash_attn: bool = True
     repetitions: int = 5
     ubatch: int = 0  # 0: llama-bench's default
+    warmup: bool = True
+    """llama-bench's own warm-up pass before each test: a whole pp pass (it doubles the cost of pp), one token
+    for tg. bench/run_shape_cost.py measures what dropping it changes."""
 
 
 RUN_SETTINGS = ("threads", "flash_attn", "ubatch")  # the runtime part of a variant
@@ -441,7 +444,7 @@ class LlamaCppTarget(GitTarget):
         they would measure each other)."""
         rel = self._model_in_container(model)
         mounts = self._tool_mounts(commit, config)
-        extra = f" -ub {options.ubatch}" if options.ubatch else ""
+        extra = (f" -ub {options.ubatch}" if options.ubatch else "") + ("" if options.warmup else " --no-warmup")
         cmd = (f"/build/bin/llama-bench -m {rel} -p {options.n_prompt} -n {options.n_gen} "
                f"-t {options.threads} -fa {int(options.flash_attn)} -r {options.repetitions}{extra} -o json "
                f"> /out/bench.json")
