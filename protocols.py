@@ -67,8 +67,11 @@ class Target(Protocol):
     def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
         """Every correctness check of a finished build, in order; a failed check is a result."""
 
-    def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
-        """One benchmark run of a finished build (a SandboxError when it crashes or prints no objective)."""
+    def measure(self, commit: str, variant: Mapping[str, Any], *,
+                metrics: Sequence[str] | None = None) -> Measurement:
+        """One benchmark run of a finished build (a SandboxError when it crashes or prints no objective).
+        `metrics` (names or prefixes): only these are needed this run, a target that can measure less to save
+        time may (llama.cpp: tg alone); it may still return more. None: everything."""
 
     def profile(self, baseline: Baseline) -> Profile:
         """Where the baseline stands: facts for the agents, its metrics, what to read about."""

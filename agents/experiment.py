@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..protocols import Target
 from ..records import Baseline, BuildResult, CheckResult, to_dict
 from .evaluator import BASELINE, EvaluatorConfig, Verdict, evaluate, gates
 from .llm import BudgetExceeded
-from .statistics import DecisionRule
+from .statistics import DecisionRule, Prior
 
 Say = Callable[[str], None]
 Implement = Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]
@@ -88,9 +88,12 @@ def _discarded(gate: str, reason: str) -> Verdict:
     return Verdict("discard", reason, gate, "not measured", None, {}, [], 0, 0, 0.0)
 
 
-def evaluator_for(target: Target, *, max_runs: int = 26) -> EvaluatorConfig:
-    """The evaluator's settings for a target: its objective decides what is optimized and what is guarded."""
-    return EvaluatorConfig(rule=DecisionRule.for_objective(target.objective), max_runs=max_runs)
+def evaluator_for(target: Target, *, max_runs: int = 62,
+                  noise: Mapping[str, Mapping[str, Any]] | None = None) -> EvaluatorConfig:
+    """The evaluator's settings for a target: its objective decides what is optimized and what is guarded;
+    `noise` (the run's A/A calibration, per test {"pair_sd", "df"}) is pooled into every verdict's interval."""
+    priors = {test: Prior(float(p["pair_sd"]), int(p["df"])) for test, p in (noise or {}).items()}
+    return EvaluatorConfig(rule=DecisionRule.for_objective(target.objective), max_runs=max_runs, priors=priors)
 
 
 def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str, Any], baseline: Baseline,
@@ -220,9 +223,9 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     measured = [0.0]  # seconds of benchmarking: the evaluator's time budget runs on this clock
 
-    def measure(which: str) -> dict[str, float]:
+    def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         began = clock()
-        m = target.measure(*arms[which])
+        m = target.measure(*arms[which], metrics=metrics)
         # A target that says how long its benchmark ran is counted by that (not the wait for the machine);
         # otherwise by the call's wall time.
         measured[0] += m.duration_s if m.duration_s is not None else clock() - began

@@ -69,12 +69,16 @@ def run(ctx: typer.Context,
                                                                          "benchmark."),
         n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="llama.cpp: generated tokens per benchmark."),
         threads: int = typer.Option(2, "-t", "--threads", min=1, help="llama.cpp: benchmark threads."),
-        max_runs: int = typer.Option(26, "--max-runs", min=6, help="Benchmark runs per candidate at most, "
-                                                                   "warm-ups included. A keep needs 6 pairs after 2 "
-                                                                   "warm-up runs, so below 14 a run can only discard "
-                                                                   "(quick smoke runs)."),
-        calibration_pairs: int = typer.Option(4, "--calibration-pairs", min=0, help="A/A pairs for the noise "
-                                                                                    "floor (0: skip)."),
+        max_runs: int = typer.Option(62, "--max-runs", min=6, help="Benchmark runs per candidate at most, "
+                                                                   "warm-ups included. The keep rule is "
+                                                                   "sequential: a clear win or loss is decided "
+                                                                   "in a block or two of 4 runs, a flat one "
+                                                                   "given up as futile; the cap bounds the rest."),
+        calibration_pairs: int = typer.Option(8, "--calibration-pairs", min=0, help="A/A pairs of the objective "
+                                                                                    "for the noise floor, which "
+                                                                                    "every verdict pools (0: "
+                                                                                    "skip; verdicts then rest on "
+                                                                                    "their own pairs)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by its id."),
         as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON.")) -> None:
     """Read, hypothesize, experiment and keep what wins, until the budget is spent.

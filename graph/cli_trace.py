@@ -252,7 +252,7 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
                                                    help="llama.cpp: threads of a baseline profiled anew."),
              max_runs: Optional[int] = typer.Option(None, "--max-runs", min=6,
                                                     help="Benchmark runs per candidate at most (see `run "
-                                                         "--help`: below 14 a candidate can only be discarded)."),
+                                                         "--help`)."),
              calibration_pairs: Optional[int] = typer.Option(None, "--calibration-pairs", min=0),
              max_research_rounds: Optional[int] = typer.Option(None, "--max-research-rounds", min=1),
              kinds: list[str] = typer.Option([], "--kind", help="Only these kinds of experiment (repeatable)."),

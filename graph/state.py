@@ -24,6 +24,7 @@ class RunState(TypedDict, total=False):
     baseline: dict[str, Any]            # records.Baseline as a dict (commit, variant, checks, note) + "metrics"
     profile: dict[str, Any]             # records.Profile as a dict: facts, metrics, queries, details
     calibration: str                    # the A/A noise floor, in words
+    noise: dict[str, dict[str, Any]]    # the A/A noise per test {"pair_sd", "df"}: every verdict pools it
     best: dict[str, Any]                # {"commit", "variant", "stack": [experiment ids], "metrics"}
     findings: Annotated[list[dict[str, Any]], operator.add]
     hypotheses: list[dict[str, Any]]    # the ranked queue; replaced by each hypothesize step

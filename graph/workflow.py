@@ -49,8 +49,8 @@ class RunOptions:
     budget_usd: float = 5.0
     workers: int = 1
     offline: bool = True
-    calibration_pairs: int = 4
-    max_runs: int = 26
+    calibration_pairs: int = 8  # A/A pairs of the objective (its guards: every other block, so half as many)
+    max_runs: int = 62          # per verdict; the sequential rule stops most much earlier
     max_research_rounds: int = 3
     kinds: tuple[str, ...] = ("llm", "patch", "build", "runtime")
     confirm: bool = True  # re-measure the final stack against the baseline at the end (when something was kept)
@@ -100,16 +100,19 @@ def build_graph(deps: RunDeps, checkpointer=None):
         prof = target.profile(baseline)
         for fact in prof.facts:
             say(f"fact: {fact}")
-        calibration = ""
+        calibration, noise = "", {}
         if opts.calibration_pairs > 0:
             say(f"profile: A/A calibration ({opts.calibration_pairs} pairs) for the noise floor")
-            cal = calibrate(lambda _which: target.measure(baseline.commit, baseline.variant).values,
+            cal = calibrate(lambda _which, metrics=None: target.measure(baseline.commit, baseline.variant,
+                                                                        metrics=metrics).values,
                             evaluator_for(target, max_runs=opts.max_runs), pairs=opts.calibration_pairs)
             calibration = cal.describe()
+            # every verdict of the run pools this noise: a decisive effect is then decided in a block or two
+            noise = {test: {"pair_sd": p.pair_sd, "df": p.df} for test, p in cal.priors().items()}
             say(f"noise floor: {calibration}")
         best = {"commit": baseline.commit, "variant": baseline.variant, "stack": [], "metrics": prof.metrics}
         return {"baseline": {**to_dict(baseline), "metrics": prof.metrics}, "best": best,
-                "profile": to_dict(prof), "calibration": calibration,
+                "profile": to_dict(prof), "calibration": calibration, "noise": noise,
                 "findings": [finding("profiler", "profile", " ".join(prof.facts), extra={"facts": prof.facts})],
                 "wave": 0, "experiments": 0, "research_round": 0}
 
@@ -228,7 +231,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         room = opts.budget_experiments - state.get("experiments", 0)
         wave = queue[:max(1, min(opts.workers, room))]
         return [Send("experiment", {"hypothesis": h, "worker": i, "wave": state["wave"], "best": state["best"],
-                                    "baseline": state["baseline"], "options": state["options"]})
+                                    "baseline": state["baseline"], "options": state["options"],
+                                    "noise": state.get("noise") or {}})
                 for i, h in enumerate(wave)]
 
     # -- experiment (one per Send) ---------------------------------------------------------------------------------------
@@ -244,8 +248,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 # kernel is the thing to port); the ledger keeps what it was shown.
                 h = {**h, "context": deps.kb.get(h["chunk_ids"][:CONTEXT_CHUNKS])}
             row = run_experiment(h, target=target, best=payload["best"], baseline=_baseline(payload),
-                                 worker=payload["worker"], evaluator_config=evaluator_for(target,
-                                                                                          max_runs=opts.max_runs),
+                                 worker=payload["worker"],
+                                 evaluator_config=evaluator_for(target, max_runs=opts.max_runs,
+                                                                noise=payload.get("noise")),
                                  implement=deps.implement, say=say)
             recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"],
                                            "source_kind": h.get("source_kind") or "llm"})
@@ -302,9 +307,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
         arms = {BASELINE: (base.commit, base.variant), CANDIDATE: (best["commit"], best["variant"])}
         measured = [0.0]
 
-        def measure(which: str) -> dict[str, float]:
+        def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
             began = time.monotonic()
-            m = target.measure(*arms[which])
+            m = target.measure(*arms[which], metrics=metrics)
             measured[0] += m.duration_s if m.duration_s is not None else time.monotonic() - began
             return {k: v for k, v in m.values.items() if target.objective.uses(k)}
 
@@ -312,7 +317,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         record: dict[str, Any] = {"estimated": estimated - 1, "stack": list(best["stack"]),
                                   "builds": "the run's own builds (incremental, ccache)"}
         try:
-            verdict = evaluate(measure, evaluator_for(target, max_runs=opts.max_runs), clock=lambda: measured[0])
+            verdict = evaluate(measure, evaluator_for(target, max_runs=opts.max_runs, noise=state.get("noise")),
+                               clock=lambda: measured[0])
         except (SandboxError, ValueError) as e:
             record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             say(f"confirm: could not measure: {record['error']}")

@@ -31,12 +31,14 @@ class FakeBench:
         self.pp_cv = cv if pp_cv is None else pp_cv
         self.now = 1000.0
         self.calls: list[str] = []
+        self.asked: list[tuple[str, ...] | None] = []  # the metrics each run was asked for
 
     def clock(self) -> float:
         return self.now
 
-    def measure(self, which: str) -> dict[str, float]:
+    def measure(self, which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         i = len(self.calls)
+        self.asked.append(metrics)
         self.calls.append(which)
         durations = self.run_s if isinstance(self.run_s, list) else [self.run_s]
         self.now += durations[i % len(durations)]
@@ -47,7 +49,7 @@ class FakeBench:
             level *= self.warmup_factor
         cand = which == CANDIDATE
         out = {"tg128": 70.0 * level * (1 + self.tg_effect * cand) * math.exp(self.rng.normal(0, self.cv))}
-        if self.pp_effect is not None:
+        if self.pp_effect is not None and (metrics is None or any(m.startswith("pp") for m in metrics)):
             out["pp512"] = 290.0 * level * (1 + self.pp_effect * cand) * math.exp(self.rng.normal(0, self.pp_cv))
         return out
 
@@ -64,6 +66,7 @@ def test_runs_are_interleaved_abba_after_discarded_warmups():
     assert bench.calls[:2] == [BASELINE, CANDIDATE]
     assert bench.calls[2:] == [BASELINE, CANDIDATE, CANDIDATE, BASELINE] * ((len(bench.calls) - 2) // 4)
     assert [r.warmup for r in verdict.runs[:3]] == [True, True, False]
+    assert bench.asked[:2] == [("tg",), ("tg",)]  # a warm-up pages everything in: the objective's run is enough
     assert verdict.decision == "discard" and verdict.objective.estimate == pytest.approx(-0.10, abs=0.02)
     assert verdict.runs_used == len(bench.calls) == len(verdict.runs)
 
@@ -79,29 +82,59 @@ def test_abba_order_cancels_a_linear_drift():
     assert verdict.decision == "discard"
 
 
-# --- adaptive stopping ---------------------------------------------------------------------------------------
+# --- sequential stopping ------------------------------------------------------------------------------------
 
-def test_a_clear_win_stops_as_soon_as_keeping_is_allowed():
-    verdict = run(FakeBench(tg_effect=0.10))
+def calibrated(cv: float = 0.015, seed: int = 50) -> dict:
+    """The priors of an 8-pair A/A calibration on the same noise."""
+    bench = FakeBench(cv=cv, seed=seed)
+    return calibrate(bench.measure, EvaluatorConfig(rule=FAST), pairs=8, clock=bench.clock).priors()
+
+
+def test_a_decisive_win_is_kept_on_its_first_block_when_the_calibration_knows_the_noise():
+    verdict = run(FakeBench(tg_effect=0.20), priors=calibrated())
     assert (verdict.decision, verdict.stopped, verdict.gate) == ("keep", "clear", "performance")
-    assert verdict.pairs_used == 6 and verdict.runs_used == 2 + 12  # DecisionRule.min_pairs_to_keep
-    assert verdict.effects["tg128"].estimate == pytest.approx(0.10, abs=0.02)
-    assert "pp512" in verdict.effects
+    assert verdict.runs_used == 2 + 4 and verdict.pairs_used == 2
+    assert verdict.effects["tg128"].estimate == pytest.approx(0.20, abs=0.03)
+    assert "pp512" in verdict.effects and "A/A calibration" in verdict.objective.noise
+    # without a calibration its own pairs must show the noise first
+    alone = run(FakeBench(tg_effect=0.20))
+    assert alone.kept and 6 < alone.runs_used <= 2 + 8
 
 
-def test_a_clear_loss_stops_at_the_first_look():
-    verdict = run(FakeBench(tg_effect=-0.08))
-    assert (verdict.decision, verdict.stopped) == ("discard", "clear")
-    assert verdict.runs_used == 2 + 8
+def test_a_decisive_loss_stops_at_the_first_look():
+    verdict = run(FakeBench(tg_effect=-0.10), priors=calibrated())
+    assert (verdict.decision, verdict.stopped, verdict.runs_used) == ("discard", "clear", 6)
     assert "cannot reach" in verdict.reason
 
 
-def test_an_ambiguous_candidate_gets_more_runs_then_is_discarded():
-    clear = run(FakeBench(tg_effect=0.10, seed=1))
-    ambiguous = run(FakeBench(tg_effect=0.01, seed=1))  # exactly the minimum effect: never clear
-    assert ambiguous.runs_used == 26 > clear.runs_used
-    assert (ambiguous.decision, ambiguous.stopped) == ("discard", "max runs")
-    assert ambiguous.reason.startswith("not shown within the run cap (26 runs)")
+def test_no_effect_is_given_up_as_futile_long_before_the_cap():
+    verdicts = [run(FakeBench(pp_effect=None, seed=s), priors=calibrated()) for s in range(30)]
+    assert all(not v.kept for v in verdicts)
+    assert sum(v.stopped == "futile" for v in verdicts) >= 20
+    assert np.median([v.runs_used for v in verdicts]) <= 18  # of 62
+    futile = next(v for v in verdicts if v.stopped == "futile")
+    assert "futile" in futile.reason and not futile.reason.startswith("not shown")
+
+
+def test_an_effect_at_the_minimum_gets_more_runs_than_a_clear_one_then_is_discarded():
+    clear = run(FakeBench(tg_effect=0.10, seed=1), priors=calibrated())
+    edge = run(FakeBench(tg_effect=0.01, seed=1), priors=calibrated())  # exactly the minimum: never provable
+    assert edge.runs_used > clear.runs_used and edge.decision == "discard"
+    assert edge.stopped in ("futile", "max runs")
+
+
+def test_guards_are_measured_every_other_block_once_proven_and_every_block_while_open():
+    bench = FakeBench(tg_effect=0.025, cv=0.01, seed=4)  # an effect that takes several blocks to decide
+    verdict = run(bench, priors=calibrated(cv=0.01), max_runs=42)
+    blocks = [bench.asked[i] for i in range(2, len(bench.asked), 4)]
+    assert all(bench.asked[i:i + 4] == [blocks[(i - 2) // 4]] * 4 for i in range(2, len(bench.asked), 4))
+    assert blocks[0] is None  # the first block measures everything
+    assert ("tg",) in blocks and None in blocks[1:]
+    assert not any(blocks[i] == blocks[i + 1] == ("tg",) for i in range(len(blocks) - 1))  # every other block
+    assert verdict.effects["pp512"].n_pairs < verdict.effects["tg128"].n_pairs == verdict.pairs_used
+    noisy_pp = FakeBench(tg_effect=0.015, cv=0.01, pp_cv=0.06, seed=3)
+    run(noisy_pp, priors=calibrated(cv=0.01), max_runs=30)
+    assert all(m is None for m in noisy_pp.asked[2:])  # pp's interval stays open: measured every block
 
 
 def test_a_tg_win_with_a_pp_regression_is_discarded():
@@ -109,27 +142,29 @@ def test_a_tg_win_with_a_pp_regression_is_discarded():
     assert verdict.decision == "discard" and "pp512" in verdict.reason and "regresses" in verdict.reason
 
 
-def test_a_clear_win_with_noisy_pp_is_kept_at_the_cap_on_pp_estimate():
-    verdict = run(FakeBench(tg_effect=0.10, pp_cv=0.08, seed=0))
-    assert (verdict.decision, verdict.stopped, verdict.runs_used) == ("keep", "max runs", 26)
-    assert "by its estimate" in verdict.reason
+def test_a_clear_win_with_noisy_pp_is_kept_on_the_pp_estimate():
+    verdict = run(FakeBench(tg_effect=0.10, pp_cv=0.08, seed=0), priors=calibrated())
+    assert verdict.decision == "keep" and "by its estimate" in verdict.reason
 
 
-def test_aa_is_rarely_kept_by_the_adaptive_loop():
-    # Peeking after every block inflates false keeps in naive sequential testing; the margin and the expanded
-    # interval must hold it under 5% anyway, with drift and occasional hit runs as on the shared machine.
-    kept = sum(run(FakeBench(pp_effect=None, drift_per_run=0.002, hit_every=11, seed=s)).kept for s in range(80))
+def test_aa_is_rarely_kept_by_the_sequential_loop():
+    # Peeking after every block inflates false keeps of a fixed-n interval; the confidence sequence must hold
+    # them under 5%, with drift and occasional hit runs as on the shared machine, and with the calibration pooled.
+    priors = calibrated()
+    kept = sum(run(FakeBench(pp_effect=None, drift_per_run=0.002, hit_every=11, seed=s), priors=priors).kept
+               for s in range(80))
     assert kept / 80 <= 0.05
 
 
 def test_a_three_percent_gain_is_usually_found_within_the_run_cap():
-    verdicts = [run(FakeBench(tg_effect=0.03, pp_effect=None, seed=s)) for s in range(40)]
-    assert sum(v.kept for v in verdicts) / 40 >= 0.7
-    assert np.median([v.runs_used for v in verdicts if v.kept]) < 26  # often decided before the cap
+    priors = calibrated()
+    verdicts = [run(FakeBench(tg_effect=0.03, pp_effect=None, seed=s), priors=priors) for s in range(40)]
+    assert sum(v.kept for v in verdicts) / 40 >= 0.8
+    assert np.median([v.runs_used for v in verdicts if v.kept]) < 62  # often decided before the cap
 
 
 def test_hit_runs_do_not_hide_a_win():
-    verdict = run(FakeBench(tg_effect=0.05, hit_every=9, hit=0.6, seed=2))
+    verdict = run(FakeBench(tg_effect=0.05, hit_every=9, hit=0.6, seed=2), priors=calibrated())
     assert verdict.kept
     assert verdict.objective.estimate == pytest.approx(0.05, abs=0.015)
 
@@ -138,7 +173,8 @@ def test_hit_runs_do_not_hide_a_win():
 
 def test_the_time_budget_is_respected_even_with_uneven_runs():
     bench = FakeBench(tg_effect=0.01, run_s=[10.0, 40.0, 25.0])
-    verdict = run(bench, time_budget_s=400.0, max_runs=1000)
+    never_futile = DecisionRule(futility=0.0, n_resamples=1000)  # an edge effect runs until the budget ends it
+    verdict = run(bench, time_budget_s=400.0, max_runs=1000, rule=never_futile)
     assert verdict.stopped == "time budget" and verdict.decision == "discard"
     assert verdict.time_spent_s == bench.now - 1000.0 <= 400.0
     assert 400.0 - verdict.time_spent_s < 4 * 40.0  # it stopped because the next block would not fit
@@ -159,9 +195,9 @@ def test_a_budget_too_small_for_one_block_discards_with_no_pairs():
 
 def test_a_broken_measurement_is_an_error_not_a_result():
     with pytest.raises(ValueError, match="candidate"):
-        evaluate(lambda which: {"tg128": 0.0 if which == CANDIDATE else 70.0})
+        evaluate(lambda which, metrics=None: {"tg128": 0.0 if which == CANDIDATE else 70.0})
     with pytest.raises(ValueError):
-        evaluate(lambda which: {})
+        evaluate(lambda which, metrics=None: {})
 
 
 # --- calibration --------------------------------------------------------------------------------------------
@@ -172,8 +208,10 @@ def test_calibration_measures_only_the_baseline_and_states_the_floor():
     assert set(bench.calls) == {BASELINE} and len(bench.calls) == 2 + 32
     tg = calibration.floors["tg128"]
     assert tg.bias.low <= 0 <= tg.bias.high
-    assert 0.008 < tg.run_cv < 0.025 and tg.planned_pairs == 12
+    assert 0.008 < tg.run_cv < 0.025 and tg.planned_pairs == 30
     assert 0.015 < tg.detectable_effect < 0.05
+    assert calibration.floors["pp512"].pairs == 8 and tg.pairs == 16  # guards every other block
+    assert calibration.priors()["tg128"].df == 15
     assert "smallest detectable effect" in calibration.describe()
     assert Calibration.from_dict({**calibration.to_dict(), "new_field": 1}) == calibration
 
@@ -224,7 +262,7 @@ def seconds_bench(effect: float, *, seed: int = 0, guard_effect: float = 0.0):
     """A bench whose objective is a time (lower is better): the candidate takes (1 - effect) of the time."""
     rng = np.random.default_rng(seed)
 
-    def measure(which: str) -> dict[str, float]:
+    def measure(which: str, metrics=None) -> dict[str, float]:
         cand = which == CANDIDATE
         return {"seconds": 2.0 * (1 - effect * cand) * math.exp(rng.normal(0, 0.01)),
                 "ratio": 3.0 * (1 + guard_effect * cand) * math.exp(rng.normal(0, 0.002)),
@@ -255,7 +293,7 @@ def test_an_explicit_guard_vetoes_a_win_past_its_own_limit():
 
 def test_verdict_round_trips_and_tolerates_unknown_fields(kept):
     data = kept.to_dict()
-    assert data["schema_version"] == 1 and data["effects"]["tg128"]["n_pairs"] == 6
+    assert data["schema_version"] == 1 and data["effects"]["tg128"]["n_pairs"] == kept.pairs_used
     assert Verdict.from_dict(data) == kept
     data["from_the_future"] = 1
     data["effects"]["tg128"]["also_new"] = "x"

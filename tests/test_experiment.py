@@ -69,7 +69,7 @@ class PipelineTarget:
         bug = "BUG" in self._text(commit)
         return Checks([CheckResult("tests", not bug, "work(2) returned 5, expected 4." if bug else "")])
 
-    def measure(self, commit: str, variant: dict[str, Any]) -> Measurement:
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
         self.calls.append("measure")
         if self.bench_error is not None:
             raise self.bench_error
@@ -263,9 +263,9 @@ def test_the_time_budget_counts_benchmarking_not_waiting_for_the_machine(target)
     from readfirst.agents.evaluator import EvaluatorConfig
     plain = target.measure
 
-    def waiting(commit, variant):
+    def waiting(commit, variant, *, metrics=None):
         _time.sleep(0.03)  # the wait for the lock
-        return replace(plain(commit, variant), duration_s=0.001)
+        return replace(plain(commit, variant, metrics=metrics), duration_s=0.001)
     target.measure = waiting
     baseline = target.prepare()
     h = {"id": "H1", "key": "k", "kind": "patch", "title": "t",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from readfirst.agents.statistics import (DecisionRule, decide, expanded_confidence, gross_outliers, hodges_lehmann,
+from readfirst.agents.statistics import (DecisionRule, Prior, decide, expanded_confidence, gross_outliers, hodges_lehmann,
                                          log_ratios, noise_floor, resolve_weights, speedup)
 from readfirst.records import KLDResult
 from readfirst.targets.llama_cpp.logits import KLDThresholds, kld_failure
@@ -108,10 +108,10 @@ def test_aa_noise_is_rarely_kept():
     assert keep_rate(100, 12, pp_effect=None, cv=0.03) <= 0.05
 
 
-def test_three_percent_effect_is_detected_at_realistic_noise():
-    assert keep_rate(100, 12, tg_effect=0.03, cv=0.015, pp_effect=None) >= 0.7
-    assert keep_rate(100, 12, tg_effect=0.03, cv=0.015) >= 0.7  # with pp guarded: the guard costs little power
-    assert keep_rate(30, 12, tg_effect=-0.03, cv=0.015) == 0.0
+def test_three_percent_effect_is_detected_at_realistic_noise_by_the_run_caps_30_pairs():
+    assert keep_rate(100, 30, tg_effect=0.03, cv=0.015, pp_effect=None) >= 0.8
+    assert keep_rate(100, 30, tg_effect=0.03, cv=0.015) >= 0.8  # with pp guarded: the guard costs little power
+    assert keep_rate(30, 30, tg_effect=-0.03, cv=0.015) == 0.0
 
 
 def test_heavy_outliers_do_not_fake_or_hide_an_effect():
@@ -166,34 +166,82 @@ def test_unproven_regression_leaves_the_verdict_open():
     assert "pp512" in d.reason and "cannot yet rule out" in d.reason
 
 
-def test_keeping_needs_six_pairs_but_a_clear_loss_is_dropped_at_four():
-    win = make_pairs(6, tg_effect=0.10, cv=0.005)
-    early = decide(win[:4])
-    assert early.outcome == "undecided" and "keeping needs 6 pairs" in early.reason
-    assert decide(win).outcome == "keep"
-    assert decide(make_pairs(4, tg_effect=-0.10)).outcome == "discard"
+CALIBRATED = {"tg128": Prior(0.015 * math.sqrt(2), 7), "pp512": Prior(0.015 * math.sqrt(2), 3)}  # 8 A/A pairs
 
 
-def with_noisy_pp(pairs, *, sd: float, seed: int):
-    rng = np.random.default_rng(seed)
+def test_a_decisive_effect_is_decided_on_two_pairs_when_the_calibration_knows_the_noise():
+    win = make_pairs(2, tg_effect=0.20)
+    alone = decide(win)
+    assert alone.outcome == "undecided" and alone.objective.high - alone.objective.low > 0.5  # 1 df of its own
+    calibrated = decide(win, priors=CALIBRATED)
+    assert calibrated.outcome == "keep", calibrated.reason
+    assert "7 df of A/A calibration" in calibrated.objective.noise
+    assert decide(make_pairs(2, tg_effect=-0.10), priors=CALIBRATED).outcome == "discard"
+    # a candidate far noisier than the calibration widens its own interval as its pairs come in
+    noisy = make_pairs(8, tg_effect=0.04, cv=0.08, seed=2)
+    assert decide(noisy, priors=CALIBRATED).objective.high - decide(noisy, priors=CALIBRATED).objective.low > 0.08
+
+
+def test_the_interval_holds_at_every_look_so_peeking_after_every_pair_adds_few_false_keeps():
+    # A fixed-n interval peeked at after every pair would keep A/A noise far more often than 5%.
+    kept = 0
+    for s in range(200):
+        pairs = make_pairs(30, pp_effect=None, seed=s)
+        kept += any(decide(pairs[:n], FAST, priors=CALIBRATED).outcome == "keep" for n in range(2, 31, 2))
+    assert kept / 200 <= 0.05
+
+
+def with_pp_estimate(pairs, estimate: float):
+    """The same pairs with the candidate's pp rescaled so that the mean pp log ratio is log1p(estimate)."""
+    d = np.mean([math.log(c["pp512"] / b["pp512"]) for b, c in pairs])
     for _, cand in pairs:
-        cand["pp512"] *= math.exp(rng.normal(0, sd))
+        cand["pp512"] *= math.exp(math.log1p(estimate) - d)
     return pairs
 
 
-def test_the_final_look_judges_a_still_open_guard_by_its_estimate():
-    pairs = with_noisy_pp(make_pairs(8, tg_effect=0.10, pp_effect=-0.01, seed=1), sd=0.04, seed=101)
-    assert decide(pairs).outcome == "undecided"  # pp's interval reaches past -3%
-    final = decide(pairs, final=True)
-    assert final.outcome == "keep" and "pp512" in final.reason and "by its estimate" in final.reason
+def noisy_pp(estimate: float):
+    rng = np.random.default_rng(101)
+    pairs = make_pairs(8, tg_effect=0.10, seed=1)
+    for _, cand in pairs:
+        cand["pp512"] *= math.exp(rng.normal(0, 0.04))  # pp's interval reaches past -3% whatever its estimate
+    return with_pp_estimate(pairs, estimate)
 
-    lossy = with_noisy_pp(make_pairs(8, tg_effect=0.10, pp_effect=-0.05, seed=1), sd=0.04, seed=101)
+
+def test_an_open_guard_is_judged_by_its_estimate_within_half_its_limit_early_and_the_whole_at_the_cap():
+    clean = decide(noisy_pp(-0.005))
+    assert clean.effects["pp512"].low < -0.03 and clean.open_guards == ["pp512"]
+    assert clean.outcome == "keep" and "by its estimate" in clean.reason
+    doubtful = noisy_pp(-0.022)  # past half the limit: measure on; at the cap, within the limit: keep
+    assert decide(doubtful).outcome == "undecided" and "cannot yet rule out" in decide(doubtful).reason
+    assert decide(doubtful, final=True).outcome == "keep"
+    lossy = noisy_pp(-0.04)
     assert decide(lossy).outcome == "undecided"
-    assert decide(lossy).effects["pp512"].estimate < -0.03
-    assert decide(lossy, final=True).outcome == "discard"
+    final = decide(lossy, final=True)
+    assert final.outcome == "discard" and "past the -3.0% limit by its estimate" in final.reason
     # the objective is never judged by its estimate: an unproven gain is a discard
     unproven = decide(make_pairs(8, tg_effect=0.01, seed=1), final=True)
     assert unproven.outcome == "discard" and "does not yet clear" in unproven.reason
+
+
+def test_a_guard_measured_on_fewer_pairs_is_judged_on_the_pairs_that_have_it():
+    pairs = make_pairs(8, tg_effect=0.10, pp_effect=-0.10)
+    for _, cand in pairs[2:4] + pairs[6:8]:
+        cand.pop("pp512")  # objective-only blocks
+    d = decide(pairs)
+    assert (d.objective.n_pairs, d.effects["pp512"].n_pairs) == (8, 4)
+    assert d.outcome == "discard" and "pp512" in d.reason
+
+
+def test_futility_gives_up_on_an_effect_the_run_cap_cannot_prove():
+    flat = make_pairs(6, tg_effect=-0.005, seed=5)
+    assert decide(flat).outcome == "undecided"  # no horizon: no futility
+    futile = decide(flat, horizon_pairs=30, priors=CALIBRATED)
+    assert futile.outcome == "discard" and futile.futile and "futile" in futile.reason
+    # over many draws: a flat candidate is mostly given up after 6 pairs, a +3% one (which the cap can prove)
+    # almost never
+    given_up = {effect: sum(decide(make_pairs(6, tg_effect=effect, seed=s), horizon_pairs=30,
+                                   priors=CALIBRATED).futile for s in range(100)) for effect in (-0.005, 0.03)}
+    assert given_up[-0.005] >= 80 and given_up[0.03] <= 5, given_up
 
 
 def test_pp_can_be_the_optimized_metric_with_tg_guarded():
@@ -238,8 +286,10 @@ def test_noise_floor_sees_a_bias_between_the_arms():
 
 
 def test_the_predicted_detectable_effect_is_kept_about_80_percent_of_the_time():
-    floor = noise_floor(make_pairs(40, cv=0.015, seed=7), planned_pairs=12)["tg128"]
-    rate = keep_rate(100, 12, tg_effect=floor.detectable_effect, cv=0.015, pp_effect=None)
+    floor = noise_floor(make_pairs(40, cv=0.015, seed=7), planned_pairs=30)["tg128"]
+    assert floor.prior() == Prior(floor.pair_sd, 39)
+    rate = sum(decide(make_pairs(30, tg_effect=floor.detectable_effect, pp_effect=None, seed=s), FAST,
+                      priors={"tg128": floor.prior()}).outcome == "keep" for s in range(100)) / 100
     assert 0.65 <= rate <= 0.95, (floor.detectable_effect, rate)
 
 

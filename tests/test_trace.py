@@ -118,8 +118,8 @@ def test_rerun_sandbox_names_the_experiment_whose_decision_changed(tmp_path):
     directory, _, _ = record_run(tmp_path)
 
     class NoLongerFaster(StandInTarget):
-        def measure(self, commit, variant):
-            return super().measure(commit, {**variant, "flags": []})
+        def measure(self, commit, variant, metrics=None):
+            return super().measure(commit, {**variant, "flags": []}, metrics=metrics)
 
     report = _rerun(directory, tmp_path, NoLongerFaster(tmp_path, tmp_path / "source", CountingSandbox()))
     d = report.divergence

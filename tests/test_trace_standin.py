@@ -79,7 +79,7 @@ class StandInTarget:
         self.sandbox.run("make test")
         return Checks([CheckResult("tests", True, "", 0.1)])
 
-    def measure(self, commit: str, variant: dict[str, Any]) -> Measurement:
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
         self.sandbox.run(f"bench -t {variant['threads']}")
         self.benches += 1
         fast = 1.08 if variant["flags"] else 1.0

@@ -232,9 +232,17 @@ class LlamaCppTarget(GitTarget):
                                    to_dict(kld)))
         return Checks(results)
 
-    def measure(self, commit: str, variant: Mapping[str, Any]) -> Measurement:
-        """One llama-bench run (one repetition of each test) at the run's shape."""
+    def measure(self, commit: str, variant: Mapping[str, Any], *,
+                metrics: Sequence[str] | None = None) -> Measurement:
+        """One llama-bench run (one repetition of each test) at the run's shape; with `metrics`, only the tests
+        they name (("tg",): -p 0, the pp pass is most of a full run's time)."""
         options = self._options(variant, repetitions=1)
+        if metrics is not None:
+            wanted = lambda test: any(test.startswith(m) or m.startswith(test) for m in metrics)  # noqa: E731
+            keep_pp, keep_tg = wanted("pp"), wanted("tg")
+            if keep_pp or keep_tg:  # names this target does not know: measure everything
+                options = dataclasses.replace(options, n_prompt=options.n_prompt if keep_pp else 0,
+                                              n_gen=options.n_gen if keep_tg else 0)
         result = self.bench(commit, model=Path(variant["model"]), options=options, config=self.config_of(variant))
         return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
                            {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
