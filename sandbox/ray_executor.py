@@ -1,0 +1,372 @@
+"""Experiments on a Ray cluster: one experiment per node at a time, each node measuring on its own Docker.
+
+The driver keeps the graph, the ledger, the checkpoints and the knowledge base; a node gets plain records (the
+hypothesis, the current best and the baseline as dicts, the run's noise and run cap) and sends back the ledger
+row. Each node composes its own target from the run's target spec (graph.deps.compose_target, its local Docker
+engine and data directory), so a node runs the same sandbox with the same guarantees as a local run.
+
+Why one actor per node, with max_concurrency=1 and pinned to its node (NodeAffinitySchedulingStrategy, hard):
+an experiment builds, checks and then benchmarks; a second experiment on the same node would build beside the
+first one's benchmark (on a 2-core machine that read as an 8% A/A bias). One actor that runs one call at a
+time is that rule, and the driver hands each actor one experiment at a time, so a wave of K experiments lands
+on K different nodes when K nodes are free and waits for a free node otherwise. Nodes that share one machine
+also share its machine lock (sandbox/machine_lock.py) when they share its cache, as on a laptop cluster.
+
+A node that dies mid-experiment (its raylet or machine gone: ActorDiedError, NodeDiedError, WorkerCrashedError)
+loses that experiment only: it is run again on another live node, from the start; the row records the nodes
+lost on the way. Rows are recorded by the driver's ledger alone, once, so nothing is counted twice.
+
+Commits travel as git bundles when a node does not share the driver's repository: the driver sends the commits
+from the baseline to the current best with an experiment, and the node sends back its candidate's commit.
+
+LLM mode: the implementer runs on the driver (it reads the driver's trees and spends the driver's budget); the
+node gets the patch. Repairs of a failed build or check are not offered on a cluster yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ReadfirstError
+
+Say = Callable[[str], None]
+# (payload, the node's target made on first use, say) -> the ledger row
+NodeExperiment = Callable[[dict[str, Any], Callable[[], Any], Say], dict[str, Any]]
+ADDRESS_ENV = "READFIRST_RAY_ADDRESS"
+MAX_ATTEMPTS = 3          # an experiment lost with this many nodes stops the run: something else is wrong
+NO_NODE_WAIT_S = 600.0    # how long a wave waits for a node when the cluster has none free or none at all
+
+
+class NoNodes(ReadfirstError):
+    """The cluster has no node that can run an experiment (none alive with a CPU, or none left after losses)."""
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    """The errors that say a node (or the worker process of its actor) died, not that the experiment failed."""
+    from ray import exceptions as rex
+    return (rex.RayActorError, rex.NodeDiedError, rex.WorkerCrashedError, rex.LocalRayletDiedError)
+
+
+# -- commits between repositories ----------------------------------------------------------------------------------
+
+def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=check)
+
+
+def has_commit(repo: Path, commit: str) -> bool:
+    return _git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
+
+
+def pack_commits(repo: Path, base: str, tip: str) -> str | None:
+    """The commits from `base` (exclusive) to `tip` as a git bundle, base64 (a plain string travels anywhere);
+    None when there is nothing between them."""
+    if tip == base:
+        return None
+    ref = f"refs/readfirst/transfer/{tip}"  # a bundle needs a ref to name its tip
+    _git(repo, "update-ref", ref, tip)
+    try:
+        with tempfile.TemporaryDirectory(prefix="readfirst-bundle-") as tmp:
+            path = Path(tmp) / "commits.bundle"
+            _git(repo, "bundle", "create", "-q", str(path), f"{base}..{ref}")
+            return base64.b64encode(path.read_bytes()).decode()
+    finally:
+        _git(repo, "update-ref", "-d", ref, check=False)
+
+
+def unpack_commits(repo: Path, bundle: str | None, tip: str) -> None:
+    """Store a bundle's commits in `repo` (unless it has `tip` already), and keep `tip` reachable."""
+    if bundle is None or has_commit(repo, tip):
+        return
+    with tempfile.TemporaryDirectory(prefix="readfirst-bundle-") as tmp:
+        path = Path(tmp) / "commits.bundle"
+        path.write_bytes(base64.b64decode(bundle))
+        proc = _git(repo, "bundle", "unbundle", str(path), check=False)
+        if proc.returncode != 0:
+            raise ReadfirstError(f"the commits sent with an experiment do not fit {repo}: "
+                                 f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    _git(repo, "update-ref", f"refs/readfirst/received/{tip}", tip)
+
+
+# -- the node's side ------------------------------------------------------------------------------------------------
+
+def node_info() -> dict[str, Any]:
+    """Which machine this is: what every row measured here records."""
+    from .workers import cpu_model
+    info: dict[str, Any] = {"hostname": socket.gethostname(), "cpu": cpu_model(), "pid": os.getpid()}
+    try:
+        import ray
+        info["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (a test calling the node's code directly)
+        info["ray_node_id"] = None
+    return info
+
+
+class _TimedTarget:
+    """The node's target, recording when each benchmark run started and ended (wall clock): the row shows that
+    benchmarks on one node never overlapped."""
+
+    def __init__(self, target, windows: list[list[float]]):
+        self._target = target
+        self._windows = windows
+
+    def measure(self, *args, **kwargs):
+        began = time.time()
+        try:
+            return self._target.measure(*args, **kwargs)
+        finally:
+            self._windows.append([began, time.time()])
+
+    def __getattr__(self, name: str):
+        return getattr(self._target, name)
+
+
+def target_experiment(payload: dict[str, Any], target_of: Callable[[], Any], say: Say) -> dict[str, Any]:
+    """What a node does with an experiment: the work of agents.experiment.run_experiment on its own target, the
+    best built first (a node new to the run has not built it yet; a built one is reused)."""
+    from ..agents.experiment import evaluator_for, run_experiment
+    from ..records import Baseline, from_dict
+    target = target_of()
+    sandbox = getattr(target, "sandbox", None)
+    if sandbox is not None and hasattr(sandbox, "gc"):
+        sandbox.gc()  # containers an earlier actor on this node left when it died
+    best, worker = payload["best"], int(payload.get("worker", 0))
+    repository = getattr(target, "repository", None)
+    if repository is not None:
+        unpack_commits(Path(repository), payload.get("commits"), best["commit"])
+    built = target.build(best["commit"], best["variant"], worker=worker)
+    if not built.ok:
+        raise ReadfirstError(f"the current best ({best['commit'][:10]}) does not build on {socket.gethostname()}: "
+                             f"{built.stage}")
+    windows: list[list[float]] = []
+    row = run_experiment(payload["hypothesis"], target=_TimedTarget(target, windows), best=best,
+                         baseline=from_dict(Baseline, payload["baseline"]), worker=worker,
+                         evaluator_config=evaluator_for(target, max_runs=int(payload.get("max_runs", 62)),
+                                                        noise=payload.get("noise") or {}),
+                         say=say)
+    row["bench_windows"] = windows
+    candidate = (row.get("candidate") or {}).get("commit")
+    if repository is not None and candidate and candidate != best["commit"]:
+        row["_commits"] = pack_commits(Path(repository), best["commit"], candidate)
+    return row
+
+
+class ExperimentNode:
+    """The actor on one node (made by RayExecutor with max_concurrency=1, pinned to its node)."""
+
+    def __init__(self, spec: dict[str, Any], home: str | None = None, cache: str | None = None,
+                 experiment: NodeExperiment | None = None):
+        self.spec = spec
+        self.home, self.cache = home, cache
+        self.experiment = experiment or target_experiment
+        self._target = None
+        self._said: list[str] = []  # the running experiment's lines (the target keeps the say it was made with)
+        self.info = node_info()
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def _say(self, line: str) -> None:
+        self._said.append(line)
+
+    def _target_of(self):
+        if self._target is None:
+            from ..config import Paths
+            from ..graph.deps import compose_target
+            paths = Paths.resolve(self.home, self.cache)
+            _sandbox, self._target = compose_target(paths, self.spec, say=self._say)
+        return self._target
+
+    def run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self._said = said = []
+        started = time.time()
+        row = self.experiment(payload, self._target_of, self._say)
+        commits = row.pop("_commits", None)
+        return {"row": row, "said": said, "commits": commits,
+                "node": {**self.info, "started_at": started, "finished_at": time.time()}}
+
+
+# -- the driver's side ----------------------------------------------------------------------------------------------
+
+class RayExecutor:
+    """Runs experiments on a Ray cluster, one per node at a time; callable like RunDeps.execute.
+
+    `address`: what ray.init takes ("auto" for the cluster this machine belongs to, or host:port). `spec`: the
+    run's target spec. `home`/`cache`: the nodes' data directories (None: each node's own default).
+    `target`: the driver's target (its repository sends and receives commits; an LLM experiment that ends
+    before its build is recorded with it), or None when the nodes share the repository.
+    `resource`: use only nodes carrying this custom resource (a machine class). `experiment`: what a node runs
+    (default: target_experiment)."""
+
+    def __init__(self, address: str, spec: dict[str, Any], *, home: str | None = None, cache: str | None = None,
+                 target: Any = None, resource: str | None = None,
+                 experiment: NodeExperiment | None = None, say: Say = lambda _: None,
+                 no_node_wait_s: float = NO_NODE_WAIT_S):
+        import ray
+        self._ray = ray
+        if not ray.is_initialized():
+            # the nodes' output stays in their logs: the driver prints what each row's node said, once
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            self._owns_ray = True
+        else:
+            self._owns_ray = False
+        self.address = address
+        self.spec = dict(spec)
+        self.home, self.cache = home, cache
+        self.target = target
+        self.repository = Path(target.repository) if target is not None else None
+        self.resource = resource
+        self.experiment = experiment
+        self.say = say
+        self.no_node_wait_s = no_node_wait_s
+        self._cond = threading.Condition()
+        self._actors: dict[str, Any] = {}   # node id -> its actor
+        self._busy: set[str] = set()
+        self._lost: set[str] = set()        # a node that comes back gets a new id, so a lost id stays lost
+        self._actor_class = ray.remote(ExperimentNode)
+
+    # nodes ---------------------------------------------------------------------------------------------------------
+    def _usable(self, node: Mapping[str, Any]) -> bool:
+        resources = node.get("Resources") or {}
+        return (bool(node.get("Alive")) and resources.get("CPU", 0) >= 1 and node["NodeID"] not in self._lost
+                and (self.resource is None or resources.get(self.resource, 0) > 0))
+
+    def _refresh(self) -> None:
+        """An actor for every usable node that has none; actors of nodes gone are dropped. (Under the lock.)"""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        alive = {n["NodeID"] for n in self._ray.nodes() if self._usable(n)}
+        for node_id in list(self._actors):
+            if node_id not in alive and node_id not in self._busy:
+                del self._actors[node_id]
+        for node_id in sorted(alive - set(self._actors)):
+            self._actors[node_id] = self._actor_class.options(
+                num_cpus=1, max_concurrency=1, max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(self.spec, self.home, self.cache, self.experiment)
+
+    def _acquire(self) -> tuple[str, Any]:
+        deadline = time.monotonic() + self.no_node_wait_s
+        with self._cond:
+            while True:
+                self._refresh()
+                free = [n for n in self._actors if n not in self._busy]
+                if free:
+                    node_id = free[0]
+                    self._busy.add(node_id)
+                    return node_id, self._actors[node_id]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NoNodes(f"no Ray node of {self.address} could take an experiment for "
+                                  f"{self.no_node_wait_s:g} s" + (f" (only nodes with the resource "
+                                                                  f"{self.resource!r} are used)" if self.resource
+                                                                 else ""))
+                self._cond.wait(timeout=min(left, 2.0))  # a node may join: look again every 2 s
+
+    def _release(self, node_id: str, *, lost: bool) -> None:
+        with self._cond:
+            self._busy.discard(node_id)
+            if lost:
+                self._lost.add(node_id)
+                actor = self._actors.pop(node_id, None)
+                if actor is not None:
+                    try:
+                        self._ray.kill(actor)
+                    except Exception:
+                        pass  # its node is gone already
+            self._cond.notify_all()
+
+    def nodes(self) -> list[str]:
+        """The node ids that have an actor now."""
+        with self._cond:
+            self._refresh()
+            return sorted(self._actors)
+
+    # experiments -----------------------------------------------------------------------------------------------------
+    def __call__(self, hypothesis: dict[str, Any], *, best: dict[str, Any], baseline: dict[str, Any],
+                 worker: int = 0, max_runs: int = 62, noise: Mapping[str, Any] | None = None,
+                 implement: Callable | None = None, say: Say | None = None) -> dict[str, Any]:
+        say = say or self.say
+        llm_info = None
+        if hypothesis.get("kind") == "llm" and implement is not None:
+            implemented = self._implement(hypothesis, best, baseline, implement, say)
+            if isinstance(implemented, dict) and "decision" in implemented:
+                return implemented  # not implemented (budget, no patch): a discarded row, as run_experiment makes
+            hypothesis, llm_info = implemented
+        payload = {"hypothesis": hypothesis, "best": dict(best), "baseline": dict(baseline), "worker": worker,
+                   "max_runs": max_runs, "noise": dict(noise or {}), "commits": None}
+        if self.repository is not None and baseline.get("commit") and has_commit(self.repository, best["commit"]):
+            payload["commits"] = pack_commits(self.repository, baseline["commit"], best["commit"])
+        lost: list[dict[str, Any]] = []
+        while True:
+            node_id, actor = self._acquire()
+            try:
+                result = self._ray.get(actor.run.remote(payload))
+            except _lost_errors() as e:
+                self._release(node_id, lost=True)
+                lost.append({"ray_node_id": node_id, "error": type(e).__name__, "at": time.time()})
+                say(f"{hypothesis['title']}: its node {node_id[:12]} was lost ({type(e).__name__}); "
+                    f"running it again on another node")
+                if len(lost) >= MAX_ATTEMPTS:
+                    raise NoNodes(f"{hypothesis['title']}: lost with {len(lost)} nodes in a row; the cluster is "
+                                  f"failing (last: {str(e).splitlines()[0][:200]})") from e
+                continue
+            except BaseException:
+                self._release(node_id, lost=False)
+                raise
+            self._release(node_id, lost=False)
+            break
+        row, node = result["row"], result["node"]
+        host = node.get("hostname", "?")
+        for line in result["said"]:
+            say(f"[{host}] {line}")
+        candidate = (row.get("candidate") or {}).get("commit")
+        if self.repository is not None and candidate:
+            unpack_commits(self.repository, result.get("commits"), candidate)
+        if llm_info is not None:
+            row["llm"] = llm_info
+        row["node"] = {**node, "lost": lost}
+        return row
+
+    def _implement(self, hypothesis, best, baseline, implement, say):
+        """The LLM's patch, made on the driver; or the discarded row when there is none (the budget, no edits)."""
+        from ..agents.experiment import run_experiment
+        from ..agents.llm import BudgetExceeded
+        try:
+            patch, info = implement(hypothesis, best["commit"])
+            outcome: tuple | BaseException = (patch, info)
+        except BudgetExceeded as e:
+            patch, info, outcome = None, {}, e
+        if patch:
+            change = {**(hypothesis.get("change") or {}), "patch": patch}
+            return {**hypothesis, "change": change}, info
+
+        def replay(_h, _c):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        if self.target is None:
+            raise ReadfirstError("an LLM experiment on Ray needs the driver's target (RayExecutor(target=...))")
+        # run_experiment writes the discarded row (its gate and reason); it stops before any build
+        return run_experiment(hypothesis, target=self.target, best=best, baseline=None, implement=replay, say=say)
+
+    def close(self) -> None:
+        """Stop the actors; disconnect from the cluster when this executor connected (the cluster stays up)."""
+        with self._cond:
+            for actor in self._actors.values():
+                try:
+                    self._ray.kill(actor)
+                except Exception:
+                    pass
+            self._actors.clear()
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+

@@ -1,0 +1,282 @@
+"""The Ray executor on a real Ray cluster started here: a head (no CPUs: it runs nothing) and two worker nodes,
+each its own `ray start` process with its own custom resource, on the loopback address, in a temp dir; the
+module's finalizer kills every process of that cluster (by the pids whose command line names its temp dir).
+
+Fast: commits travel between repositories that share nothing, as git bundles. Slow (real Ray): experiments in
+one wave land on different nodes, one at a time per node, each row carrying its node; a node whose raylet is
+killed mid-experiment loses only that experiment, which runs again on the other node, and the ledger has it once.
+Docker: the same with a real target (LZ4 through the config target), built, checked and benchmarked on the nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from readfirst.sandbox.ray_executor import has_commit, pack_commits, unpack_commits  # noqa: E402
+
+RAY = Path(sys.executable).with_name("ray")
+NODES = ("node_a", "node_b")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_commits_travel_as_a_bundle_between_repositories_that_share_nothing(tmp_path):
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    _git(driver, "init", "-q", "-b", "main")
+    (driver / "f.c").write_text("int f(void) { return 1; }\n")
+    _git(driver, "add", "-A")
+    _git(driver, "commit", "-q", "-m", "base")
+    base = _git(driver, "rev-parse", "HEAD")
+    node = tmp_path / "node"
+    subprocess.run(["git", "clone", "-q", str(driver), str(node)], check=True)
+    for i in (2, 3):  # two kept steps on the driver: the node has neither
+        (driver / "f.c").write_text(f"int f(void) {{ return {i}; }}\n")
+        _git(driver, "commit", "-q", "-am", f"step {i}")
+    best = _git(driver, "rev-parse", "HEAD")
+    assert pack_commits(driver, base, base) is None  # nothing to send while the best is the baseline
+    assert not has_commit(node, best)
+    unpack_commits(node, pack_commits(driver, base, best), best)
+    assert has_commit(node, best) and _git(node, "show", f"{best}:f.c") == "int f(void) { return 3; }"
+    assert not _git(driver, "for-each-ref", "refs/readfirst/transfer")  # the bundle's ref is gone again
+    unpack_commits(node, "not a bundle", best)  # a commit already there is not unpacked again
+
+
+# -- a real Ray cluster -----------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_naming(text: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            out.append(int(entry.name))
+    return out
+
+
+def _raylet_pid(node_dir: Path) -> int:
+    pids = [p for p in _pids_naming(str(node_dir) + "/") if "raylet/raylet" in
+            Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # the test's home is not the nodes' business: a node is told its data directories by the executor
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("READFIRST_")}
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+
+    def _start(self, *args: str) -> None:
+        proc = subprocess.run(["nice", "-n", "19", str(RAY), "start", "--node-ip-address", "127.0.0.1",
+                               "--disable-usage-stats", "--object-store-memory", str(80 * 2**20), *args],
+                              capture_output=True, text=True, env=self.env, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    def start_head(self) -> None:
+        # a lost node is declared dead after ~3 s of missed health checks (the default waits much longer)
+        config = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+                  "health_check_failure_threshold": 3}
+        self._start("--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard", "false",
+                    "--temp-dir", str(self.root / "head"), "--system-config", json.dumps(config))
+
+    def start_worker(self, name: str) -> None:
+        self._start("--address", self.address, "--num-cpus", "1", "--resources", json.dumps({name: 1}),
+                    "--temp-dir", str(self.root / name))
+
+    def kill_raylet(self, name: str) -> int:
+        pid = _raylet_pid(self.root / name)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> None:
+        """Every process of this cluster, by pid: those whose command line names its temp dir, and the workers
+        of its raylets (their parent)."""
+        for _ in range(5):
+            pids = _pids_naming(str(self.root))
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray")
+    # short: a Unix socket's path (under the temp dir) must stay under 108 bytes
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="rfray-", dir="/tmp")))
+    try:
+        cluster.start_head()
+        for name in NODES:
+            cluster.start_worker(name)
+        yield cluster
+    finally:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()
+        assert not _pids_naming(str(cluster.root)), "the test cluster left processes behind"
+
+
+def sleepy_experiment(payload, target_of, say):
+    """A pure-Python experiment: says which raylet it runs under (its parent), then sleeps as long as asked."""
+    h = payload["hypothesis"]
+    marker = Path(h["marker_dir"]) / f"{h['id']}.started"
+    marker.write_text(str(os.getppid()))
+    began = time.time()
+    time.sleep(h["seconds"])
+    say(f"{h['title']}: slept {h['seconds']} s")
+    return {"id": h["id"], "key": h["key"], "title": h["title"], "kind": h["kind"], "decision": "discard",
+            "reason": "a test", "verdict": {"gate": "performance"}, "candidate": dict(payload["best"]),
+            "bench_windows": [[began, time.time()]]}
+
+
+@pytest.fixture
+def executor(ray_cluster):
+    import ray.cloudpickle
+    from readfirst.sandbox.ray_executor import RayExecutor
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the nodes cannot import this test module
+    ex = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment)
+    yield ex
+    ex.close()
+
+
+def _hypothesis(i: int, seconds: float, marker_dir: Path) -> dict:
+    return {"id": f"H{i}", "key": f"k{i}", "title": f"sleep {i}", "kind": "patch", "seconds": seconds,
+            "marker_dir": str(marker_dir)}
+
+
+BEST = {"commit": "c" * 40, "variant": {}}
+BASELINE = {"commit": "c" * 40, "variant": {}}
+
+
+def _wave(executor, hypotheses: list[dict]) -> list[dict]:
+    """The hypotheses at once, one thread each, as the graph runs a wave."""
+    rows: list[dict | BaseException] = [None] * len(hypotheses)  # type: ignore[list-item]
+
+    def one(i: int) -> None:
+        try:
+            rows[i] = executor(hypotheses[i], best=BEST, baseline=BASELINE, worker=i)
+        except BaseException as e:  # noqa: BLE001 - shown by the assertion below
+            rows[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(hypotheses))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(isinstance(r, dict) for r in rows), rows
+    return rows  # type: ignore[return-value]
+
+
+def _no_overlap_per_node(rows: list[dict]) -> None:
+    by_node: dict[str, list[list[float]]] = {}
+    for r in rows:
+        by_node.setdefault(r["node"]["ray_node_id"], []).append([r["node"]["started_at"], r["node"]["finished_at"]])
+        for w in r.get("bench_windows") or []:  # a benchmark lies inside its experiment
+            assert r["node"]["started_at"] <= w[0] <= w[1] <= r["node"]["finished_at"]
+    for node, spans in by_node.items():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert start >= end, f"two experiments overlapped on {node}: {spans}"
+
+
+@pytest.mark.slow
+def test_a_wave_lands_one_experiment_per_node_and_never_two_at_once_on_a_node(executor, tmp_path):
+    import ray
+    nodes = executor.nodes()
+    assert len(nodes) == 2  # the head has no CPU: it runs nothing
+    rows = _wave(executor, [_hypothesis(i, 2.0, tmp_path) for i in range(2)])
+    assert {r["node"]["ray_node_id"] for r in rows} == set(nodes)
+    for r in rows:
+        assert r["node"]["hostname"] == socket.gethostname() and r["node"]["cpu"] and r["node"]["lost"] == []
+    # four at once on two nodes: two each, one after the other on each node, never side by side
+    rows = _wave(executor, [_hypothesis(10 + i, 1.5, tmp_path) for i in range(4)])
+    counts = {}
+    for r in rows:
+        counts[r["node"]["ray_node_id"]] = counts.get(r["node"]["ray_node_id"], 0) + 1
+    assert sorted(counts.values()) == [2, 2], counts
+    _no_overlap_per_node(rows)
+    assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} >= set(nodes)
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_experiment_loses_only_that_experiment_and_the_ledger_has_each_once(
+        executor, ray_cluster, tmp_path):
+    from readfirst.graph.ledger import Ledger
+    raylets = {str(_raylet_pid(ray_cluster.root / name)): name for name in NODES}
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    hypotheses = [_hypothesis(20, 20.0, tmp_path), _hypothesis(21, 3.0, tmp_path)]
+    rows: list = [None, None]
+
+    def one(i: int) -> None:
+        rows[i] = executor(hypotheses[i], best=BEST, baseline=BASELINE, worker=i)
+        ledger.record({**rows[i], "wave": 1})  # as the graph's experiment node records it, on the driver
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    marker = tmp_path / "H20.started"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doomed = raylets[marker.read_text()]  # the node running the long experiment
+    time.sleep(1.0)
+    ray_cluster.kill_raylet(doomed)
+    for t in threads:
+        t.join(timeout=180)
+    assert all(isinstance(r, dict) for r in rows), rows
+    long_one, short_one = rows
+    assert len(long_one["node"]["lost"]) == 1 and long_one["node"]["lost"][0]["error"] in (
+        "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError")
+    survivor = long_one["node"]["ray_node_id"]
+    assert survivor != long_one["node"]["lost"][0]["ray_node_id"]
+    assert raylets[marker.read_text()] != doomed  # it started again, under the other node's raylet
+    assert short_one["node"]["ray_node_id"] == survivor and short_one["node"]["lost"] == []
+    recorded = ledger.rows()
+    assert sorted(r["id"] for r in recorded) == ["H20", "H21"]  # each once, none lost
+    _no_overlap_per_node(rows)
+    # the node comes back (a new Ray node: a new id) and is used again
+    ray_cluster.start_worker(doomed)
+    deadline = time.monotonic() + 60
+    while len(executor.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert len(executor.nodes()) == 2
+    rows = _wave(executor, [_hypothesis(30 + i, 1.0, tmp_path) for i in range(2)])
+    assert len({r["node"]["ray_node_id"] for r in rows}) == 2
+    ledger.close()
