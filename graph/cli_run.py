@@ -56,6 +56,10 @@ def run(ctx: typer.Context,
         backend_gaps: bool = typer.Option(True, "--backend-gaps/--no-backend-gaps",
                                           help="Read what the target's other backends implement and its CPU "
                                                "backend lacks (llama.cpp: CUDA, Metal, Vulkan)."),
+        ray_address: Optional[str] = typer.Option(None, "--ray", envvar="READFIRST_RAY_ADDRESS",
+                                                  help="Run each experiment on a node of this Ray cluster "
+                                                       "(host:port, or auto for the one this machine belongs "
+                                                       "to), one experiment per node at a time."),
         chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
                                                  help="A Chroma server for the knowledge base (default: embedded, "
                                                       "in the data directory)."),
@@ -138,13 +142,20 @@ def run(ctx: typer.Context,
                                                tgt, spec, reading_list=meta.get("reading_list", True),
                                                backend_gaps=meta.get("backend_gaps", True)))
         fork_trees = deps_root.open_fork_trees(app.paths, meta.get("forks", []), meta.get("fork_subdirs") or [])
+        executor = None
+        if ray_address:
+            from ..sandbox.ray_executor import RayExecutor
+            executor = RayExecutor(ray_address, spec, target=tgt, home=str(app.paths.home),
+                                   cache=str(app.paths.cache), say=app.say)
+            app.say(f"experiments run on the Ray cluster at {ray_address}: {len(executor.nodes())} nodes")
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])
         write_meta(directory, meta)
         raise
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say, fork_trees=fork_trees)
+    deps = RunDeps(target=tgt, ledger=ledger, run_dir=directory, kb=kb, say=app.say, fork_trees=fork_trees,
+                   execute=executor)
     if not offline:
         deps = deps_root.with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
                                   budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
@@ -157,6 +168,8 @@ def run(ctx: typer.Context,
         raise typer.Exit(130)
     finally:
         ledger.close()
+        if executor is not None:
+            executor.close()
         from .report_html import write_after_run  # finished, interrupted or failed: the page shows what there is
         write_after_run(directory, app.say)
     if as_json:

@@ -65,6 +65,9 @@ class RunDeps:
     llm: Any = None                      # an LLM, or None for the offline policy
     implement: Callable | None = None    # LLM implementer: (hypothesis, base commit) -> (patch, info)
     plan: Callable | None = None         # LLM planner: (facts, findings, tried, n) -> hypotheses
+    # Runs one experiment elsewhere (sandbox/ray_executor.py: on a cluster node) instead of run_experiment here:
+    # (hypothesis, best=, baseline=, worker=, max_runs=, noise=, implement=, say=) -> the ledger row
+    execute: Callable | None = None
     spent_usd: Callable[[], float] = lambda: 0.0
     say: Say = lambda _: None
     clock: Callable[[], float] = time.time
@@ -247,11 +250,16 @@ def build_graph(deps: RunDeps, checkpointer=None):
                 # The implementer reads the cited code and papers whole, not only the findings' snippets (a fork's
                 # kernel is the thing to port); the ledger keeps what it was shown.
                 h = {**h, "context": deps.kb.get(h["chunk_ids"][:CONTEXT_CHUNKS])}
-            row = run_experiment(h, target=target, best=payload["best"], baseline=_baseline(payload),
-                                 worker=payload["worker"],
-                                 evaluator_config=evaluator_for(target, max_runs=opts.max_runs,
-                                                                noise=payload.get("noise")),
-                                 implement=deps.implement, say=say)
+            if deps.execute is not None:  # plain records travel: the payload's dicts out, the row back
+                row = deps.execute(h, best=payload["best"], baseline=payload["baseline"], worker=payload["worker"],
+                                   max_runs=opts.max_runs, noise=payload.get("noise") or {},
+                                   implement=deps.implement, say=say)
+            else:
+                row = run_experiment(h, target=target, best=payload["best"], baseline=_baseline(payload),
+                                     worker=payload["worker"],
+                                     evaluator_config=evaluator_for(target, max_runs=opts.max_runs,
+                                                                    noise=payload.get("noise")),
+                                     implement=deps.implement, say=say)
             recorded = deps.ledger.record({**row, "key": key, "wave": payload["wave"], "best_before": payload["best"],
                                            "source_kind": h.get("source_kind") or "llm"})
         return {"wave_results": [_summary(recorded)], "tried": [h["key"]]}

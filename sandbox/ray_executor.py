@@ -111,8 +111,8 @@ def node_info() -> dict[str, Any]:
 
 
 class _TimedTarget:
-    """The node's target, recording when each benchmark run started and ended (wall clock): the row shows that
-    benchmarks on one node never overlapped."""
+    """The node's target, recording the span of each benchmark call (wall clock; a wait for the machine lock
+    included): the row shows when its node was measuring."""
 
     def __init__(self, target, windows: list[list[float]]):
         self._target = target
@@ -163,9 +163,12 @@ class ExperimentNode:
     """The actor on one node (made by RayExecutor with max_concurrency=1, pinned to its node)."""
 
     def __init__(self, spec: dict[str, Any], home: str | None = None, cache: str | None = None,
-                 experiment: NodeExperiment | None = None):
+                 experiment: NodeExperiment | None = None, driver_host: str | None = None):
         self.spec = spec
-        self.home, self.cache = home, cache
+        # The driver's data directories serve a node on the driver's machine (one cache: one machine lock, one
+        # build per commit); a node elsewhere uses its own (READFIRST_HOME there, or its user's default).
+        here = driver_host is None or driver_host == socket.gethostname()
+        self.home, self.cache = (home, cache) if here else (None, None)
         self.experiment = experiment or target_experiment
         self._target = None
         self._said: list[str] = []  # the running experiment's lines (the target keeps the say it was made with)
@@ -200,7 +203,8 @@ class RayExecutor:
     """Runs experiments on a Ray cluster, one per node at a time; callable like RunDeps.execute.
 
     `address`: what ray.init takes ("auto" for the cluster this machine belongs to, or host:port). `spec`: the
-    run's target spec. `home`/`cache`: the nodes' data directories (None: each node's own default).
+    run's target spec. `home`/`cache`: the data directories of nodes on the driver's machine (None, and for
+    nodes elsewhere: each node's own default).
     `target`: the driver's target (its repository sends and receives commits; an LLM experiment that ends
     before its build is recorded with it), or None when the nodes share the repository.
     `resource`: use only nodes carrying this custom resource (a machine class). `experiment`: what a node runs
@@ -210,11 +214,18 @@ class RayExecutor:
                  target: Any = None, resource: str | None = None,
                  experiment: NodeExperiment | None = None, say: Say = lambda _: None,
                  no_node_wait_s: float = NO_NODE_WAIT_S):
-        import ray
+        try:
+            import ray
+        except ImportError as e:
+            raise ReadfirstError("--ray needs Ray on this machine and on every node: pip install 'ray>=2.60'") from e
         self._ray = ray
         if not ray.is_initialized():
-            # the nodes' output stays in their logs: the driver prints what each row's node said, once
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            try:
+                # the nodes' output stays in their logs: the driver prints what each row's node said, once
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ReadfirstError(f"cannot join the Ray cluster at {address!r}: {str(e).splitlines()[0][:300]}"
+                                     ) from e
             self._owns_ray = True
         else:
             self._owns_ray = False
@@ -250,7 +261,7 @@ class RayExecutor:
             self._actors[node_id] = self._actor_class.options(
                 num_cpus=1, max_concurrency=1, max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(self.spec, self.home, self.cache, self.experiment)
+            ).remote(self.spec, self.home, self.cache, self.experiment, socket.gethostname())
 
     def _acquire(self) -> tuple[str, Any]:
         deadline = time.monotonic() + self.no_node_wait_s

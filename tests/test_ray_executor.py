@@ -280,3 +280,100 @@ def test_a_node_killed_mid_experiment_loses_only_that_experiment_and_the_ledger_
     rows = _wave(executor, [_hypothesis(30 + i, 1.0, tmp_path) for i in range(2)])
     assert len({r["node"]["ray_node_id"] for r in rows}) == 2
     ledger.close()
+
+
+# -- a real target on the nodes: LZ4 through the config target, in each node's Docker sandbox ------------------------
+
+@pytest.fixture(scope="module")
+def lz4_source(tmp_path_factory, shared_cache):
+    from config_project import make_project
+    return make_project(tmp_path_factory.mktemp("lz4") / "lz4", shared_cache / "sdists", bench="./bench/lz4bench 5")
+
+
+def _patch(repo: Path, old: str, new: str, path: str = "lz4/lz4.c") -> str:
+    import difflib
+    before = _git(repo, "show", f"baseline:{path}") + "\n"
+    assert old in before
+    after = before.replace(old, new, 1)
+    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
+        before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_real_experiments_are_built_checked_and_measured_on_the_nodes(ray_cluster, lz4_source, paths, docker_client,
+                                                                      base_image):
+    from config_project import SLOWDOWN
+    from readfirst.graph.deps import compose_target
+    from readfirst.records import to_dict
+    from readfirst.sandbox.ray_executor import RayExecutor
+    from readfirst.targets import make_spec
+    spec = make_spec(None, source=str(lz4_source))
+    _, target = compose_target(paths, spec, say=lambda _: None)
+    baseline = target.prepare()  # the driver's profile step: the baseline is built and tested here
+    best = {"commit": baseline.commit, "variant": baseline.variant}
+    hypotheses = [
+        {"id": "H1", "key": "fix", "kind": "patch", "title": "drop the redundant passes in lz4.c",
+         "change": {"patch": _patch(target.repository, SLOWDOWN, "")}},
+        {"id": "H2", "key": "o3", "kind": "build", "title": "build with -O3",
+         "change": {"variant": {"build_env": {"CFLAGS": "-O3"}}}},
+    ]
+    # the nodes share this machine's cache, so its machine lock too: their benchmarks take turns (on separate
+    # machines each node's benchmarks are alone by the actor's one call at a time)
+    executor = RayExecutor(ray_cluster.address, spec, home=str(paths.home), cache=str(paths.cache), target=target)
+    said: list[str] = []
+    try:
+        rows: list = [None, None]
+
+        def one(i: int) -> None:
+            try:
+                rows[i] = executor(hypotheses[i], best=best, baseline=to_dict(baseline), worker=i, max_runs=18,
+                                   say=said.append)
+            except BaseException as e:  # noqa: BLE001 - shown below
+                rows[i] = e
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=900)
+    finally:
+        executor.close()
+    assert all(isinstance(r, dict) for r in rows), (rows, said[-20:])
+    fix, o3 = rows
+    assert fix["node"]["ray_node_id"] != o3["node"]["ray_node_id"]  # one experiment per node
+    for r in rows:
+        assert r["node"]["hostname"] == socket.gethostname() and r["node"]["cpu"] and r["bench_windows"]
+        assert r["build"]["ok"] and r["checks"] is not None
+    _no_overlap_per_node(rows)
+    assert fix["decision"] == "keep" and fix["speedup"] > 0, (fix["reason"], said[-20:])
+    assert fix["candidate"]["commit"] != baseline.commit and has_commit(target.repository, fix["candidate"]["commit"])
+    assert any(line.startswith(f"[{socket.gethostname()}] ") for line in said)  # the nodes' lines, on the driver
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_readfirst_run_with_ray_runs_a_wave_on_two_nodes_and_the_ledger_names_each_rows_node(
+        ray_cluster, lz4_source, tmp_path, docker_client, base_image):
+    from config_project import make_fork
+    from readfirst.graph.ledger import Ledger
+    fork = make_fork(lz4_source, tmp_path / "lz4-fork")
+    env = {**os.environ, "READFIRST_HOME": str(tmp_path), "READFIRST_RAY_ADDRESS": ray_cluster.address}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--offline", "--calibration-pairs", "0",
+                           "--max-runs", "18", "--json", "--source", str(lz4_source), "--fork", str(fork),
+                           "--workers", "2", "--budget-experiments", "2"],
+                          capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert "experiments run on the Ray cluster at" in proc.stderr and "2 nodes" in proc.stderr
+    ledger = Ledger(tmp_path / "runs" / summary["run_id"] / "ledger.sqlite")
+    rows = ledger.rows()
+    ledger.close()
+    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2 and summary["experiments"] == 2
+    assert {r["wave"] for r in rows} == {1}
+    assert len({r["node"]["ray_node_id"] for r in rows}) == 2, [r["node"] for r in rows]  # one per node
+    assert all(r["node"]["hostname"] == socket.gethostname() and r["node"]["cpu"] for r in rows)
+    _no_overlap_per_node(rows)
+    fix = [r for r in rows if "lz4.c" in r["title"]]
+    assert fix and fix[0]["decision"] == "keep", [(r["title"], r["decision"], r["reason"]) for r in rows]
