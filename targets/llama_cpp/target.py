@@ -342,21 +342,41 @@ class LlamaCppTarget(GitTarget):
     def has_build(self, commit: str, config: BuildConfig | None = None) -> bool:
         return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
 
+    def trusted(self, commit: str, config: BuildConfig) -> bool:
+        """Whether a build may write what other builds reuse (the compiler cache, its own build directory): only
+        the baseline commit in one of this target's own configurations. A candidate's code, and its build, could
+        otherwise leave cached objects that the baseline, a fallback or a later candidate would link (issue 13)."""
+        return commit == self.source.baseline and config_key(config) in {
+            config_key(c) for c in (native_config(), *fallback_configs())}
+
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
              workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
-             measuring: bool = False) -> tuple[CommandResult, Path]:
-        ccache = self.paths.ccache / short_digest(cpu_signature())
-        ccache.mkdir(parents=True, exist_ok=True)
+             measuring: bool = False, ccache: str | None = None) -> tuple[CommandResult, Path]:
+        """`ccache`: "write" for a trusted build, "read" for a candidate's (the shared cache mounted read-only,
+        nothing added to it), None for a command that compiles nothing (no cache mounted)."""
         self.paths.models.mkdir(parents=True, exist_ok=True)
-        env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1", **(env or {})}
-        if not self.use_ccache:
+        env = dict(env or {})
+        mounts = [Mount(self.paths.models, "/models", True), *mounts]
+        if ccache is None or not self.use_ccache:
             env["CCACHE_DISABLE"] = "1"
-        mounts = [Mount(ccache, "/ccache", False), Mount(self.paths.models, "/models", True), *mounts]
+        else:
+            # A new directory name: the old shared cache was written by candidates too, so nothing in it is trusted.
+            shared = self.paths.ccache / "trusted" / short_digest(cpu_signature())
+            shared.mkdir(parents=True, exist_ok=True)
+            env = {"CCACHE_DIR": "/ccache", "CCACHE_MAXSIZE": "5G", "CCACHE_NOHASHDIR": "1", **env}
+            if ccache == "read":
+                # ccache's read-only mode takes hits and stores nothing; its temporary files and statistics
+                # would go into the (read-only) cache directory, so they go to /tmp and nowhere.
+                env.update(CCACHE_READONLY="1", CCACHE_NOSTATS="1", CCACHE_TEMPDIR="/tmp")
+            mounts.insert(0, Mount(shared, "/ccache", ccache == "read"))
         return super()._run(command, timeout_s=timeout_s, log_name=log_name, workdir=workdir, cpuset=cpuset,
                             env=env, measuring=measuring, mounts=mounts)
 
-    def _worker_mounts(self, w: Worker, config: BuildConfig) -> list[Mount]:
-        return [Mount(w.src, "/src", True), Mount(w.build_dir(config_key(config)), "/build", False)]
+    def _worker_mounts(self, w: Worker, config: BuildConfig, commit: str) -> list[Mount]:
+        # The baseline builds in a directory of its own: a candidate's build could leave objects newer than
+        # their sources in the worker's shared one, which make would then link into the baseline.
+        key = config_key(config) + ("-baseline" if self.trusted(commit, config) else "")
+        return [Mount(w.src, "/src", True), Mount(w.build_dir(key), "/build", False)]
 
     def _tool_mounts(self, commit: str, config: BuildConfig | None) -> list[Mount]:
         """A finished build's binaries at the path they were linked for (/build/bin), read-only."""
@@ -373,12 +393,13 @@ class LlamaCppTarget(GitTarget):
         w = self._worker(worker)
         with w.locked():
             w.checkout(commit)
-            mounts = self._worker_mounts(w, config)
+            mounts = self._worker_mounts(w, config, commit)
+            ccache = "write" if self.trusted(commit, config) else "read"
             flags = " ".join(config.cmake_flags)
             if config.c_flags:
                 flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
             configure, out = self._run(f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure",
-                                       mounts=mounts, workdir="/build")
+                                       mounts=mounts, workdir="/build", ccache=ccache)
             self._discard(out)
             if not configure.ok:
                 return self._build_result(False, "timeout" if configure.timed_out else "configure", configure,
@@ -390,7 +411,8 @@ class LlamaCppTarget(GitTarget):
             build, out = self._run(f"cmake --build /build -j {jobs} --target {' '.join(targets)} && "
                                    f"rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
                                    timeout_s=self.build_timeout_s, log_name="build",
-                                   mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build")
+                                   mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build",
+                                   ccache=ccache)
             self._discard(out)
             duration = configure.duration_s + build.duration_s
             if build.ok:
@@ -432,7 +454,7 @@ class LlamaCppTarget(GitTarget):
             pattern = "^(" + "|".join(re.escape(t) for t in tests) + ")$"
             r, out = self._run(f"ctest --test-dir /build -R '{pattern}' --timeout 600 --output-on-failure "
                                f"--output-junit /out/junit.xml", timeout_s=self.run_timeout_s, log_name="ctest",
-                               mounts=self._worker_mounts(w, config), workdir="/build")
+                               mounts=self._worker_mounts(w, config, commit), workdir="/build")
             try:
                 cases = _parse_junit(read_text_inside(out, "junit.xml"))
             except (OSError, ET.ParseError):
