@@ -65,10 +65,11 @@ class CommandResult:
     timed_out: bool
     log_path: str | None = None
     oom_killed: bool = False  # the engine killed it for exceeding its memory limit
+    disk_exceeded: str = ""  # which writable mount it wrote past its limit (the sandbox killed it), or ""
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed and not self.disk_exceeded
 
 
 @dataclass

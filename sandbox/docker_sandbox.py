@@ -1,11 +1,11 @@
 """Run commands in throw-away Docker containers, safely.
 
 Every container: no network, an unprivileged user, all capabilities dropped, no-new-privileges, memory / CPU /
-pids limits, a read-only root with scratch on tmpfs, only the mounts it is given (each checked to lie under an
-allowed root), no host environment. A timeout kills the container on the sandbox's own clock (docker-py's
-`wait(timeout=)` only bounds an HTTP read, docker-py #2964), and inside the container `timeout -s KILL` bounds the
-command again, so the work stops even when the host process dies. Containers are labelled with their owner; a
-new sandbox removes those whose owner is gone.
+pids limits, a bound on what it writes to each writable mount, a read-only root with scratch on tmpfs, only the
+mounts it is given (each checked to lie under an allowed root), no host environment. A timeout kills the
+container on the sandbox's own clock (docker-py's `wait(timeout=)` only bounds an HTTP read, docker-py #2964), and
+inside the container `timeout -s KILL` bounds the command again, so the work stops even when the host process
+dies. Containers are labelled with their owner; a new sandbox removes those whose owner is gone.
 """
 
 from __future__ import annotations
@@ -45,6 +45,77 @@ class Limits:
     tmpfs_size: str = "4g"
     output_tail_bytes: int = 64 * 1024    # what the result carries: the end of the log is what matters
     log_max_bytes: int = 64 * 1024 * 1024  # what the log file on disk keeps at most
+    # What a command may add to each writable mount (bytes allocated on the host); /out holds only results.
+    disk_bytes: int = 16 * 1024 ** 3
+    disk_bytes_at: tuple[tuple[str, int], ...] = (("/out", 1024 ** 3),)
+
+    def disk_limit(self, target: str) -> int:
+        return dict(self.disk_bytes_at).get(target, self.disk_bytes)
+
+
+def allocated_bytes(root: Path) -> int:
+    """The disk a directory tree takes on the host (blocks, so sparse files count what they use), links not
+    followed; files that vanish while it is walked are skipped."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
+
+
+class _DiskWatch:
+    """Bounds what a container writes to its writable mounts. This engine (Docker 20.10, overlay2 on ext4) has no
+    per-mount quota (--storage-opt size needs xfs with pquota, bind mounts have none, and a tmpfs /out would
+    vanish before its results are read), so the sandbox measures each writable mount's growth on its own clock
+    and kills the container at the limit. A write burst between two looks can pass the limit by what the disk
+    takes in one interval (0.25 s, longer for a tree that takes long to walk)."""
+
+    def __init__(self, mounts: Sequence[tuple[Path, str, int]], kill: Callable[[], None]):
+        self._mounts = [(host, target, limit, allocated_bytes(host)) for host, target, limit in mounts]
+        self._kill = kill
+        self._stop = threading.Event()
+        self.exceeded = ""
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def check(self) -> str:
+        for host, target, limit, before in self._mounts:
+            grown = allocated_bytes(host) - before
+            if grown > limit:
+                return f"{target} (wrote {grown >> 20} MiB, the limit is {limit >> 20} MiB)"
+        return ""
+
+    def _watch(self) -> None:
+        interval = 0.25
+        while not self._stop.wait(interval):
+            t0 = time.monotonic()
+            exceeded = self.check()
+            interval = max(0.25, 5 * (time.monotonic() - t0))  # walking a big tree must not load the machine
+            if exceeded:
+                self.exceeded = exceeded
+                self._kill()
+                return
+
+    def start(self) -> None:
+        if self._mounts:
+            self.thread.start()
+
+    def stop(self) -> str:
+        """Stops watching; the reason the limit was passed (looked at once more: a last burst counts), or ""."""
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+        return self.exceeded or (self.check() if self._mounts else "")
 
 
 def _process_start(pid: int) -> str | None:
@@ -167,18 +238,25 @@ class DockerSandbox:
             collector = _OutputCollector(stream, self.limits, log_path)
             collector.thread.start()
             start = time.monotonic()
+            watch = _DiskWatch([(Path(h), v["bind"], self.limits.disk_limit(v["bind"]))
+                                for h, v in volumes.items() if v["mode"] == "rw"], lambda: _kill(container))
             container.start()
+            watch.start()
             if self.audit is not None:
                 container.reload()
                 self.audit(container.attrs)
             exit_code, timed_out = self._wait(container, start + timeout_s)
             duration = time.monotonic() - start
+            disk_exceeded = watch.stop()
             collector.thread.join(timeout=10)
+            tail = collector.text()
+            if disk_exceeded:
+                tail += f"\n[readfirst: killed: it wrote past the disk limit of {disk_exceeded}]\n"
             return CommandResult(command=command, exit_code=exit_code, duration_s=round(duration, 3),
-                                 output_tail=collector.text(), output_bytes=collector.total,
+                                 output_tail=tail, output_bytes=collector.total,
                                  truncated=collector.total > self.limits.output_tail_bytes, timed_out=timed_out,
                                  log_path=str(log_path) if log_path else None,
-                                 oom_killed=not timed_out and _oom_killed(container))
+                                 oom_killed=not timed_out and _oom_killed(container), disk_exceeded=disk_exceeded)
         except docker.errors.ImageNotFound as e:
             raise SandboxError(f"the sandbox image {self.image} is missing: run `readfirst sandbox image`") from e
         except docker.errors.APIError as e:
@@ -212,6 +290,33 @@ class DockerSandbox:
     def gc(self, *, everything: bool = False) -> int:
         """Remove sandbox containers whose owner process is gone (all of them with everything=True)."""
         return collect_garbage(self.client, everything=everything, keep_owner=self.owner)
+
+
+# What a death by signal usually means, for the signals a crashing build or benchmark dies of.
+_SIGNAL_MEANING = {"SIGILL": "an instruction this CPU does not execute", "SIGSEGV": "a bad memory access",
+                   "SIGBUS": "a bad memory access", "SIGFPE": "an arithmetic fault", "SIGABRT": "it aborted itself",
+                   "SIGKILL": "killed from outside"}
+
+
+def describe_exit(code: int) -> str:
+    """`exit 132 (SIGILL: an instruction this CPU does not execute)`: a shell reports a death by signal N as
+    128 + N, which alone reads as just a number."""
+    import signal
+    if 128 < code < 128 + 65:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            return f"exit {code}"
+        meaning = _SIGNAL_MEANING.get(name)
+        return f"exit {code} ({name}{': ' + meaning if meaning else ''})"
+    return f"exit {code}"
+
+
+def _kill(container) -> None:
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # it ended on its own
 
 
 def _oom_killed(container) -> bool:

@@ -418,7 +418,8 @@ class LlamaCppTarget(GitTarget):
             if build.ok:
                 return self._build_result(True, "ok", build, commit, config, duration)
             stage = "timeout" if build.timed_out else "out of memory" if build.oom_killed else (
-                "link" if _LINK_ERRORS.search(build.output_tail) else "compile")
+                "disk limit" if build.disk_exceeded else "link" if _LINK_ERRORS.search(build.output_tail)
+                else "compile")
             return self._build_result(False, stage, build, commit, config, duration)
 
     def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str, config: BuildConfig,

@@ -1,0 +1,40 @@
+"""Issue 13 item 6: a container cannot fill the host's disk through a writable mount; the sandbox kills it at
+the mount's limit and says which mount it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from readfirst.records import Mount
+from readfirst.sandbox.docker_sandbox import allocated_bytes
+
+from .helpers import small_sandbox
+
+pytestmark = pytest.mark.docker
+
+LIMIT = 32 << 20
+# 1 GiB in 1 MiB writes, flushed as it goes: far past the limit if nothing stops it.
+FILL = "dd if=/dev/zero of={path}/fill bs=1M count=1024 conv=fsync 2>&1; echo wrote=$?"
+
+
+@pytest.mark.parametrize("target", ["/out", "/build", "/ccache", "/artifact"])
+def test_filling_a_writable_mount_is_stopped_at_its_limit(attack, docker_client, base_image, target):
+    sandbox = small_sandbox(docker_client, base_image, attack.root, disk_bytes=LIMIT, disk_bytes_at=())
+    host = attack.root / target.strip("/")
+    host.mkdir()
+    r = sandbox.run(FILL.format(path=target), mounts=[Mount(host, target, False)], timeout_s=120)
+    written = allocated_bytes(host)
+    if written > 8 * LIMIT:
+        attack.escaped(f"{target}: {written >> 20} MiB reached the host disk (limit {LIMIT >> 20} MiB)")
+    assert r.disk_exceeded.startswith(target) and not r.ok, (r.exit_code, r.output_tail[-300:])
+    assert "disk limit" in r.output_tail
+    print(f"{target}: killed after {written >> 20} MiB on disk (limit {LIMIT >> 20} MiB)")
+
+
+def test_a_command_within_the_limit_is_untouched(attack, docker_client, base_image):
+    sandbox = small_sandbox(docker_client, base_image, attack.root, disk_bytes=LIMIT, disk_bytes_at=())
+    out = attack.root / "out"
+    out.mkdir()
+    r = sandbox.run("dd if=/dev/zero of=/out/f bs=1M count=4 2>/dev/null; echo done", timeout_s=60,
+                    mounts=[Mount(out, "/out", False)])
+    assert r.ok and r.disk_exceeded == "" and "done" in r.output_tail
