@@ -137,10 +137,12 @@ class KnowledgeBase:
                     COLLECTION, embedding_function=None,
                     metadata={"hnsw:space": "cosine", "embedder": self.embedder.name})
             else:
+                from chromadb.errors import NotFoundError
                 try:
                     collection = self._client.get_collection(COLLECTION, embedding_function=None)
-                except Exception:
+                except NotFoundError:
                     return None  # nothing ingested yet: an empty store answers every query with nothing
+                # Anything else is a damaged store, said below: read as empty, a run would go on with no research.
             collection.count()
         except KnowledgeBaseError:
             raise
@@ -204,10 +206,19 @@ class KnowledgeBase:
         return self.directory / ("sources.json" if not self.chroma_url else "sources-server.json")
 
     def sources(self) -> dict[str, dict[str, Any]]:
+        """What was ingested, by source; {} before the first ingestion. A damaged record is said, not read as
+        none: the next ingestion would overwrite it, and `kb rebuild` would no longer know what to re-read."""
         try:
-            return json.loads(self._manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            sources = json.loads(self._manifest_path.read_text())
+            if not isinstance(sources, dict):
+                raise ValueError("not a JSON object")
+            return sources
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as e:
+            raise KnowledgeBaseError(f"the knowledge base's record of its sources ({self._manifest_path}) cannot "
+                                     f"be read ({type(e).__name__}: {str(e)[:200]}); restore it from a backup, or "
+                                     f"delete it and ingest the sources again") from e
 
     def record_source(self, source: str, recipe: Mapping[str, Any]) -> None:
         sources = self.sources()

@@ -33,6 +33,7 @@ from ...protocols import Sandbox
 from ...records import (Baseline, BenchResult, BenchSample, BuildConfig, BuildResult, CheckResult, Checks,
                         CommandResult, KLDResult, Measurement, Mount, Objective, Profile, TestCase, TestResult,
                         from_dict, to_dict)
+from ...sandbox.docker_sandbox import describe_exit
 from ...sandbox.machine_lock import machine_lock
 from ...sandbox.readback import read_text_inside
 from ...sandbox.workers import Worker, bench_cpus, cpu_has, cpu_model, cpu_signature, short_digest
@@ -488,7 +489,8 @@ class LlamaCppTarget(GitTarget):
         finally:
             self._discard(out)
         if not r.ok:
-            raise SandboxError(f"llama-bench failed (exit {r.exit_code}{', timed out' if r.timed_out else ''}): "
+            timed_out = ", timed out" if r.timed_out else ""
+            raise SandboxError(f"llama-bench failed ({describe_exit(r.exit_code)}{timed_out}): "
                                f"{r.output_tail[-1500:]}")
         result = parse_bench_json(text, options=options, config=config or self.config, model=model.name)
         result.cpus = cpus
