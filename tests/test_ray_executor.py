@@ -377,3 +377,73 @@ def test_readfirst_run_with_ray_runs_a_wave_on_two_nodes_and_the_ledger_names_ea
     _no_overlap_per_node(rows)
     fix = [r for r in rows if "lz4.c" in r["title"]]
     assert fix and fix[0]["decision"] == "keep", [(r["title"], r["decision"], r["reason"]) for r in rows]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _sandbox_containers(docker_client) -> list:
+    from readfirst.sandbox.docker_sandbox import LABEL
+    return docker_client.containers.list(filters={"label": LABEL})
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_node_killed_during_a_real_experiment_loses_it_to_the_other_node_and_leaves_no_container(
+        ray_cluster, lz4_source, paths, docker_client, base_image):
+    from config_project import SLOWDOWN
+    from readfirst.graph.deps import compose_target
+    from readfirst.records import to_dict
+    from readfirst.sandbox.docker_sandbox import OWNER_LABEL
+    from readfirst.sandbox.ray_executor import RayExecutor
+    from readfirst.targets import make_spec
+    spec = make_spec(None, source=str(lz4_source))
+    _, target = compose_target(paths, spec, say=lambda _: None)
+    baseline = target.prepare()
+    best = {"commit": baseline.commit, "variant": baseline.variant}
+    fix = {"id": "H1", "key": "fix", "kind": "patch", "title": "drop the redundant passes in lz4.c",
+           "change": {"patch": _patch(target.repository, SLOWDOWN, "")}}
+    before = {c.id for c in _sandbox_containers(docker_client)}
+    executor = RayExecutor(ray_cluster.address, spec, home=str(paths.home), cache=str(paths.cache), target=target)
+    said: list[str] = []
+    out: list = [None]
+
+    def one() -> None:
+        try:
+            out[0] = executor(fix, best=best, baseline=to_dict(baseline), max_runs=18, say=said.append)
+        except BaseException as e:  # noqa: BLE001 - shown below
+            out[0] = e
+
+    thread = threading.Thread(target=one)
+    try:
+        thread.start()
+        # the first container a node's actor starts (a build, a test or a benchmark): its owner is the actor's
+        # process, whose parent is its node's raylet (other engineers' containers have other parents)
+        raylets = {_raylet_pid(ray_cluster.root / name): name for name in NODES}
+        deadline, owner, raylet = time.monotonic() + 120, None, None
+        while owner is None and time.monotonic() < deadline:
+            for c in _sandbox_containers(docker_client):
+                parent = _parent(int(c.labels[OWNER_LABEL].split(":")[1]))
+                if c.id not in before and parent in raylets:
+                    owner, raylet = c.labels[OWNER_LABEL], parent
+                    break
+            time.sleep(0.2)
+        assert owner is not None, said
+        doomed = raylets[raylet]
+        os.kill(raylet, signal.SIGKILL)
+        thread.join(timeout=600)
+    finally:
+        executor.close()
+    row = out[0]
+    assert isinstance(row, dict), (row, said[-20:])
+    assert len(row["node"]["lost"]) == 1 and row["node"]["ray_node_id"] != row["node"]["lost"][0]["ray_node_id"]
+    assert row["build"]["ok"] and row["bench_windows"] and row["decision"] == "keep", (row["reason"], said[-20:])
+    # the dead actor's container was removed by the survivor before it built anything, and nothing is left
+    assert not [c for c in _sandbox_containers(docker_client) if c.labels[OWNER_LABEL] == owner]
+    assert not [c for c in _sandbox_containers(docker_client) if _parent(int(c.labels[OWNER_LABEL].split(":")[1]))
+                in raylets]
+    ray_cluster.start_worker(doomed)  # for whatever runs after this
