@@ -28,8 +28,8 @@ def attack(request, tmp_path):
             pytest.fail(f"left behind: {what}")
 
     TALLY["cases"] += 1
+    client = request.getfixturevalue("docker_client") if "docker_client" in request.fixturenames else None
     yield Attack
-    client = request.node.funcargs.get("docker_client")
     if client is not None:
         stray = leftover_containers(client)
         if stray:

@@ -32,6 +32,7 @@ def _made_store(directory: Path):
     return KnowledgeBase
 
 
+@pytest.mark.chroma
 def test_a_damaged_collection_is_an_error_not_an_empty_store(attack):
     KnowledgeBase = _made_store(attack.root / "kb")
     db = attack.root / "kb" / "chroma" / "chroma.sqlite3"
@@ -42,11 +43,13 @@ def test_a_damaged_collection_is_an_error_not_an_empty_store(attack):
         attack.escaped(f"a damaged store opened as one with {kb.count()} chunks")
 
 
+@pytest.mark.chroma
 def test_a_store_never_ingested_is_still_empty(attack):
     from readfirst.knowledge_base.store import KnowledgeBase
     assert KnowledgeBase(attack.root / "nothing", _Embedder()).count() == 0
 
 
+@pytest.mark.chroma
 def test_a_damaged_source_record_is_said_not_overwritten(attack):
     KnowledgeBase = _made_store(attack.root / "kb")
     manifest = attack.root / "kb" / "sources.json"
