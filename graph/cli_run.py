@@ -60,6 +60,9 @@ def run(ctx: typer.Context,
                                                   help="Run each experiment on a node of this Ray cluster "
                                                        "(host:port, or auto for the one this machine belongs "
                                                        "to), one experiment per node at a time."),
+        ray_class: Optional[str] = typer.Option(None, "--ray-class", envvar="READFIRST_RAY_CLASS",
+                                                help="With --ray: only nodes carrying this Ray resource (a "
+                                                     "machine class, e.g. x86-avx512 as deploy/ tags them)."),
         chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
                                                  help="A Chroma server for the knowledge base (default: embedded, "
                                                       "in the data directory)."),
@@ -146,7 +149,7 @@ def run(ctx: typer.Context,
         if ray_address:
             from ..sandbox.ray_executor import RayExecutor
             executor = RayExecutor(ray_address, spec, target=tgt, home=str(app.paths.home),
-                                   cache=str(app.paths.cache), say=app.say)
+                                   cache=str(app.paths.cache), resource=ray_class, say=app.say)
             app.say(f"experiments run on the Ray cluster at {ray_address}: {len(executor.nodes())} nodes")
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",

@@ -447,3 +447,20 @@ def test_a_node_killed_during_a_real_experiment_loses_it_to_the_other_node_and_l
     assert not [c for c in _sandbox_containers(docker_client) if _parent(int(c.labels[OWNER_LABEL].split(":")[1]))
                 in raylets]
     ray_cluster.start_worker(doomed)  # for whatever runs after this
+
+
+@pytest.mark.slow
+def test_a_machine_class_resource_keeps_experiments_on_the_nodes_that_carry_it(ray_cluster, tmp_path):
+    import ray.cloudpickle
+    from readfirst.sandbox.ray_executor import RayExecutor
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment, resource="node_b")
+    try:
+        (only,) = executor.nodes()
+        carriers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("node_b")}
+        assert carriers == {only}
+        rows = _wave(executor, [_hypothesis(40 + i, 0.5, tmp_path) for i in range(2)])  # both on node_b, in turn
+        assert {r["node"]["ray_node_id"] for r in rows} == {only}
+        _no_overlap_per_node(rows)
+    finally:
+        executor.close()
