@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
@@ -376,8 +377,27 @@ class LlamaCppTarget(GitTarget):
     def _worker_mounts(self, w: Worker, config: BuildConfig, commit: str) -> list[Mount]:
         # The baseline builds in a directory of its own: a candidate's build could leave objects newer than
         # their sources in the worker's shared one, which make would then link into the baseline.
-        key = config_key(config) + ("-baseline" if self.trusted(commit, config) else "")
-        return [Mount(w.src, "/src", True), Mount(w.build_dir(key), "/build", False)]
+        build = self._baseline_build_dir(w, config) if self.trusted(commit, config) else w.build_dir(config_key(config))
+        return [Mount(w.src, "/src", True), Mount(build, "/build", False)]
+
+    @staticmethod
+    def _baseline_build_dir(w: Worker, config: BuildConfig) -> Path:
+        return w.build_dir(config_key(config) + "-baseline")
+
+    def _start_from_baseline(self, w: Worker, config: BuildConfig, commit: str) -> None:
+        """A candidate builds on a fresh copy of this worker's baseline build (timestamps kept), never on what
+        another candidate left: that one could have planted objects newer than their sources. make still
+        rebuilds only what differs: every file that differs from the baseline was written by a checkout after
+        the baseline's build, so it is newer than the copied objects. The same commit built again (its tests
+        rebuild it) keeps its own directory; the record of whose it is lies outside every mount."""
+        own = w.build_dir(config_key(config))
+        record = w.root / f"build-{config_key(config)}.commit"
+        if record.is_file() and record.read_text() == commit:
+            return
+        record.unlink(missing_ok=True)
+        shutil.rmtree(own)
+        shutil.copytree(self._baseline_build_dir(w, config), own, symlinks=True)
+        record.write_text(commit)
 
     def _tool_mounts(self, commit: str, config: BuildConfig | None) -> list[Mount]:
         """A finished build's binaries at the path they were linked for (/build/bin), read-only."""
@@ -392,7 +412,12 @@ class LlamaCppTarget(GitTarget):
         """Configure and build `commit` in a worker's checkout (incrementally), and keep its binaries."""
         config = config or self.config
         w = self._worker(worker)
+        from_baseline = not self.trusted(commit, config) and self.trusted(self.source.baseline, config)
+        if from_baseline and not (self._baseline_build_dir(w, config) / "CMakeCache.txt").is_file():
+            self.build_config(self.source.baseline, worker=worker, config=config)  # what candidates start from
         with w.locked():
+            if from_baseline:
+                self._start_from_baseline(w, config, commit)
             w.checkout(commit)
             mounts = self._worker_mounts(w, config, commit)
             ccache = "write" if self.trusted(commit, config) else "read"
