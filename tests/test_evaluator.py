@@ -90,15 +90,19 @@ def calibrated(cv: float = 0.015, seed: int = 50) -> dict:
     return calibrate(bench.measure, EvaluatorConfig(rule=FAST), pairs=8, clock=bench.clock).priors()
 
 
-def test_a_decisive_win_is_kept_on_its_first_block_when_the_calibration_knows_the_noise():
-    verdict = run(FakeBench(tg_effect=0.20), priors=calibrated())
+def test_a_decisive_win_is_kept_on_its_first_blocks_when_the_calibration_knows_the_noise():
+    verdict = run(FakeBench(tg_effect=0.20, pp_effect=None), priors=calibrated())  # tg alone: the first block
     assert (verdict.decision, verdict.stopped, verdict.gate) == ("keep", "clear", "performance")
     assert verdict.runs_used == 2 + 4 and verdict.pairs_used == 2
     assert verdict.effects["tg128"].estimate == pytest.approx(0.20, abs=0.03)
-    assert "pp512" in verdict.effects and "A/A calibration" in verdict.objective.noise
+    assert "A/A calibration" in verdict.objective.noise
+    # with pp guarded, one more block: 2 pairs of pp still reach past twice its limit
+    guarded = run(FakeBench(tg_effect=0.20), priors=calibrated())
+    assert guarded.kept and guarded.runs_used == 2 + 8 and "pp512" in guarded.effects
     # without a calibration its own pairs must show the noise first
     alone = run(FakeBench(tg_effect=0.20))
-    assert alone.kept and 6 < alone.runs_used <= 2 + 8
+    width = lambda v: v.objective.high - v.objective.low  # noqa: E731
+    assert alone.kept and alone.runs_used >= guarded.runs_used and width(alone) > 1.5 * width(guarded)
 
 
 def test_a_decisive_loss_stops_at_the_first_look():
@@ -117,8 +121,8 @@ def test_no_effect_is_given_up_as_futile_long_before_the_cap():
 
 
 def test_an_effect_at_the_minimum_gets_more_runs_than_a_clear_one_then_is_discarded():
-    clear = run(FakeBench(tg_effect=0.10, seed=1), priors=calibrated())
-    edge = run(FakeBench(tg_effect=0.01, seed=1), priors=calibrated())  # exactly the minimum: never provable
+    clear = run(FakeBench(tg_effect=0.10, pp_effect=None, seed=1), priors=calibrated())
+    edge = run(FakeBench(tg_effect=0.01, pp_effect=None, seed=1), priors=calibrated())  # exactly the minimum: never provable
     assert edge.runs_used > clear.runs_used and edge.decision == "discard"
     assert edge.stopped in ("futile", "max runs")
 

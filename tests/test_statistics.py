@@ -173,9 +173,14 @@ def test_a_decisive_effect_is_decided_on_two_pairs_when_the_calibration_knows_th
     win = make_pairs(2, tg_effect=0.20)
     alone = decide(win)
     assert alone.outcome == "undecided" and alone.objective.high - alone.objective.low > 0.5  # 1 df of its own
-    calibrated = decide(win, priors=CALIBRATED)
+    tg_only = make_pairs(2, tg_effect=0.20, pp_effect=None)
+    calibrated = decide(tg_only, priors=CALIBRATED)
     assert calibrated.outcome == "keep", calibrated.reason
     assert "7 df of A/A calibration" in calibrated.objective.noise
+    # with pp guarded, 2 pairs leave pp's interval reaching past twice its limit: one more block first
+    guarded = decide(win, priors=CALIBRATED)
+    assert guarded.outcome == "undecided" and guarded.effects["pp512"].low < -0.06, guarded.reason
+    assert decide(make_pairs(4, tg_effect=0.20), priors=CALIBRATED).outcome == "keep"
     assert decide(make_pairs(2, tg_effect=-0.10), priors=CALIBRATED).outcome == "discard"
     # a candidate far noisier than the calibration widens its own interval as its pairs come in
     noisy = make_pairs(8, tg_effect=0.04, cv=0.08, seed=2)
@@ -199,11 +204,11 @@ def with_pp_estimate(pairs, estimate: float):
     return pairs
 
 
-def noisy_pp(estimate: float):
+def noisy_pp(estimate: float, noise: float = 0.02):
     rng = np.random.default_rng(101)
     pairs = make_pairs(8, tg_effect=0.10, seed=1)
     for _, cand in pairs:
-        cand["pp512"] *= math.exp(rng.normal(0, 0.04))  # pp's interval reaches past -3% whatever its estimate
+        cand["pp512"] *= math.exp(rng.normal(0, noise))  # pp's interval reaches past -3% whatever its estimate
     return with_pp_estimate(pairs, estimate)
 
 
@@ -211,6 +216,9 @@ def test_an_open_guard_is_judged_by_its_estimate_within_half_its_limit_early_and
     clean = decide(noisy_pp(-0.005))
     assert clean.effects["pp512"].low < -0.03 and clean.open_guards == ["pp512"]
     assert clean.outcome == "keep" and "by its estimate" in clean.reason
+    # the same clean estimate with an interval reaching past twice the limit (-6%): measure on
+    wide = decide(noisy_pp(-0.005, noise=0.05))
+    assert wide.effects["pp512"].low < -0.06 and wide.outcome == "undecided"
     doubtful = noisy_pp(-0.022)  # past half the limit: measure on; at the cap, within the limit: keep
     assert decide(doubtful).outcome == "undecided" and "cannot yet rule out" in decide(doubtful).reason
     assert decide(doubtful, final=True).outcome == "keep"
