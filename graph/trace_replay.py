@@ -47,13 +47,16 @@ _MEASURED = re.compile(r"[0-9a-f]{7,}|[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def unmeasured(value: Any) -> Any:
-    """`value` with every number masked, inside strings too ("kept: +3.1% [1.2, 5.0]" -> "kept: #% [#, #]")."""
+    """`value` with every number masked, inside strings too ("kept: +3.1% [1.2, 5.0]" -> "kept: #% [#, #]"), and
+    a verdict's `reason` masked whole: its wording follows the samples too (a guard proven within its limit on
+    one set, kept by its estimate on another; outliers set aside or not), while the decision and gate beside it
+    say what was decided."""
     return _masked(plain(value))
 
 
 def _masked(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
+        return {k: "#" if k == "reason" and isinstance(v, str) else _masked(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked(v) for v in value]
     if isinstance(value, bool) or value is None:
