@@ -1,8 +1,9 @@
 """Simulated evidence for the evaluator's keep rule: false keeps on A/A, power on known effects, runs per verdict.
 
-A SIMULATION, not a measurement: the benchmark is a noise model, run through the real `evaluate` loop with its
-default rule and an injected clock. The real-build evidence (identical builds, planted slowdowns in a kernel)
-comes from the llama.cpp target and is written to its own section.
+A SIMULATION, not a measurement: the benchmark is a noise model, run through the real `calibrate` and `evaluate`
+loops with their defaults and an injected clock; each trial calibrates first (8 A/A pairs, as a run's profile
+does) and its verdict pools that calibration's noise, as a run's verdicts do. The real-build evidence comes from
+bench/evaluator_real.py and is written to its own section.
 
 Noise model "shared 2-core box", fitted to the figures in issue 6 (one build, two llama-bench invocations:
 70.4 ± 1.0 then 68.0 ± 2.0 t/s, i.e. ~2.2% SD between repetitions inside a run, 3.4% between the runs' means):
@@ -11,8 +12,10 @@ Noise model "shared 2-core box", fitted to the figures in issue 6 (one build, tw
 - within a run: the mean of 5 repetitions at 2.2% each, ~1.0% per test;
 - hits: 3% of invocations run next to a neighbour's build and lose 10-35%.
 Model "quiet machine": 1.5% white noise per run, no drift, no hits (the tests' "realistic noise").
+Run times are the measured ones at the default shapes (bench/run_shape_cost.py): 20.2 s for pp512 + tg128,
+7.8 s for tg128 alone (warm-ups and blocks without the guard).
 
-    python bench/evaluator_power.py [--aa-trials 300] [--trials 200] [--no-write]
+    python bench/evaluator_power.py [--aa-trials 400] [--trials 200] [--no-write]
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from _report import write_section  # noqa: E402
 
 from readfirst.agents.evaluator import CANDIDATE, EvaluatorConfig, calibrate, evaluate  # noqa: E402
 
-RUN_S = 25.0  # one llama-bench invocation, tg128 + pp512, -r 5, 2 threads, the 606 MiB model
+FULL_RUN_S = 20.2  # one llama-bench invocation, pp512 + tg128, 2 threads, the run's model (run_shape_cost.py)
+TG_RUN_S = 7.8     # tg128 alone
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,11 @@ QUIET = NoiseModel("quiet machine (1.5% white)", 0.0, 0.0, 0.015, 0.0, (0.0, 0.0
 
 
 class SimulatedBench:
-    """tokens/s for baseline or candidate under a noise model, with a true tg effect; advances a fake clock."""
+    """tokens/s for baseline or candidate under a noise model, with true tg and pp effects; advances a fake clock
+    by the run's measured time, which depends on what it is asked to measure."""
 
-    def __init__(self, model: NoiseModel, tg_effect: float, seed: int):
-        self.model, self.tg_effect = model, tg_effect
+    def __init__(self, model: NoiseModel, tg_effect: float, seed: int, pp_effect: float = 0.0):
+        self.model, self.tg_effect, self.pp_effect = model, tg_effect, pp_effect
         self.rng = np.random.default_rng(seed)
         self.level = self.rng.normal(0, model.level_sd)
         self.now = 0.0
@@ -61,16 +66,19 @@ class SimulatedBench:
     def clock(self) -> float:
         return self.now
 
-    def measure(self, which: str) -> dict[str, float]:
+    def measure(self, which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         m, rng = self.model, self.rng
-        self.now += RUN_S * math.exp(rng.normal(0, 0.05))
+        with_pp = metrics is None or any(t.startswith("pp") for t in metrics)
+        self.now += (FULL_RUN_S if with_pp else TG_RUN_S) * math.exp(rng.normal(0, 0.05))
         self.level = m.level_rho * self.level + math.sqrt(1 - m.level_rho ** 2) * rng.normal(0, m.level_sd)
         log_level = self.level
         if rng.random() < m.hit_rate:
             log_level += math.log(1 - rng.uniform(*m.hit_range))
-        tg = 70.0 * (1 + self.tg_effect * (which == CANDIDATE))
-        return {"tg128": tg * math.exp(log_level + rng.normal(0, m.within_sd)),
-                "pp512": 290.0 * math.exp(log_level + rng.normal(0, m.within_sd))}
+        cand = which == CANDIDATE
+        out = {"tg128": 70.0 * (1 + self.tg_effect * cand) * math.exp(log_level + rng.normal(0, m.within_sd))}
+        if with_pp:
+            out["pp512"] = 290.0 * (1 + self.pp_effect * cand) * math.exp(log_level + rng.normal(0, m.within_sd))
+        return out
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -81,37 +89,47 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def trial_row(model: NoiseModel, effect: float, trials: int, seed0: int, max_runs: int = 26) -> str:
+def calibrated(model: NoiseModel, seed: int, max_runs: int):
+    bench = SimulatedBench(model, 0.0, 500_000 + seed)
+    return calibrate(bench.measure, EvaluatorConfig(max_runs=max_runs), pairs=8, clock=bench.clock)
+
+
+def trial_row(model: NoiseModel, tg_effect: float, trials: int, seed0: int, *, pp_effect: float = 0.0,
+              pooled: bool = True, max_runs: int = 62) -> str:
     verdicts = []
     for s in range(trials):
-        bench = SimulatedBench(model, effect, seed0 + s)
-        verdicts.append(evaluate(bench.measure, EvaluatorConfig(max_runs=max_runs), clock=bench.clock))
+        priors = calibrated(model, seed0 + s, max_runs).priors() if pooled else {}
+        bench = SimulatedBench(model, tg_effect, seed0 + s, pp_effect)
+        verdicts.append(evaluate(bench.measure, EvaluatorConfig(max_runs=max_runs, priors=priors),
+                                 clock=bench.clock))
     kept = sum(v.kept for v in verdicts)
     low, high = wilson(kept, trials)
     runs = [v.runs_used for v in verdicts]
-    minutes = np.median([v.time_spent_s for v in verdicts]) / 60
-    early = sum(v.stopped == "clear" for v in verdicts) / trials
-    label = "A/A (no effect)" if effect == 0 else f"{effect:+.0%} tg"
-    label += f", cap {max_runs}" if max_runs != 26 else ""
-    return (f"| {label} | {trials} | {kept / trials:.1%} [{low:.1%}, {high:.1%}] | {1 - kept / trials:.1%} "
-            f"| {np.median(runs):.0f} | {minutes:.1f} | {early:.0%} |")
+    seconds = [v.time_spent_s for v in verdicts]
+    stops = {why: sum(v.stopped == why for v in verdicts) / trials for why in ("clear", "futile")}
+    label = "A/A (no effect)" if tg_effect == 0 else f"{tg_effect:+.0%} tg"
+    label += f", {pp_effect:+.0%} pp" if pp_effect else ""
+    label += "" if pooled else ", no calibration"
+    label += f", cap {max_runs}" if max_runs != 62 else ""
+    return (f"| {label} | {trials} | {kept / trials:.1%} [{low:.1%}, {high:.1%}] | {np.median(runs):.0f} "
+            f"| {np.percentile(runs, 90):.0f} | {np.median(seconds) / 60:.1f} | {3600 / np.mean(seconds):.1f} "
+            f"| {stops['clear']:.0%} | {stops['futile']:.0%} |")
 
 
 def detectable(model: NoiseModel, seeds: range) -> str:
-    floors = []
-    for s in seeds:
-        bench = SimulatedBench(model, 0.0, 10_000 + s)
-        floors.append(calibrate(bench.measure, EvaluatorConfig(), pairs=8, clock=bench.clock).floors["tg128"])
-    effects = [f.detectable_effect for f in floors]
-    cvs = [f.run_cv for f in floors]
-    return (f"calibration (8 A/A pairs, {len(seeds)} repeats): run noise {np.median(cvs):.1%} (median), smallest "
-            f"detectable tg effect in 12 pairs {np.median(effects):+.1%} (median; "
+    floors = [calibrated(model, 10_000 + s, 62) for s in seeds]
+    tg = [c.floors["tg128"] for c in floors]
+    effects = [f.detectable_effect for f in tg]
+    minutes = np.median([c.time_spent_s for c in floors]) / 60
+    return (f"calibration (8 A/A pairs of tg, 4 of pp, {len(seeds)} repeats, {minutes:.1f} min of benchmark "
+            f"each): run noise {np.median([f.run_cv for f in tg]):.1%} (median), smallest tg effect kept with 80% "
+            f"power by the cap ({tg[0].planned_pairs} pairs) {np.median(effects):+.1%} (median; "
             f"{np.percentile(effects, 10):+.1%} to {np.percentile(effects, 90):+.1%} across repeats)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--aa-trials", type=int, default=300)
+    parser.add_argument("--aa-trials", type=int, default=400)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -119,25 +137,30 @@ def main() -> None:
     sections = []
     for model in (SHARED_BOX, QUIET):
         rows = [trial_row(model, 0.0, args.aa_trials, 0)]
-        effects = (0.03, -0.03, 0.10, -0.10)
-        rows += [trial_row(model, e, args.trials, 1_000 * (i + 1)) for i, e in enumerate(effects)]
-        # the price of power: a longer run cap, with the A/A rate it costs (more looks)
-        rows += [trial_row(model, 0.0, args.aa_trials, 0, max_runs=42),
-                 trial_row(model, 0.03, args.trials, 1_000, max_runs=42)]
-        table = ("| true effect | trials | kept [95% CI] | discarded | median runs | median minutes | "
-                 "stopped early |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+        rows += [trial_row(model, e, args.trials, 1_000 * (i + 1))
+                 for i, e in enumerate((0.03, 0.02, -0.03, 0.20, -0.10))]
+        rows += [trial_row(model, 0.10, args.trials, 7_000, pp_effect=-0.10),  # the guard must catch these
+                 trial_row(model, 0.10, args.trials, 8_000, pp_effect=-0.05),
+                 trial_row(model, 0.0, args.aa_trials, 0, pooled=False),
+                 trial_row(model, 0.03, args.trials, 1_000, pooled=False)]
+        table = ("| true effect | trials | kept [95% CI] | median runs | p90 runs | median minutes | verdicts per "
+                 "hour | stopped clear | stopped futile |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
         sections.append(f"### {model.name}\n\n{table}\n\n{detectable(model, range(50))}\n")
         print(sections[-1], flush=True)
     body = (
-        "**Simulation, not a measurement.** The real `evaluate` loop with its defaults (keep when the 95% "
-        "interval's lower bound clears +1% on tg, pp guarded at -3%; 1+1 warm-up runs, ABBA blocks, first look "
-        "at 4 pairs, keep from 6, at most 26 runs unless the row says otherwise) against a noise model; "
-        "real-build evidence (identical builds, "
-        "planted ±3% / ±10% slowdowns in a kernel) comes later from the llama.cpp target. "
-        f"Runs take {RUN_S:.0f} s of simulated time each. The fitted model: machine level AR(1) with SD 2.5% and "
+        "**Simulation, not a measurement.** The real `calibrate` and `evaluate` loops with their defaults: keep "
+        "when the objective's 95% confidence sequence (valid at every look) clears +1% on tg, pp guarded at -3%; "
+        "1+1 warm-up runs of tg alone, ABBA blocks, a look after every block from the first, pp measured in the "
+        "first block and then every other block once proven within its limit (every block while open), futile "
+        "below a 10% chance of a keep by the cap, at most 62 runs. Each trial calibrates first (8 A/A pairs) and "
+        "pools that noise, unless the row says 'no calibration'. Run times are the measured ones at the default "
+        f"shapes: {FULL_RUN_S} s with pp512, {TG_RUN_S} s for tg128 alone; minutes and verdicts per hour count "
+        "benchmark time only (no build, no checks). The fitted model: machine level AR(1) with SD 2.5% and "
         "lag-one correlation 0.5, 1.0% within-run noise per test, 3% of runs hit by a neighbour (-10% to -35%), "
-        "from issue 6's 70.4 ± 1.0 then 68.0 ± 2.0 t/s. 'kept' for a negative effect is a wrong keep; "
-        "'discarded' for a positive one is a miss.\n\n" + "\n".join(sections)
+        "from issue 6's 70.4 ± 1.0 then 68.0 ± 2.0 t/s. 'kept' for a negative effect, or for a pp regression past "
+        "the guard, is a wrong keep. For comparison, the fixed-look rule this replaced (first look at 4 pairs, "
+        "keep from 6, cap 26 full runs) kept A/A 2.3% / 0.3% and +3% 53% / 82.5% (shared / quiet), with a "
+        "median of 26 runs (10.8 min) for no effect.\n\n" + "\n".join(sections)
         + f"\nsimulation wall time: {time.perf_counter() - started:.0f} s\n")
     if not args.no_write:
         write_section("evaluator-sim", "Evaluator keep rule: false keeps and power (simulation)", body)
