@@ -33,7 +33,7 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
 fi
 say "installing readfirst and its dependencies"
-.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install -q -e '.[test,ray]' 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c 'import readfirst' || { echo "the install failed" >&2; exit 1; }
 
 # Docker engine (installed and started when none answers), base image, llama.cpp source.
