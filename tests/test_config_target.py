@@ -156,7 +156,7 @@ def test_a_run_reading_a_fork_keeps_its_faster_change_and_reports_the_speedup(lz
     rows = ledger.rows()
     ledger.close()
     fix = _kept_fix(summary, rows)
-    assert fix["kind"] == "patch" and fix["speedup"] > 0.2 and fix["ci_low"] > 0.1  # three passes less
+    assert fix["kind"] == "patch" and fix["speedup"] > 0.2 and fix["ci_low"] > 0.02  # three passes less
     assert "-    {   /* checksum the input first" in fix["patch"]
     assert summary["best_speedup"] >= fix["speedup"] * 0.99 and summary["best_patches"]
     header = (run / "results.tsv").read_text().splitlines()[0].split("\t")

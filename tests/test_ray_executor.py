@@ -361,7 +361,7 @@ def test_readfirst_run_with_ray_runs_a_wave_on_two_nodes_and_the_ledger_names_ea
     env = {**os.environ, "READFIRST_HOME": str(tmp_path), "READFIRST_RAY_ADDRESS": ray_cluster.address}
     env.pop("ANTHROPIC_API_KEY", None)
     proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--offline", "--calibration-pairs", "0",
-                           "--max-runs", "18", "--json", "--source", str(lz4_source), "--fork", str(fork),
+                           "--max-runs", "30", "--json", "--source", str(lz4_source), "--fork", str(fork),
                            "--workers", "2", "--budget-experiments", "2"],
                           capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
