@@ -2,10 +2,11 @@
 
 Identical builds (A/A) must almost never be kept; a planted slowdown in a CPU kernel (rms_norm recomputing its
 row sum R times) must be discarded, and its removal (the slowed build as the current best, the original as the
-candidate) kept. The true size of each planted effect is the median of all its trials' estimates. Writes its
-section of docs/PERFORMANCE.md.
+candidate) kept. The true size of each planted effect is the median of all its trials' estimates. As in a run,
+an A/A calibration comes first and every verdict pools its noise, and a run asked for tg alone runs tg alone.
+Writes its section of docs/PERFORMANCE.md.
 
-    .venv/bin/python bench/evaluator_real.py [--aa 20] [--trials 5] [--reps 10 40] [--max-runs 14] [-n 16]
+    .venv/bin/python bench/evaluator_real.py [--aa 20] [--trials 5] [--reps 10 40] [--max-runs 62] [-p 32 -n 16]
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from readfirst.agents.evaluator import BASELINE, EvaluatorConfig, evaluate  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from readfirst.agents.evaluator import BASELINE, EvaluatorConfig, calibrate, evaluate  # noqa: E402
 from readfirst.config import Paths  # noqa: E402
 from readfirst.graph.deps import compose_target  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
@@ -49,7 +52,8 @@ def main() -> None:
     ap.add_argument("--aa", type=int, default=20, help="A/A trials")
     ap.add_argument("--trials", type=int, default=5, help="trials per planted effect and direction")
     ap.add_argument("--reps", type=int, nargs="+", default=[10, 40], help="planted slowdowns (row-sum repeats)")
-    ap.add_argument("--max-runs", type=int, default=14)
+    ap.add_argument("--max-runs", type=int, default=62)
+    ap.add_argument("--calibration-pairs", type=int, default=8)
     ap.add_argument("-p", "--n-prompt", type=int, default=32)
     ap.add_argument("-n", "--n-gen", type=int, default=16)
     args = ap.parse_args()
@@ -59,15 +63,21 @@ def main() -> None:
     base = target.prepare()
     model = Path(base.variant["model"])
     shape = BenchOptions(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=1)
-    config = EvaluatorConfig(max_runs=args.max_runs)
 
     def measure_between(a: str, b: str):
-        def measure(which: str) -> dict[str, float]:
+        def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
             commit = a if which == BASELINE else b
-            return {s.test: s.mean_ts for s in target.bench(commit, model=model, options=shape).samples}
+            only_tg = metrics is not None and not any(m.startswith("pp") for m in metrics)
+            options = replace(shape, n_prompt=0) if only_tg else shape
+            return {s.test: s.mean_ts for s in target.bench(commit, model=model, options=options).samples}
         return measure
 
-    rows, started = [], time.monotonic()
+    started = time.monotonic()
+    say(f"A/A calibration: {args.calibration_pairs} pairs")
+    calibration = calibrate(measure_between(base.commit, base.commit), EvaluatorConfig(max_runs=args.max_runs),
+                            pairs=args.calibration_pairs)
+    config = EvaluatorConfig(max_runs=args.max_runs, priors=calibration.priors())
+    rows = []
     say(f"A/A: {args.aa} trials")
     verdicts = [evaluate(measure_between(base.commit, base.commit), config) for _ in range(args.aa)]
     rows.append(("A/A (identical builds)", verdicts))
@@ -81,17 +91,21 @@ def main() -> None:
                      [evaluate(measure_between(base.commit, commit), config) for _ in range(args.trials)]))
         rows.append(("its removal as candidate (the slowed build is the best)",
                      [evaluate(measure_between(commit, base.commit), config) for _ in range(args.trials)]))
-    table = ["| trials | n | kept | median tg estimate | median runs | median s per verdict |", "|---|---|---|---|---|---|"]
+    table = ["| trials | n | kept | median tg estimate | median runs | max runs | median s per verdict | "
+             "stopped clear / futile / cap |", "|---|---|---|---|---|---|---|---|"]
     for name, vs in rows:
         kept = sum(v.kept for v in vs)
         est = [v.objective.estimate for v in vs if v.objective is not None]
+        stops = " / ".join(str(sum(v.stopped == why for v in vs)) for why in ("clear", "futile", "max runs"))
         table.append(f"| {name} | {len(vs)} | {kept} ({kept / len(vs):.0%}) | "
                      f"{statistics.median(est):+.1%} | {statistics.median(v.runs_used for v in vs):.0f} | "
-                     f"{statistics.median(v.time_spent_s for v in vs):.0f} |" if est else f"| {name} | {len(vs)} | "
-                     f"{kept} | n/a | n/a | n/a |")
-    body = (f"Real llama.cpp builds in the sandbox, llama-bench pp{args.n_prompt} + tg{args.n_gen}, 2 threads, "
-            f"fa on, one repetition per run; the evaluator's defaults except at most {args.max_runs} runs per "
-            f"verdict. Build configuration: {target.config.note}. Total {time.monotonic() - started:.0f} s.\n\n"
+                     f"{max(v.runs_used for v in vs)} | {statistics.median(v.time_spent_s for v in vs):.0f} | "
+                     f"{stops} |" if est else f"| {name} | {len(vs)} | {kept} | n/a | n/a | n/a | n/a | n/a |")
+    body = (f"Real llama.cpp builds in the sandbox, llama-bench pp{args.n_prompt} + tg{args.n_gen} (tg alone in "
+            f"warm-ups and the blocks between guard checks), 2 threads, fa on, one repetition per run; the "
+            f"evaluator's defaults (the sequential rule, at most {args.max_runs} runs per verdict), every verdict "
+            f"pooling one A/A calibration of {args.calibration_pairs} pairs taken first: {calibration.describe()}. "
+            f"Build configuration: {target.config.note}. Total {time.monotonic() - started:.0f} s.\n\n"
             + "\n".join(table) + "\n")
     write_section("evaluator-real", "Evaluator keep rule on real builds", body)
     print(body)
