@@ -416,7 +416,7 @@ def test_a_node_killed_during_a_real_experiment_loses_it_to_the_other_node_and_l
 
     def one() -> None:
         try:
-            out[0] = executor(fix, best=best, baseline=to_dict(baseline), max_runs=30, say=said.append)
+            out[0] = executor(fix, best=best, baseline=to_dict(baseline), max_runs=18, say=said.append)
         except BaseException as e:  # noqa: BLE001 - shown below
             out[0] = e
 
