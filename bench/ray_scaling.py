@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,9 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _report import write_section  # noqa: E402
-
-RAY = Path(sys.executable).with_name("ray")
+from ray_local import LocalCluster  # noqa: E402
 
 
 def idle_experiment(payload, target_of, say):
@@ -42,58 +37,16 @@ def idle_experiment(payload, target_of, say):
             "reason": "bench", "candidate": dict(payload["best"])}
 
 
-def _pids_naming(text: str) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
-def _start(args: list[str], env: dict) -> None:
-    subprocess.run(["nice", "-n", "19", str(RAY), "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-                    "--object-store-memory", str(80 * 2**20), *args], check=True, capture_output=True, env=env,
-                   timeout=120)
-
-
-def cluster(root: Path, workers: int) -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("READFIRST_")}
-    _start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-            "--temp-dir", str(root / "head")], env)
-    for i in range(workers):
-        _start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", json.dumps({f"n{i}": 1}),
-                "--temp-dir", str(root / f"n{i}")], env)
-    return f"127.0.0.1:{port}"
-
-
-def stop(root: Path) -> None:
-    for _ in range(5):
-        pids = _pids_naming(str(root))
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    shutil.rmtree(root, ignore_errors=True)
-
-
 def measure(workers: int, *, calls: int, seconds: float, waves: int) -> dict:
     import ray
     from readfirst.sandbox.ray_executor import RayExecutor
-    root = Path(tempfile.mkdtemp(prefix="rfbench-", dir="/tmp"))
+    nodes = LocalCluster(Path(tempfile.mkdtemp(prefix="rfbench-", dir="/tmp")))
     best = {"commit": "0" * 40, "variant": {}}
     try:
-        executor = RayExecutor(cluster(root, workers), {"name": "none"}, experiment=idle_experiment)
+        nodes.start_head()
+        for i in range(workers):
+            nodes.start_worker(f"n{i}")
+        executor = RayExecutor(nodes.address, {"name": "none"}, experiment=idle_experiment)
         try:
             assert len(executor.nodes()) == workers
 
@@ -122,7 +75,7 @@ def measure(workers: int, *, calls: int, seconds: float, waves: int) -> dict:
             if ray.is_initialized():
                 ray.shutdown()
     finally:
-        stop(root)
+        nodes.stop()
     done = waves * workers
     return {"workers": workers, "overhead_ms": statistics.median(spans) * 1000,
             "overhead_p90_ms": sorted(spans)[int(0.9 * (len(spans) - 1))] * 1000,

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,10 @@ def test_its_scripts_are_valid_bash():
 @pytest.mark.slow
 def test_the_run_script_starts_a_head_and_a_worker_joins_it_with_its_machine_class(tmp_path):
     pytest.importorskip("ray")
-    from test_ray_executor import _free_port, _pids_naming
+    from ray_local import free_port, kill_naming, pids_naming
     run = yaml.safe_load(TASK.read_text())["run"]
     root = Path(tempfile.mkdtemp(prefix="rfsky-", dir="/tmp"))  # short: Ray's socket paths live under it
-    port = _free_port()
+    port = free_port()
     address_file = tmp_path / "address"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("READFIRST_", "RAY_"))}
     base.update(RAY_PORT=str(port), READFIRST_DIR=str(ROOT), READFIRST_RAY_ADDRESS_FILE=str(address_file),
@@ -96,15 +95,6 @@ def test_the_run_script_starts_a_head_and_a_worker_joins_it_with_its_machine_cla
         classes = [{k for k in n if k in ("x86-avx512", "x86-avx2", "arm64")} for n in nodes]
         assert len(nodes) == 2 and all(len(c) == 1 for c in classes), nodes
     finally:
-        for _ in range(5):
-            pids = _pids_naming(str(root))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        assert not _pids_naming(str(root)), "the script's cluster left processes behind"
-        subprocess.run(["rm", "-rf", str(root)])
+        kill_naming(str(root))
+        assert not pids_naming(str(root)), "the script's cluster left processes behind"
+        shutil.rmtree(root, ignore_errors=True)

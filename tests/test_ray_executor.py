@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,9 +25,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ray_local import LocalCluster, pids_naming  # noqa: E402
+
 from readfirst.sandbox.ray_executor import has_commit, pack_commits, unpack_commits  # noqa: E402
 
-RAY = Path(sys.executable).with_name("ray")
 NODES = ("node_a", "node_b")
 
 
@@ -61,87 +61,15 @@ def test_commits_travel_as_a_bundle_between_repositories_that_share_nothing(tmp_
 
 # -- a real Ray cluster -----------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_naming(text: str) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(entry.name) != os.getpid():
-            out.append(int(entry.name))
-    return out
-
-
-def _raylet_pid(node_dir: Path) -> int:
-    pids = [p for p in _pids_naming(str(node_dir) + "/") if "raylet/raylet" in
-            Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")]
-    assert len(pids) == 1, pids
-    return pids[0]
-
-
-class Cluster:
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        # the test's home is not the nodes' business: a node is told its data directories by the executor
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("READFIRST_")}
-        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
-
-    def _start(self, *args: str) -> None:
-        proc = subprocess.run(["nice", "-n", "19", str(RAY), "start", "--node-ip-address", "127.0.0.1",
-                               "--disable-usage-stats", "--object-store-memory", str(80 * 2**20), *args],
-                              capture_output=True, text=True, env=self.env, timeout=120)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-    def start_head(self) -> None:
-        # a lost node is declared dead after ~3 s of missed health checks (the default waits much longer)
-        config = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
-                  "health_check_failure_threshold": 3}
-        self._start("--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard", "false",
-                    "--temp-dir", str(self.root / "head"), "--system-config", json.dumps(config))
-
-    def start_worker(self, name: str) -> None:
-        self._start("--address", self.address, "--num-cpus", "1", "--resources", json.dumps({name: 1}),
-                    "--temp-dir", str(self.root / name))
-
-    def kill_raylet(self, name: str) -> int:
-        pid = _raylet_pid(self.root / name)
-        os.kill(pid, signal.SIGKILL)
-        return pid
-
-    def stop(self) -> None:
-        """Every process of this cluster, by pid: those whose command line names its temp dir, and the workers
-        of its raylets (their parent)."""
-        for _ in range(5):
-            pids = _pids_naming(str(self.root))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     pytest.importorskip("ray")
     # short: a Unix socket's path (under the temp dir) must stay under 108 bytes
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="rfray-", dir="/tmp")))
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="rfray-", dir="/tmp")))
     try:
-        cluster.start_head()
+        # a lost node is declared dead after ~3 s of missed health checks (the default waits much longer)
+        cluster.start_head({"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+                            "health_check_failure_threshold": 3})
         for name in NODES:
             cluster.start_worker(name)
         yield cluster
@@ -150,7 +78,7 @@ def ray_cluster():
         if ray.is_initialized():
             ray.shutdown()
         cluster.stop()
-        assert not _pids_naming(str(cluster.root)), "the test cluster left processes behind"
+        assert not pids_naming(str(cluster.root)), "the test cluster left processes behind"
 
 
 def sleepy_experiment(payload, target_of, say):
@@ -239,7 +167,7 @@ def test_a_wave_lands_one_experiment_per_node_and_never_two_at_once_on_a_node(ex
 def test_a_node_killed_mid_experiment_loses_only_that_experiment_and_the_ledger_has_each_once(
         executor, ray_cluster, tmp_path):
     from readfirst.graph.ledger import Ledger
-    raylets = {str(_raylet_pid(ray_cluster.root / name)): name for name in NODES}
+    raylets = {str(ray_cluster.raylet_pid(name)): name for name in NODES}
     ledger = Ledger(tmp_path / "ledger.sqlite")
     hypotheses = [_hypothesis(20, 20.0, tmp_path), _hypothesis(21, 3.0, tmp_path)]
     rows: list = [None, None]
@@ -425,7 +353,7 @@ def test_a_node_killed_during_a_real_experiment_loses_it_to_the_other_node_and_l
         thread.start()
         # the first container a node's actor starts (a build, a test or a benchmark): its owner is the actor's
         # process, whose parent is its node's raylet (other engineers' containers have other parents)
-        raylets = {_raylet_pid(ray_cluster.root / name): name for name in NODES}
+        raylets = {ray_cluster.raylet_pid(name): name for name in NODES}
         deadline, owner, raylet = time.monotonic() + 120, None, None
         while owner is None and time.monotonic() < deadline:
             for c in _sandbox_containers(docker_client):

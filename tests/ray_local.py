@@ -1,0 +1,101 @@
+"""A real Ray cluster on this machine, for the tests and bench/ray_scaling.py: a head and worker nodes, each its
+own `ray start` process on the loopback address, in one temp dir; stopped by the pids whose command line names
+that dir, never by `ray stop` (which kills every Ray process of the user, another cluster's too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pids_naming(text: str) -> list[int]:
+    """The processes (other than this one) whose command line contains `text`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def kill_naming(text: str) -> None:
+    """SIGKILL every process naming `text`, looking again a few times: a dying raylet's workers outlive it."""
+    for _ in range(5):
+        pids = pids_naming(text)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+class LocalCluster:
+    """`root` should be short (e.g. a mkdtemp under /tmp): Ray's Unix sockets live under it, and a socket's path
+    must stay under 108 bytes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # the caller's home is not the nodes' business: a node is told its data directories by the executor
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("READFIRST_")}
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+
+    def _start(self, *args: str) -> None:
+        proc = subprocess.run(["nice", "-n", "19", str(RAY), "start", "--node-ip-address", "127.0.0.1",
+                               "--disable-usage-stats", "--object-store-memory", str(80 * 2**20), *args],
+                              capture_output=True, text=True, env=self.env, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args[:2])} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+    def start_head(self, system_config: dict | None = None) -> None:
+        """A head with no CPUs: it runs nothing."""
+        extra = ("--system-config", json.dumps(system_config)) if system_config else ()
+        self._start("--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard", "false",
+                    "--temp-dir", str(self.root / "head"), *extra)
+
+    def start_worker(self, name: str) -> None:
+        """A node with 1 CPU and the custom resource `name`, its temp dir named after it."""
+        self._start("--address", self.address, "--num-cpus", "1", "--resources", json.dumps({name: 1}),
+                    "--temp-dir", str(self.root / name))
+
+    def raylet_pid(self, name: str) -> int:
+        node_dir = self.root / name
+        pids = [p for p in pids_naming(str(node_dir) + "/") if "raylet/raylet" in
+                Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")]
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def kill_raylet(self, name: str) -> int:
+        pid = self.raylet_pid(name)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> None:
+        """Every process of this cluster, by pid (its temp dir in their command lines), then the dir."""
+        kill_naming(str(self.root))
+        shutil.rmtree(self.root, ignore_errors=True)
