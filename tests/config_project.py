@@ -130,6 +130,16 @@ def git(repo: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout
 
 
+def patch_at_baseline(repo: Path, old: str, new: str, path: str = "lz4/lz4.c") -> str:
+    """A diff of `path` as the baseline commit has it, with `old` (which must be there) replaced by `new`."""
+    import difflib
+    before = git(repo, "show", f"baseline:{path}")
+    assert old in before
+    after = before.replace(old, new, 1)
+    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
+        before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
+
+
 def commit_all(repo: Path, message: str) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from config_project import make_fork, make_moved_fork, make_project, vendored  # noqa: E402
+from config_project import make_fork, make_moved_fork, make_project, patch_at_baseline, vendored  # noqa: E402
 
 from readfirst.errors import ReadfirstError  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
@@ -203,16 +203,6 @@ def lz4_target(lz4_project, paths, docker_client, base_image):
     return target
 
 
-def _patch(target, old: str, new: str, path: str = "lz4/lz4.c") -> str:
-    import difflib
-    before = subprocess.run(["git", "-C", str(target.repository), "show", f"baseline:{path}"], capture_output=True,
-                            text=True, check=True).stdout
-    assert old in before
-    after = before.replace(old, new, 1)
-    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
-        before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_broken_build_and_broken_tests_are_discarded_with_their_reason(lz4_target):
@@ -225,11 +215,12 @@ def test_a_broken_build_and_broken_tests_are_discarded_with_their_reason(lz4_tar
         h = {"id": "H1", "key": title, "kind": "patch", "title": title, "change": {"patch": patch}}
         return run_experiment(h, target=target, best=best, baseline=baseline)
 
-    broken = experiment("does not compile", _patch(target, "int LZ4_compress_default(", "int LZ4_compress_default(}"))
+    repo = target.repository
+    broken = experiment("does not compile",
+                        patch_at_baseline(repo, "int LZ4_compress_default(", "int LZ4_compress_default(}"))
     assert (broken["decision"], broken["verdict"]["gate"]) == ("discard", "build") and "compile" in broken["reason"]
-    wrong = experiment("wrong output", _patch(target, "    return LZ4_compress_fast(src, dst, srcSize, maxOutputSize, 1);",
-                                             "    if (srcSize > 1) srcSize--;\n"
-                                             "    return LZ4_compress_fast(src, dst, srcSize, maxOutputSize, 1);"))
+    call = "    return LZ4_compress_fast(src, dst, srcSize, maxOutputSize, 1);"
+    wrong = experiment("wrong output", patch_at_baseline(repo, call, "    if (srcSize > 1) srcSize--;\n" + call))
     assert (wrong["decision"], wrong["verdict"]["gate"]) == ("discard", "tests")
     assert "FAIL" in wrong["reason"] and wrong["verdict"]["stopped"] == "not measured"
 

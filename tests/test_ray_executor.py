@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from config_project import git, patch_at_baseline  # noqa: E402
 from ray_local import LocalCluster, pids_naming  # noqa: E402
 
 from readfirst.sandbox.ray_executor import has_commit, pack_commits, unpack_commits  # noqa: E402
@@ -33,8 +34,7 @@ NODES = ("node_a", "node_b")
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return git(repo, *args).strip()
 
 
 def test_commits_travel_as_a_bundle_between_repositories_that_share_nothing(tmp_path):
@@ -218,15 +218,6 @@ def lz4_source(tmp_path_factory, shared_cache):
     return make_project(tmp_path_factory.mktemp("lz4") / "lz4", shared_cache / "sdists", bench="./bench/lz4bench 5")
 
 
-def _patch(repo: Path, old: str, new: str, path: str = "lz4/lz4.c") -> str:
-    import difflib
-    before = _git(repo, "show", f"baseline:{path}") + "\n"
-    assert old in before
-    after = before.replace(old, new, 1)
-    return f"diff --git a/{path} b/{path}\n" + "".join(difflib.unified_diff(
-        before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_real_experiments_are_built_checked_and_measured_on_the_nodes(ray_cluster, lz4_source, paths, docker_client,
@@ -242,7 +233,7 @@ def test_real_experiments_are_built_checked_and_measured_on_the_nodes(ray_cluste
     best = {"commit": baseline.commit, "variant": baseline.variant}
     hypotheses = [
         {"id": "H1", "key": "fix", "kind": "patch", "title": "drop the redundant passes in lz4.c",
-         "change": {"patch": _patch(target.repository, SLOWDOWN, "")}},
+         "change": {"patch": patch_at_baseline(target.repository, SLOWDOWN, "")}},
         {"id": "H2", "key": "o3", "kind": "build", "title": "build with -O3",
          "change": {"variant": {"build_env": {"CFLAGS": "-O3"}}}},
     ]
@@ -336,7 +327,7 @@ def test_a_node_killed_during_a_real_experiment_loses_it_to_the_other_node_and_l
     baseline = target.prepare()
     best = {"commit": baseline.commit, "variant": baseline.variant}
     fix = {"id": "H1", "key": "fix", "kind": "patch", "title": "drop the redundant passes in lz4.c",
-           "change": {"patch": _patch(target.repository, SLOWDOWN, "")}}
+           "change": {"patch": patch_at_baseline(target.repository, SLOWDOWN, "")}}
     before = {c.id for c in _sandbox_containers(docker_client)}
     executor = RayExecutor(ray_cluster.address, spec, home=str(paths.home), cache=str(paths.cache), target=target)
     said: list[str] = []
