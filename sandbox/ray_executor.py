@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReadfirstError
+from ..sources import git
 
 Say = Callable[[str], None]
 # (payload, the node's target made on first use, say) -> the ledger row
@@ -58,12 +58,8 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 
 # -- commits between repositories ----------------------------------------------------------------------------------
 
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=check)
-
-
 def has_commit(repo: Path, commit: str) -> bool:
-    return _git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
+    return git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
 
 
 def pack_commits(repo: Path, base: str, tip: str) -> str | None:
@@ -72,14 +68,14 @@ def pack_commits(repo: Path, base: str, tip: str) -> str | None:
     if tip == base:
         return None
     ref = f"refs/readfirst/transfer/{tip}"  # a bundle needs a ref to name its tip
-    _git(repo, "update-ref", ref, tip)
+    git(repo, "update-ref", ref, tip)
     try:
         with tempfile.TemporaryDirectory(prefix="readfirst-bundle-") as tmp:
             path = Path(tmp) / "commits.bundle"
-            _git(repo, "bundle", "create", "-q", str(path), f"{base}..{ref}")
+            git(repo, "bundle", "create", "-q", str(path), f"{base}..{ref}")
             return base64.b64encode(path.read_bytes()).decode()
     finally:
-        _git(repo, "update-ref", "-d", ref, check=False)
+        git(repo, "update-ref", "-d", ref, check=False)
 
 
 def unpack_commits(repo: Path, bundle: str | None, tip: str) -> None:
@@ -89,11 +85,11 @@ def unpack_commits(repo: Path, bundle: str | None, tip: str) -> None:
     with tempfile.TemporaryDirectory(prefix="readfirst-bundle-") as tmp:
         path = Path(tmp) / "commits.bundle"
         path.write_bytes(base64.b64decode(bundle))
-        proc = _git(repo, "bundle", "unbundle", str(path), check=False)
+        proc = git(repo, "bundle", "unbundle", str(path), check=False)
         if proc.returncode != 0:
             raise ReadfirstError(f"the commits sent with an experiment do not fit {repo}: "
-                                 f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
-    _git(repo, "update-ref", f"refs/readfirst/received/{tip}", tip)
+                                 f"{proc.stderr.strip()[-300:]}")
+    git(repo, "update-ref", f"refs/readfirst/received/{tip}", tip)
 
 
 # -- the node's side ------------------------------------------------------------------------------------------------
