@@ -1,8 +1,8 @@
 """The evaluator role: measure a candidate against the baseline and decide keep or discard.
 
-Dependencies come in as arguments: `measure(which)` runs one benchmark of "baseline" or "candidate" and returns
-a value per metric ({"tg128": 70.1, "pp512": 290.3}: llama.cpp's tokens/s per test); `measure(which, metrics)`
-asks for only those metrics (names or prefixes, e.g. ("tg",)) and may return more; `clock` returns seconds
+Dependencies come in as arguments: `measure(which, metrics)` runs one benchmark of "baseline" or "candidate" and
+returns a value per metric ({"tg128": 70.1, "pp512": 290.3}: llama.cpp's tokens/s per test); `metrics` names the
+only ones needed (names or prefixes, e.g. ("tg",)), None all, and it may return more; `clock` returns seconds
 (time.monotonic; a fake in tests). The statistics live in agents/statistics.py; this module owns the schedule
 and the records.
 
@@ -37,7 +37,7 @@ from .statistics import DecisionRule, Effect, NoiseFloor, Pair, PerfDecision, Pr
 SCHEMA_VERSION = 1
 BASELINE, CANDIDATE = "baseline", "candidate"
 
-Measure = Callable[..., Mapping[str, float]]  # (which) or (which, metrics)
+Measure = Callable[[str, "tuple[str, ...] | None"], Mapping[str, float]]  # (which, metrics)
 Clock = Callable[[], float]
 
 
@@ -150,8 +150,7 @@ class _Session:
 
     def run(self, which: str, warmup: bool = False, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         began = self.clock()
-        got = self.measure(which) if metrics is None else self.measure(which, metrics)
-        values = {k: float(v) for k, v in got.items()}
+        values = {k: float(v) for k, v in self.measure(which, metrics).items()}
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
         if not values or bad:
             raise ValueError(f"measure({which!r}) returned no usable values (each must be positive and finite): "
@@ -241,7 +240,7 @@ def calibrate(measure: Measure, config: EvaluatorConfig | None = None, *, pairs:
     verdicts can pool its noise. Like a verdict it measures the guards every `guard_every` blocks (the first
     included): with the defaults, 8 pairs of the objective and 4 of the guards."""
     config = config or EvaluatorConfig()
-    session = _Session(lambda _which, *metrics: measure(BASELINE, *metrics), config, clock)
+    session = _Session(lambda _which, metrics: measure(BASELINE, metrics), config, clock)
     session.warm_up()
     blocks = 0
     while len(session.pairs) < pairs:

@@ -92,8 +92,37 @@ def evaluator_for(target: Target, *, max_runs: int = 62,
                   noise: Mapping[str, Mapping[str, Any]] | None = None) -> EvaluatorConfig:
     """The evaluator's settings for a target: its objective decides what is optimized and what is guarded;
     `noise` (the run's A/A calibration, per test {"pair_sd", "df"}) is pooled into every verdict's interval."""
-    priors = {test: Prior(float(p["pair_sd"]), int(p["df"])) for test, p in (noise or {}).items()}
+    priors = {test: Prior(**p) for test, p in (noise or {}).items()}
     return EvaluatorConfig(rule=DecisionRule.for_objective(target.objective), max_runs=max_runs, priors=priors)
+
+
+class ArmBench:
+    """The evaluator's `measure` for two builds of a target, `arms` {"baseline": (commit, variant), "candidate":
+    ...}: the objective's values of one run, and the benchmark seconds spent, the clock the evaluator's time
+    budget runs on. A target that says how long its benchmark ran is counted by that (not the wait for the
+    machine); otherwise by the call's wall time."""
+
+    def __init__(self, target: Target, arms: Mapping[str, tuple[str, Mapping[str, Any]]],
+                 clock: Callable[[], float] = time.monotonic):
+        self.target, self.arms, self.clock = target, arms, clock
+        self.spent_s = 0.0
+        self.setup: dict[str, Any] | None = None  # the measuring setup, the same for every run of both arms
+
+    def __call__(self, which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+        began = self.clock()
+        m = self.target.measure(*self.arms[which], metrics=metrics)
+        self.spent_s += m.duration_s if m.duration_s is not None else self.clock() - began
+        if self.setup is None:
+            self.setup = m.setup
+        return {k: v for k, v in m.values.items() if self.target.objective.uses(k)}
+
+    def seconds(self) -> float:
+        return self.spent_s
+
+    def record_setup(self, row: dict[str, Any]) -> None:
+        """The setup goes into the experiment's row once, when a run has measured it."""
+        if self.setup is not None:
+            row.setdefault("bench_setup", self.setup)
 
 
 def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str, Any], baseline: Baseline,
@@ -219,29 +248,20 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     # -- performance: interleaved A/B against the current best -----------------------------------------------------------
     arms = {BASELINE: (best_commit, best_variant), "candidate": (commit, variant)}
-    objective = target.objective
 
-    measured = [0.0]  # seconds of benchmarking: the evaluator's time budget runs on this clock
-
-    def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
-        began = clock()
-        m = target.measure(*arms[which], metrics=metrics)
-        # A target that says how long its benchmark ran is counted by that (not the wait for the machine);
-        # otherwise by the call's wall time.
-        measured[0] += m.duration_s if m.duration_s is not None else clock() - began
-        # the measuring setup, fixed for every run of both arms, recorded once with the experiment
-        row.setdefault("bench_setup", m.setup)
-        return {k: v for k, v in m.values.items() if objective.uses(k)}
-
+    bench = ArmBench(target, arms, clock)
     say(f"{title}: measuring against the current best")
     t0 = clock()
     try:
-        perf = evaluate(measure, evaluator_config, clock=lambda: measured[0])
+        perf = evaluate(bench, evaluator_config, clock=bench.seconds)
     except SandboxError as e:
         durations["bench"] = clock() - t0
+        bench.record_setup(row)
         return finish(_discarded("performance", f"the benchmark failed: {str(e).splitlines()[0][:300]}"))
     except ValueError as e:  # a value that is not a positive number, or no objective metric: the candidate's fault
         durations["bench"] = clock() - t0
+        bench.record_setup(row)
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
     durations["bench"] = clock() - t0
+    bench.record_setup(row)
     return finish(gates(checks, perf))

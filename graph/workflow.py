@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from langgraph.types import Send
 from ..agents import competitor_analyst, offline_policy, porting, researcher
 from ..agents.briefing import brief
 from ..agents.evaluator import BASELINE, CANDIDATE, calibrate, evaluate
-from ..agents.experiment import evaluator_for, run_experiment
+from ..agents.experiment import ArmBench, evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
 from ..protocols import KnowledgeStore, Target, Tree
@@ -111,7 +111,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
                             evaluator_for(target, max_runs=opts.max_runs), pairs=opts.calibration_pairs)
             calibration = cal.describe()
             # every verdict of the run pools this noise: a decisive effect is then decided in a block or two
-            noise = {test: {"pair_sd": p.pair_sd, "df": p.df} for test, p in cal.priors().items()}
+            noise = {test: asdict(prior) for test, prior in cal.priors().items()}  # {"pair_sd", "df"}
             say(f"noise floor: {calibration}")
         best = {"commit": baseline.commit, "variant": baseline.variant, "stack": [], "metrics": prof.metrics}
         return {"baseline": {**to_dict(baseline), "metrics": prof.metrics}, "best": best,
@@ -312,21 +312,15 @@ def build_graph(deps: RunDeps, checkpointer=None):
         estimated = 1.0
         for eid in best["stack"]:
             estimated *= 1 + ((rows.get(eid) or {}).get("speedup") or 0)
-        arms = {BASELINE: (base.commit, base.variant), CANDIDATE: (best["commit"], best["variant"])}
-        measured = [0.0]
-
-        def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
-            began = time.monotonic()
-            m = target.measure(*arms[which], metrics=metrics)
-            measured[0] += m.duration_s if m.duration_s is not None else time.monotonic() - began
-            return {k: v for k, v in m.values.items() if target.objective.uses(k)}
+        bench = ArmBench(target, {BASELINE: (base.commit, base.variant),
+                                  CANDIDATE: (best["commit"], best["variant"])})
 
         say(f"confirm: the final stack ({len(best['stack'])} kept) against the baseline")
         record: dict[str, Any] = {"estimated": estimated - 1, "stack": list(best["stack"]),
                                   "builds": "the run's own builds (incremental, ccache)"}
         try:
-            verdict = evaluate(measure, evaluator_for(target, max_runs=opts.max_runs, noise=state.get("noise")),
-                               clock=lambda: measured[0])
+            verdict = evaluate(bench, evaluator_for(target, max_runs=opts.max_runs, noise=state.get("noise")),
+                               clock=bench.seconds)
         except (SandboxError, ValueError) as e:
             record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             say(f"confirm: could not measure: {record['error']}")
@@ -335,7 +329,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
         record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
                       ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,
                       decision=verdict.decision, reason=verdict.reason,
-                      bench_minutes=round(measured[0] / 60, 2))
+                      bench_minutes=round(bench.spent_s / 60, 2))
         say(f"confirm: measured {_pct(record['speedup'])} [{_pct(record['ci_low'])}, {_pct(record['ci_high'])}] "
             f"against the estimated {_pct(record['estimated'])}")
         return {"confirmation": record}
