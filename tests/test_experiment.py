@@ -119,6 +119,7 @@ def test_a_faster_patch_is_committed_built_checked_measured_and_kept(target):
     assert "FAST" in git(target.repository, "show", f"{row['candidate']['commit']}:src/work.c")
     assert target.calls[:2] == ["build", "checks"] and set(target.calls[2:]) == {"measure"}
     assert row["verdict"]["effects"].keys() == {"ops_per_s"}  # `noise` is neither the objective nor a guard
+    assert row["bench_setup"] == {"cpu": "stand-in"}  # recorded once with the experiment
 
 
 def test_a_variant_is_applied_by_the_target_and_kept_on_its_merit(target):
