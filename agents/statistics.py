@@ -16,7 +16,8 @@ Why these choices (numbers below are from the shared 2-core machine: tg 70.4 ± 
   block, from the first, and stop the moment the interval clears the threshold or cannot reach it, without the
   repeated looks adding false keeps. A fixed-n interval looked at after every block would keep noise far more
   often than its 5% (and needed a minimum of 6 pairs to keep anything); the price of validity at every look is a
-  wider interval at any one n (1.3x a t interval with known SD at 4 pairs, 1.5x from 10 on), which early stops on clear effects repay.
+  wider interval at any one n (its half-width at mixture_pairs 6 is 1.3x a Student-t interval's at 4 pairs and
+  1.5x at 10; 2.1x and 1.7x a known-SD normal interval's), which early stops on clear effects repay.
 - Its scale is the pair SD pooled with the run's A/A calibration (a Prior: the baseline against itself, same
   machine, same shapes), weighted by degrees of freedom, then widened by t/z at the pooled df: an effect that
   is decisive can be decided on 2 pairs when the calibration says the noise is small, while a candidate noisier
@@ -280,21 +281,20 @@ def sequence_half_width(n: int, sd: float, *, mixture_pairs: float, confidence: 
     return sd * math.sqrt((n + r) * math.log((n + r) / (r * alpha ** 2))) / n
 
 
-def pooled_scale(d: np.ndarray, prior: Prior | None, confidence: float) -> tuple[float, int]:
-    """The pairs' SD pooled with the prior's by degrees of freedom, widened by t/z at the pooled df; (inf, 0)
-    when there is no df at all (one pair, no calibration)."""
-    n = len(d)
-    return _pooled(float(np.sum((d - d.mean()) ** 2)) if n > 1 else 0.0, n, prior, confidence)
+def _informs(prior: Prior | None) -> bool:
+    return prior is not None and prior.df > 0 and math.isfinite(prior.pair_sd)
 
 
-def _pooled(own_ss: float, n: int, prior: Prior | None, confidence: float) -> tuple[float, int]:
-    prior_df = prior.df if prior is not None and prior.df > 0 and math.isfinite(prior.pair_sd) else 0
+def pooled_scale(own_ss: float, n: int, prior: Prior | None, confidence: float) -> float:
+    """The SD of n pairs (their sum of squared deviations `own_ss`) pooled with the prior's by degrees of freedom,
+    widened by t/z at the pooled df; inf when there is no df at all (one pair, no calibration)."""
+    prior_df = prior.df if _informs(prior) else 0  # type: ignore[union-attr]
     df = prior_df + n - 1
     if df < 1:
-        return math.inf, 0
+        return math.inf
     variance = ((prior_df * prior.pair_sd ** 2 if prior_df else 0.0) + own_ss) / df  # type: ignore[union-attr]
     z = stats.norm.ppf(1 - (1 - confidence) / 2)
-    return math.sqrt(variance) * float(stats.t.ppf(1 - (1 - confidence) / 2, df)) / z, df
+    return math.sqrt(variance) * float(stats.t.ppf(1 - (1 - confidence) / 2, df)) / z
 
 
 def sequential_effect(ratios: np.ndarray, *, metric: str, rule: "DecisionRule",
@@ -307,9 +307,8 @@ def sequential_effect(ratios: np.ndarray, *, metric: str, rule: "DecisionRule",
     if n == 0:
         return Effect(metric, math.nan, -math.inf, math.inf, 0, rule.confidence, int(outliers.sum()), "sequence")
     mean = float(d.mean())
-    sd, _ = pooled_scale(d, prior, rule.confidence)
-    used_prior = prior is not None and prior.df > 0 and math.isfinite(prior.pair_sd)
-    noise = f"noise pooled with {prior.df} df of A/A calibration" if used_prior else ""  # type: ignore[union-attr]
+    sd = pooled_scale(float(np.sum((d - mean) ** 2)), n, prior, rule.confidence)
+    noise = f"noise pooled with {prior.df} df of A/A calibration" if _informs(prior) else ""  # type: ignore[union-attr]
     if not math.isfinite(sd):
         return Effect(metric, math.expm1(mean), -math.inf, math.inf, n, rule.confidence, int(outliers.sum()),
                       "sequence", noise)
@@ -330,7 +329,7 @@ def keep_chance(d: np.ndarray, prior: Prior | None, *, horizon_pairs: int, rule:
         return 1.0
     location = float(hodges_lehmann(d))
     own = float(stats.median_abs_deviation(d, scale="normal")) if n > 1 else 0.0
-    sd, _ = _pooled((n - 1) * own ** 2, n, prior, rule.confidence)
+    sd = pooled_scale((n - 1) * own ** 2, n, prior, rule.confidence)
     if not math.isfinite(sd) or sd <= 0:
         return 1.0
     optimistic = location + sd / math.sqrt(n)
@@ -352,8 +351,9 @@ def decide(pairs: Sequence[Pair], rule: DecisionRule | None = None, *, final: bo
     the minimum effect, or a guarded test's interval wholly below -max_regression (a proven regression), or the
     objective is futile within `horizon_pairs` (the pairs the run cap allows in all). Keep when the objective's
     lower bound clears the minimum and every guarded test is proven within its limit or, still open, estimated
-    within half of it with its interval reaching no further than `open_guard_reach` limits. `final` (no more runs to come): an unproven objective is discarded; an open guard is
-    judged by its estimate against the whole limit. `priors`: per test, the A/A calibration's noise.
+    within half of it with its interval reaching no further than `open_guard_reach` limits. `final` (no more
+    runs to come): an unproven objective is discarded; an open guard is judged by its estimate against the whole
+    limit. `priors`: per test, the A/A calibration's noise.
     """
     rule = rule or DecisionRule()
     priors = priors or {}
@@ -435,9 +435,8 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule | None = None,
         d = log_ratios(pairs_with(aa_pairs, [test]), {test: 1.0}, rule.lower_is_better)
         bias = speedup(d, metric=test, confidence=rule.confidence, n_resamples=rule.n_resamples, seed=rule.seed)
         pair_sd = _outlier_resistant_sd(d)
-        df = max(1, len(d) - 1 + big_n - 1)
-        z = stats.norm.ppf(1 - (1 - rule.confidence) / 2)
-        scale = pair_sd * float(stats.t.ppf(1 - (1 - rule.confidence) / 2, df)) / z
+        # the scale a verdict at the cap would have: this calibration pooled with big_n pairs of the same noise
+        scale = pooled_scale((big_n - 1) * pair_sd ** 2, big_n, Prior(pair_sd, len(d) - 1), rule.confidence)
         h = sequence_half_width(big_n, scale, mixture_pairs=rule.mixture_pairs, confidence=rule.confidence)
         detectable = math.expm1(math.log1p(rule.min_effect) + h + stats.norm.ppf(power) * pair_sd / math.sqrt(big_n))
         floors[test] = NoiseFloor(test, bias, pair_sd, pair_sd / math.sqrt(2), big_n, detectable, len(d))
