@@ -99,18 +99,20 @@ class DecisionRule:
     (a run's machine level moves tg and pp together, so the block that makes tg look decisive flatters pp)."""
     mixture_pairs: float = 6.0
     """The normal mixture's spread, in pairs: it sets where the confidence sequence is tightest; smaller tightens
-    early looks and widens late ones. In the simulation at the 62-run cap, a true +3% tg was kept 89% / 58%
-    (quiet / fitted shared-box noise) at 6, 85% / 64% at 3, 88% / 46% at 10, with A/A kept under 1% at each."""
+    early looks and widens late ones. In the simulation (`python bench/evaluator_power.py --set
+    mixture_pairs=R`) a true +3% tg is kept 90% / 58.5% (quiet / fitted shared-box noise) at 6, 90.5% / 60.5% at
+    3 (within the trials' noise of 6), 89% / 48.5% at 10; A/A is kept at most 0.8% at each."""
     open_guard_reach: float = 2.0
     """A keep with a guard still open needs the guard's lower bound above this many limits below zero (-6% for a
     3% limit): no kept candidate has lost more than twice a guard's limit, at the rule's confidence at every look.
-    It costs decisive wins a block or two (10 runs rather than 6 on a quiet machine) and cut the fitted model's
-    keeps of +10% tg at -5% pp from 13% to 1%."""
+    In the simulation (`--set open_guard_reach=1e9` turns it off) it costs a +20% win a block or two (a median of
+    10 runs rather than 6 on the quiet model, 14 rather than 6 on the fitted one) and cuts the fitted model's keeps
+    of +10% tg at -5% pp from 13% to 1%."""
     futility: float = 0.10
     """Discard as futile when the chance of clearing the minimum by the run cap, were the true effect one
     standard error better than estimated, falls below this. Judged from 4 pairs on, and only while the estimate
-    is at most the minimum: a noisy +40% is measured to the cap, not given up (it cost A/A verdicts 13% more
-    runs in the fitted model, and no power)."""
+    is at most the minimum: a noisy +40% is measured to the cap, not given up (that cost the fitted model's A/A
+    verdicts 15.7 -> 13.7 per benchmark-hour and no power: bench/evaluator_power.py before and after 66c0eb7)."""
     confidence: float = 0.95
     n_resamples: int = 2000
     """2000 resamples put the Monte Carlo error of a 95% percentile bound at ~0.05 of a standard error."""

@@ -15,7 +15,10 @@ Model "quiet machine": 1.5% white noise per run, no drift, no hits (the tests' "
 Run times are the measured ones at the default shapes (bench/run_shape_cost.py): 20.2 s for pp512 + tg128,
 7.8 s for tg128 alone (warm-ups and blocks without the guard).
 
-    python bench/evaluator_power.py [--aa-trials 400] [--trials 200] [--no-write]
+    python bench/evaluator_power.py [--aa-trials 400] [--trials 200] [--no-write] [--set FIELD=VALUE ...]
+
+--set changes a DecisionRule field (e.g. --set mixture_pairs=3) to compare a setting with the defaults; such a
+run prints its tables and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from readfirst.agents.evaluator import CANDIDATE, EvaluatorConfig, calibrate, evaluate  # noqa: E402
+from readfirst.agents.statistics import DecisionRule  # noqa: E402
 
 FULL_RUN_S = 20.2  # one llama-bench invocation, pp512 + tg128, 2 threads, the run's model (run_shape_cost.py)
 TG_RUN_S = 7.8     # tg128 alone
@@ -89,9 +93,12 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+RULE = DecisionRule()  # the defaults, or what --set changed
+
+
 def calibrated(model: NoiseModel, seed: int, max_runs: int):
     bench = SimulatedBench(model, 0.0, 500_000 + seed)
-    return calibrate(bench.measure, EvaluatorConfig(max_runs=max_runs), pairs=8, clock=bench.clock)
+    return calibrate(bench.measure, EvaluatorConfig(rule=RULE, max_runs=max_runs), pairs=8, clock=bench.clock)
 
 
 def trial_row(model: NoiseModel, tg_effect: float, trials: int, seed0: int, *, pp_effect: float = 0.0,
@@ -100,7 +107,7 @@ def trial_row(model: NoiseModel, tg_effect: float, trials: int, seed0: int, *, p
     for s in range(trials):
         priors = calibrated(model, seed0 + s, max_runs).priors() if pooled else {}
         bench = SimulatedBench(model, tg_effect, seed0 + s, pp_effect)
-        verdicts.append(evaluate(bench.measure, EvaluatorConfig(max_runs=max_runs, priors=priors),
+        verdicts.append(evaluate(bench.measure, EvaluatorConfig(rule=RULE, max_runs=max_runs, priors=priors),
                                  clock=bench.clock))
     kept = sum(v.kept for v in verdicts)
     low, high = wilson(kept, trials)
@@ -132,7 +139,22 @@ def main() -> None:
     parser.add_argument("--aa-trials", type=int, default=400)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a DecisionRule field to change (numbers only); prints, writes nothing")
     args = parser.parse_args()
+    global RULE
+    changed = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in {f.name for f in fields(DecisionRule)} or not value:
+            parser.error(f"--set {item}: not FIELD=VALUE with FIELD one of DecisionRule's fields")
+        try:
+            changed[name] = type(getattr(RULE, name))(float(value))
+        except (TypeError, ValueError):
+            parser.error(f"--set {item}: {name} takes a number")
+    RULE = replace(RULE, **changed)
+    if changed:
+        print(f"rule changed: {changed}")
     started = time.perf_counter()
     sections = []
     for model in (SHARED_BOX, QUIET):
@@ -162,7 +184,7 @@ def main() -> None:
         "keep from 6, cap 26 full runs) kept A/A 2.3% / 0.3% and +3% 53% / 82.5% (shared / quiet), with a "
         "median of 26 runs (10.8 min) for no effect.\n\n" + "\n".join(sections)
         + f"\nsimulation wall time: {time.perf_counter() - started:.0f} s\n")
-    if not args.no_write:
+    if not args.no_write and not changed:
         write_section("evaluator-sim", "Evaluator keep rule: false keeps and power (simulation)", body)
 
 
