@@ -21,13 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from dataclasses import replace  # noqa: E402
-
 from readfirst.agents.evaluator import BASELINE, EvaluatorConfig, calibrate, evaluate  # noqa: E402
 from readfirst.config import Paths  # noqa: E402
 from readfirst.graph.deps import compose_target  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
-from readfirst.targets.llama_cpp.target import BenchOptions  # noqa: E402
 from readfirst.sources import git  # noqa: E402
 
 OPS = "ggml/src/ggml-cpu/ops.cpp"
@@ -59,17 +56,15 @@ def main() -> None:
     args = ap.parse_args()
     say = lambda m: print(f"· {m}", file=sys.stderr, flush=True)  # noqa: E731
     paths = Paths.resolve()
-    _, target = compose_target(paths, make_spec("llama.cpp", source="llama.cpp"), say=say)
+    spec = make_spec("llama.cpp", source="llama.cpp", options={"n_prompt": args.n_prompt, "n_gen": args.n_gen})
+    _, target = compose_target(paths, spec, say=say)
     base = target.prepare()
-    model = Path(base.variant["model"])
-    shape = BenchOptions(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=1)
 
     def measure_between(a: str, b: str):
+        """A run's own measure (one repetition, the tests asked for) of build `a` as baseline, `b` as candidate."""
         def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
             commit = a if which == BASELINE else b
-            only_tg = metrics is not None and not any(m.startswith("pp") for m in metrics)
-            options = replace(shape, n_prompt=0) if only_tg else shape
-            return {s.test: s.mean_ts for s in target.bench(commit, model=model, options=options).samples}
+            return target.measure(commit, base.variant, metrics=metrics).values
         return measure
 
     started = time.monotonic()
