@@ -51,3 +51,24 @@ def test_paths_follow_flags_then_environment_then_defaults(tmp_path):
     both = Paths.resolve(environ={**env, "READFIRST_CACHE": str(tmp_path / "c")})
     assert both.cache == tmp_path / "c" and both.knowledge_base == tmp_path / "h" / "knowledge_base"
     assert Paths.resolve(environ={}).home.name == "readfirst"
+
+
+@pytest.mark.parametrize("metrics, shape", [(None, (512, 128)), (("tg",), (0, 128)), (("tg128",), (0, 128)),
+                                            (("pp",), (512, 0)), (("pp512", "tg"), (512, 128)),
+                                            (("bytes",), (512, 128))])
+def test_llama_cpp_measures_only_the_tests_asked_for(tmp_path, metrics, shape):
+    """A run asked for tg alone runs llama-bench with -p 0 (the pp pass is most of a run's time); a name the
+    target does not know measures everything."""
+    from types import SimpleNamespace
+
+    from readfirst.sources import SourceRepo
+    from readfirst.targets.llama_cpp.target import BenchOptions, LlamaCppTarget, make_variant, native_config
+    target = LlamaCppTarget(Paths(home=tmp_path, cache=tmp_path / "cache"), None, SourceRepo(tmp_path, "b" * 40, "t"))
+    asked = []
+
+    def bench(commit, *, model, options, config):
+        asked.append((options.n_prompt, options.n_gen, options.repetitions))
+        return SimpleNamespace(samples=[], cpu="c", threads=2, cpus="0,1", flash_attn=True, duration_s=1.0)
+    target.bench = bench
+    target.measure("b" * 40, make_variant(native_config(), BenchOptions(), tmp_path / "m.gguf"), metrics=metrics)
+    assert asked == [(*shape, 1)]

@@ -33,7 +33,7 @@ from ...errors import SandboxError
 from ...protocols import Sandbox
 from ...records import (Baseline, BenchResult, BenchSample, BuildConfig, BuildResult, CheckResult, Checks,
                         CommandResult, KLDResult, Measurement, Mount, Objective, Profile, TestCase, TestResult,
-                        from_dict, to_dict)
+                        from_dict, metric_matches, to_dict)
 from ...sandbox.docker_sandbox import describe_exit
 from ...sandbox.machine_lock import machine_lock
 from ...sandbox.readback import read_text_inside
@@ -240,7 +240,7 @@ class LlamaCppTarget(GitTarget):
         they name (("tg",): -p 0, the pp pass is most of a full run's time)."""
         options = self._options(variant, repetitions=1)
         if metrics is not None:
-            wanted = lambda test: any(test.startswith(m) or m.startswith(test) for m in metrics)  # noqa: E731
+            wanted = lambda test: any(metric_matches(m, test) or metric_matches(test, m) for m in metrics)  # noqa: E731
             keep_pp, keep_tg = wanted("pp"), wanted("tg")
             if keep_pp or keep_tg:  # names this target does not know: measure everything
                 options = dataclasses.replace(options, n_prompt=options.n_prompt if keep_pp else 0,
