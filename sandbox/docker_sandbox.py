@@ -11,6 +11,7 @@ dies. Containers are labelled with their owner; a new sandbox removes those whos
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -78,8 +79,12 @@ class _DiskWatch:
     """Bounds what a container writes to its writable mounts. This engine (Docker 20.10, overlay2 on ext4) has no
     per-mount quota (--storage-opt size needs xfs with pquota, bind mounts have none, and a tmpfs /out would
     vanish before its results are read), so the sandbox measures each writable mount's growth on its own clock
-    and kills the container at the limit. A write burst between two looks can pass the limit by what the disk
-    takes in one interval (0.25 s, longer for a tree that takes long to walk)."""
+    and kills the container at the limit. What passes the limit is what the disk takes in between one look and
+    the kill, so the watch looks every 20 ms while its walk is cheap (5x the walk's own time for a big tree, so it
+    never loads the machine) and kills the container's init itself when it can, without the engine's round trip.
+    A 0.25 s look through the engine let a 1 MiB-block dd put 451 MiB past a 32 MiB limit on a fast disk."""
+
+    MIN_INTERVAL = 0.02
 
     def __init__(self, mounts: Sequence[tuple[Path, str, int]], kill: Callable[[], None]):
         self._mounts = [(host, target, limit, allocated_bytes(host)) for host, target, limit in mounts]
@@ -96,15 +101,15 @@ class _DiskWatch:
         return ""
 
     def _watch(self) -> None:
-        interval = 0.25
+        interval = self.MIN_INTERVAL
         while not self._stop.wait(interval):
             t0 = time.monotonic()
             exceeded = self.check()
-            interval = max(0.25, 5 * (time.monotonic() - t0))  # walking a big tree must not load the machine
             if exceeded:
                 self.exceeded = exceeded
                 self._kill()
                 return
+            interval = max(self.MIN_INTERVAL, 5 * (time.monotonic() - t0))  # a big tree's walk: not a load
 
     def start(self) -> None:
         if self._mounts:
@@ -238,12 +243,15 @@ class DockerSandbox:
             collector = _OutputCollector(stream, self.limits, log_path)
             collector.thread.start()
             start = time.monotonic()
+            init: list = [None]
             watch = _DiskWatch([(Path(h), v["bind"], self.limits.disk_limit(v["bind"]))
-                                for h, v in volumes.items() if v["mode"] == "rw"], lambda: _kill(container))
+                                for h, v in volumes.items() if v["mode"] == "rw"], lambda: _kill(container, init[0]))
             container.start()
             watch.start()
+            init[0] = _init_process(container)  # reloads the container: its attrs are current for the audit
             if self.audit is not None:
-                container.reload()
+                if init[0] is None:
+                    container.reload()
                 self.audit(container.attrs)
             exit_code, timed_out = self._wait(container, start + timeout_s)
             duration = time.monotonic() - start
@@ -301,7 +309,6 @@ _SIGNAL_MEANING = {"SIGILL": "an instruction this CPU does not execute", "SIGSEG
 def describe_exit(code: int) -> str:
     """`exit 132 (SIGILL: an instruction this CPU does not execute)`: a shell reports a death by signal N as
     128 + N, which alone reads as just a number."""
-    import signal
     if 128 < code < 128 + 65:
         try:
             name = signal.Signals(code - 128).name
@@ -312,7 +319,28 @@ def describe_exit(code: int) -> str:
     return f"exit {code}"
 
 
-def _kill(container) -> None:
+def _init_process(container) -> tuple[int, str] | None:
+    """The container's init process as this host sees it (pid and start time), when this process can signal it:
+    the engine's own pid namespace and root. None otherwise (a remote engine, a rootless one)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        container.reload()
+        pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+    except (docker.errors.APIError, ValueError):
+        return None
+    start = _process_start(pid) if pid > 0 else None
+    return (pid, start) if start else None
+
+
+def _kill(container, init: tuple[int, str] | None = None) -> None:
+    """SIGKILL to the container's init: directly when its pid is known and still the same process (no round trip
+    through the engine; the pid namespace dies with its init), through the engine's API as well either way."""
+    if init is not None and _process_start(init[0]) == init[1]:
+        try:
+            os.kill(init[0], signal.SIGKILL)
+        except OSError:
+            pass
     try:
         container.kill()
     except docker.errors.APIError:
