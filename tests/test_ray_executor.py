@@ -210,6 +210,32 @@ def test_a_node_killed_mid_experiment_loses_only_that_experiment_and_the_ledger_
     ledger.close()
 
 
+def _remove_orphans(sandbox, docker_client, raylets: set[int], wait_s: float = 30.0) -> None:
+    """The sandbox's gc until no container of a node's actor is left (ray.kill does not wait for the process)."""
+    from readfirst.sandbox.docker_sandbox import OWNER_LABEL, owner_alive
+    deadline = time.monotonic() + wait_s
+    while True:
+        sandbox.gc()
+        left = [c for c in _sandbox_containers(docker_client) if not owner_alive(c.labels[OWNER_LABEL])
+                or _parent(int(c.labels[OWNER_LABEL].split(":")[1])) in raylets]
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(1.0)
+
+
+def _outcomes(rows: list, threads: list) -> list[str]:
+    """What each experiment's thread ended with, short: a row's decision, the exception, or still running."""
+    said = []
+    for r, t in zip(rows, threads):
+        if isinstance(r, dict):
+            said.append(f"row: {r.get('decision')} ({str(r.get('reason'))[:200]})")
+        elif isinstance(r, BaseException):
+            said.append(f"{type(r).__name__}: {str(r)[:1500]}")
+        else:
+            said.append("still running after 900 s" if t.is_alive() else "no row and no exception")
+    return said
+
+
 # -- a real target on the nodes: LZ4 through the config target, in each node's Docker sandbox ------------------------
 
 @pytest.fixture(scope="module")
@@ -260,7 +286,10 @@ def test_real_experiments_are_built_checked_and_measured_on_the_nodes(ray_cluste
             t.join(timeout=900)
     finally:
         executor.close()
-    assert all(isinstance(r, dict) for r in rows), (rows, said[-20:])
+        # an experiment still running when the wait ran out leaves its container behind (its actor is killed, not
+        # the container): removed once the actor's process is gone, so it does not load the next test's runs
+        _remove_orphans(target.sandbox, docker_client, {ray_cluster.raylet_pid(name) for name in NODES})
+    assert all(isinstance(r, dict) for r in rows), (_outcomes(rows, threads), said[-20:])
     fix, o3 = rows
     assert fix["node"]["ray_node_id"] != o3["node"]["ray_node_id"]  # one experiment per node
     for r in rows:

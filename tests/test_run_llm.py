@@ -94,7 +94,7 @@ def test_llm_run_keeps_the_real_win_and_discards_the_broken_build(tmp_path, shar
         env = {**os.environ, "READFIRST_HOME": str(tmp_path), "ANTHROPIC_API_KEY": "sk-test",
                "ANTHROPIC_BASE_URL": server.url}
         proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--source", str(source),
-                               "--budget-experiments", "2", "-p", "16", "-n", "16", "--max-runs", "14",
+                               "--budget-experiments", "2", "-p", "16", "-n", "16", "--max-runs", "30",
                                "--calibration-pairs", "0", "--no-reading-list", "--no-backend-gaps", "--json"],
                               capture_output=True, text=True, env=env, timeout=5400)
         requests = server.count
