@@ -64,6 +64,11 @@ class Target(Protocol):
     def build(self, commit: str, variant: Mapping[str, Any], *, worker: int = 0) -> BuildResult:
         """A failed build is a result (its stage says where), not an exception. A build that exists is reused."""
 
+    def clean(self, variant: Mapping[str, Any]) -> dict[str, Any]:
+        """`variant` built from nothing (a fresh build directory, no compiler cache), under an artifact of its own,
+        so that a measurement of it owes nothing to what earlier builds left; `variant` itself when every build of
+        the target is made that way already. The run's confirmation builds and measures these."""
+
     def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
         """Every correctness check of a finished build, in order; a failed check is a result."""
 

@@ -78,6 +78,9 @@ class BuildConfig:
     cmake_flags: list[str] = field(default_factory=list)
     c_flags: str = ""
     note: str = ""
+    # Made from nothing: a fresh build directory and no compiler cache (the confirmation's builds). An
+    # incremental build can link stale objects, and a cached one can hide that a change does not compile alone.
+    clean: bool = False
 
 
 @dataclass

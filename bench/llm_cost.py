@@ -91,10 +91,13 @@ class ScriptedLlamaCpp:
                + (COMPILER_ERROR + "make[2]: *** Error 1\n" if broken else "[100%] Built target llama-bench\n"))
         return BuildResult(not broken, "compile" if broken else "ok", 1.0, log, BuildConfig(), commit)
 
+    def clean(self, variant: dict[str, Any]) -> dict[str, Any]:
+        return dict(variant)  # a scripted build has no stale objects
+
     def checks(self, commit: str, variant: dict[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
         return Checks([CheckResult("tests", True), CheckResult("logits", True, "", 0.1, {"kld_mean": 0.0002})])
 
-    def measure(self, commit: str, variant: dict[str, Any]) -> Measurement:
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
         self.runs += 1
         fast = 1 + 0.03 * self._diff(commit).count("BENCH_FAST")
         wobble = 1 + 0.004 * math.sin(self.runs)

@@ -15,7 +15,7 @@ from ..targets.llama_cpp.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
 from .ledger import Ledger
-from .report import experiment_table
+from .report import confirmation_text, experiment_table
 from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_meta
 
 
@@ -197,6 +197,8 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     best = summary.get("best_speedup")
     app.console.print(f"stopped: {summary['stop_reason']}; {summary['experiments']} experiments, "
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
+    if summary.get("confirmation"):
+        app.console.print(confirmation_text(summary["confirmation"]), soft_wrap=True)
     dropped = summary.get("dropped_by_reason") or {}
     if dropped:
         app.console.print("dropped before or at the build: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))

@@ -57,6 +57,26 @@ def llm_caption(llm: dict[str, Any]) -> str:
                    else "; no kept win")
 
 
+def confirmation_text(confirmation: dict[str, Any] | None) -> str:
+    """One line: what the final stack measured against the baseline, on which builds, beside the estimate."""
+    if not confirmation:
+        return ""
+    estimated = confirmation.get("estimated")
+    beside = f" against the estimated {estimated:+.1%}" if estimated is not None else ""
+    if confirmation.get("error"):
+        return f"confirmation: {confirmation['error']}{beside}"
+    if confirmation.get("speedup") is None:
+        return f"confirmation: no measurement ({confirmation.get('reason') or 'no pairs'}){beside}"
+    spent = [f"{confirmation['pairs']} pairs"]
+    if confirmation.get("build_minutes"):
+        spent.append(f"{confirmation['build_minutes']:.1f} min building")
+    if confirmation.get("bench_minutes") is not None:
+        spent.append(f"{confirmation['bench_minutes']:.1f} min measuring")
+    builds = confirmation.get("builds") or "the run's builds"
+    return (f"confirmation ({confirmation['decision']}): {speedup_text(confirmation)}{beside}, on {builds} "
+            f"({', '.join(spent)})")
+
+
 def speedup_text(row: dict[str, Any]) -> str:
     if row.get("speedup") is None:
         return ""

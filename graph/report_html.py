@@ -120,6 +120,7 @@ def _setup(data: dict[str, Any], objective: dict[str, Any]) -> str:
                         + ("baseline" if best is None else f"{best:+.1%}"))
          + (" <span class=partial>(partial: the run did not finish; figures from its ledger)</span>"
             if figures["partial"] else "")),
+        ("confirmation", esc(report.confirmation_text(state.get("confirmation") or summary.get("confirmation")))),
         ("stopped", esc(figures["stop_reason"] or state.get("stop_reason") or meta.get("status", ""))),
         ("facts", "<br>".join(esc(f) for f in profile.get("facts") or summary.get("facts") or [])),
     ]

@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 INLINE_LIMIT = 2000          # characters of JSON kept inline in an event; more goes to a blob file
 LOG_TAIL = 2000              # characters of a sandbox command's output shown in the trace itself
 # The Target interface's methods (readfirst.protocols.Target): each call and its result is recorded.
-TARGET_METHODS = ("prepare", "commit_patch", "build", "checks", "measure", "profile", "variants", "apply")
+TARGET_METHODS = ("prepare", "commit_patch", "build", "checks", "measure", "profile", "variants", "apply", "clean")
 
 
 class TraceError(ReadfirstError):

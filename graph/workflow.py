@@ -303,21 +303,40 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
     # -- confirm -----------------------------------------------------------------------------------------------------
     def confirm(state: RunState) -> dict[str, Any]:
-        """The final stack against the baseline, interleaved like every verdict, beside the estimate (the product
-        of the kept steps' effects). The builds are the run's own (incremental, ccache); a clean rebuild is the
-        target's to offer and no target does yet, so the record says which builds were measured."""
+        """The final stack against the baseline, both built from nothing (the target's clean variants: fresh
+        build directories, no compiler cache) and interleaved like every verdict, beside the estimate (the
+        product of the kept steps' effects). The run's own builds are incremental and cached: a stale object can
+        make a win that the code does not have, and a stack that builds only on top of earlier objects is caught
+        here as a failed clean build."""
         opts = _options(state)
         base, best = _baseline(state), state["best"]
         rows = {r["id"]: r for r in (deps.ledger.rows() if deps.ledger is not None else [])}
         estimated = 1.0
         for eid in best["stack"]:
             estimated *= 1 + ((rows.get(eid) or {}).get("speedup") or 0)
-        bench = ArmBench(target, {BASELINE: (base.commit, base.variant),
-                                  CANDIDATE: (best["commit"], best["variant"])})
-
+        arms = {BASELINE: (base.commit, target.clean(base.variant)),
+                CANDIDATE: (best["commit"], target.clean(best["variant"]))}
+        fresh = arms[BASELINE][1] != base.variant or arms[CANDIDATE][1] != best["variant"]
         say(f"confirm: the final stack ({len(best['stack'])} kept) against the baseline")
-        record: dict[str, Any] = {"estimated": estimated - 1, "stack": list(best["stack"]),
-                                  "builds": "the run's own builds (incremental, ccache)"}
+        record: dict[str, Any] = {
+            "estimated": estimated - 1, "stack": list(best["stack"]),
+            "builds": ("clean builds (fresh build directories, no compiler cache)" if fresh
+                       else "the target's own builds (each made from nothing already)")}
+        build_s = 0.0
+        for arm, what in ((BASELINE, "the baseline"), (CANDIDATE, "the final stack")):
+            commit, variant = arms[arm]
+            if fresh:
+                say(f"confirm: building {what} ({commit[:10]}) from nothing")
+            built = target.build(commit, variant)
+            build_s += built.duration_s
+            if not built.ok:
+                record["error"] = (f"the clean build of {what} ({commit[:10]}) failed at {built.stage}: "
+                                   f"{built.log_tail[-300:].strip()}")
+                record["decision"] = "discard" if arm == CANDIDATE else None
+                say(f"confirm: {record['error'][:400]}")
+                return {"confirmation": record}
+        record["build_minutes"] = round(build_s / 60, 2)
+        bench = ArmBench(target, arms)
         try:
             verdict = evaluate(bench, evaluator_for(target, max_runs=opts.max_runs, noise=state.get("noise")),
                                clock=bench.seconds)

@@ -99,6 +99,11 @@ class ConfigTarget(GitTarget):
             shutil.rmtree(art, ignore_errors=True)
         return result
 
+    def clean(self, variant: Mapping[str, Any]) -> dict[str, Any]:
+        """Every build here is made from nothing already (a tree exported from git into a fresh directory): the
+        same variant. (A build command that brings its own compiler cache is the project's to turn off.)"""
+        return dict(variant)
+
     def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline | None,
                worker: int = 0) -> Checks:
         """The project's own test command on the build; exit 0 passes."""

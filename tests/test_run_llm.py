@@ -115,8 +115,13 @@ def test_llm_run_keeps_the_real_win_and_discards_the_broken_build(tmp_path, shar
     second = next(json.dumps(b["messages"][0]["content"]) for b in bodies
                   if f"title: {BREAK_TITLE}" in json.dumps(b["messages"][0]["content"]))
     assert f"{FIX_TITLE} (llm/" in second and ": keep +" in second and "Keep threshold" in second
-    # The final stack was measured again against the baseline.
+    # The final stack was built again from nothing (its own artifact: no compiler cache, a fresh build directory)
+    # and measured against the baseline's clean build.
     assert summary["confirmation"]["decision"] == "keep" and summary["confirmation"]["speedup"] > 0.01
+    assert "clean builds" in summary["confirmation"]["builds"]
+    base_commit = json.loads((run_dir / "best.json").read_text())["baseline"]["commit"]
+    cleans = {p.name.split("-")[0] for p in (shared_cache / "artifacts").glob("*/*-clean") if (p / "bin").is_dir()}
+    assert fix["candidate"]["commit"][:16] in cleans and base_commit[:16] in cleans, cleans
     assert summary["kept"] == [fix["id"]] and len(summary["best_patches"]) == 1
     assert requests >= 4
     # The kept patch stack applies to the baseline with `git am`, and undoes the slowdown.

@@ -52,6 +52,7 @@ class StandInTarget:
     objective = Objective(metric="tg", direction="higher", guards=None, unit="t/s")
     hot_paths = ("src/*",)
     protected = ("tests/*",)
+    stale_flags: tuple[str, ...] = ()
 
     def __init__(self, home: Path, source: Path, sandbox: CountingSandbox):
         self.repository = source
@@ -71,9 +72,13 @@ class StandInTarget:
         return commit_patch(self.repository, patch, base=base, message=message, protected=self.protected)
 
     def build(self, commit: str, variant: dict[str, Any], *, worker: int = 0) -> BuildResult:
-        r = self.sandbox.run(f"make {commit[:8]} {' '.join(variant['flags'])}".strip())
-        return BuildResult(True, "ok", 0.5, r.output_tail, BuildConfig(list(variant["flags"]), "", "stand-in"),
-                           commit, None)
+        clean = " --clean" if variant.get("clean") else ""
+        r = self.sandbox.run(f"make {commit[:8]} {' '.join(variant['flags'])}".strip() + clean)
+        return BuildResult(True, "ok", 0.5, r.output_tail,
+                           BuildConfig(list(variant["flags"]), "", "stand-in", bool(clean)), commit, None)
+
+    def clean(self, variant: dict[str, Any]) -> dict[str, Any]:
+        return {**variant, "clean": True}
 
     def checks(self, commit: str, variant: dict[str, Any], *, baseline: Baseline | None, worker: int = 0) -> Checks:
         self.sandbox.run("make test")
@@ -82,7 +87,9 @@ class StandInTarget:
     def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
         self.sandbox.run(f"bench -t {variant['threads']}")
         self.benches += 1
-        fast = 1.08 if variant["flags"] else 1.0
+        # a flag in stale_flags is fast only in an incremental build (a stale object's win, gone when clean)
+        won = [f for f in variant["flags"] if not (variant.get("clean") and f in self.stale_flags)]
+        fast = 1.08 if won else 1.0
         wobble = 1 + 0.004 * math.sin(self.benches)  # deterministic noise: the statistics need some spread
         return Measurement({"pp16": 200.0 * wobble, "tg8": 40.0 * fast * wobble}, {"cpu": "stand-in CPU"})
 
@@ -119,13 +126,13 @@ def make_source(directory: Path) -> Path:
 
 
 def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL, kb: Any = None, llm: Any = None,
-               sandbox: CountingSandbox | None = None, plan: Any = None,
-               implement: Any = None) -> tuple[Path, dict[str, Any], StandInTarget]:
+               sandbox: CountingSandbox | None = None, plan: Any = None, implement: Any = None,
+               target_class: type | None = None) -> tuple[Path, dict[str, Any], StandInTarget]:
     """A whole traced run of the real graph and runner on the stand-in target; returns its directory."""
     source = home / "source"
     if not source.exists():
         make_source(source)
-    target = StandInTarget(home, source, sandbox or CountingSandbox())
+    target = (target_class or StandInTarget)(home, source, sandbox or CountingSandbox())
     directory = home / "runs" / run_id
     directory.mkdir(parents=True)
     meta = {"run_id": run_id, "created_at": time.time(), "source": str(source), "status": "starting",
