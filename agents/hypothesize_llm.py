@@ -146,6 +146,7 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
         result.items.append({
             "id": f"H{key[:8]}", "key": key, "kind": "llm", "source": "llm", "title": title.strip(),
             "rationale": str(raw.get("rationale") or ""), "expected_gain": str(raw.get("expected_gain") or ""),
+            "hot_spot": str(raw.get("hot_spot") or "")[:200],
             "files": _strings(raw.get("files")), "functions": functions,
             "citations": cited,
             "chunk_ids": list(dict.fromkeys(_chunk_id(c) for fid in cited for c in by_id[fid].get("citations") or [])),

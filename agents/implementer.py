@@ -364,8 +364,10 @@ def hypothesis_block(hypothesis: Mapping[str, Any]) -> str:
     """A hypothesis as the implementer reads it: fenced like any untrusted text, since a planner that read papers
     and forks wrote it (a title can carry an injected instruction as well as a chunk can)."""
     files = ", ".join(str(f) for f in hypothesis.get("files") or []) or "(none given)"
+    hot = f"\nhot spot it attacks (the profile's share of the time): {hypothesis['hot_spot']}" \
+        if hypothesis.get("hot_spot") else ""
     return data_block("hypothesis", f"title: {hypothesis.get('title', '')}\nrationale: "
-                      f"{hypothesis.get('rationale', '')}\nfiles likely relevant (hints, not a limit): {files}",
+                      f"{hypothesis.get('rationale', '')}\nfiles likely relevant (hints, not a limit): {files}{hot}",
                       limit=6000, id=hypothesis.get("id", "?"))
 
 

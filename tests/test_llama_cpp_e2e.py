@@ -77,6 +77,31 @@ def test_bench_returns_every_sample_with_build_and_machine(llama):
     assert result.cpus and len(result.cpus.split(",")) == min(result.threads, len(os.sched_getaffinity(0)))
 
 
+def test_the_op_profile_times_every_op_of_the_real_build_and_its_counts_follow_the_model(llama):
+    from readfirst.targets.llama_cpp.profile import op_facts
+    target, baseline, model = llama
+    shape = target.shape
+    target.shape = BenchOptions(n_prompt=64, n_gen=16)
+    try:
+        ops = target.op_profile(baseline.commit, baseline.variant)
+    finally:
+        target.shape = shape
+    tg, pp = ops["phases"]["tg"], ops["phases"]["pp"]
+    assert tg["tokens"] == 16 and pp["tokens"] == 64 and not tg["problems"] and not pp["problems"]
+    assert abs(sum(o["share"] for o in tg["ops"]) - 1) < 1e-6 and tg["op_seconds"] <= tg["seconds"] * 1.05
+    n_layer = ModelShape().n_layer
+    # one graph per generated token: the FFN's gate and up projections (2048 -> 5632) twice per layer, the down one
+    # (5632 -> 2048) once, in the model's own type
+    by_op = {o["op"]: o for o in tg["ops"]}
+    assert by_op["MUL_MAT q4_0 2048x5632"]["per_token"] == 2 * n_layer
+    assert by_op["MUL_MAT q4_0 5632x2048"]["per_token"] == n_layer
+    # the weights' matmuls are most of generation on a 1.1B model
+    assert sum(o["share"] for o in tg["ops"] if o["op"].startswith("MUL_MAT q4_0")) > 0.4
+    assert ops["isa"] and "AVX2" in ops["isa"]
+    facts = op_facts(ops)
+    assert facts[0].startswith("Where generation's time goes") and "MUL_MAT q4_0" in facts[0]
+
+
 def test_a_harmless_kernel_patch_builds_incrementally_and_passes_the_logits_check(llama):
     target, baseline, model = llama
     # Unique per session: commits are content-addressed, and a worker tree that already holds this exact change

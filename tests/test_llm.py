@@ -227,7 +227,7 @@ FINDINGS = [{"id": "f-1", "claim": "ik_llama.cpp fuses rms_norm with mul", "cita
 def test_plan_hypotheses_keeps_cited_new_ones_in_rank_order():
     answer = [
         {"title": "Fuse RMS norm and mul", "rationale": "one pass", "files": ["ggml/src/ggml-cpu/ops.cpp"],
-         "findings": ["f-1"], "expected_gain": "3% tg"},
+         "findings": ["f-1"], "expected_gain": "3% tg", "hot_spot": "RMS_NORM f32 6%"},
         {"title": "Uncited idea", "rationale": "trust me", "findings": []},
         {"title": "Cites an invented finding", "findings": ["f-99"]},
         {"title": "Use more threads!", "findings": ["f-2"]},            # tried before, spelled differently
@@ -243,6 +243,11 @@ def test_plan_hypotheses_keeps_cited_new_ones_in_rank_order():
     first, second = result.items
     assert first["citations"] == ["f-1"] and first["chunk_ids"] == ["c1", "c2"] and first["expected_gain"] == "3% tg"
     assert first["files"] == ["ggml/src/ggml-cpu/ops.cpp"] and second["files"] == []
+    # the hot spot it names reaches the implementer, inside the fenced hypothesis
+    from readfirst.agents.implementer import hypothesis_block
+    assert first["hot_spot"] == "RMS_NORM f32 6%" and second["hot_spot"] == ""
+    assert "hot spot it attacks (the profile's share of the time): RMS_NORM f32 6%" in hypothesis_block(first)
+    assert "hot spot" not in hypothesis_block(second)
     assert second["chunk_ids"] == ["c1", "c2", "c3"] and second["citations"] == ["f-1", "f-2"]
     assert first["kind"] == "llm" and first["id"] == "H" + first["key"][:8] and first["key"] != second["key"]
     assert "llamafile sgemm.cpp:10-80 tinyBLAS: template <int RM, int RN> void gemm" in second["evidence"][1]["text"]

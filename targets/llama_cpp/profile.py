@@ -78,3 +78,72 @@ def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int) -
                      f"batch): matmul kernels, repacking and tiling decide it.")
     return RooflineProfile(read_gbs, bytes_per_token, limit, tg, pp, tg_s.test if tg_s else "",
                            pp_s.test if pp_s else "", facts)
+
+
+# -- where the time goes, by ggml op -----------------------------------------------------------------------------
+
+OP_PROFILE_TG_TOKENS = 32   # generation's shares settle within a few tokens; the full tg128 would add minutes
+MAX_OVERHEAD = 0.5          # a profile that slowed the run by more than this is reported, not trusted
+
+
+def op_profile_source(scratch: Path) -> Path:
+    """native/op_profile.cpp copied to `scratch` (mounted into the sandbox, where it is compiled)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("readfirst.targets.llama_cpp") / "native" / "op_profile.cpp") as f:
+        shutil.copyfile(f, scratch / "op_profile.cpp")
+    return scratch
+
+
+def op_summary(raw: dict) -> dict:
+    """op_profile's JSON as shares: per phase, each op's seconds, share of the op total, and calls per token, most
+    time first; the ISA paths compiled in (llama's system info, the flags set to 1); and whether it holds together
+    (the ops' sum within the profiled wall time, the profiling overhead bounded)."""
+    phases = {}
+    for name, ph in (raw.get("phases") or {}).items():
+        ops = [o for o in ph.get("ops") or [] if o.get("seconds", 0) >= 0]
+        total = sum(o["seconds"] for o in ops)
+        tokens = max(1, int(ph.get("tokens") or 1))
+        wall, plain = float(ph.get("seconds") or 0), float(ph.get("unprofiled_seconds") or 0)
+        problems = []
+        if not ops or total <= 0:
+            problems.append("no op was timed")
+        if wall and total > 1.05 * wall:
+            problems.append(f"the ops add up to {total:.3f} s, more than the {wall:.3f} s the profiled run took")
+        overhead = wall / plain - 1 if plain > 0 else None
+        if overhead is not None and overhead > MAX_OVERHEAD:
+            problems.append(f"timing op by op slowed it by {overhead:.0%}")
+        rows = sorted(({"op": o["op"], "seconds": o["seconds"], "share": o["seconds"] / total if total else 0.0,
+                        "per_token": o["count"] / tokens} for o in ops), key=lambda o: -o["seconds"])
+        phases[name] = {"tokens": tokens, "seconds": wall, "unprofiled_seconds": plain, "op_seconds": total,
+                        "overhead": overhead, "ops": rows, "problems": problems}
+    info = str(raw.get("system_info") or "")
+    # "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | ... | REPACK = 1 |": the backend's name before the first flag
+    isa = list(dict.fromkeys(part.split("=")[0].split(":")[-1].strip() for part in info.split("|")
+                             if part.strip().endswith("= 1")))
+    return {"phases": phases, "isa": isa, "system_info": info}
+
+
+def op_facts(summary: dict, *, top: int = 6) -> list[str]:
+    """The profile's lines for the agents: where each phase's time goes, or why that is unknown."""
+    facts = []
+    for name, what in (("tg", "generation"), ("pp", "prompt processing")):
+        ph = summary["phases"].get(name)
+        if ph is None:
+            continue
+        if ph["problems"]:
+            facts.append(f"Where {what}'s time goes is unknown: the per-op profile does not hold together "
+                         f"({'; '.join(ph['problems'])}).")
+            continue
+        shown = ph["ops"][:top]
+        rest = 1 - sum(o["share"] for o in shown)
+        parts = [f"{o['op']} {o['share']:.0%} ({o['per_token']:g}/token)" if name == "tg" else
+                 f"{o['op']} {o['share']:.0%}" for o in shown]
+        overhead = (f"{ph['overhead']:.0%} profiling overhead" if ph["overhead"] is not None
+                    else "overhead not measured")
+        facts.append(f"Where {what}'s time goes (ggml ops timed one by one over {ph['tokens']} tokens, "
+                     f"{overhead}): " + ", ".join(parts)
+                     + (f"; everything else {rest:.0%}" if rest > 0.005 else "")
+                     + ". A change to one op can save at most its share.")
+    if summary["isa"]:
+        facts.append("CPU paths compiled into this build (ggml's system info): " + ", ".join(summary["isa"]) + ".")
+    return facts

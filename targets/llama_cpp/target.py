@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
@@ -147,7 +148,9 @@ def cpu_has_amx() -> bool:
 
 
 def config_key(config: BuildConfig) -> str:
-    return short_digest(json.dumps([config.cmake_flags, config.c_flags, cpu_signature()]))
+    # a clean build gets its own key (its own artifact and build directory); the others keep the keys they had
+    return short_digest(json.dumps([config.cmake_flags, config.c_flags, cpu_signature()])) + (
+        "-clean" if config.clean else "")
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,11 @@ class LlamaCppTarget(GitTarget):
                                commit, reused=True)
         return self.build_config(commit, worker=worker, config=config)
 
+    def clean(self, variant: Mapping[str, Any]) -> dict[str, Any]:
+        """The variant built from nothing: its own fresh build directory, the compiler cache disabled, only what a
+        measurement runs (llama-bench). The confirmation measures these."""
+        return {**variant, "build": {**variant["build"], "clean": True}}
+
     def checks(self, commit: str, variant: Mapping[str, Any], *, baseline: Baseline, worker: int = 0) -> Checks:
         """The ctest subset (its result kept with the build, so an unchanged build is not tested twice), then the
         logits against the baseline's (llama-perplexity --kl-divergence)."""
@@ -254,7 +262,7 @@ class LlamaCppTarget(GitTarget):
         """The baseline benchmarked (3 repetitions) and the machine's read bandwidth measured in the sandbox: how
         far generation is from its bandwidth limit decides what is worth reading about."""
         from .model import bytes_read_per_token
-        from .profile import make_profile, measure_read_bandwidth
+        from .profile import make_profile, measure_read_bandwidth, op_facts
         model = Path(baseline.variant["model"])
         bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
                            config=self.config_of(baseline.variant))
@@ -263,13 +271,58 @@ class LlamaCppTarget(GitTarget):
             read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
                                               threads=int(baseline.variant["run"]["threads"]))
         prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+        facts = list(prof.facts)
+        try:
+            ops = self.op_profile(baseline.commit, baseline.variant)
+        except SandboxError as e:  # a fact less, not a run less
+            ops = {"error": str(e)[:500]}
+            facts.append(f"The per-op profile could not be measured ({str(e).splitlines()[0][:200]}): where the "
+                         f"time goes is unknown.")
+        else:
+            facts += op_facts(ops)
         symbols = hot_symbols(self.quant, flash_attn=bool(baseline.variant["run"]["flash_attn"]))
-        return Profile(prof.facts, {s.test: s.mean_ts for s in bench.samples},
-                       {"research": research_queries(prof.facts),
+        return Profile(facts, {s.test: s.mean_ts for s in bench.samples},
+                       {"research": research_queries(facts),
                         "competitors": list(FORK_QUERIES) + [f"{s} CPU kernel" for s in symbols[:3]]},
-                       {**prof.to_dict(), "bench": to_dict(bench),
+                       {**prof.to_dict(), "facts": facts, "bench": to_dict(bench), "ops": ops,
                         "setup": {"cpu": bench.cpu, "threads": bench.threads, "cpus": bench.cpus,
                                   "flash_attn": bench.flash_attn}}, hot_symbols=symbols)
+
+    def op_profile(self, commit: str, variant: Mapping[str, Any]) -> dict[str, Any]:
+        """Where a build's time goes, by ggml op (native/op_profile.cpp, compiled in the sandbox against the
+        commit's own headers and the build's libraries): the run's prompt, and up to OP_PROFILE_TG_TOKENS
+        generated tokens, each node timed alone. A measurement: the machine to itself, the benchmark's CPUs."""
+        from .profile import OP_PROFILE_TG_TOKENS, op_profile_source, op_summary
+        options = self._options(variant, repetitions=1)
+        config = self.config_of(variant)
+        headers = self.paths.cache / "probes" / f"headers-{commit[:16]}"
+        if not (headers / "include" / "llama.h").is_file():
+            shutil.rmtree(headers, ignore_errors=True)
+            headers.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(self.repository), "archive", commit, "include", "ggml/include"],
+                                     capture_output=True, check=False)
+            if archive.returncode != 0:
+                raise SandboxError(f"cannot read {commit[:10]}'s headers: {archive.stderr.decode()[-300:]}")
+            subprocess.run(["tar", "-x", "-C", str(headers)], input=archive.stdout, check=True)
+        probe = op_profile_source(self.paths.cache / "probes" / "op-profile")
+        tg = min(options.n_gen, OP_PROFILE_TG_TOKENS)
+        cmd = ("g++ -O2 -std=c++17 /probe/op_profile.cpp -I/hdr/include -I/hdr/ggml/include -L/build/bin "
+               "-lllama -lggml -lggml-base -Wl,-rpath,/build/bin -o /tmp/op_profile && "
+               f"/tmp/op_profile {self._model_in_container(Path(variant['model']))} {options.n_prompt} {tg} "
+               f"{options.threads} {int(options.flash_attn)} {options.ubatch or 0} > /out/ops.json")
+        mounts = [*self._tool_mounts(commit, config), Mount(headers, "/hdr", True), Mount(probe, "/probe", True)]
+        r, out = self._run(cmd, timeout_s=self.run_timeout_s, log_name="op-profile", mounts=mounts,
+                           cpuset=bench_cpus(options.threads), measuring=True)
+        try:
+            text = read_text_inside(out, "ops.json") if r.ok else ""
+        finally:
+            self._discard(out)
+        if not r.ok:
+            raise SandboxError(f"the op profile failed ({describe_exit(r.exit_code)}): {r.output_tail[-800:]}")
+        try:
+            return op_summary(json.loads(text))
+        except (ValueError, TypeError, KeyError) as e:
+            raise SandboxError(f"the op profile printed no JSON it could read: {text[:300]!r}") from e
 
     def variants(self, variant: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Build flags a maintainer would try, and the runtime settings a user would tune."""
@@ -411,6 +464,8 @@ class LlamaCppTarget(GitTarget):
                      config: BuildConfig | None = None) -> BuildResult:
         """Configure and build `commit` in a worker's checkout (incrementally), and keep its binaries."""
         config = config or self.config
+        if config.clean:
+            return self._clean_build(commit, worker=worker, config=config)
         w = self._worker(worker)
         from_baseline = not self.trusted(commit, config) and self.trusted(self.source.baseline, config)
         if from_baseline and not (self._baseline_build_dir(w, config) / "CMakeCache.txt").is_file():
@@ -447,6 +502,38 @@ class LlamaCppTarget(GitTarget):
                 "disk limit" if build.disk_exceeded else "link" if _LINK_ERRORS.search(build.output_tail)
                 else "compile")
             return self._build_result(False, stage, build, commit, config, duration)
+
+    def _clean_build(self, commit: str, *, worker: int, config: BuildConfig) -> BuildResult:
+        """`commit` configured and built in an empty directory with no compiler cache (llama-bench only); the
+        directory goes afterwards, the binaries stay in the build's artifact."""
+        w = self._worker(worker)
+        with w.locked():
+            w.checkout(commit)
+            build_dir = w.build_dir(config_key(config))
+            shutil.rmtree(build_dir, ignore_errors=True)
+            build_dir.mkdir(parents=True)
+            mounts = [Mount(w.src, "/src", True), Mount(build_dir, "/build", False)]
+            flags = " ".join(config.cmake_flags)
+            if config.c_flags:
+                flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
+            art = self.artifact_dir(commit, config)
+            art.mkdir(parents=True, exist_ok=True)
+            jobs = max(1, int(getattr(getattr(self.sandbox, "limits", None), "cpus", os.cpu_count() or 1)))
+            try:
+                # ccache=None: the cache is neither mounted nor used (CCACHE_DISABLE); every object compiled here
+                r, out = self._run(f"cmake -S /src -B /build {flags} && cmake --build /build -j {jobs} --target "
+                                   f"llama-bench && rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
+                                   timeout_s=self.build_timeout_s, log_name="clean-build",
+                                   mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build", ccache=None)
+                self._discard(out)
+            finally:
+                shutil.rmtree(build_dir, ignore_errors=True)
+            if r.ok:
+                return self._build_result(True, "ok", r, commit, config)
+            shutil.rmtree(art / "bin", ignore_errors=True)
+            stage = "timeout" if r.timed_out else "out of memory" if r.oom_killed else (
+                "disk limit" if r.disk_exceeded else "link" if _LINK_ERRORS.search(r.output_tail) else "compile")
+            return self._build_result(False, stage, r, commit, config)
 
     def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str, config: BuildConfig,
                       duration: float | None = None) -> BuildResult:
