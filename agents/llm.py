@@ -352,6 +352,9 @@ class _Accounting:
             self.on_call({**request, "response": response.to_dict() if response else None, "error": error,
                           "input_tokens": response.input_tokens if response else 0,
                           "output_tokens": response.output_tokens if response else 0,
+                          # prompt tokens a cache wrote or served: billed apart, counted in the budget's input
+                          "cache_write_tokens": response.cache_write_tokens if response else 0,
+                          "cache_read_tokens": response.cache_read_tokens if response else 0,
                           "cost_usd": response.cost_usd if response else 0.0,
                           "latency_s": response.latency_s if response else None})
 
@@ -381,11 +384,15 @@ class AnthropicLLM(_Accounting):
 
     def __init__(self, client: Any, *, model: str = DEFAULT_MODEL, budget: Budget | None = None,
                  on_call: OnCall | None = None, prices: Mapping[str, tuple[float, float]] | None = None,
-                 cache_prompts: bool = True):
+                 cache_prompts: bool = True, max_reply_tokens: int | None = None):
         self.client, self.model, self.budget, self.on_call, self.prices = client, model, budget, on_call, prices
         # An agent's loop resends its whole conversation each step; cache marks make the repeated prefix cost
         # a tenth of the input price instead of the full price.
         self.cache_prompts = cache_prompts
+        # A cap on every reply whatever a role asks for: a local model generates tens of tokens per second, and a
+        # weak one fills whatever it is allowed (Gemma 270M wrote 4,096 tokens to every planning call). The
+        # recorded request keeps what the role asked, so a replay matches either way.
+        self.max_reply_tokens = max_reply_tokens
 
     def complete(self, messages: list[dict[str, Any]], *, system: str = "", tools: list[dict[str, Any]] | None = None,
                  max_tokens: int = 4096, agent: str = "", experiment: str | None = None) -> LLMResponse:
@@ -393,12 +400,13 @@ class AnthropicLLM(_Accounting):
         # A cache write costs 1.25x the input price and pays only when the prefix is sent again: in an agent's
         # tool loop (its conversation grows turn by turn), not in a one-shot call such as a summary.
         cache = self.cache_prompts and (bool(tools) or len(messages) > 1)
+        sent_max = min(max_tokens, self.max_reply_tokens) if self.max_reply_tokens else max_tokens
         held = self._before(agent, experiment, call_bound(self.model, messages, system=system, tools=tools,
-                                                          max_tokens=max_tokens, cached=cache, prices=self.prices))
+                                                          max_tokens=sent_max, cached=cache, prices=self.prices))
         # A copy of the list: the caller appends to its conversation after the call, the hook keeps what was sent.
         request = {"messages": list(messages), "system": system, "tools": tools, "max_tokens": max_tokens,
                    "agent": agent, "experiment": experiment, "model": self.model}
-        params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
+        params: dict[str, Any] = {"model": self.model, "max_tokens": sent_max,
                                   "messages": _with_cache_mark(messages) if cache else messages}
         if system:
             params["system"] = [{"type": "text", "text": system,

@@ -72,6 +72,9 @@ def run(ctx: typer.Context,
                                                            "patch, build, runtime. Default: all."),
         llm_model: str = typer.Option("claude-sonnet-4-6", "--llm-model", envvar="READFIRST_LLM_MODEL",
                                       help="Anthropic model for the agents."),
+        llm_max_reply: Optional[int] = typer.Option(None, "--llm-max-reply", envvar="READFIRST_LLM_MAX_REPLY", min=16,
+                                                    help="Cap every model reply at N tokens, whatever a role asks "
+                                                         "for (a local model writes tens of tokens per second)."),
         n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=1, help="llama.cpp: prompt tokens per "
                                                                          "benchmark."),
         n_gen: int = typer.Option(128, "-n", "--n-gen", min=1, help="llama.cpp: generated tokens per benchmark."),
@@ -161,7 +164,8 @@ def run(ctx: typer.Context,
                    execute=executor)
     if not offline:
         deps = deps_root.with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
-                                  budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd))
+                                  budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd),
+                                  max_reply_tokens=meta.setdefault("llm_max_reply", llm_max_reply))
         meta["budget_usd"] = options.budget_usd if options else meta.get("budget_usd", budget_usd)
     deps = start_tracing(deps, directory)
     try:

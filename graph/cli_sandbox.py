@@ -169,6 +169,39 @@ def check_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="A GGUF 
         f"{path}: {info['architecture']}, {info['tensors']} tensors, {info['bytes'] / 2**20:.1f} MiB")
 
 
+@model_app.command("serve")
+def serve_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="A GGUF file: the model to serve."),
+              port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+              context: int = typer.Option(32768, "--ctx", min=512, help="Context tokens (one slot has them all)."),
+              threads: int = typer.Option(2, "-t", "--threads", min=1, help="Threads the server computes with."),
+              source: str = typer.Option("llama.cpp", "--source", help="The llama.cpp source to build it from.")
+              ) -> None:
+    """Serve a local GGUF through llama.cpp's llama-server (Anthropic Messages API) for LLM mode.
+
+    Builds llama-server once from the pinned source in the sandbox, starts it on 127.0.0.1 and prints the two
+    variables that point `readfirst run` at it; Ctrl-C stops it."""
+    from ..targets.llama_cpp.baseline import establish_baseline
+    from ..targets.llama_cpp.server import build_server, serve
+    app = app_context(ctx)
+    info = validate_gguf(path)
+    _, target = compose_target(app.paths, make_spec("llama.cpp", source=source), say=app.say)
+    # the configuration that builds and passes its tests on this CPU (native, or the fallback: AMX can crash)
+    verified, _ = establish_baseline(target, model=path, say=app.say)
+    bin_dir = build_server(target, verified.config, say=app.say)
+    with serve(bin_dir, path, port=port, context=context, threads=threads, log=app.paths.home / f"llama-server-{port}.log", say=app.say) as server:
+        app.console.print(f"{info['architecture']} model {path.name} served; in another shell:\n"
+                          f"  export ANTHROPIC_BASE_URL={server.url} ANTHROPIC_API_KEY=local\n"
+                          f"  readfirst run --llm-model {path.stem} --llm-max-reply 512 ...\n"
+                          f"(a request's max_tokens overrides the server's cap: --llm-max-reply bounds the replies; "
+                          f"Ctrl-C stops it; log: {server.log})",
+                          soft_wrap=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            return
+    raise ReadfirstError(f"llama-server stopped by itself (exit {server.process.returncode}); log: {server.log}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(sandbox_app, name="sandbox")
     app.add_typer(model_app, name="model")

@@ -50,7 +50,8 @@ def llm_roles(llm, target, fork_trees: dict | None = None) -> dict:
             "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
 
 
-def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float):
+def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float,
+             max_reply_tokens: int | None = None):
     """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
 
     The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.
@@ -66,7 +67,7 @@ def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float
         write_meta(directory, meta)
 
     client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
-    llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved)
+    llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved, max_reply_tokens=max_reply_tokens)
     return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
                    **llm_roles(llm, deps.target, deps.fork_trees))
 

@@ -226,7 +226,8 @@ class Recorder:
         ctx = CURRENT.get()
         if ctx is not None:
             ctx.cost_usd += float(record.get("cost_usd") or 0.0)
-            ctx.tokens += int(record.get("input_tokens") or 0) + int(record.get("output_tokens") or 0)
+            ctx.tokens += sum(int(record.get(k) or 0) for k in ("input_tokens", "output_tokens",
+                                                                "cache_write_tokens", "cache_read_tokens"))
         request = {k: record.get(k) for k in ("messages", "system", "tools", "max_tokens")}
         response = record.get("response") or {}
         self.call("llm", agent=record.get("agent"), experiment=record.get("experiment"), model=record.get("model"),
@@ -234,7 +235,8 @@ class Recorder:
                   response=self.writer.stash(response) if response else None,
                   tool_calls=[b.get("name") for b in response.get("content", []) if b.get("type") == "tool_use"],
                   error=record.get("error"), input_tokens=record.get("input_tokens"),
-                  output_tokens=record.get("output_tokens"), cost_usd=record.get("cost_usd"),
+                  output_tokens=record.get("output_tokens"), cache_write_tokens=record.get("cache_write_tokens"),
+                  cache_read_tokens=record.get("cache_read_tokens"), cost_usd=record.get("cost_usd"),
                   latency_s=record.get("latency_s"))
 
 

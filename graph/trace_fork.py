@@ -23,7 +23,8 @@ from .trace_replay import copy_ledger_before, steps_from
 # What a child inherits from its parent's meta.json; status, pid, summary and errors are the parent's own.
 # The LLM's spending starts again: the checkpoint does not hold what the parent spent before the fork.
 INHERITED = ("source", "ref", "target", "target_spec", "model", "quant", "forks", "fork_subdirs", "as_trees",
-             "chroma_url", "papers", "offline", "llm_model", "reading_list", "backend_gaps")
+             "chroma_url", "papers", "offline", "llm_model", "llm_max_reply", "reading_list",
+             "backend_gaps")
 # Options of the llama.cpp target that a fork may change (the benchmark's shape): they live in its spec.
 TARGET_OPTIONS = ("n_prompt", "n_gen", "threads")
 

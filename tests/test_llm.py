@@ -57,6 +57,20 @@ def test_text_reply_is_plain_data_with_tokens_and_dollars(fake):
     assert sent["system"][0]["cache_control"] == {"type": "ephemeral"} and turns[-1]["content"] == "more"
 
 
+def test_a_reply_cap_lowers_what_is_sent_and_held_but_not_what_is_recorded_as_asked(fake):
+    reply = message_json("short")
+    reply["usage"]["cache_read_input_tokens"] = 300  # a server's prompt cache served part of the prompt
+    fake.add(reply)
+    calls, budget = [], Budget(10.0)
+    llm = llm_for(fake, budget=budget, max_reply_tokens=256, on_call=calls.append)
+    llm.complete(HELLO, agent="hypothesize", max_tokens=4096)
+    assert fake.requests[0]["body"]["max_tokens"] == 256
+    assert calls[0]["max_tokens"] == 4096  # what the role asked: a replay of it matches
+    # the budget's input counts every prompt token, the call record says which were served from the cache
+    assert budget.snapshot()["total"]["input_tokens"] == 400
+    assert (calls[0]["input_tokens"], calls[0]["cache_read_tokens"], calls[0]["cache_write_tokens"]) == (100, 300, 0)
+
+
 def test_tool_use_blocks_come_back_as_dicts(fake):
     call = tool_use_block("read_file", {"path": "a.c"}, id="toolu_1")
     fake.add(message_json([{"type": "text", "text": "Let me look."}, call]))
