@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import PatchDoesNotApply, PatchRejected, SandboxError
 from ..protocols import Target
 from ..records import Baseline, BuildResult, CheckResult, to_dict
-from .evaluator import BASELINE, EvaluatorConfig, Verdict, evaluate, gates
+from .evaluator import BASELINE, CANDIDATE, EvaluatorConfig, Verdict, evaluate, gates
 from .llm import BudgetExceeded
 from .statistics import DecisionRule, Prior
 
@@ -265,3 +265,45 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     durations["bench"] = clock() - t0
     bench.record_setup(row)
     return finish(gates(checks, perf))
+
+
+def confirm_stack(target: Target, *, baseline: tuple[str, Mapping[str, Any]], best: tuple[str, Mapping[str, Any]],
+                  max_runs: int, noise: Mapping[str, Any] | None = None, say: Callable[[str], None] = lambda _: None
+                  ) -> dict[str, Any]:
+    """`best` (commit, variant) against `baseline`, both built from nothing (the target's clean variants: fresh
+    build directories, no compiler cache) and measured in one interleaved A/B under the run's keep rule.
+
+    The run's own builds are incremental and cached: a stale object can make a win the code does not have, and a
+    stack that builds only on top of earlier objects is caught here as a failed clean build. The record: which
+    builds, their minutes, then the verdict (speedup, interval, pairs, decision, reason, bench minutes), or the
+    error that stopped it."""
+    arms = {BASELINE: (baseline[0], target.clean(baseline[1])), CANDIDATE: (best[0], target.clean(best[1]))}
+    fresh = arms[BASELINE][1] != dict(baseline[1]) or arms[CANDIDATE][1] != dict(best[1])
+    record: dict[str, Any] = {"builds": "clean builds (fresh build directories, no compiler cache)" if fresh
+                              else "the target's own builds (each made from nothing already)"}
+    build_s = 0.0
+    for arm, what in ((BASELINE, "the baseline"), (CANDIDATE, "the final stack")):
+        commit, variant = arms[arm]
+        if fresh:
+            say(f"confirm: building {what} ({commit[:10]}) from nothing")
+        built = target.build(commit, variant)
+        build_s += built.duration_s
+        if not built.ok:
+            record.update(error=f"the clean build of {what} ({commit[:10]}) failed at {built.stage}: "
+                                f"{built.log_tail[-300:].strip()}",
+                          decision="discard" if arm == CANDIDATE else None, build_minutes=round(build_s / 60, 2))
+            say(f"confirm: {record['error'][:400]}")
+            return record
+    record["build_minutes"] = round(build_s / 60, 2)
+    bench = ArmBench(target, arms)
+    try:
+        verdict = evaluate(bench, evaluator_for(target, max_runs=max_runs, noise=noise), clock=bench.seconds)
+    except (SandboxError, ValueError) as e:
+        record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        say(f"confirm: could not measure: {record['error']}")
+        return record
+    obj = verdict.objective
+    record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
+                  ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,
+                  decision=verdict.decision, reason=verdict.reason, bench_minutes=round(bench.spent_s / 60, 2))
+    return record

@@ -203,6 +203,8 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
     if summary.get("confirmation"):
         app.console.print(confirmation_text(summary["confirmation"]), soft_wrap=True)
+        for step in summary["confirmation"].get("steps") or []:
+            app.console.print(f"  {step['id']} {step['title'][:60]}: " + confirmation_text(step), soft_wrap=True)
     dropped = summary.get("dropped_by_reason") or {}
     if dropped:
         app.console.print("dropped before or at the build: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))

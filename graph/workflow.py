@@ -26,12 +26,11 @@ from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, porting, researcher
 from ..agents.briefing import brief
-from ..agents.evaluator import BASELINE, CANDIDATE, calibrate, evaluate
-from ..agents.experiment import ArmBench, evaluator_for, run_experiment
+from ..agents.evaluator import calibrate
+from ..agents.experiment import confirm_stack, evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
 from ..protocols import KnowledgeStore, Target, Tree
-from ..errors import SandboxError
 from ..records import Baseline, from_dict, to_dict
 from ..sources import GitTree, merge_file
 from .ledger import Ledger
@@ -303,54 +302,34 @@ def build_graph(deps: RunDeps, checkpointer=None):
 
     # -- confirm -----------------------------------------------------------------------------------------------------
     def confirm(state: RunState) -> dict[str, Any]:
-        """The final stack against the baseline, both built from nothing (the target's clean variants: fresh
-        build directories, no compiler cache) and interleaved like every verdict, beside the estimate (the
-        product of the kept steps' effects). The run's own builds are incremental and cached: a stale object can
-        make a win that the code does not have, and a stack that builds only on top of earlier objects is caught
-        here as a failed clean build."""
+        """The final stack against the baseline, both built from nothing (agents.experiment.confirm_stack),
+        beside the estimate: the product of the kept steps' effects."""
         opts = _options(state)
         base, best = _baseline(state), state["best"]
         rows = {r["id"]: r for r in (deps.ledger.rows() if deps.ledger is not None else [])}
         estimated = 1.0
         for eid in best["stack"]:
             estimated *= 1 + ((rows.get(eid) or {}).get("speedup") or 0)
-        arms = {BASELINE: (base.commit, target.clean(base.variant)),
-                CANDIDATE: (best["commit"], target.clean(best["variant"]))}
-        fresh = arms[BASELINE][1] != base.variant or arms[CANDIDATE][1] != best["variant"]
+        steps = []
+        if len(best["stack"]) > 1:  # each kept win against what it was kept over, from clean builds too
+            for eid in best["stack"]:
+                row = rows.get(eid) or {}
+                before, cand = row.get("best_before") or {}, row.get("candidate") or {}
+                if not (before.get("commit") and cand.get("commit")):
+                    continue  # a row from before the ledger kept these
+                say(f"confirm: {eid} ({row.get('title', '')[:80]}) against what it was kept over")
+                step = confirm_stack(target, baseline=(before["commit"], before["variant"]),
+                                     best=(cand["commit"], cand["variant"]), max_runs=opts.max_runs,
+                                     noise=state.get("noise"), say=say)
+                steps.append({"id": eid, "title": row.get("title", ""), "estimated": row.get("speedup"), **step})
         say(f"confirm: the final stack ({len(best['stack'])} kept) against the baseline")
-        record: dict[str, Any] = {
-            "estimated": estimated - 1, "stack": list(best["stack"]),
-            "builds": ("clean builds (fresh build directories, no compiler cache)" if fresh
-                       else "the target's own builds (each made from nothing already)")}
-        build_s = 0.0
-        for arm, what in ((BASELINE, "the baseline"), (CANDIDATE, "the final stack")):
-            commit, variant = arms[arm]
-            if fresh:
-                say(f"confirm: building {what} ({commit[:10]}) from nothing")
-            built = target.build(commit, variant)
-            build_s += built.duration_s
-            if not built.ok:
-                record["error"] = (f"the clean build of {what} ({commit[:10]}) failed at {built.stage}: "
-                                   f"{built.log_tail[-300:].strip()}")
-                record["decision"] = "discard" if arm == CANDIDATE else None
-                say(f"confirm: {record['error'][:400]}")
-                return {"confirmation": record}
-        record["build_minutes"] = round(build_s / 60, 2)
-        bench = ArmBench(target, arms)
-        try:
-            verdict = evaluate(bench, evaluator_for(target, max_runs=opts.max_runs, noise=state.get("noise")),
-                               clock=bench.seconds)
-        except (SandboxError, ValueError) as e:
-            record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            say(f"confirm: could not measure: {record['error']}")
-            return {"confirmation": record}
-        obj = verdict.objective
-        record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
-                      ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,
-                      decision=verdict.decision, reason=verdict.reason,
-                      bench_minutes=round(bench.spent_s / 60, 2))
-        say(f"confirm: measured {_pct(record['speedup'])} [{_pct(record['ci_low'])}, {_pct(record['ci_high'])}] "
-            f"against the estimated {_pct(record['estimated'])}")
+        record = confirm_stack(target, baseline=(base.commit, base.variant), best=(best["commit"], best["variant"]),
+                               max_runs=opts.max_runs, noise=state.get("noise"), say=say)
+        record = {"estimated": estimated - 1, "stack": list(best["stack"]), **record,
+                  **({"steps": steps} if steps else {})}
+        if record.get("speedup") is not None:
+            say(f"confirm: measured {_pct(record['speedup'])} [{_pct(record['ci_low'])}, {_pct(record['ci_high'])}] "
+                f"against the estimated {_pct(record['estimated'])}")
         return {"confirmation": record}
 
     def _budget_spent(state: RunState, opts: RunOptions) -> str:

@@ -1,8 +1,10 @@
 """The confirmation at the end of a run: the final stack against the baseline in one more interleaved A/B, on the
-stand-in target (the real graph and evaluator; the stand-in's benchmark makes any added build flag 8% faster)."""
+stand-in target (the real graph and evaluator; the stand-in's benchmark makes any added build flag 8% faster),
+from clean builds; with more than one win kept, each win against what it was kept over as well."""
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +14,7 @@ from test_trace_standin import SMALL, StandInTarget, record_run  # noqa: E402
 
 from readfirst.graph.report_data import last_state, run_figures
 from readfirst.graph.runner import read_meta
+from readfirst.records import Measurement
 
 
 def test_a_kept_stack_is_measured_again_against_the_baseline(tmp_path):
@@ -54,3 +57,33 @@ def test_a_win_that_only_incremental_builds_have_is_not_confirmed(tmp_path):
     assert summary["kept"] and summary["best_speedup"] > 0.06  # the run's own builds showed it
     confirmation = summary["confirmation"]
     assert confirmation["decision"] != "keep" and abs(confirmation["speedup"]) < 0.02, confirmation
+
+
+class TwoWinsTarget(StandInTarget):
+    """Each of its two flags is 8% faster; -DSTALE=ON only in the run's incremental builds."""
+    stale_flags = ("-DSTALE=ON",)
+
+    def variants(self, variant):
+        return [{"kind": "build", "title": f"build with {f}", "rationale": "", "change": {"flags_add": [f]}}
+                for f in ("-DREAL=ON", "-DSTALE=ON") if f not in variant["flags"]]
+
+    def measure(self, commit, variant, metrics=None):
+        self.sandbox.run(f"bench -t {variant['threads']}")
+        self.benches += 1
+        won = [f for f in variant["flags"] if not (variant.get("clean") and f in self.stale_flags)]
+        wobble = 1 + 0.004 * math.sin(self.benches)
+        return Measurement({"pp16": 200.0 * wobble, "tg8": 40.0 * 1.08 ** len(won) * wobble}, {"cpu": "stand-in"})
+
+
+def test_with_two_kept_each_win_is_confirmed_against_what_it_was_kept_over(tmp_path):
+    _, summary, _ = record_run(tmp_path, options=replace(SMALL, kinds=("build",), workers=1),
+                               target_class=TwoWinsTarget)
+    assert len(summary["kept"]) == 2, summary
+    confirmation = summary["confirmation"]
+    steps = {s["title"]: s for s in confirmation["steps"]}
+    assert [s["id"] for s in confirmation["steps"]] == summary["kept"]
+    real, stale = steps["build with -DREAL=ON"], steps["build with -DSTALE=ON"]
+    assert real["decision"] == "keep" and 0.06 < real["speedup"] < 0.10 and "clean builds" in real["builds"]
+    assert stale["decision"] != "keep" and abs(stale["speedup"]) < 0.02 and stale["estimated"] > 0.06
+    # the stack holds the real win only
+    assert 0.06 < confirmation["speedup"] < 0.10 and confirmation["estimated"] > 0.14
