@@ -63,11 +63,17 @@ def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, 
     if not first["same"]:
         # Measured again, the baseline may fall on the other side of the roofline's 60% line on a noisy machine
         # (seen: 56% recorded, 61% replayed): then the facts say so, and that is the only thing that may differ.
+        # The per-op profile measured again may order its ops differently (two ops of close shares), or find
+        # itself unreliable this time: the facts it hands on change, so the step is not the same either.
+        from readfirst.graph.trace_replay import unmeasured
         d = rerun["divergence"]
         assert d["step"] == 1 and set(d["differences"]) <= {"profile", "findings"}, d
-        facts = json.dumps(d["differences"])
+        profile = d["differences"].get("profile") or {}
+        recorded = set(unmeasured((profile.get("recorded") or {}).get("facts") or []))
+        replayed = set(unmeasured((profile.get("replayed") or {}).get("facts") or []))
         categories = ("Generation is memory-bound", "well below its bandwidth limit", "not trustworthy")
-        assert sum(c in facts for c in categories) == 2, d  # recorded in one category, replayed in another
+        moved = recorded ^ replayed  # only a roofline category or the op profile's lines may have changed
+        assert all(any(c in f for c in (*categories, "time goes")) for f in moved), (sorted(moved), d)
     else:
         assert len(rerun["steps"]) > 1  # the replay went on to the experiments
     new_logs = set((tmp_path / "logs").glob("*.log")) - logs_before
