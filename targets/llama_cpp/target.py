@@ -147,6 +147,19 @@ def cpu_has_amx() -> bool:
     return cpu_has("amx_tile")
 
 
+def _cmake_args(config: BuildConfig) -> str:
+    flags = " ".join(config.cmake_flags)
+    if config.c_flags:
+        flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
+    return flags
+
+
+def _failed_stage(r) -> str:
+    """Where a failed build command stopped, from its result (the compile stage unless it says otherwise)."""
+    return "timeout" if r.timed_out else "out of memory" if r.oom_killed else (
+        "disk limit" if r.disk_exceeded else "link" if _LINK_ERRORS.search(r.output_tail) else "compile")
+
+
 def config_key(config: BuildConfig) -> str:
     # a clean build gets its own key (its own artifact and build directory); the others keep the keys they had
     return short_digest(json.dumps([config.cmake_flags, config.c_flags, cpu_signature()])) + (
@@ -476,10 +489,8 @@ class LlamaCppTarget(GitTarget):
             w.checkout(commit)
             mounts = self._worker_mounts(w, config, commit)
             ccache = "write" if self.trusted(commit, config) else "read"
-            flags = " ".join(config.cmake_flags)
-            if config.c_flags:
-                flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
-            configure, out = self._run(f"cmake -S /src -B /build {flags}", timeout_s=600, log_name="configure",
+            configure, out = self._run(f"cmake -S /src -B /build {_cmake_args(config)}", timeout_s=600,
+                                       log_name="configure",
                                        mounts=mounts, workdir="/build", ccache=ccache)
             self._discard(out)
             if not configure.ok:
@@ -488,8 +499,7 @@ class LlamaCppTarget(GitTarget):
             art = self.artifact_dir(commit, config)
             art.mkdir(parents=True, exist_ok=True)
             (art / "tests.json").unlink(missing_ok=True)  # a new build: its tests have not run
-            jobs = max(1, int(getattr(getattr(self.sandbox, "limits", None), "cpus", os.cpu_count() or 1)))
-            build, out = self._run(f"cmake --build /build -j {jobs} --target {' '.join(targets)} && "
+            build, out = self._run(f"cmake --build /build -j {self._jobs()} --target {' '.join(targets)} && "
                                    f"rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
                                    timeout_s=self.build_timeout_s, log_name="build",
                                    mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build",
@@ -498,10 +508,7 @@ class LlamaCppTarget(GitTarget):
             duration = configure.duration_s + build.duration_s
             if build.ok:
                 return self._build_result(True, "ok", build, commit, config, duration)
-            stage = "timeout" if build.timed_out else "out of memory" if build.oom_killed else (
-                "disk limit" if build.disk_exceeded else "link" if _LINK_ERRORS.search(build.output_tail)
-                else "compile")
-            return self._build_result(False, stage, build, commit, config, duration)
+            return self._build_result(False, _failed_stage(build), build, commit, config, duration)
 
     def _clean_build(self, commit: str, *, worker: int, config: BuildConfig) -> BuildResult:
         """`commit` configured and built in an empty directory with no compiler cache (llama-bench only); the
@@ -513,16 +520,13 @@ class LlamaCppTarget(GitTarget):
             shutil.rmtree(build_dir, ignore_errors=True)
             build_dir.mkdir(parents=True)
             mounts = [Mount(w.src, "/src", True), Mount(build_dir, "/build", False)]
-            flags = " ".join(config.cmake_flags)
-            if config.c_flags:
-                flags += f" '-DCMAKE_C_FLAGS={config.c_flags}' '-DCMAKE_CXX_FLAGS={config.c_flags}'"
             art = self.artifact_dir(commit, config)
             art.mkdir(parents=True, exist_ok=True)
-            jobs = max(1, int(getattr(getattr(self.sandbox, "limits", None), "cpus", os.cpu_count() or 1)))
             try:
                 # ccache=None: the cache is neither mounted nor used (CCACHE_DISABLE); every object compiled here
-                r, out = self._run(f"cmake -S /src -B /build {flags} && cmake --build /build -j {jobs} --target "
-                                   f"llama-bench && rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
+                r, out = self._run(f"cmake -S /src -B /build {_cmake_args(config)} && cmake --build /build -j "
+                                   f"{self._jobs()} --target llama-bench && rm -rf /artifact/bin && "
+                                   f"cp -a /build/bin /artifact/bin",
                                    timeout_s=self.build_timeout_s, log_name="clean-build",
                                    mounts=[*mounts, Mount(art, "/artifact", False)], workdir="/build", ccache=None)
                 self._discard(out)
@@ -531,9 +535,10 @@ class LlamaCppTarget(GitTarget):
             if r.ok:
                 return self._build_result(True, "ok", r, commit, config)
             shutil.rmtree(art / "bin", ignore_errors=True)
-            stage = "timeout" if r.timed_out else "out of memory" if r.oom_killed else (
-                "disk limit" if r.disk_exceeded else "link" if _LINK_ERRORS.search(r.output_tail) else "compile")
-            return self._build_result(False, stage, r, commit, config)
+            return self._build_result(False, _failed_stage(r), r, commit, config)
+
+    def _jobs(self) -> int:
+        return max(1, int(getattr(getattr(self.sandbox, "limits", None), "cpus", os.cpu_count() or 1)))
 
     def _build_result(self, ok: bool, stage: str, r: CommandResult, commit: str, config: BuildConfig,
                       duration: float | None = None) -> BuildResult:
