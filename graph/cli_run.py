@@ -60,9 +60,17 @@ def run(ctx: typer.Context,
                                                   help="Run each experiment on a node of this Ray cluster "
                                                        "(host:port, or auto for the one this machine belongs "
                                                        "to), one experiment per node at a time."),
-        ray_class: Optional[str] = typer.Option(None, "--ray-class", envvar="READFIRST_RAY_CLASS",
-                                                help="With --ray: only nodes carrying this Ray resource (a "
-                                                     "machine class, e.g. x86-avx512 as deploy/ tags them)."),
+        ray_classes: list[str] = typer.Option([], "--ray-class", envvar="READFIRST_RAY_CLASS",
+                                              help="With --ray: only nodes carrying this Ray resource (a machine "
+                                                   "class, e.g. x86-avx512 as deploy/ tags them). Repeatable: "
+                                                   "every experiment is then measured on a node of each class "
+                                                   "and kept only when each class keeps it."),
+        node_noise_max: Optional[float] = typer.Option(None, "--node-noise-max", min=0.0,
+                                                       help="With --ray: a node whose own A/A calibration (the "
+                                                            "run's --calibration-pairs, before its first "
+                                                            "experiment) shows a pair SD above this many percent "
+                                                            "is not used for verdicts. Default: twice the run's "
+                                                            "own noise floor."),
         chroma_url: Optional[str] = typer.Option(None, "--chroma-url", envvar="READFIRST_CHROMA_URL",
                                                  help="A Chroma server for the knowledge base (default: embedded, "
                                                       "in the data directory)."),
@@ -151,9 +159,16 @@ def run(ctx: typer.Context,
         executor = None
         if ray_address:
             from ..sandbox.ray_executor import RayExecutor
+            ray_meta = meta.setdefault("ray", {"classes": ray_classes, "node_noise_max": node_noise_max,
+                                               "calibration_pairs": calibration_pairs})  # a resume keeps them
             executor = RayExecutor(ray_address, spec, target=tgt, home=str(app.paths.home),
-                                   cache=str(app.paths.cache), resource=ray_class, say=app.say)
-            app.say(f"experiments run on the Ray cluster at {ray_address}: {len(executor.nodes())} nodes")
+                                   cache=str(app.paths.cache), classes=ray_meta["classes"],
+                                   calibration_pairs=ray_meta["calibration_pairs"],
+                                   noise_limit=(ray_meta["node_noise_max"] / 100
+                                                if ray_meta["node_noise_max"] is not None else None),
+                                   say=app.say)
+            app.say(f"experiments run on the Ray cluster at {ray_address}: {len(executor.nodes())} nodes"
+                    + (f" of the classes {', '.join(ray_meta['classes'])}" if ray_meta["classes"] else ""))
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever
         meta.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                     error=f"{type(e).__name__}: {e}"[:2000])
@@ -170,12 +185,16 @@ def run(ctx: typer.Context,
     deps = start_tracing(deps, directory)
     try:
         summary = execute(deps, directory, run_id, options=options, meta=meta)
+        if executor is not None:
+            summary["ray_nodes"] = executor.node_report()
     except KeyboardInterrupt:
         app.err.print(f"interrupted: progress is saved; continue with `readfirst run --resume {run_id}`")
         raise typer.Exit(130)
     finally:
         ledger.close()
         if executor is not None:
+            meta = {**read_meta(directory), "ray_nodes": executor.node_report()}  # the nodes' noise, kept
+            write_meta(directory, meta)
             executor.close()
         from .report_html import write_after_run  # finished, interrupted or failed: the page shows what there is
         write_after_run(directory, app.say)
@@ -198,6 +217,8 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     from .cli_common import print_table
     print_table(app.console, experiment_table(rows, title=f"run {summary['run_id']}"))
     print_table(app.console, source_table(summary))
+    if summary.get("by_class") or summary.get("ray_nodes"):
+        print_table(app.console, class_table(summary))
     best = summary.get("best_speedup")
     app.console.print(f"stopped: {summary['stop_reason']}; {summary['experiments']} experiments, "
                       f"{len(summary['kept'])} kept; best: {'baseline' if best is None else f'{best:+.1%}'}")
@@ -221,6 +242,23 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     page = Path(summary["results_tsv"]).parent / "report.html"
     app.console.print(f"results: {summary['results_tsv']}" + (f"; plot: {summary['report']}" if summary.get("report")
                                                               else "") + f"; page: {page}", soft_wrap=True)
+
+
+def class_table(summary: dict) -> Table:
+    """The wins per machine class (a Ray run), and the nodes whose own noise kept them out of the verdicts."""
+    from .report import speedup_text
+    excluded = [n for n in summary.get("ray_nodes") or [] if n.get("excluded")]
+    caption = "; ".join(f"{n.get('hostname')} ({n['ray_node_id'][:12]}, {n.get('class') or n.get('cpu')}) not "
+                        f"used: {n['excluded']}" for n in excluded)
+    table = Table(title="by machine class", caption=caption or None)
+    for col in ("class", "nodes", "experiments", "kept there", "the kept stack there"):
+        table.add_column(col, overflow="fold", no_wrap=col == "class")
+    for machine_class, entry in (summary.get("by_class") or {}).items():
+        kept = ", ".join(f"{k['id']} {speedup_text(k)}" for k in entry["kept"]) or "none"
+        stack = entry.get("stack_speedup")
+        table.add_row(machine_class, ", ".join(entry["nodes"]), str(entry["experiments"]), kept,
+                      "" if stack is None else f"{stack:+.1%}")
+    return table
 
 
 def source_table(summary: dict) -> Table:

@@ -49,6 +49,41 @@ def stacked_speedup(kept: list[dict[str, Any]]) -> float | None:
     return total - 1
 
 
+def class_results(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per machine class, what an experiment measured there: every class's verdict when the run measured on
+    several (sandbox/ray_executor.merge_classes), else the row's own under its node's class or, without one, its
+    node's CPU model; nothing for a row measured on the driver's machine."""
+    if row.get("per_class"):
+        return dict(row["per_class"])
+    node = row.get("node") or {}
+    if not node:
+        return {}
+    return {node.get("class") or node.get("cpu") or "?": {
+        "decision": row.get("decision"), "speedup": row.get("speedup"), "ci_low": row.get("ci_low"),
+        "ci_high": row.get("ci_high"), "node": {k: node.get(k) for k in ("hostname", "cpu", "ray_node_id")}}}
+
+
+def by_class(rows: list[dict[str, Any]], stack: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The wins per machine class: the experiments measured on each class, the ones its verdict kept (each with
+    the class's own estimate), the nodes, and the run's kept stack (`stack`: its ids, default kept_stack) as that
+    class measured it."""
+    stack_ids = set(stack) if stack is not None else {r["id"] for r in kept_stack(rows)}
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for machine_class, result in class_results(r).items():
+            entry = out.setdefault(machine_class, {"experiments": 0, "kept": [], "nodes": [], "stack_speedup": None})
+            entry["experiments"] += 1
+            host = (result.get("node") or {}).get("hostname")
+            if host and host not in entry["nodes"]:
+                entry["nodes"].append(host)
+            if result.get("decision") == "keep":
+                entry["kept"].append({"id": r["id"], "title": r.get("title", ""), "speedup": result.get("speedup"),
+                                      "ci_low": result.get("ci_low"), "ci_high": result.get("ci_high")})
+            if r["id"] in stack_ids and result.get("speedup") is not None:
+                entry["stack_speedup"] = (1 + (entry["stack_speedup"] or 0)) * (1 + result["speedup"]) - 1
+    return out
+
+
 def experiment_llm(row: dict[str, Any]) -> dict[str, float]:
     """What one experiment spent on the model: its implementation and every repair (the ledger's `llm` column)."""
     info = row.get("llm") or {}

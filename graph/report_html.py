@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .report_data import collect, source_kind
+from .report_data import by_class, collect, source_kind
 from .runner import read_meta
 from .trace_html import CSS as TRACE_CSS
 from .trace_html import timeline
@@ -147,6 +147,28 @@ def _experiment_rows(data: dict[str, Any]) -> str:
                    "why", "time"], cells, classes)
 
 
+def _classes(data: dict[str, Any]) -> str:
+    """The wins per machine class of a Ray run, and the nodes whose own noise kept them out of verdicts; empty
+    for a run measured on the driver's machine alone."""
+    classes = by_class(data["rows"], data["figures"]["kept"])
+    nodes = data["meta"].get("ray_nodes") or []
+    if not classes and not nodes:
+        return ""
+    cells = []
+    for machine_class, entry in classes.items():
+        stack = entry["stack_speedup"]
+        cells.append([esc(machine_class), esc(", ".join(entry["nodes"])), str(entry["experiments"]),
+                      esc(", ".join(f"{k['id']} {report.speedup_text(k)}" for k in entry["kept"]) or "none"),
+                      f"<span class=num>{'' if stack is None else f'{stack:+.1%}'}</span>"])
+    out = _table(["class", "nodes", "experiments", "kept there", "the kept stack there"], cells) if cells else ""
+    if nodes:
+        out += _table(["node", "machine", "class", "its own A/A noise", "used for verdicts"],
+                      [[esc(n["ray_node_id"][:12]), esc(f"{n.get('hostname')} · {n.get('cpu')}"),
+                        esc(n.get("class") or ""), esc(n.get("text") or ""),
+                        esc("yes" if n.get("used") else f"no: {n.get('excluded')}")] for n in nodes])
+    return out
+
+
 def _time(data: dict[str, Any]) -> str:
     trace, rows = data["trace"], data["rows"]
     parts = []
@@ -234,6 +256,7 @@ def render(data: dict[str, Any]) -> str:
     sections = [("setup", "the run", _setup(data, objective)),
                 ("experiments", "experiments", _experiment_rows(data) if rows else "<p>no experiment yet</p>"),
                 ("best", "running best", _plot(best, "best") or "<p>no experiment yet</p>"),
+                *([("classes", "by machine class", classes)] if (classes := _classes(data)) else []),
                 ("time", "where the time went", _time(data)),
                 ("details", "each experiment", "".join(_experiment(data, r, objective["metric"], steps_of)
                                                        for r in rows) or "<p>no experiment yet</p>")]

@@ -134,6 +134,7 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
             total *= 1 + (r["speedup"] or 0)
         total -= 1
     from .report import write_plot
+    from .report_data import by_class
     plot = write_plot(rows, state, directory / "report.png", metric=metric,
                       lower_is_better=deps.target.objective.direction == "lower")
     setup = ((state.get("profile") or {}).get("details") or {}).get("setup") or \
@@ -147,7 +148,8 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
             "target": deps.target.name, "objective": metric, "best_variant": best.get("variant"),
             "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
             "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", []),
-            "measured_on": setup, **attribution(rows, kept, state.get("candidate_stats") or {})}
+            "measured_on": setup, "by_class": by_class(rows, [r["id"] for r in kept]),
+            **attribution(rows, kept, state.get("candidate_stats") or {})}
 
 
 def attribution(rows: list[dict[str, Any]], kept: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,52 @@ def test_commits_travel_as_a_bundle_between_repositories_that_share_nothing(tmp_
     unpack_commits(node, "not a bundle", best)  # a commit already there is not unpacked again
 
 
+# -- per-node noise and machine classes, as plain data ---------------------------------------------------------------
+
+def test_a_node_is_ruled_out_by_its_own_noise_against_the_runs_floor_or_the_runs_limit():
+    from readfirst.sandbox.ray_executor import noise_excess
+    run = {"tg128": {"pair_sd": 0.02, "df": 7}}
+    assert noise_excess({"tg128": {"pair_sd": 0.039, "df": 3}}, run) is None  # under 2 x 2%
+    why = noise_excess({"tg128": {"pair_sd": 0.05, "df": 3}}, run)
+    assert why and "tg128" in why and "5.0%" in why and "4.0%" in why
+    assert noise_excess({"tg128": {"pair_sd": 0.05, "df": 3}}, run, factor=3) is None
+    # a limit the run set replaces the factor; a test the run never calibrated is judged only by a limit
+    assert noise_excess({"tg128": {"pair_sd": 0.03, "df": 3}}, run, limit=0.025)
+    assert noise_excess({"pp512": {"pair_sd": 0.5, "df": 3}}, run) is None
+    assert noise_excess({"pp512": {"pair_sd": 0.5, "df": 3}}, {}, limit=0.1)
+
+
+def _class_row(decision: str, speedup: float, host: str, machine_class: str) -> dict:
+    return {"id": "E1", "key": "k", "title": "t", "kind": "patch", "decision": decision, "reason": f"{decision} here",
+            "speedup": speedup, "ci_low": speedup - 0.01, "ci_high": speedup + 0.01,
+            "verdict": {"gate": "performance", "decision": decision, "runs": [{}] * 6},
+            "candidate": {"commit": f"{host}-commit"},
+            "node": {"hostname": host, "cpu": f"{host} cpu", "ray_node_id": host * 3, "class": machine_class}}
+
+
+def test_an_experiment_measured_on_two_classes_is_kept_only_where_both_keep_and_reports_each():
+    from readfirst.graph.report_data import by_class
+    from readfirst.sandbox.ray_executor import merge_classes
+    rows = {"x86": _class_row("keep", 0.12, "a", "x86"), "arm": _class_row("discard", -0.04, "b", "arm")}
+    merged = merge_classes(rows, ("x86", "arm"))
+    assert merged["decision"] == "discard" and merged["verdict"]["decision"] == "discard"
+    assert merged["reason"].startswith("kept on x86 but not on arm: discard here")
+    assert merged["candidate"]["commit"] == "a-commit"  # the first class's commit is the one the run goes on from
+    assert merged["per_class"]["arm"]["speedup"] == -0.04 and merged["per_class"]["arm"]["runs"] == 6
+    both = merge_classes({"x86": _class_row("keep", 0.12, "a", "x86"), "arm": _class_row("keep", 0.05, "b", "arm")},
+                         ("x86", "arm"))
+    assert both["decision"] == "keep" and both["speedup"] == 0.12
+    second = {**both, "id": "E2"}
+    classes = by_class([merged, second], stack=["E2"])
+    assert classes["x86"]["experiments"] == 2 and [k["id"] for k in classes["x86"]["kept"]] == ["E1", "E2"]
+    assert [k["id"] for k in classes["arm"]["kept"]] == ["E2"] and classes["arm"]["kept"][0]["speedup"] == 0.05
+    assert abs(classes["arm"]["stack_speedup"] - 0.05) < 1e-12 and abs(classes["x86"]["stack_speedup"] - 0.12) < 1e-12
+    assert classes["arm"]["nodes"] == ["b"]
+    # one class (or none): a row is counted under its node's class, or its CPU model; a local row under none
+    plain = _class_row("keep", 0.2, "c", None)
+    assert set(by_class([plain, {"id": "E9", "decision": "keep"}])) == {"c cpu"}
+
+
 # -- a real Ray cluster -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -89,9 +135,33 @@ def sleepy_experiment(payload, target_of, say):
     began = time.time()
     time.sleep(h["seconds"])
     say(f"{h['title']}: slept {h['seconds']} s")
-    return {"id": h["id"], "key": h["key"], "title": h["title"], "kind": h["kind"], "decision": "discard",
-            "reason": "a test", "verdict": {"gate": "performance"}, "candidate": dict(payload["best"]),
-            "bench_windows": [[began, time.time()]]}
+    keep = h.get("keep_on") in _my_resources()
+    return {"id": h["id"], "key": h["key"], "title": h["title"], "kind": h["kind"],
+            "decision": "keep" if keep else "discard", "reason": "a test", "speedup": 0.1 if keep else 0.0,
+            "ci_low": 0.0, "ci_high": 0.2, "verdict": {"gate": "performance"}, "candidate": dict(payload["best"]),
+            "bench_windows": [[began, time.time()]], "noise_used": payload.get("noise")}
+
+
+def _my_resources() -> dict:
+    """The custom resources of the node this (actor's) process runs on."""
+    import ray
+    me = ray.get_runtime_context().get_node_id()
+    return next(n["Resources"] for n in ray.nodes() if n["NodeID"] == me)
+
+
+def noisy_calibration(payload, target_of, say):
+    """The real A/A calibration (agents.evaluator.calibrate) of a benchmark whose noise depends on the node: 20%
+    per run on node_a, 0.5% on node_b."""
+    import random
+
+    from readfirst.agents.evaluator import EvaluatorConfig, calibrate
+    cv = 0.2 if "node_a" in _my_resources() else 0.005
+    rng = random.Random(7)
+    cal = calibrate(lambda _which, metrics=None: {"tg8": 100 * (1 + rng.gauss(0, cv))}, EvaluatorConfig(),
+                    pairs=int(payload["calibration_pairs"]))
+    say(f"calibrated at {cv:.1%}")
+    return {"noise": {t: {"pair_sd": p.pair_sd, "df": p.df} for t, p in cal.priors().items()},
+            "text": cal.describe(), "seconds": cal.time_spent_s}
 
 
 @pytest.fixture
@@ -310,9 +380,11 @@ def test_readfirst_run_with_ray_runs_a_wave_on_two_nodes_and_the_ledger_names_ea
     fork = make_fork(lz4_source, tmp_path / "lz4-fork")
     env = {**os.environ, "READFIRST_HOME": str(tmp_path), "READFIRST_RAY_ADDRESS": ray_cluster.address}
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--offline", "--calibration-pairs", "0",
-                           "--max-runs", "30", "--json", "--source", str(lz4_source), "--fork", str(fork),
-                           "--workers", "2", "--budget-experiments", "2"],
+    # each node calibrates itself (2 A/A pairs) before its first experiment; both share these 2 busy cores, so
+    # the limit is set out of reach here (the ruling-out is the stand-in test's business)
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--offline", "--calibration-pairs", "2",
+                           "--node-noise-max", "1000", "--max-runs", "30", "--json", "--source", str(lz4_source),
+                           "--fork", str(fork), "--workers", "2", "--budget-experiments", "2"],
                           capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout)
@@ -325,6 +397,13 @@ def test_readfirst_run_with_ray_runs_a_wave_on_two_nodes_and_the_ledger_names_ea
     assert len({r["node"]["ray_node_id"] for r in rows}) == 2, [r["node"] for r in rows]  # one per node
     assert all(r["node"]["hostname"] == socket.gethostname() and r["node"]["cpu"] for r in rows)
     _no_overlap_per_node(rows)
+    nodes = {n["ray_node_id"]: n for n in summary["ray_nodes"]}
+    assert len(nodes) == 2 and all(n["used"] and n["noise"] and n["text"] for n in nodes.values()), nodes
+    for r in rows:  # each row's verdict pooled its own node's calibration
+        assert r["node"]["noise"] == nodes[r["node"]["ray_node_id"]]["noise"]
+    (machine_class, entry), = summary["by_class"].items()  # no --ray-class: the nodes' CPU model is the class
+    assert machine_class == rows[0]["node"]["cpu"] and entry["experiments"] == 2
+    assert "by machine class" not in proc.stdout  # --json: the tables are for a terminal
     fix = [r for r in rows if "lz4.c" in r["title"]]
     assert fix and fix[0]["decision"] == "keep", [(r["title"], r["decision"], r["reason"]) for r in rows]
 
@@ -409,7 +488,7 @@ def test_a_machine_class_resource_keeps_experiments_on_the_nodes_that_carry_it(r
     import ray.cloudpickle
     from readfirst.sandbox.ray_executor import RayExecutor
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment, resource="node_b")
+    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment, classes=("node_b",))
     try:
         (only,) = executor.nodes()
         carriers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("node_b")}
@@ -419,3 +498,72 @@ def test_a_machine_class_resource_keeps_experiments_on_the_nodes_that_carry_it(r
         _no_overlap_per_node(rows)
     finally:
         executor.close()
+
+
+
+@pytest.mark.slow
+def test_a_node_noisier_than_the_run_is_reported_and_never_measures_a_verdict(ray_cluster, tmp_path):
+    import ray.cloudpickle
+    from readfirst.sandbox.ray_executor import RayExecutor
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    said: list[str] = []
+    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment,
+                           calibration=noisy_calibration, calibration_pairs=4, say=said.append)
+    run_noise = {"tg8": {"pair_sd": 0.02, "df": 7}}
+    try:
+        quiet = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("node_b"))
+        rows = [executor(_hypothesis(50 + i, 0.3, tmp_path), best=BEST, baseline=BASELINE, noise=run_noise)
+                for i in range(3)]
+        report = {n["ray_node_id"]: n for n in executor.node_report()}
+    finally:
+        executor.close()
+    assert {r["node"]["ray_node_id"] for r in rows} == {quiet}, [r["node"] for r in rows]
+    noisy = next(n for n in report.values() if n["ray_node_id"] != quiet)
+    assert not noisy["used"] and "tg8" in noisy["excluded"] and "2 x the run's 2.0%" in noisy["excluded"]
+    assert report[quiet]["used"] and report[quiet]["noise"]["tg8"]["pair_sd"] < 0.02
+    # the quiet node's verdicts pooled its own noise, not the driver's, and it was calibrated once
+    assert all(r["noise_used"] == report[quiet]["noise"] for r in rows)
+    assert all(r["node"]["noise"] == report[quiet]["noise"] and r["node"]["noise_text"] for r in rows)
+    assert sum("calibrated at" in line for line in said) == 2
+    assert any("not used for verdicts" in line for line in said)
+
+
+@pytest.mark.slow
+def test_every_node_too_noisy_stops_the_experiment_with_a_sentence_not_a_wait(ray_cluster, tmp_path):
+    import ray.cloudpickle
+    from readfirst.sandbox.ray_executor import NoNodes, RayExecutor
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment,
+                           calibration=noisy_calibration, calibration_pairs=4, noise_limit=0.0001)
+    try:
+        began = time.monotonic()
+        with pytest.raises(NoNodes, match="noisier than the run allows"):
+            executor(_hypothesis(60, 0.1, tmp_path), best=BEST, baseline=BASELINE)
+        assert time.monotonic() - began < 120  # not the 600 s wait for a node that could join
+    finally:
+        executor.close()
+
+
+@pytest.mark.slow
+def test_two_machine_classes_measure_every_experiment_on_a_node_of_each_and_keep_only_where_both_keep(
+        ray_cluster, tmp_path):
+    import ray.cloudpickle
+    from readfirst.graph.report_data import by_class
+    from readfirst.sandbox.ray_executor import RayExecutor
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(ray_cluster.address, {"name": "none"}, experiment=sleepy_experiment,
+                           classes=("node_a", "node_b"))
+    try:
+        wins_on_a = {**_hypothesis(70, 1.0, tmp_path), "keep_on": "node_a"}
+        flat = _hypothesis(71, 1.0, tmp_path)
+        rows = [executor(h, best=BEST, baseline=BASELINE) for h in (wins_on_a, flat)]
+    finally:
+        executor.close()
+    for r in rows:
+        assert set(r["per_class"]) == {"node_a", "node_b"}
+        a, b = r["per_class"]["node_a"]["node"], r["per_class"]["node_b"]["node"]
+        assert a["ray_node_id"] != b["ray_node_id"] and a["class"] == "node_a" and b["class"] == "node_b"
+    assert rows[0]["decision"] == "discard" and rows[0]["reason"].startswith("kept on node_a but not on node_b")
+    assert rows[0]["per_class"]["node_a"]["decision"] == "keep"
+    classes = by_class(rows)
+    assert [k["id"] for k in classes["node_a"]["kept"]] == ["H70"] and classes["node_b"]["kept"] == []
