@@ -185,6 +185,10 @@ class Measurement:
     # budget counts, so that waiting for another process's benchmark neither stops a verdict nor makes a
     # replay (which serves this figure back) decide otherwise. None: not known.
     duration_s: float | None = None
+    # Seconds of work the benchmark's own figures account for (llama.cpp: tokens / tokens per second, summed),
+    # to hold against duration_s, the host's clock: code under test runs inside the benchmark and can rewrite
+    # its figures, not the host's clock. None: the benchmark's figures imply no time.
+    claimed_s: float | None = None
 
 
 def metric_matches(name: str, key: str) -> bool:

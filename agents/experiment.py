@@ -9,8 +9,10 @@ experiment with its reason, never an exception out of here, except a ReadfirstEr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +24,8 @@ from ..records import Baseline, BuildResult, CheckResult, to_dict
 from .evaluator import BASELINE, CANDIDATE, EvaluatorConfig, Verdict, evaluate, gates
 from .llm import BudgetExceeded
 from .statistics import DecisionRule, Prior
+
+CLOCK_MIN_SAVING_S = 0.5  # a claimed saving the host's clock can judge: above its run-to-run noise (container start)
 
 Say = Callable[[str], None]
 Implement = Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]
@@ -107,14 +111,42 @@ class ArmBench:
         self.target, self.arms, self.clock = target, arms, clock
         self.spent_s = 0.0
         self.setup: dict[str, Any] | None = None  # the measuring setup, the same for every run of both arms
+        # per arm and per set of metrics asked for: (the host's seconds, the seconds the figures claim)
+        self.clocks: dict[tuple[str, tuple[str, ...] | None], list[tuple[float, float]]] = {}
 
     def __call__(self, which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         began = self.clock()
         m = self.target.measure(*self.arms[which], metrics=metrics)
         self.spent_s += m.duration_s if m.duration_s is not None else self.clock() - began
+        if m.duration_s is not None and m.claimed_s is not None:
+            self.clocks.setdefault((which, tuple(metrics) if metrics else None), []).append(
+                (m.duration_s, m.claimed_s))
         if self.setup is None:
             self.setup = m.setup
         return {k: v for k, v in m.values.items() if self.target.objective.uses(k)}
+
+    def unsupported_claim(self) -> str | None:
+        """Why the host's clock refutes the candidate's figures, or None.
+
+        Both arms do the same work, so the time the candidate's figures say it saved (the baseline's claimed
+        seconds minus the candidate's, medians over runs of the same tests) must show on the host's clock for the
+        same runs. A claim is refuted when it saved at least CLOCK_MIN_SAVING_S and 5% of the baseline's run, and
+        the host saw less than half of it: a benchmark whose figures were rewritten, or code under test that
+        moved its work outside the measured section. Smaller claims are within the clock's noise: not judged."""
+        for (which, metrics), cand in sorted(self.clocks.items(), key=lambda kv: str(kv[0])):
+            base = self.clocks.get((BASELINE, metrics))
+            if which != CANDIDATE or not base or len(base) < 2 or len(cand) < 2:
+                continue
+            host_b, claim_b = (statistics.median(x) for x in zip(*base))
+            host_c, claim_c = (statistics.median(x) for x in zip(*cand))
+            claimed, seen = claim_b - claim_c, host_b - host_c
+            if claimed >= max(CLOCK_MIN_SAVING_S, 0.05 * host_b) and seen < claimed / 2:
+                runs = "+".join(metrics) if metrics else "every test"
+                return (f"the host's clock does not support the candidate's figures: its runs ({runs}) claim "
+                        f"{claim_c:.2f} s of work against the baseline's {claim_b:.2f} s, a saving of "
+                        f"{claimed:.2f} s, but took {host_c:.2f} s on the host against {host_b:.2f} s "
+                        f"({seen:+.2f} s saved); tampered figures, or work moved outside the measured section")
+        return None
 
     def seconds(self) -> float:
         return self.spent_s
@@ -264,6 +296,9 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
     durations["bench"] = clock() - t0
     bench.record_setup(row)
+    if perf.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
+        say(f"{title}: tampered? {refuted}")
+        perf = dataclasses.replace(perf, decision="discard", reason=f"tampered: {refuted}", gate="clock")
     return finish(gates(checks, perf))
 
 
@@ -302,6 +337,8 @@ def confirm_stack(target: Target, *, baseline: tuple[str, Mapping[str, Any]], be
         record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         say(f"confirm: could not measure: {record['error']}")
         return record
+    if verdict.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
+        verdict = dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate="clock")
     obj = verdict.objective
     record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
                   ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,

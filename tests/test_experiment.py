@@ -278,3 +278,26 @@ def test_the_time_budget_counts_benchmarking_not_waiting_for_the_machine(target)
     # By the wall clock 0.2 s would not even cover the warm-up runs (about 0.03 s each).
     assert row["decision"] == "keep" and row["verdict"]["stopped"] != "time budget", row["reason"]
     assert all(r["duration_s"] < 0.01 for r in row["verdict"]["runs"])
+
+
+class ClockedTarget(PipelineTarget):
+    """Runs of 10,000 ops that say how long they took and what their figures claim: `FAST` is really 1.5x faster
+    (the host's clock sees it), `FAKE` only says so (its figures were rewritten; the clock sees the old time)."""
+
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
+        self.runs += 1
+        text = self._text(commit)
+        real = 1000.0 * (1.5 if "FAST" in text else 1.0) * (1 + 0.003 * math.sin(self.runs))
+        claimed = real * (1.5 if "FAKE" in text else 1.0)
+        return Measurement({"ops_per_s": claimed}, {"cpu": "stand-in"}, duration_s=0.8 + 10_000 / real,
+                           claimed_s=10_000 / claimed)
+
+
+def test_figures_the_hosts_clock_does_not_support_are_discarded_as_tampered(tmp_path, target):
+    clocked = ClockedTarget(target.repository)
+    honest = run(clocked, {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")})
+    assert honest["decision"] == "keep", honest["reason"]
+    faked = run(clocked, {"patch": patch_replacing("n * 2", "n * 2 /* FAKE */")})
+    assert (faked["decision"], faked["verdict"]["gate"]) == ("discard", "clock"), faked["reason"]
+    assert faked["reason"].startswith("tampered: the host's clock does not support") and "a saving of 3.3" in faked["reason"]
+    assert faked["speedup"] > 0.4  # the claim stays on record beside why it was not believed

@@ -267,9 +267,10 @@ class LlamaCppTarget(GitTarget):
                 options = dataclasses.replace(options, n_prompt=options.n_prompt if keep_pp else 0,
                                               n_gen=options.n_gen if keep_tg else 0)
         result = self.bench(commit, model=Path(variant["model"]), options=options, config=self.config_of(variant))
+        claimed = sum((s.n_prompt + s.n_gen) / ts for s in result.samples for ts in s.samples_ts if ts > 0)
         return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
                            {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
-                            "flash_attn": result.flash_attn}, result.duration_s)
+                            "flash_attn": result.flash_attn}, result.duration_s, claimed_s=claimed or None)
 
     def profile(self, baseline: Baseline) -> Profile:
         """The baseline benchmarked (3 repetitions) and the machine's read bandwidth measured in the sandbox: how
