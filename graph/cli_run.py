@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -143,7 +144,8 @@ def run(ctx: typer.Context,
                 "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url,
                 "reading_list": reading_list, "backend_gaps": backend_gaps,
                 "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
-                "offline": offline, "status": "starting"}
+                "offline": offline, "status": "starting",
+                "options": asdict(options)}  # a run killed before its first checkpoint resumes with these
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")
     try:

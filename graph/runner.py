@@ -90,6 +90,13 @@ def execute(deps, directory: Path, run_id: str, *, options, meta: dict[str, Any]
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000}
         initial = None if options is None else {"run_id": run_id, "options": asdict(options),
                                                  "started_at": deps.clock()}
+        if options is None and not graph.get_state(config).values:
+            # stopped (a kill, a crash) before its first step was saved: nothing to continue, so it starts
+            # with the options it was created with
+            if not meta.get("options"):
+                raise ReadfirstError(f"run {run_id} stopped before its first step and its options were not "
+                                     f"saved: start it again")
+            initial = {"run_id": run_id, "options": dict(meta["options"]), "started_at": deps.clock()}
         meta.update(status="running", pid=os.getpid())
         write_meta(directory, meta)
         try:
