@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from ..records import CommandResult, Mount
 
 LABEL = "io.readfirst.sandbox"
 OWNER_LABEL = "io.readfirst.owner"
+# One value per command: a signal that interrupts the create call itself (the engine made the container, the
+# answer never came back) leaves no handle to remove it by, only this label.
+COMMAND_LABEL = "io.readfirst.command"
 
 # Host paths never mounted, nor anything under them (the Docker socket, system trees).
 _SYSTEM = tuple(map(Path, ("/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker", "/etc", "/proc", "/sys",
@@ -223,6 +227,7 @@ class DockerSandbox:
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         container = None
+        command_id = uuid.uuid4().hex
         start = time.monotonic()
         try:
             container = self.client.containers.create(
@@ -233,7 +238,7 @@ class DockerSandbox:
                 mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
                 nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, init=True,
                 **({"cpuset_cpus": cpuset} if cpuset else {}),
-                volumes=volumes, labels={LABEL: "1", OWNER_LABEL: self.owner},
+                volumes=volumes, labels={LABEL: "1", OWNER_LABEL: self.owner, COMMAND_LABEL: command_id},
                 # Output is streamed through attach; the engine's own copy is kept small so a flood cannot fill
                 # its disk ("none" is not registered on every engine, so json-file with a tight cap).
                 log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
@@ -272,6 +277,13 @@ class DockerSandbox:
         finally:
             if container is not None:
                 _remove(container)
+            else:  # interrupted (a signal, an engine error) before create answered: the label finds it
+                try:
+                    for made in self.client.containers.list(all=True,
+                                                            filters={"label": f"{COMMAND_LABEL}={command_id}"}):
+                        _remove(made)
+                except (docker.errors.DockerException, requests.exceptions.RequestException):
+                    pass  # no engine to ask: the next sandbox's housekeeping removes what a dead owner left
 
     def _wait(self, container, deadline: float) -> tuple[int, bool]:
         while True:
