@@ -23,6 +23,18 @@ from ..sources import SourceRepo
 Say = Callable[[str], None]
 
 
+def failed_stage(r: CommandResult, *, link: Callable[[str], bool] = lambda _tail: False) -> str:
+    """Where a failed build command stopped, from what the sandbox observed: its timeout, the kernel's OOM kill,
+    the disk limit, else a link error when `link` recognizes the output, else the compile stage."""
+    if r.timed_out:
+        return "timeout"
+    if r.oom_killed:
+        return "out of memory"
+    if r.disk_exceeded:
+        return "disk limit"
+    return "link" if link(r.output_tail) else "compile"
+
+
 class GitTarget:
     """A source prepared as a git repository (`baseline` tag), patched by commits, built in per-worker checkouts."""
 

@@ -29,7 +29,7 @@ from ..records import (Baseline, BuildConfig, BuildResult, CheckResult, Checks, 
                        from_dict, to_dict)
 from ..sandbox.workers import bench_cpus, cpu_model, short_digest
 from ..sources import SourceRepo
-from .base import GitTarget
+from .base import GitTarget, failed_stage
 from .config_file import ConfigError, ProjectConfig, parse_metrics
 
 
@@ -91,7 +91,7 @@ class ConfigTarget(GitTarget):
                                mounts=[Mount(Path(exported), "/src", True), Mount(tree, "/work", False)],
                                workdir="/work", env={**self.config.env, **env})
         self._discard(out)
-        stage = "ok" if r.ok else "timeout" if r.timed_out else "out of memory" if r.oom_killed else "compile"
+        stage = "ok" if r.ok else failed_stage(r)
         result = BuildResult(r.ok, stage, r.duration_s, r.output_tail[-8000:], config, commit, r.log_path)
         if r.ok:
             record.write_text(json.dumps(to_dict(result)))

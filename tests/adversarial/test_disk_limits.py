@@ -38,3 +38,47 @@ def test_a_command_within_the_limit_is_untouched(attack, docker_client, base_ima
     r = sandbox.run("dd if=/dev/zero of=/out/f bs=1M count=4 2>/dev/null; echo done", timeout_s=60,
                     mounts=[Mount(out, "/out", False)])
     assert r.ok and r.disk_exceeded == "" and "done" in r.output_tail
+
+
+PROJECT = """[target]
+name = "filler"
+
+[build]
+command = "dd if=/dev/zero of=/work/fill bs=1M count=1024 conv=fsync"
+timeout_s = 120
+
+[test]
+command = "true"
+
+[bench]
+command = "echo 'speed: 1'"
+
+[objective]
+metric = "speed"
+direction = "higher"
+"""
+
+
+def test_a_project_build_that_fills_its_tree_fails_at_the_disk_limit_stage(attack, docker_client, base_image):
+    """The config target (any project a readfirst.toml describes) names the stage as llama.cpp's does."""
+    import subprocess
+
+    from readfirst.sources import SourceRepo
+    from readfirst.targets.config_file import load_config
+    from readfirst.targets.config_target import ConfigTarget
+
+    from .helpers import case_paths
+    repo = attack.root / "project"
+    repo.mkdir()
+    (repo / "readfirst.toml").write_text(PROJECT)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m",
+                                                  "baseline"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    baseline = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    sandbox = small_sandbox(docker_client, base_image, attack.root, disk_bytes=LIMIT, disk_bytes_at=())
+    target = ConfigTarget(case_paths(attack.root), sandbox, SourceRepo(repo, baseline, "project"),
+                          load_config(repo / "readfirst.toml"))
+    built = target.build(baseline, {"build_env": {}, "run_env": {}})
+    assert not built.ok and built.stage == "disk limit", (built.stage, built.log_tail[-300:])
+    assert "/work" in built.log_tail and "disk limit" in built.log_tail  # which mount, in the log a user reads
