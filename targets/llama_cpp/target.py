@@ -40,7 +40,7 @@ from ...sandbox.machine_lock import machine_lock
 from ...sandbox.readback import read_text_inside
 from ...sandbox.workers import Worker, bench_cpus, cpu_has, cpu_model, cpu_signature, short_digest
 from ...sources import SourceRepo, git
-from ..base import GitTarget
+from ..base import GitTarget, failed_stage
 from .logits import KLDThresholds, kld_failure, parse_kld
 
 # The fast ctest subset that exercises ggml's CPU numerics directly: quantize/dequantize and vec_dot of every
@@ -155,9 +155,8 @@ def _cmake_args(config: BuildConfig) -> str:
 
 
 def _failed_stage(r) -> str:
-    """Where a failed build command stopped, from its result (the compile stage unless it says otherwise)."""
-    return "timeout" if r.timed_out else "out of memory" if r.oom_killed else (
-        "disk limit" if r.disk_exceeded else "link" if _LINK_ERRORS.search(r.output_tail) else "compile")
+    """Where a failed build command stopped (targets.base.failed_stage, with the linker's errors told apart)."""
+    return failed_stage(r, link=lambda tail: bool(_LINK_ERRORS.search(tail)))
 
 
 def config_key(config: BuildConfig) -> str:
@@ -442,9 +441,11 @@ class LlamaCppTarget(GitTarget):
                             env=env, measuring=measuring, mounts=mounts)
 
     def _worker_mounts(self, w: Worker, config: BuildConfig, commit: str) -> list[Mount]:
-        # The baseline builds in a directory of its own: a candidate's build could leave objects newer than
-        # their sources in the worker's shared one, which make would then link into the baseline.
-        build = self._baseline_build_dir(w, config) if self.trusted(commit, config) else w.build_dir(config_key(config))
+        # The baseline commit builds in a directory of its own per configuration: a candidate's build could
+        # leave objects newer than their sources in the directory it builds in, which make would then link
+        # into whatever built there next.
+        build = self._baseline_build_dir(w, config) if commit == self.source.baseline \
+            else w.build_dir(config_key(config))
         return [Mount(w.src, "/src", True), Mount(build, "/build", False)]
 
     @staticmethod
@@ -481,7 +482,10 @@ class LlamaCppTarget(GitTarget):
         if config.clean:
             return self._clean_build(commit, worker=worker, config=config)
         w = self._worker(worker)
-        from_baseline = not self.trusted(commit, config) and self.trusted(self.source.baseline, config)
+        # Every candidate starts from the baseline commit's build in its own configuration, also one with added
+        # CMake flags (a build variant, or a patch stacked on a kept one): only the flags, which every build of
+        # that configuration runs anyway, went into that directory, never another candidate's code.
+        from_baseline = commit != self.source.baseline
         if from_baseline and not (self._baseline_build_dir(w, config) / "CMakeCache.txt").is_file():
             self.build_config(self.source.baseline, worker=worker, config=config)  # what candidates start from
         with w.locked():

@@ -32,8 +32,8 @@ def _commit(repo, message: str, main_tag: str) -> str:
     return git(repo, "rev-parse", "HEAD").stdout.strip()
 
 
-def _answer(target, commit) -> str:
-    art = target.artifact_dir(commit, native_config())
+def _answer(target, commit, config=None) -> str:
+    art = target.artifact_dir(commit, config or native_config())
     r = target.sandbox.run("/art/bin/llama-bench; echo answer=$?", mounts=[Mount(art, "/art", True)], timeout_s=60)
     return r.output_tail.strip().splitlines()[-1]
 
@@ -73,3 +73,42 @@ def test_a_planted_object_reaches_neither_the_baseline_nor_a_later_candidate(att
     assert target.build_config(baseline).ok
     if _answer(target, baseline) != "answer=42":
         attack.escaped("the baseline linked the object a candidate planted")
+
+
+def test_candidates_with_an_added_cmake_flag_do_not_share_what_one_of_them_planted(attack, docker_client,
+                                                                                    base_image):
+    """The configuration the target does not trust (an added CMake flag: a build variant, or a patch stacked on a
+    kept one) starts every candidate from the baseline commit's build in that configuration, as the trusted ones
+    do: a candidate's planted object reaches no later candidate of the same flags."""
+    from readfirst.records import BuildConfig
+    repo = attack.root / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "CMakeLists.txt").write_text(CMAKE)
+    (repo / "kern.c").write_text("int answer(void) { return 42; }\n")
+    baseline = _commit(repo, "baseline", "baseline")
+    first = _commit(repo, "candidate 1", "first")
+    git(repo, "checkout", "-q", baseline)
+    second = _commit(repo, "candidate 2", "second")
+    flagged = BuildConfig([*native_config().cmake_flags, "-DREADFIRST_EXTRA=ON"], "", "native + an added flag")
+    target = LlamaCppTarget(case_paths(attack.root), small_sandbox(docker_client, base_image, attack.root,
+                                                                   memory="1g"),
+                            SourceRepo(repo, baseline, "test"), config=native_config())
+    assert not target.trusted(baseline, flagged)
+    assert target.build_config(first, config=flagged).ok
+    assert _answer(target, first, flagged) == "answer=42"
+    w = target._worker(0)
+    shared = w.build_dir(config_key(flagged))
+    plant = ("cd /tmp && printf 'int answer(void) { return 7; }\\n' > k.c && gcc -c k.c -o k.o && "
+             "for o in $(find /build -name 'kern.c.o'); do cp k.o $o && touch -d '+1 day' $o; done && "
+             "for a in $(find /build -name 'libkern.a'); do rm $a; ar rcs $a /tmp/k.o && touch -d '+1 day' $a; done; "
+             "echo planted")
+    r = target.sandbox.run(plant, mounts=[Mount(shared, "/build", False)], timeout_s=60)
+    assert "planted" in r.output_tail, r.output_tail
+    assert target.build_config(second, config=flagged).ok
+    if _answer(target, second, flagged) != "answer=42":
+        attack.escaped("a later candidate with the same added flag linked the object the first one planted")
+    assert target.build_config(baseline, config=flagged).ok
+    if _answer(target, baseline, flagged) != "answer=42":
+        attack.escaped("the baseline in the added flag's configuration linked a candidate's planted object")
+
