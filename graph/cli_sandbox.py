@@ -188,7 +188,8 @@ def serve_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="A GGUF 
     # the configuration that builds and passes its tests on this CPU (native, or the fallback: AMX can crash)
     verified, _ = establish_baseline(target, model=path, say=app.say)
     bin_dir = build_server(target, verified.config, say=app.say)
-    with serve(bin_dir, path, port=port, context=context, threads=threads, log=app.paths.home / f"llama-server-{port}.log", say=app.say) as server:
+    log = app.paths.home / f"llama-server-{port}.log"
+    with serve(bin_dir, path, port=port, context=context, threads=threads, log=log, say=app.say) as server:
         app.console.print(f"{info['architecture']} model {path.name} served; in another shell:\n"
                           f"  export ANTHROPIC_BASE_URL={server.url} ANTHROPIC_API_KEY=local\n"
                           f"  readfirst run --llm-model {path.stem} --llm-max-reply 512 ...\n"
