@@ -279,7 +279,7 @@ class DockerSandbox:
                 _remove(container)
             else:  # interrupted (a signal, an engine error) before create answered: the label finds it
                 try:
-                    for made in self.client.containers.list(all=True,
+                    for made in self.client.containers.list(all=True, ignore_removed=True,
                                                             filters={"label": f"{COMMAND_LABEL}={command_id}"}):
                         _remove(made)
                 except (docker.errors.DockerException, requests.exceptions.RequestException):
@@ -369,8 +369,10 @@ def _oom_killed(container) -> bool:
 
 
 def collect_garbage(client: docker.DockerClient, *, everything: bool = False, keep_owner: str | None = None) -> int:
+    # ignore_removed: the list inspects each container it names, and another process's housekeeping (every Ray
+    # node's actor runs this before its experiment) may remove one in between: a 404 there is not an error.
     removed = 0
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
+    for c in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         owner = c.labels.get(OWNER_LABEL, "")
         if owner == keep_owner and not everything:
             continue

@@ -174,7 +174,7 @@ def test_no_container_is_left_behind_when_the_host_process_is_killed(docker_clie
     proc = subprocess.Popen([sys.executable, "-c", _OWNER_SCRIPT, base_image, str(tmp_path)],
                             stdout=subprocess.PIPE, text=True)
     def mine():
-        return [c for c in docker_client.containers.list(all=True, filters={"label": LABEL})
+        return [c for c in docker_client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
                 if f":{proc.pid}:" in c.labels.get(OWNER_LABEL, "")]
     try:
         deadline = time.monotonic() + 60

@@ -46,7 +46,7 @@ else:
 
 
 def _of(client, pid: int) -> list:
-    return [c for c in client.containers.list(all=True, filters={"label": LABEL})
+    return [c for c in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
             if f":{pid}:" in c.labels.get(OWNER_LABEL, "")]
 
 
