@@ -53,6 +53,13 @@ def kill_naming(text: str) -> None:
         time.sleep(0.5)
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class LocalCluster:
     """`root` should be short (e.g. a mkdtemp under /tmp): Ray's Unix sockets live under it, and a socket's path
     must stay under 108 bytes."""
@@ -91,8 +98,16 @@ class LocalCluster:
         return pids[0]
 
     def kill_raylet(self, name: str) -> int:
+        """The node dies as a machine does: its raylet and every process it started (its workers, an actor in
+        the middle of a call) at once. A worker whose raylet alone is killed lives on for a few seconds, long
+        enough to finish a short experiment and hand its result back as if nothing had happened."""
         pid = self.raylet_pid(name)
-        os.kill(pid, signal.SIGKILL)
+        children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
+        for victim in (pid, *children):
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return pid
 
     def stop(self) -> None:

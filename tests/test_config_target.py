@@ -189,7 +189,9 @@ def test_a_function_the_fork_moved_and_reformatted_is_ported_built_and_measured(
     assert port["source_kind"] == "fork" and port["build"]["ok"] and port["verdict"]["runs"]
     assert port["decision"] == "keep" and port["speedup"] > 0.2, (port["decision"], port["reason"])
     assert "-    {   /* checksum the input first" in port["patch"] and "LZ4_compress_fast (src" in port["patch"]
-    assert summary["experiments_by_source"].get("fork") >= 1 and summary["kept_by_source"] == {"fork": 1}
+    # the second experiment is the project's -O3 variant: whether -O3 speeds LZ4 up is the machine's business
+    assert summary["experiments_by_source"].get("fork") >= 1 and summary["kept_by_source"]["fork"] == 1
+    assert sum(summary["kept_by_source"].values()) == sum(r["decision"] == "keep" for r in rows)
     assert summary["candidates_by_source"]["fork"] >= 1 and summary["candidates_by_source"]["profile"] >= 1
     replayed = readfirst("trace", "replay", summary["run_id"], "--json", home=tmp_path)
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout[-2000:]
@@ -239,7 +241,7 @@ def test_a_hanging_bench_is_killed_at_its_timeout_and_leaves_nothing_running(tmp
     assert target.build(target.source.baseline, variant).ok
     with pytest.raises(SandboxError, match="timed out after 3 s"):
         target.measure(target.source.baseline, variant)
-    assert docker_client.containers.list(all=True, filters={"label": LABEL}) == []
+    assert docker_client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True) == []
 
 
 @pytest.mark.docker
@@ -286,7 +288,7 @@ def test_sigterm_stops_a_run_removes_its_containers_and_saves_it_as_interrupted(
 
     def benching() -> bool:
         return any("sleep 600" in " ".join(c.attrs.get("Args") or [])
-                   for c in docker_client.containers.list(filters={"label": LABEL}))
+                   for c in docker_client.containers.list(filters={"label": LABEL}, ignore_removed=True))
     try:
         deadline = time.monotonic() + 300
         while not benching():
@@ -298,6 +300,7 @@ def test_sigterm_stops_a_run_removes_its_containers_and_saves_it_as_interrupted(
         if proc.poll() is None:
             proc.kill()
     assert rc == 130, proc.stderr.read()[-2000:]
-    assert not benching() and docker_client.containers.list(all=True, filters={"label": LABEL}) == []
+    assert not benching()
+    assert docker_client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True) == []
     [run] = list((tmp_path / "home" / "runs").iterdir())
     assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
