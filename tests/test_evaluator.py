@@ -96,8 +96,12 @@ def test_a_decisive_win_is_kept_on_its_first_blocks_when_the_calibration_knows_t
     assert verdict.runs_used == 2 + 4 and verdict.pairs_used == 2
     assert verdict.effects["tg128"].estimate == pytest.approx(0.20, abs=0.03)
     assert "A/A calibration" in verdict.objective.noise
-    # with pp guarded, one more block: 2 pairs of pp still reach past twice its limit
-    guarded = run(FakeBench(tg_effect=0.20), priors=calibrated())
+    # with pp guarded and as quiet, the first block decides too; with pp twice as noisy (calibrated so), its 2
+    # pairs still reach past twice its limit: one more block
+    assert run(FakeBench(tg_effect=0.20), priors=calibrated()).runs_used == 2 + 4
+    noisy_pp = FakeBench(pp_cv=0.03, seed=50)
+    priors = calibrate(noisy_pp.measure, EvaluatorConfig(rule=FAST), pairs=8, clock=noisy_pp.clock).priors()
+    guarded = run(FakeBench(tg_effect=0.20, pp_cv=0.03), priors=priors)
     assert guarded.kept and guarded.runs_used == 2 + 8 and "pp512" in guarded.effects
     # without a calibration its own pairs must show the noise first
     alone = run(FakeBench(tg_effect=0.20))

@@ -177,9 +177,12 @@ def test_a_decisive_effect_is_decided_on_two_pairs_when_the_calibration_knows_th
     calibrated = decide(tg_only, priors=CALIBRATED)
     assert calibrated.outcome == "keep", calibrated.reason
     assert "7 df of A/A calibration" in calibrated.objective.noise
-    # with pp guarded, 2 pairs leave pp's interval reaching past twice its limit: one more block first
-    guarded = decide(win, priors=CALIBRATED)
-    assert guarded.outcome == "undecided" and guarded.effects["pp512"].low < -0.06, guarded.reason
+    # with pp guarded, its 2 pairs decide too: kept when pp's interval stays within twice its limit, and one
+    # more block first when pp's calibrated noise lets it reach further
+    quiet_pp = decide(win, priors={**CALIBRATED, "pp512": Prior(0.010 * math.sqrt(2), 3)})
+    assert quiet_pp.outcome == "keep" and quiet_pp.effects["pp512"].low > -0.06, quiet_pp.reason
+    noisy_pp = decide(win, priors={**CALIBRATED, "pp512": Prior(0.04, 3)})
+    assert noisy_pp.outcome == "undecided" and noisy_pp.effects["pp512"].low < -0.06, noisy_pp.reason
     assert decide(make_pairs(4, tg_effect=0.20), priors=CALIBRATED).outcome == "keep"
     assert decide(make_pairs(2, tg_effect=-0.10), priors=CALIBRATED).outcome == "discard"
     # a candidate far noisier than the calibration widens its own interval as its pairs come in
