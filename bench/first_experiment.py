@@ -9,11 +9,12 @@ Every line the run logs is timed as it arrives; a phase starts at the first line
 SIGINT (Ctrl-C) when its first experiment starts: it stops cleanly and saves, and no experiment time is counted.
 Writes its section of docs/PERFORMANCE.md.
 
-    .venv/bin/python bench/first_experiment.py
+    .venv/bin/python bench/first_experiment.py [--cold]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -64,20 +65,31 @@ def timed_run(home: Path, cache: Path) -> tuple[dict[str, float], float, list[st
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true",
+                        help="first a run with an empty cache of its own, as on a bare machine (the sources fetched, "
+                             "llama.cpp built, the model made, the embedder exported; the engine's base image kept)")
+    args = parser.parse_args()
     cache = Paths.resolve().cache
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     home = Path(tempfile.mkdtemp(prefix="readfirst-first-"))
+    cold = Path(tempfile.mkdtemp(prefix="readfirst-cold-", dir=cache.parent))
+    runs = ([("bare cache (everything built)", Path(tempfile.mkdtemp(prefix="readfirst-first-")), cold)]
+            if args.cold else [])
+    runs += [("empty knowledge base", home, cache), ("knowledge base already read", home, cache)]
     try:
         results = []
-        for label in ("empty knowledge base", "knowledge base already read"):
+        for label, run_home, run_cache in runs:
             print(f"· {label}", file=sys.stderr, flush=True)
-            seen, total, lines = timed_run(home, cache)
+            seen, total, lines = timed_run(run_home, run_cache)
             if "first experiment starts" not in seen:
                 sys.exit("the run never reached its first experiment:\n" + "\n".join(lines[-40:]))
             results.append((label, seen, total))
             print("\n".join(lines), file=sys.stderr)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        for run_home, run_cache in {(h, c) for _, h, c in runs}:
+            shutil.rmtree(run_home, ignore_errors=True)
+        shutil.rmtree(cold, ignore_errors=True)
     table = ["| phase | " + " | ".join(label for label, _, _ in results) + " |",
              "|---|" + "---|" * len(results)]
     for i, (name, _) in enumerate(PHASES):
@@ -92,10 +104,14 @@ def main() -> None:
             else:
                 cells.append(f"{following - start:.0f} s")
         table.append(f"| {name} | " + " | ".join(cells) + " |")
+    bare = ("; first, with `--cold`, in a cache of its own that starts empty, as on a bare machine (the sdists "
+            "fetched from PyPI, llama.cpp built, the model made, the embedder exported; the Docker engine's base "
+            "image, which `./setup.sh` makes, kept)") if args.cold else ""
     body = (f"`readfirst run {' '.join(ARGS)}` (the main job with one experiment) in a fresh home, the data "
-            f"directory's caches warm (builds, model, sources, embedding export; {started}); stopped with SIGINT "
-            f"when its first experiment started. A phase's time runs from its first log line to the next "
-            f"phase's.\n\n" + "\n".join(table) + "\n")
+            f"directory's caches warm (builds, model, sources, embedding export; {started}){bare}; stopped with "
+            f"SIGINT when its first experiment started. A phase's time runs from its first log line to the next "
+            f"phase's. Command: `python bench/first_experiment.py{' --cold' * args.cold}`.\n\n"
+            + "\n".join(table) + "\n")
     write_section("first-experiment", "Time to the first experiment", body)
     print(body)
 
