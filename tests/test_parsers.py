@@ -50,7 +50,8 @@ def test_bench_json_keeps_every_sample():
          "cpu_info": "AMD EPYC", "build_commit": "abc123"},
         {"n_prompt": 0, "n_gen": 128, "avg_ts": 70.2, "stddev_ts": 1.0, "samples_ts": [69.0, 70.4, 71.2]},
     ]
-    r = parse_bench_json(json.dumps(rows), options=BenchOptions(), config=BuildConfig(note="native"), model="m.gguf")
+    r = parse_bench_json(json.dumps(rows), options=BenchOptions(repetitions=3), config=BuildConfig(note="native"),
+                         model="m.gguf")
     assert [s.test for s in r.samples] == ["pp512", "tg128"]
     assert r.get("tg128").samples_ts == [69.0, 70.4, 71.2]
     assert r.cpu == "AMD EPYC" and r.build_commit == "abc123"
@@ -97,6 +98,19 @@ def test_the_ctest_check_names_failed_cases_or_quotes_the_log():
 def test_odd_bench_json_is_a_sandbox_error_that_discards_the_candidate(text):
     with pytest.raises(SandboxError):
         parse_bench_json(text, options=BenchOptions(), config=BuildConfig(), model="m.gguf")
+
+
+def test_a_bench_file_whose_mean_is_not_its_samples_mean_or_that_lacks_samples_is_refused():
+    """The verdict reads avg_ts and the host's clock check reads samples_ts: a patched build that rewrites one and
+    not the other, or leaves no samples for the clock to judge, has its file refused (the candidate discarded)."""
+    options = BenchOptions(repetitions=1)
+    row = {"n_prompt": 0, "n_gen": 128, "avg_ts": 70.0, "stddev_ts": 0.0, "samples_ts": [70.0]}
+    assert parse_bench_json(json.dumps([row]), options=options, config=BuildConfig(),
+                            model="m.gguf").get("tg128").mean_ts == 70.0
+    for forged in ({**row, "avg_ts": 140.0}, {**row, "samples_ts": []}, {**row, "samples_ts": [70.0, 70.0]},
+                   {**row, "avg_ts": 0.0, "samples_ts": [0.0]}):
+        with pytest.raises(SandboxError):
+            parse_bench_json(json.dumps([forged]), options=options, config=BuildConfig(), model="m.gguf")
 
 
 def test_a_result_file_that_is_a_fifo_is_refused_at_once(tmp_path):

@@ -411,9 +411,10 @@ class LlamaCppTarget(GitTarget):
         return (self.artifact_dir(commit, config) / "bin" / "llama-bench").is_file()
 
     def trusted(self, commit: str, config: BuildConfig) -> bool:
-        """Whether a build may write what other builds reuse (the compiler cache, its own build directory): only
-        the baseline commit in one of this target's own configurations. A candidate's code, and its build, could
-        otherwise leave cached objects that the baseline, a fallback or a later candidate would link (issue 13)."""
+        """Whether a build may write the compiler cache other builds reuse: only the baseline commit in one of this
+        target's own configurations. A candidate's code, and its build, could otherwise leave cached objects that
+        the baseline, a fallback or a later candidate would link (issue 13). Build directories follow the commit
+        alone (_worker_mounts): the baseline's is its own in every configuration, a candidate's a fresh copy."""
         return commit == self.source.baseline and config_key(config) in {
             config_key(c) for c in (native_config(), *fallback_configs())}
 
@@ -728,6 +729,13 @@ def parse_bench_json(text: str, *, options: BenchOptions, config: BuildConfig, m
             mean, sd = float(row.get("avg_ts", 0.0)), float(row.get("stddev_ts", 0.0))
             if not all(math.isfinite(v) for v in [*values, mean, sd]):
                 raise ValueError("a throughput that is not a finite number")
+            # The verdict reads the mean, the host's clock check reads the samples (their seconds): llama-bench
+            # writes one sample per repetition and their mean, so a file where they disagree was rewritten.
+            if len(values) != options.repetitions or not all(v > 0 for v in values):
+                raise ValueError(f"{test}: {len(values)} positive samples for {options.repetitions} repetitions")
+            if abs(mean - sum(values) / len(values)) > 1e-3 * mean:
+                raise ValueError(f"{test}: avg_ts {mean:g} is not the mean of its samples "
+                                 f"({sum(values) / len(values):g})")
             samples.append(BenchSample(test=test, n_prompt=n_prompt, n_gen=n_gen, samples_ts=values, mean_ts=mean,
                                        stddev_ts=sd))
         first = rows[0] if rows else {}
