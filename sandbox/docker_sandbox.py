@@ -278,12 +278,24 @@ class DockerSandbox:
             if container is not None:
                 _remove(container)
             else:  # interrupted (a signal, an engine error) before create answered: the label finds it
-                try:
-                    for made in self.client.containers.list(all=True, ignore_removed=True,
-                                                            filters={"label": f"{COMMAND_LABEL}={command_id}"}):
-                        _remove(made)
-                except (docker.errors.DockerException, requests.exceptions.RequestException):
-                    pass  # no engine to ask: the next sandbox's housekeeping removes what a dead owner left
+                self._remove_labelled(command_id)
+
+    def _remove_labelled(self, command_id: str, *, looks: int = 3, apart_s: float = 0.3) -> None:
+        """Remove the container a create call made when its answer never came back. The engine may still be making
+        it when the call is interrupted, so it is looked for a few times; nothing found is the common case (the
+        call never reached the engine)."""
+        for look in range(looks):
+            try:
+                made = self.client.containers.list(all=True, ignore_removed=True,
+                                                   filters={"label": f"{COMMAND_LABEL}={command_id}"})
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                return  # no engine to ask: the next sandbox's housekeeping removes what a dead owner left
+            for container in made:
+                _remove(container)
+            if made:
+                return
+            if look + 1 < looks:
+                time.sleep(apart_s)
 
     def _wait(self, container, deadline: float) -> tuple[int, bool]:
         while True:

@@ -88,3 +88,25 @@ def test_a_host_stopped_during_create_build_or_bench_leaves_no_container(attack,
     left = _of(docker_client, proc.pid)
     if left:
         attack.left_behind(f"{len(left)} container(s) of a killed host after the next sandbox opened")
+
+
+def test_a_signal_inside_the_engines_create_call_leaves_no_container(attack, docker_client, base_image, monkeypatch):
+    """The engine makes the container, and the answer never reaches the host (the signal lands in between): the
+    sandbox has no handle to remove it by, only its command's label, and must still leave nothing."""
+    import docker.models.containers
+
+    real_create = docker.models.containers.ContainerCollection.create
+    made: list[str] = []
+
+    def create_then_interrupt(self, *args, **kwargs):
+        made.append(real_create(self, *args, **kwargs).id)
+        raise KeyboardInterrupt  # as the CLI's SIGTERM handler raises it, after the engine answered
+
+    monkeypatch.setattr(docker.models.containers.ContainerCollection, "create", create_then_interrupt)
+    sandbox = small_sandbox(docker_client, base_image, attack.root)
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.run("sleep 600", timeout_s=60)
+    assert len(made) == 1  # the engine did make it
+    left = _of(docker_client, os.getpid())
+    if left:
+        attack.left_behind(f"{len(left)} container(s) made by a create call the host never heard back from")
