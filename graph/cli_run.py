@@ -145,7 +145,10 @@ def run(ctx: typer.Context,
                 "reading_list": reading_list, "backend_gaps": backend_gaps,
                 "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
                 "offline": offline, "status": "starting",
-                "options": asdict(options)}  # a run killed before its first checkpoint resumes with these
+                # a run killed before its first checkpoint resumes with these, and with its own model and budget
+                "options": asdict(options), "budget_usd": budget_usd}
+        if not offline:
+            meta.update(llm_model=llm_model, llm_max_reply=llm_max_reply)
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")
     try:
