@@ -284,6 +284,8 @@ def sequence_half_width(n: int, sd: float, *, mixture_pairs: float, confidence: 
     """Half-width, in log-ratio units, of the two-sided normal-mixture confidence sequence for the mean of n pairs
     of SD `sd`: sd * sqrt((n + r) log((n + r) / (r alpha^2))) / n, valid at every n at once."""
     r, alpha = mixture_pairs, 1 - confidence
+    if r <= 0:
+        raise ValueError(f"mixture_pairs must be positive, not {r}")
     return sd * math.sqrt((n + r) * math.log((n + r) / (r * alpha ** 2))) / n
 
 

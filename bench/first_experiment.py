@@ -51,6 +51,7 @@ def timed_run(home: Path, cache: Path) -> tuple[dict[str, float], float, list[st
                             stderr=subprocess.PIPE, text=True, env=env)
     seen: dict[str, float] = {}
     lines: list[str] = []
+    interrupted = False
     assert proc.stderr is not None
     for line in proc.stderr:
         at = time.monotonic() - began
@@ -58,8 +59,9 @@ def timed_run(home: Path, cache: Path) -> tuple[dict[str, float], float, list[st
         for name, markers in PHASES:
             if name not in seen and any(m in line for m in markers):
                 seen[name] = at
-        if "wave 1:" in line:
-            proc.send_signal(signal.SIGINT)
+        if "wave 1:" in line and not interrupted:
+            proc.send_signal(signal.SIGINT)  # once: a second one could cut the run's own saving short
+            interrupted = True
     proc.wait(timeout=600)
     return seen, time.monotonic() - began, lines
 
@@ -73,9 +75,9 @@ def main() -> None:
     cache = Paths.resolve().cache
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     home = Path(tempfile.mkdtemp(prefix="readfirst-first-"))
-    cold = Path(tempfile.mkdtemp(prefix="readfirst-cold-", dir=cache.parent))
+    cold = Path(tempfile.mkdtemp(prefix="readfirst-cold-", dir=cache.parent)) if args.cold else None
     runs = ([("bare cache (everything built)", Path(tempfile.mkdtemp(prefix="readfirst-first-")), cold)]
-            if args.cold else [])
+            if cold else [])
     runs += [("empty knowledge base", home, cache), ("knowledge base already read", home, cache)]
     try:
         results = []
@@ -89,7 +91,8 @@ def main() -> None:
     finally:
         for run_home, run_cache in {(h, c) for _, h, c in runs}:
             shutil.rmtree(run_home, ignore_errors=True)
-        shutil.rmtree(cold, ignore_errors=True)
+        if cold:
+            shutil.rmtree(cold, ignore_errors=True)
     table = ["| phase | " + " | ".join(label for label, _, _ in results) + " |",
              "|---|" + "---|" * len(results)]
     for i, (name, _) in enumerate(PHASES):

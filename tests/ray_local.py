@@ -102,8 +102,9 @@ class LocalCluster:
         the middle of a call) at once. A worker whose raylet alone is killed lives on for a few seconds, long
         enough to finish a short experiment and hand its result back as if nothing had happened."""
         pid = self.raylet_pid(name)
+        os.kill(pid, signal.SIGSTOP)  # stopped, it starts no worker between the listing and the kill
         children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
-        for victim in (pid, *children):
+        for victim in (*children, pid):
             try:
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:

@@ -191,7 +191,6 @@ def test_a_function_the_fork_moved_and_reformatted_is_ported_built_and_measured(
     assert "-    {   /* checksum the input first" in port["patch"] and "LZ4_compress_fast (src" in port["patch"]
     # the second experiment is the project's -O3 variant: whether -O3 speeds LZ4 up is the machine's business
     assert summary["experiments_by_source"].get("fork") >= 1 and summary["kept_by_source"]["fork"] == 1
-    assert sum(summary["kept_by_source"].values()) == sum(r["decision"] == "keep" for r in rows)
     assert summary["candidates_by_source"]["fork"] >= 1 and summary["candidates_by_source"]["profile"] >= 1
     replayed = readfirst("trace", "replay", summary["run_id"], "--json", home=tmp_path)
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout[-2000:]

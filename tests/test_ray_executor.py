@@ -109,8 +109,7 @@ def test_an_experiment_measured_on_two_classes_is_kept_only_where_both_keep_and_
 def _wait_alive(names, timeout_s: float = 90.0) -> dict[str, str]:
     """Node id per name once every named worker node is alive (a restarted node takes a few seconds to join)."""
     import ray
-    if not ray.is_initialized():
-        return {}
+    assert ray.is_initialized(), "connect to the cluster first (a RayExecutor does)"
     deadline = time.monotonic() + timeout_s
     while True:
         alive = {name: n["NodeID"] for n in ray.nodes() if n["Alive"]
@@ -134,7 +133,6 @@ def ray_cluster():
                             "health_check_failure_threshold": 5})
         for name in NODES:
             cluster.start_worker(name)
-        _wait_alive(NODES)
         yield cluster
     finally:
         import ray

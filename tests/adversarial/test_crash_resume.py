@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,14 +44,16 @@ def _integrity(path: Path) -> str:
 
 def _killed_after(cmd: list[str], seconds: float, env: dict[str, str]) -> bool:
     """Start `cmd`, SIGKILL it after `seconds`; True when it was still running (killed), False when it ended."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
-    assert proc.returncode == 0, proc.stderr.read().decode(errors="replace")[-3000:]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks on a full pipe
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        err.seek(0)
+        assert proc.returncode == 0, err.read().decode(errors="replace")[-3000:]
     return False
 
 
@@ -181,5 +184,5 @@ def test_ten_kills_of_a_five_thousand_chunk_ingestion_leave_a_store_that_answers
     complete(env, here)
     summary = json.loads(last.stdout)
     (result,) = summary if isinstance(summary, list) else [summary]
-    if here:
-        assert result["chunks_embedded"] < clean_counts["chunks"], (result, here)  # the kills' work was kept
+    # what the kills left written was not embedded again
+    assert result["chunks_embedded"] <= clean_counts["chunks"] - written, (result, written, here)
