@@ -26,6 +26,7 @@ from .llm import BudgetExceeded
 from .statistics import DecisionRule, Prior
 
 CLOCK_MIN_SAVING_S = 0.5  # a claimed saving the host's clock can judge: above its run-to-run noise (container start)
+CLOCK_Z = 3.0  # standard errors the host's saving is given before a claim is refuted: a false discard loses a real win
 
 Say = Callable[[str], None]
 Implement = Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]
@@ -131,8 +132,12 @@ class ArmBench:
         Both arms do the same work, so the time the candidate's figures say it saved (the baseline's claimed
         seconds minus the candidate's, medians over runs of the same tests) must show on the host's clock for the
         same runs. A claim is refuted when it saved at least CLOCK_MIN_SAVING_S and 5% of the baseline's run, and
-        the host saw less than half of it: a benchmark whose figures were rewritten, or code under test that
-        moved its work outside the measured section. Smaller claims are within the clock's noise: not judged."""
+        even the host's saving plus CLOCK_Z standard errors falls short of half of it: a benchmark whose figures
+        were rewritten, or code under test that moved its work outside the measured section. The standard error
+        comes from these runs' own overheads (host seconds minus claimed seconds: container start, model load),
+        whose spread is what an honest saving is seen through; at small shapes it is as large as the saving, and
+        a fixed margin discarded honest wins. Smaller claims are within the clock's noise: not judged."""
+        spread = self.overhead_sd()
         for (which, metrics), cand in sorted(self.clocks.items(), key=lambda kv: str(kv[0])):
             base = self.clocks.get((BASELINE, metrics))
             if which != CANDIDATE or not base or len(base) < 2 or len(cand) < 2:
@@ -140,13 +145,41 @@ class ArmBench:
             host_b, claim_b = (statistics.median(x) for x in zip(*base))
             host_c, claim_c = (statistics.median(x) for x in zip(*cand))
             claimed, seen = claim_b - claim_c, host_b - host_c
-            if claimed >= max(CLOCK_MIN_SAVING_S, 0.05 * host_b) and seen < claimed / 2:
+            # the standard error of a difference of two medians, from the pooled spread of the overheads
+            se = 1.2533 * spread * (1 / len(base) + 1 / len(cand)) ** 0.5
+            if claimed >= max(CLOCK_MIN_SAVING_S, 0.05 * host_b) and seen + CLOCK_Z * se < claimed / 2:
                 runs = "+".join(metrics) if metrics else "every test"
                 return (f"the host's clock does not support the candidate's figures: its runs ({runs}) claim "
                         f"{claim_c:.2f} s of work against the baseline's {claim_b:.2f} s, a saving of "
                         f"{claimed:.2f} s, but took {host_c:.2f} s on the host against {host_b:.2f} s "
-                        f"({seen:+.2f} s saved); tampered figures, or work moved outside the measured section")
+                        f"({seen:+.2f} s saved, ±{se:.2f} s from {len(base)}+{len(cand)} runs' overheads); "
+                        f"tampered figures, or work moved outside the measured section")
         return None
+
+    def overhead_sd(self) -> float:
+        """The run-to-run SD of the host's seconds beyond the claimed ones, pooled over every arm and set of tests
+        measured at least twice (each about its own mean, so a candidate that adds a constant overhead does not
+        inflate it)."""
+        squares, df = 0.0, 0
+        for runs in self.clocks.values():
+            if len(runs) < 2:
+                continue
+            overheads = [host - claimed for host, claimed in runs]
+            mean = statistics.fmean(overheads)
+            squares += sum((o - mean) ** 2 for o in overheads)
+            df += len(overheads) - 1
+        return (squares / df) ** 0.5 if df else 0.0
+
+    def clock_record(self) -> dict[str, Any]:
+        """What the host's clock saw, for the ledger: per arm and set of tests, the runs and the median host and
+        claimed seconds; and the overheads' pooled SD. A clock discard can be checked against it."""
+        cells = []
+        for (which, metrics), runs in sorted(self.clocks.items(), key=lambda kv: str(kv[0])):
+            host, claimed = zip(*runs)
+            cells.append({"arm": which, "tests": list(metrics) if metrics else "every test", "runs": len(runs),
+                          "host_s": round(statistics.median(host), 3),
+                          "claimed_s": round(statistics.median(claimed), 3)})
+        return {"cells": cells, "overhead_sd_s": round(self.overhead_sd(), 3)}
 
     def seconds(self) -> float:
         return self.spent_s
@@ -296,6 +329,8 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
     durations["bench"] = clock() - t0
     bench.record_setup(row)
+    if bench.clocks:
+        row["clock"] = bench.clock_record()
     if perf.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
         say(f"{title}: tampered? {refuted}")
         perf = dataclasses.replace(perf, decision="discard", reason=f"tampered: {refuted}", gate="clock")
@@ -339,6 +374,8 @@ def confirm_stack(target: Target, *, baseline: tuple[str, Mapping[str, Any]], be
         return record
     if verdict.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
         verdict = dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate="clock")
+    if bench.clocks:
+        record["clock"] = bench.clock_record()
     obj = verdict.objective
     record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
                   ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,

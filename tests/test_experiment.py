@@ -301,3 +301,40 @@ def test_figures_the_hosts_clock_does_not_support_are_discarded_as_tampered(tmp_
     assert (faked["decision"], faked["verdict"]["gate"]) == ("discard", "clock"), faked["reason"]
     assert faked["reason"].startswith("tampered: the host's clock does not support") and "a saving of 3.3" in faked["reason"]
     assert faked["speedup"] > 0.4  # the claim stays on record beside why it was not believed
+
+
+class ScriptedClock:
+    """A target whose runs take `overhead + claimed` seconds on the host: the overheads (container start, model
+    load) are drawn from `overheads` in turn, the claimed seconds are each arm's own."""
+    objective = Objective(metric="ops_per_s", direction="higher", guards={})
+
+    def __init__(self, claimed: dict[str, float], host_work: dict[str, float], overheads: list[float]):
+        self.claimed, self.host_work, self.overheads = claimed, host_work, iter(overheads)
+
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
+        return Measurement({"ops_per_s": 1 / self.claimed[commit]}, {}, duration_s=self.host_work[commit]
+                           + next(self.overheads), claimed_s=self.claimed[commit])
+
+
+def clock_verdict(claimed: dict[str, float], host_work: dict[str, float], overheads: list[float]) -> str | None:
+    from readfirst.agents.experiment import ArmBench
+    bench = ArmBench(ScriptedClock(claimed, host_work, overheads), {"baseline": ("b", {}), "candidate": ("c", {})})
+    for _ in range(len(overheads) // 2):
+        bench("baseline")
+        bench("candidate")
+    return bench.unsupported_claim()
+
+
+def test_the_clock_check_weighs_the_hosts_saving_against_the_runs_own_overhead_noise():
+    # The CI case that discarded an honest win at -p 16 -n 16: a real 0.54 s saving seen as 0.22 s through
+    # overheads that vary by ±0.2 s. A fixed "half the claim" refuted it; the runs' own spread does not.
+    honest = {"b": 0.98, "c": 0.44}
+    assert clock_verdict(honest, honest, [0.75, 1.00, 0.95, 1.34]) is None
+    # The same overheads, a claim the host never saw: a 2 s saving claimed on 4 s of work, the host's time unmoved.
+    forged, real = {"b": 4.0, "c": 2.0}, {"b": 4.0, "c": 4.0}
+    refuted = clock_verdict(forged, real, [0.75, 1.00, 0.95, 1.34, 0.85, 0.90, 0.80, 1.10])
+    assert refuted is not None and "a saving of 2.00 s" in refuted and "runs' overheads" in refuted
+    # Quiet overheads judge a smaller claim: 0.6 s claimed, 0.1 s seen, overheads within ±0.01 s.
+    small = {"b": 1.6, "c": 1.0}
+    assert clock_verdict(small, {"b": 1.6, "c": 1.5}, [0.80, 0.81, 0.81, 0.80, 0.80, 0.80]) is not None
+    assert clock_verdict(small, small, [0.80, 0.81, 0.81, 0.80, 0.80, 0.80]) is None
