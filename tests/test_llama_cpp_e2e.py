@@ -154,3 +154,22 @@ def test_sandbox_bench_cli_end_to_end_with_a_patch(llama, tmp_path):
         ("tests", True), ("logits", True)]
     tests = {s["test"] for s in cand["bench"]["samples"]}
     assert tests == {"pp16", "tg4"}
+
+
+def test_the_bandwidth_probe_bounds_what_generation_reads(llama):
+    """The roofline's limit is the probe's bandwidth over the bytes one token reads; generation cannot beat it.
+    A probe that measures its own adds instead of the memory (the scalar sum GCC leaves at -O2) read 24 GB/s
+    here while generation read 26, and the profile called the bandwidth untrustworthy."""
+    from readfirst.sandbox.machine_lock import machine_lock
+    from readfirst.targets.llama_cpp.model import bytes_read_per_token
+    from readfirst.targets.llama_cpp.profile import measure_read_bandwidth
+    target, baseline, model = llama
+    threads = int(baseline.variant["run"]["threads"])
+    with machine_lock(target.paths.cache, exclusive=True):
+        read_gbs = measure_read_bandwidth(target.sandbox, target.paths.cache / "probes", threads=threads)
+    result = target.bench(baseline.commit, model=model,
+                          options=BenchOptions(n_prompt=0, n_gen=32, repetitions=3, threads=threads))
+    tg = result.get("tg32")
+    assert tg is not None
+    generation_gbs = tg.mean_ts * bytes_read_per_token(model) / 1e9
+    assert generation_gbs < 1.05 * read_gbs, (generation_gbs, read_gbs)  # the profile's own tolerance
