@@ -159,7 +159,7 @@ def test_sandbox_bench_cli_end_to_end_with_a_patch(llama, tmp_path):
 def test_the_bandwidth_probe_bounds_what_generation_reads(llama):
     """The roofline's limit is the probe's bandwidth over the bytes one token reads; generation cannot beat it.
     A probe that measures its own adds instead of the memory (the scalar sum GCC leaves at -O2) read 24 GB/s
-    here while generation read 26, and the profile called the bandwidth untrustworthy."""
+    here while generation read 27, and the profile called the bandwidth untrustworthy."""
     from readfirst.sandbox.machine_lock import machine_lock
     from readfirst.targets.llama_cpp.model import bytes_read_per_token
     from readfirst.targets.llama_cpp.profile import measure_read_bandwidth

@@ -40,7 +40,7 @@ def measure_read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib
     with resources.as_file(resources.files("readfirst.targets.llama_cpp") / "native" / "read_bandwidth.c") as f:
         shutil.copyfile(f, src)
     # -O3, not -O2: at -O2 GCC 12 leaves the sum one scalar add chain, and the probe measured its adds: in CI it
-    # read 24.1 GB/s while generation read 25.6, and the profile had to call the bandwidth untrustworthy
+    # read 24.1 GB/s while generation read 26.8, and the profile had to call the bandwidth untrustworthy
     r = sandbox.run(f"gcc -O3 -march=native -fopenmp /bw/read_bandwidth.c -o /tmp/bw && "
                     f"OMP_NUM_THREADS={threads} OMP_PROC_BIND=spread /tmp/bw {mib}",
                     mounts=[Mount(scratch, "/bw", True)], timeout_s=300)
