@@ -181,6 +181,16 @@ class ArmBench:
                           "claimed_s": round(statistics.median(claimed), 3)})
         return {"cells": cells, "overhead_sd_s": round(self.overhead_sd(), 3)}
 
+    def held_to_clock(self, verdict: Verdict, record: dict[str, Any], say: Say = lambda _: None) -> Verdict:
+        """`verdict`, turned into a discard at gate "clock" when it keeps a claim the host's clock refutes; what
+        the clock saw goes into `record` (a ledger row, a confirmation) either way."""
+        if self.clocks:
+            record["clock"] = self.clock_record()
+        if verdict.decision != "keep" or (refuted := self.unsupported_claim()) is None:
+            return verdict
+        say(refuted)
+        return dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate="clock")
+
     def seconds(self) -> float:
         return self.spent_s
 
@@ -329,11 +339,7 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
     durations["bench"] = clock() - t0
     bench.record_setup(row)
-    if bench.clocks:
-        row["clock"] = bench.clock_record()
-    if perf.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
-        say(f"{title}: tampered? {refuted}")
-        perf = dataclasses.replace(perf, decision="discard", reason=f"tampered: {refuted}", gate="clock")
+    perf = bench.held_to_clock(perf, row, say=lambda why: say(f"{title}: tampered? {why}"))
     return finish(gates(checks, perf))
 
 
@@ -372,10 +378,7 @@ def confirm_stack(target: Target, *, baseline: tuple[str, Mapping[str, Any]], be
         record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         say(f"confirm: could not measure: {record['error']}")
         return record
-    if verdict.decision == "keep" and (refuted := bench.unsupported_claim()) is not None:
-        verdict = dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate="clock")
-    if bench.clocks:
-        record["clock"] = bench.clock_record()
+    verdict = bench.held_to_clock(verdict, record)
     obj = verdict.objective
     record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
                   ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,
