@@ -189,6 +189,10 @@ class Measurement:
     # to hold against duration_s, the host's clock: code under test runs inside the benchmark and can rewrite
     # its figures, not the host's clock. None: the benchmark's figures imply no time.
     claimed_s: float | None = None
+    # What every run of one benchmark shows whatever the build (a readfirst.toml bench: how many METRIC lines it
+    # printed per name). A candidate whose runs differ from the baseline's steady one ran another benchmark, or
+    # its code printed figures of its own. Empty: nothing to compare.
+    signature: dict[str, Any] = field(default_factory=dict)
 
 
 def metric_matches(name: str, key: str) -> bool:

@@ -75,7 +75,7 @@ class Verdict:
     """What the evaluator decided and all the evidence behind it."""
     decision: str     # "keep" | "discard"
     reason: str       # one sentence
-    gate: str         # what decided: "implement" | "apply" | "build" | a check's name | "performance"
+    gate: str         # what decided: "implement" | "apply" | "build" | a check's name | "performance" | "clock" | "signature"
     stopped: str      # "clear" | "futile" | "max runs" | "time budget" | "not measured"
     objective: Effect | None
     effects: dict[str, Effect]

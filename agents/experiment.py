@@ -93,6 +93,13 @@ def _discarded(gate: str, reason: str) -> Verdict:
     return Verdict("discard", reason, gate, "not measured", None, {}, [], 0, 0, 0.0)
 
 
+def _signature(signature: Mapping[str, Any]) -> str:
+    """{"METRIC lines": {"mb_per_s": 3}} -> "METRIC lines mb_per_s: 3"."""
+    def value(v: Any) -> str:
+        return "{" + ", ".join(f"{k}: {x}" for k, x in v.items()) + "}" if isinstance(v, Mapping) else str(v)
+    return "; ".join(f"{k} {value(v)}" for k, v in signature.items())
+
+
 def evaluator_for(target: Target, *, max_runs: int = 62,
                   noise: Mapping[str, Mapping[str, Any]] | None = None) -> EvaluatorConfig:
     """The evaluator's settings for a target: its objective decides what is optimized and what is guarded;
@@ -114,6 +121,8 @@ class ArmBench:
         self.setup: dict[str, Any] | None = None  # the measuring setup, the same for every run of both arms
         # per arm and per set of metrics asked for: (the host's seconds, the seconds the figures claim)
         self.clocks: dict[tuple[str, tuple[str, ...] | None], list[tuple[float, float]]] = {}
+        # per arm and per set of metrics asked for: each run's signature (Measurement.signature), when it has one
+        self.signatures: dict[tuple[str, tuple[str, ...] | None], list[dict[str, Any]]] = {}
 
     def __call__(self, which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         began = self.clock()
@@ -122,6 +131,8 @@ class ArmBench:
         if m.duration_s is not None and m.claimed_s is not None:
             self.clocks.setdefault((which, tuple(metrics) if metrics else None), []).append(
                 (m.duration_s, m.claimed_s))
+        if m.signature:
+            self.signatures.setdefault((which, tuple(metrics) if metrics else None), []).append(m.signature)
         if self.setup is None:
             self.setup = m.setup
         return {k: v for k, v in m.values.items() if self.target.objective.uses(k)}
@@ -156,6 +167,22 @@ class ArmBench:
                         f"tampered figures, or work moved outside the measured section")
         return None
 
+    def changed_signature(self) -> str | None:
+        """Why the candidate's runs are not the baseline's benchmark, or None: the baseline's runs of the same
+        tests showed one signature (the same METRIC lines, run after run) and a candidate's run another. A
+        baseline whose own runs differ sets no standard: not judged."""
+        for (which, metrics), cand in sorted(self.signatures.items(), key=lambda kv: str(kv[0])):
+            base = self.signatures.get((BASELINE, metrics))
+            if which != CANDIDATE or not base or len(base) < 2 or any(b != base[0] for b in base):
+                continue
+            odd = next((c for c in cand if c != base[0]), None)
+            if odd is not None:
+                runs = sum(c != base[0] for c in cand)
+                return (f"{runs} of the candidate's {len(cand)} runs printed {_signature(odd)}, where every one of "
+                        f"the baseline's {len(base)} printed {_signature(base[0])}: figures from code under test, "
+                        f"or another benchmark")
+        return None
+
     def overhead_sd(self) -> float:
         """The run-to-run SD of the host's seconds beyond the claimed ones, pooled over every arm and set of tests
         measured at least twice (each about its own mean, so a candidate that adds a constant overhead does not
@@ -182,14 +209,19 @@ class ArmBench:
         return {"cells": cells, "overhead_sd_s": round(self.overhead_sd(), 3)}
 
     def held_to_clock(self, verdict: Verdict, record: dict[str, Any], say: Say = lambda _: None) -> Verdict:
-        """`verdict`, turned into a discard at gate "clock" when it keeps a claim the host's clock refutes; what
-        the clock saw goes into `record` (a ledger row, a confirmation) either way."""
+        """`verdict`, turned into a discard when it keeps figures that are not to be believed: at gate "signature"
+        when the candidate's runs printed other figures than the baseline's (changed_signature), at gate "clock"
+        when the host's clock refutes their claim (unsupported_claim); what the clock saw goes into `record` (a
+        ledger row, a confirmation) either way."""
         if self.clocks:
             record["clock"] = self.clock_record()
-        if verdict.decision != "keep" or (refuted := self.unsupported_claim()) is None:
+        if verdict.decision != "keep":
             return verdict
-        say(refuted)
-        return dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate="clock")
+        for gate, refuted in (("signature", self.changed_signature()), ("clock", self.unsupported_claim())):
+            if refuted is not None:
+                say(refuted)
+                return dataclasses.replace(verdict, decision="discard", reason=f"tampered: {refuted}", gate=gate)
+        return verdict
 
     def seconds(self) -> float:
         return self.spent_s

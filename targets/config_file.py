@@ -61,6 +61,22 @@ class ProjectConfig:
     env: dict[str, str]        # environment of every command
     variants: tuple[Variant, ...]
     queries: dict[str, list[str]] = field(default_factory=dict)  # "research", "competitors"
+    claim: "ClaimedTime | None" = None  # how the objective's figure says how long a run worked; None: it does not
+
+
+@dataclass(frozen=True)
+class ClaimedTime:
+    """How many seconds of work one bench run's objective figure accounts for, so that the host's clock for the
+    same run can hold it to account (code under test runs inside the bench and can print figures of its own).
+    A rate over a fixed amount of work (`work`: 80 for 80 MB at MB/s) claims work / value seconds; a time
+    (`seconds_per_unit`: 1 for seconds, 0.001 for ms) claims value * seconds_per_unit."""
+    work: float | None = None
+    seconds_per_unit: float = 1.0
+
+    def seconds(self, value: float) -> float | None:
+        if value <= 0:
+            return None
+        return self.work / value if self.work is not None else value * self.seconds_per_unit
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -69,7 +85,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "build": {"command": str, "timeout_s": (int, float)},
     "test": {"command": str, "timeout_s": (int, float)},
     "bench": {"command": str, "timeout_s": (int, float), "cpus": int},
-    "objective": {"metric": str, "direction": str, "min_effect": (int, float), "unit": str, "guards": dict},
+    "objective": {"metric": str, "direction": str, "min_effect": (int, float), "unit": str, "guards": dict,
+                  "work": (int, float), "seconds_per_unit": (int, float)},
     "sandbox": {"apt": list, "env": dict},
     "reading": {"queries": list, "fork_queries": list},
     "variants": {"title": str, "kind": str, "env": dict, "rationale": str},
@@ -182,7 +199,8 @@ def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
         protected=tuple(dict.fromkeys([*strings("target", "protected", []), CONFIG_NAME])),
         description=target.get("description", ""), facts=strings("target", "facts", []),
         build=step("build", 600), test=step("test", 600), bench=step("bench", 120), bench_cpus=cpus,
-        objective=objective, apt=apt, env=env, variants=tuple(variants), queries=queries)
+        objective=objective, apt=apt, env=env, variants=tuple(variants), queries=queries,
+        claim=_claim(section("objective"), objective, fail))
 
 
 def _env(table: dict[str, Any], key: str, fail) -> dict[str, str]:
@@ -234,6 +252,24 @@ def _objective(table: dict[str, Any], fail) -> Objective:
                      unit=table.get("unit", ""))
 
 
+def _claim(table: dict[str, Any], objective: Objective, fail) -> ClaimedTime | None:
+    """[objective] work / seconds_per_unit: what lets the host's clock judge a keep."""
+    work, per_unit = table.get("work"), table.get("seconds_per_unit")
+    for key, value in (("work", work), ("seconds_per_unit", per_unit)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise fail(f"[objective] {key}", f"must be a positive number, not {value:g}")
+    if work is not None and per_unit is not None:
+        raise fail("[objective] work", "and seconds_per_unit both given: a figure is a rate (work) or a time "
+                                       "(seconds_per_unit), not both")
+    if work is not None and objective.direction != "higher":
+        raise fail("[objective] work", "is for a rate (direction = \"higher\": work per second); a time "
+                                       "(direction = \"lower\") takes seconds_per_unit")
+    if per_unit is not None and objective.direction != "lower":
+        raise fail("[objective] seconds_per_unit", "is for a time (direction = \"lower\"); a rate (direction = "
+                                                   "\"higher\") takes work")
+    return None if work is None and per_unit is None else ClaimedTime(work, per_unit or 1.0)
+
+
 def parse_metrics(output: str) -> tuple[dict[str, float], list[str]]:
     """The `METRIC name=value` lines of a bench run: {name: value}, and the problems seen (non-numeric values).
 
@@ -256,3 +292,13 @@ def parse_metrics(output: str) -> tuple[dict[str, float], list[str]]:
         seen.setdefault(name, []).append(value)
     return {k: sorted(v)[len(v) // 2] if len(v) % 2 else (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2
             for k, v in seen.items()}, problems
+
+
+def metric_line_counts(output: str) -> dict[str, int]:
+    """How many `METRIC name=...` lines a bench run printed, per name: the same bench prints the same lines run
+    after run, whatever the build; code under test that prints figures of its own changes the count."""
+    counts: dict[str, int] = {}
+    for line in output.splitlines():
+        if m := _METRIC_LINE.match(line):
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts

@@ -30,7 +30,7 @@ from ..records import (Baseline, BuildConfig, BuildResult, CheckResult, Checks, 
 from ..sandbox.workers import bench_cpus, cpu_model, short_digest
 from ..sources import SourceRepo
 from .base import GitTarget, failed_stage
-from .config_file import ConfigError, ProjectConfig, parse_metrics
+from .config_file import ConfigError, ProjectConfig, metric_line_counts, parse_metrics
 
 
 def _env_note(env: Mapping[str, str]) -> str:
@@ -124,7 +124,9 @@ class ConfigTarget(GitTarget):
     def measure(self, commit: str, variant: Mapping[str, Any], *,
                 metrics: Sequence[str] | None = None) -> Measurement:
         """One run of the bench command, pinned to a fixed CPU set, with the machine to itself. The command
-        measures what it measures: `metrics` cannot narrow it."""
+        measures what it measures: `metrics` cannot narrow it. The run's signature is how many METRIC lines it
+        printed per name; its claimed seconds, when [objective] says how its figure implies time (work or
+        seconds_per_unit), let the host's clock judge a keep."""
         step = self.config.bench
         cpus = bench_cpus(self.config.bench_cpus or len(os.sched_getaffinity(0)))
         r = self._in_copy(commit, variant, step.command, step.timeout_s, "bench", cpuset=cpus, measuring=True)
@@ -140,7 +142,10 @@ class ConfigTarget(GitTarget):
             why = f"; {problems[0]}" if problems else ""
             printed = ", ".join(f"{k}={v:g}" for k, v in values.items()) or "no METRIC line at all"
             raise SandboxError(f"it printed no `METRIC {metric}=<number>` line{why} (it printed: {printed})")
-        return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command}, r.duration_s)
+        claim = self.config.claim
+        return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command}, r.duration_s,
+                           claimed_s=claim.seconds(values[metric]) if claim else None,
+                           signature={"METRIC lines": metric_line_counts(r.output_tail)})
 
     def profile(self, baseline: Baseline) -> Profile:
         try:  # the first run of the bench is the test of the file's [bench] and [objective]

@@ -107,7 +107,7 @@ timeout_s = {bench_timeout}
 metric = "{metric}"
 direction = "higher"
 unit = "MB/s"
-
+{objective_extra}
 [objective.guards]
 ratio = 0.01
 
@@ -146,8 +146,9 @@ def commit_all(repo: Path, message: str) -> None:
 
 
 def make_project(dest: Path, sdists: Path, *, bench: str = "./bench/lz4bench 20", bench_timeout: int = 60,
-                 metric: str = "mb_per_s", slowdown: bool = True) -> Path:
-    """The upstream project, as a git repository with one commit."""
+                 metric: str = "mb_per_s", slowdown: bool = True, objective_extra: str = "") -> Path:
+    """The upstream project, as a git repository with one commit; `objective_extra`: lines added to its
+    [objective] table."""
     sources = lz4_sources(sdists)
     lz4_c = sources["lz4.c"]
     assert ANCHOR in lz4_c, "lz4.c changed: the planted slowdown has no anchor"
@@ -155,7 +156,8 @@ def make_project(dest: Path, sdists: Path, *, bench: str = "./bench/lz4bench 20"
         lz4_c = lz4_c.replace(ANCHOR, ANCHOR + SLOWDOWN, 1)
     files = {"lz4/lz4.c": lz4_c, "lz4/lz4.h": sources["lz4.h"], "bench/bench.c": BENCH_C,
              "tests/roundtrip.c": TEST_C, "Makefile": MAKEFILE, "README.md": "LZ4 with a harness.\n",
-             "readfirst.toml": CONFIG.format(bench=bench, bench_timeout=bench_timeout, metric=metric)}
+             "readfirst.toml": CONFIG.format(bench=bench, bench_timeout=bench_timeout, metric=metric,
+                                            objective_extra=objective_extra)}
     for rel, text in files.items():
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)

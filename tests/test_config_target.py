@@ -22,7 +22,7 @@ from config_project import make_fork, make_moved_fork, make_project, patch_at_ba
 
 from readfirst.errors import ReadfirstError  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
-from readfirst.targets.config_file import ConfigError, load_config, parse_metrics  # noqa: E402
+from readfirst.targets.config_file import ConfigError, load_config, metric_line_counts, parse_metrics  # noqa: E402
 
 GOOD = """
 [target]
@@ -70,6 +70,13 @@ def test_a_complete_file_loads_with_its_defaults(tmp_path):
     (lambda t: t + '[[variants]]\ntitle = "O3"\n', "[[variants]] #1 env: missing"),
     (lambda t: t.replace("[build]", "[build]\ntimeout_s = -1"), "[build] timeout_s"),
     (lambda t: t + "[target\n", "not valid TOML"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nwork = 0'), "[objective] work: must be a positive"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nseconds_per_unit = 1'),
+     "[objective] seconds_per_unit: is for a time (direction = \"lower\")"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "s"\ndirection = "lower"\nwork = 80'),
+     "[objective] work: is for a rate"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "s"\ndirection = "lower"\nwork = 8\nseconds_per_unit = 1'),
+     "[objective] work: and seconds_per_unit both given"),
 ])
 def test_a_bad_file_is_one_sentence_naming_the_key(tmp_path, edit, says):
     with pytest.raises(ConfigError) as e:
@@ -82,6 +89,19 @@ def test_metric_lines_are_parsed_and_bad_values_named():
                                      "METRIC mb_per_s=900\nMETRIC speed=fast\nMETRIC n=inf\n")
     assert values == {"mb_per_s": 812.5, "ratio": 2.1}  # a metric printed thrice counts by its median
     assert problems == ["speed='fast' is not a number", "n=inf is not a finite number"]
+
+
+def test_metric_lines_are_counted_per_name_whatever_their_value():
+    assert metric_line_counts("METRIC a=1\nMETRIC b=x\nnoise METRIC a=2\n  METRIC a=3\n") == {"a": 2, "b": 1}
+
+
+def test_the_objective_says_how_many_seconds_a_runs_figure_claims(tmp_path):
+    assert load_config(write(tmp_path, GOOD)).claim is None  # nothing declared: the clock cannot judge
+    rate = load_config(write(tmp_path, GOOD.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nwork = 80')))
+    assert rate.claim.seconds(400.0) == pytest.approx(0.2) and rate.claim.seconds(0.0) is None
+    time = load_config(write(tmp_path, GOOD.replace('metric = "mb_per_s"',
+                                                    'metric = "ms"\ndirection = "lower"\nseconds_per_unit = 0.001')))
+    assert time.claim.seconds(250.0) == pytest.approx(0.25)
 
 
 def test_the_registry_chooses_config_for_a_project_with_a_readfirst_toml(tmp_path):

@@ -5,6 +5,7 @@ checks and measurements are the stand-in's answers, in milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -338,3 +339,52 @@ def test_the_clock_check_weighs_the_hosts_saving_against_the_runs_own_overhead_n
     small = {"b": 1.6, "c": 1.0}
     assert clock_verdict(small, {"b": 1.6, "c": 1.5}, [0.80, 0.81, 0.81, 0.80, 0.80, 0.80]) is not None
     assert clock_verdict(small, small, [0.80, 0.81, 0.81, 0.80, 0.80, 0.80]) is None
+
+
+class Printing:
+    """A bench whose runs print METRIC lines: `printed[commit]` is the signature of each of its runs in turn."""
+    objective = Objective(metric="ops_per_s", direction="higher", guards={})
+
+    def __init__(self, printed: dict[str, list[dict[str, int]]]):
+        self.printed = {k: iter(v) for k, v in printed.items()}
+
+    def measure(self, commit: str, variant: dict[str, Any], metrics=None) -> Measurement:
+        return Measurement({"ops_per_s": 1.0}, {}, signature={"METRIC lines": next(self.printed[commit])})
+
+
+def signature_verdict(base: list[dict[str, int]], cand: list[dict[str, int]]) -> str | None:
+    from readfirst.agents.experiment import ArmBench
+    bench = ArmBench(Printing({"b": base, "c": cand}), {"baseline": ("b", {}), "candidate": ("c", {})})
+    for _ in base:
+        bench("baseline")
+    for _ in cand:
+        bench("candidate")
+    return bench.changed_signature()
+
+
+def test_a_candidate_whose_runs_print_other_figures_than_the_baselines_is_refuted():
+    once = {"ops_per_s": 1, "ratio": 1}
+    assert signature_verdict([once] * 3, [once] * 3) is None
+    # code under test printed the objective's line twice more: the median of three is its own figure
+    forged = signature_verdict([once] * 3, [once, {"ops_per_s": 3, "ratio": 1}, once])
+    assert forged is not None and "1 of the candidate's 3 runs printed METRIC lines {ops_per_s: 3, ratio: 1}" in forged
+    assert "every one of the baseline's 3 printed METRIC lines {ops_per_s: 1, ratio: 1}" in forged
+    # a bench whose own line count varies run to run sets no standard, and one baseline run is not a standard
+    assert signature_verdict([once, {"ops_per_s": 2, "ratio": 1}], [{"ops_per_s": 3, "ratio": 1}]) is None
+    assert signature_verdict([once], [{"ops_per_s": 3, "ratio": 1}]) is None
+
+
+def test_a_kept_verdict_with_a_changed_signature_is_discarded_at_gate_signature():
+    from readfirst.agents.evaluator import Verdict
+    from readfirst.agents.experiment import ArmBench
+    once = {"ops_per_s": 1}
+    bench = ArmBench(Printing({"b": [once] * 2, "c": [once, {"ops_per_s": 3}]}),
+                     {"baseline": ("b", {}), "candidate": ("c", {})})
+    for arm in ("baseline", "baseline", "candidate", "candidate"):
+        bench(arm)
+    keep = Verdict("keep", "faster", "performance", "decided", None, {}, [], 4, 2, 1.0)
+    row: dict[str, Any] = {}
+    held = bench.held_to_clock(keep, row)
+    assert (held.decision, held.gate) == ("discard", "signature") and held.reason.startswith("tampered: 1 of")
+    discard = dataclasses.replace(keep, decision="discard")
+    assert bench.held_to_clock(discard, row) is discard  # only keeps are held to account
