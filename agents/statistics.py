@@ -445,10 +445,11 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule | None = None,
     The pair SD is the plain SD after dropping pairs beyond 3.5 MADs of the median: as efficient as the SD on
     clean noise (MAD alone needs ~2.7x the pairs for the same precision), yet one hit run does not inflate the
     floor; its variance is divided by what the trim leaves of clean noise at that many pairs (trim_consistency),
-    so that the prior the verdicts pool is not smaller than the noise. The detectable effect: a true effect delta is kept with probability `power` by the run cap when
-    delta - h > min_effect with margin t_power * se, h the confidence sequence's half-width at planned_pairs (its
-    scale pooled with this calibration) and se = pair_sd / sqrt(planned_pairs), in log space. It covers the
-    objective alone; guarded tests cost a little more power (see DecisionRule.max_regression).
+    so that the prior the verdicts pool is not smaller than the noise. The detectable effect: a true effect delta
+    is kept with probability `power` by the run cap when delta - h > min_effect with margin t_power * se, h the
+    confidence sequence's half-width at planned_pairs (its scale pooled with this calibration) and
+    se = pair_sd / sqrt(planned_pairs), in log space. It covers the objective alone; guarded tests cost a little
+    more power (see DecisionRule.max_regression).
     """
     rule = rule or DecisionRule()
     floors = {}
@@ -468,31 +469,32 @@ def noise_floor(aa_pairs: Sequence[Pair], rule: DecisionRule | None = None,
 TRIM_MADS = 3.5  # the calibration's pairs beyond this many MADs of their median are set aside
 
 
+def _trimmed_variance(x: np.ndarray) -> np.ndarray:
+    """Per row of `x`, the variance (ddof 1) of the values within TRIM_MADS MADs of the row's median (all of them
+    when the MAD is 0); 0 where fewer than 2 remain."""
+    mad = stats.median_abs_deviation(x, axis=1, scale="normal")[:, None]
+    keep = (np.abs(x - np.median(x, axis=1, keepdims=True)) <= TRIM_MADS * mad) | (mad == 0)
+    count = keep.sum(axis=1)
+    mean = np.where(keep, x, 0.0).sum(axis=1) / np.maximum(count, 1)
+    ss = np.where(keep, (x - mean[:, None]) ** 2, 0.0).sum(axis=1)
+    return np.divide(ss, count - 1, out=np.zeros_like(ss), where=count > 1)
+
+
 def _outlier_resistant_sd(d: np.ndarray) -> float:
     """The SD of the pairs within TRIM_MADS MADs of their median, its variance divided by what the trim leaves of
     clean normal noise at this many pairs (trim_consistency): unbiased for the variance the verdicts pool."""
     if len(d) < 2:
         return math.nan
-    mad = stats.median_abs_deviation(d, scale="normal")
-    kept = d[np.abs(d - np.median(d)) <= TRIM_MADS * mad] if mad > 0 else d
-    if len(kept) < 2:
-        return 0.0
-    return math.sqrt(float(np.var(kept, ddof=1)) / trim_consistency(len(d)))
+    return math.sqrt(float(_trimmed_variance(np.asarray(d, dtype=float)[None, :])[0]) / trim_consistency(len(d)))
 
 
 @functools.lru_cache(maxsize=None)
 def trim_consistency(n: int) -> float:
     """E[trimmed variance] / sigma^2 for n pairs of clean normal noise, by a fixed-seed simulation (40,000 samples:
-    its Monte Carlo error is about 0.5%). A small sample's MAD is unsteady: when it comes out low, the trim cuts
-    genuine tails, so the trimmed variance reads low (at 4 pairs by about 15%, at 8 by 10%, at 16 by 5%) and a
-    calibration that divided nothing out reported 4.3% run noise where the truth was 5.1%."""
+    its Monte Carlo error is about 0.5%; about 70 ms, once per n and process). A small sample's MAD is unsteady:
+    when it comes out low, the trim cuts genuine tails, so the trimmed variance reads low, at 4 pairs by 17%, at 8
+    by 10%, at 16 by 5% (the simulated noisy model's 5.1% run noise was calibrated as 4.3%, a median over repeats;
+    4.5% divided out, the rest being the SD's own small-sample bias)."""
     if n < 3:
         return 1.0  # two values lie exactly one MAD (unscaled) from their median: nothing is ever trimmed
-    x = np.random.default_rng(20261205).normal(size=(40_000, n))
-    mad = stats.median_abs_deviation(x, axis=1, scale="normal")[:, None]
-    keep = np.abs(x - np.median(x, axis=1, keepdims=True)) <= TRIM_MADS * mad
-    count = keep.sum(axis=1)
-    mean = np.where(keep, x, 0.0).sum(axis=1) / count
-    ss = np.where(keep, (x - mean[:, None]) ** 2, 0.0).sum(axis=1)
-    var = np.divide(ss, count - 1, out=np.zeros_like(ss), where=count > 1)
-    return float(var.mean())
+    return float(_trimmed_variance(np.random.default_rng(20261205).normal(size=(40_000, n))).mean())

@@ -299,7 +299,7 @@ def test_the_calibrations_variance_is_unbiased_on_clean_noise_and_still_resists_
     samples = rng.normal(scale=0.02, size=(4000, n))
     variance = np.mean([_outlier_resistant_sd(d) ** 2 for d in samples]) / 0.02 ** 2
     untrimmed = np.mean(samples.var(axis=1, ddof=1)) / 0.02 ** 2
-    assert abs(variance - 1) < 0.05 and abs(untrimmed - 1) < 0.05  # the trim alone read 10-15% low here
+    assert abs(variance - 1) < 0.05 and abs(untrimmed - 1) < 0.05  # the trim alone read 5-17% low here
     hit = samples[:200].copy()
     hit[:, 0] -= 0.30  # one run 30% slow: a neighbour's build
     assert np.median([_outlier_resistant_sd(d) for d in hit]) < 0.03
