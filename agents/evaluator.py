@@ -75,7 +75,8 @@ class Verdict:
     """What the evaluator decided and all the evidence behind it."""
     decision: str     # "keep" | "discard"
     reason: str       # one sentence
-    gate: str         # what decided: "implement" | "apply" | "build" | a check's name | "performance" | "clock" | "signature"
+    gate: str         # what decided: "implement" | "apply" | "build" | a check's name | "performance" |
+    #                   "signature" | "clock" (a keep whose figures were not believed: ArmBench.held_to_account)
     stopped: str      # "clear" | "futile" | "max runs" | "time budget" | "not measured"
     objective: Effect | None
     effects: dict[str, Effect]

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import PatchDoesNotApply, PatchRejected, SandboxError
 from ..protocols import Target
 from ..records import Baseline, BuildResult, CheckResult, to_dict
-from .evaluator import BASELINE, CANDIDATE, EvaluatorConfig, Verdict, evaluate, gates
+from .evaluator import BASELINE, CANDIDATE, Calibration, EvaluatorConfig, Verdict, calibrate, evaluate, gates
 from .llm import BudgetExceeded
 from .statistics import DecisionRule, Prior
 
@@ -108,6 +108,14 @@ def evaluator_for(target: Target, *, max_runs: int = 62,
     return EvaluatorConfig(rule=DecisionRule.for_objective(target.objective), max_runs=max_runs, priors=priors)
 
 
+def calibrate_build(target: Target, commit: str, variant: Mapping[str, Any], *, pairs: int,
+                    max_runs: int = 62) -> Calibration:
+    """The A/A calibration of one build against itself (agents.evaluator.calibrate), on the target's objective:
+    the noise a run's verdicts pool, measured the way they measure."""
+    return calibrate(lambda _which, metrics=None: target.measure(commit, variant, metrics=metrics).values,
+                     evaluator_for(target, max_runs=max_runs), pairs=pairs)
+
+
 class ArmBench:
     """The evaluator's `measure` for two builds of a target, `arms` {"baseline": (commit, variant), "candidate":
     ...}: the objective's values of one run, and the benchmark seconds spent, the clock the evaluator's time
@@ -128,11 +136,11 @@ class ArmBench:
         began = self.clock()
         m = self.target.measure(*self.arms[which], metrics=metrics)
         self.spent_s += m.duration_s if m.duration_s is not None else self.clock() - began
+        cell = (which, tuple(metrics) if metrics else None)
         if m.duration_s is not None and m.claimed_s is not None:
-            self.clocks.setdefault((which, tuple(metrics) if metrics else None), []).append(
-                (m.duration_s, m.claimed_s))
+            self.clocks.setdefault(cell, []).append((m.duration_s, m.claimed_s))
         if m.signature:
-            self.signatures.setdefault((which, tuple(metrics) if metrics else None), []).append(m.signature)
+            self.signatures.setdefault(cell, []).append(m.signature)
         if self.setup is None:
             self.setup = m.setup
         return {k: v for k, v in m.values.items() if self.target.objective.uses(k)}
@@ -175,12 +183,11 @@ class ArmBench:
             base = self.signatures.get((BASELINE, metrics))
             if which != CANDIDATE or not base or len(base) < 2 or any(b != base[0] for b in base):
                 continue
-            odd = next((c for c in cand if c != base[0]), None)
-            if odd is not None:
-                runs = sum(c != base[0] for c in cand)
-                return (f"{runs} of the candidate's {len(cand)} runs printed {_signature(odd)}, where every one of "
-                        f"the baseline's {len(base)} printed {_signature(base[0])}: figures from code under test, "
-                        f"or another benchmark")
+            odd = [c for c in cand if c != base[0]]
+            if odd:
+                return (f"{len(odd)} of the candidate's {len(cand)} runs printed {_signature(odd[0])}, where every "
+                        f"one of the baseline's {len(base)} printed {_signature(base[0])}: figures from code under "
+                        f"test, or another benchmark")
         return None
 
     def overhead_sd(self) -> float:
@@ -208,7 +215,7 @@ class ArmBench:
                           "claimed_s": round(statistics.median(claimed), 3)})
         return {"cells": cells, "overhead_sd_s": round(self.overhead_sd(), 3)}
 
-    def held_to_clock(self, verdict: Verdict, record: dict[str, Any], say: Say = lambda _: None) -> Verdict:
+    def held_to_account(self, verdict: Verdict, record: dict[str, Any], say: Say = lambda _: None) -> Verdict:
         """`verdict`, turned into a discard when it keeps figures that are not to be believed: at gate "signature"
         when the candidate's runs printed other figures than the baseline's (changed_signature), at gate "clock"
         when the host's clock refutes their claim (unsupported_claim); what the clock saw goes into `record` (a
@@ -371,7 +378,7 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
     durations["bench"] = clock() - t0
     bench.record_setup(row)
-    perf = bench.held_to_clock(perf, row, say=lambda why: say(f"{title}: tampered? {why}"))
+    perf = bench.held_to_account(perf, row, say=lambda why: say(f"{title}: tampered? {why}"))
     return finish(gates(checks, perf))
 
 
@@ -410,7 +417,7 @@ def confirm_stack(target: Target, *, baseline: tuple[str, Mapping[str, Any]], be
         record["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         say(f"confirm: could not measure: {record['error']}")
         return record
-    verdict = bench.held_to_clock(verdict, record)
+    verdict = bench.held_to_account(verdict, record)
     obj = verdict.objective
     record.update(speedup=obj.estimate if obj else None, ci_low=obj.low if obj else None,
                   ci_high=obj.high if obj else None, pairs=obj.n_pairs if obj else 0,

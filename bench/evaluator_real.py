@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from readfirst.agents.evaluator import BASELINE, CANDIDATE, EvaluatorConfig, calibrate, evaluate  # noqa: E402
-from readfirst.agents.experiment import ArmBench  # noqa: E402
+from readfirst.agents.evaluator import BASELINE, CANDIDATE, EvaluatorConfig, evaluate  # noqa: E402
+from readfirst.agents.experiment import ArmBench, calibrate_build  # noqa: E402
 from readfirst.config import Paths  # noqa: E402
 from readfirst.graph.deps import compose_target  # noqa: E402
 from readfirst.targets import make_spec  # noqa: E402
@@ -64,24 +64,18 @@ def main() -> None:
     _, target = compose_target(paths, spec, say=say)
     base = target.prepare()
 
-    def measure_between(a: str, b: str):
-        """A run's own measure (one repetition, the tests asked for) of build `a` as baseline, `b` as candidate."""
-        def measure(which: str, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
-            commit = a if which == BASELINE else b
-            return target.measure(commit, base.variant, metrics=metrics).values
-        return measure
-
     def verdict_between(a: str, b: str):
-        """One verdict of `b` against `a`, measured as a run measures it, and a keep held against the host's
-        clock: (verdict, why the clock refuted it or None)."""
+        """One verdict of `b` against `a`, measured and held to account as a run's: (the evaluator's verdict, why
+        its keep was not believed, or None)."""
         bench = ArmBench(target, {BASELINE: (a, base.variant), CANDIDATE: (b, base.variant)})
         verdict = evaluate(bench, config, clock=bench.seconds)
-        return verdict, bench.unsupported_claim() if verdict.kept else None
+        held = bench.held_to_account(verdict, {})
+        return verdict, held.reason if held is not verdict else None
 
     started = time.monotonic()
     say(f"A/A calibration: {args.calibration_pairs} pairs")
-    calibration = calibrate(measure_between(base.commit, base.commit), EvaluatorConfig(max_runs=args.max_runs),
-                            pairs=args.calibration_pairs)
+    calibration = calibrate_build(target, base.commit, base.variant, pairs=args.calibration_pairs,
+                                  max_runs=args.max_runs)
     config = EvaluatorConfig(max_runs=args.max_runs, priors=calibration.priors())
     rows = []
     say(f"A/A: {args.aa} trials")

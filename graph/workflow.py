@@ -26,8 +26,7 @@ from langgraph.types import Send
 
 from ..agents import competitor_analyst, offline_policy, porting, researcher
 from ..agents.briefing import brief
-from ..agents.evaluator import calibrate
-from ..agents.experiment import confirm_stack, evaluator_for, run_experiment
+from ..agents.experiment import calibrate_build, confirm_stack, evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
 from ..protocols import KnowledgeStore, Target, Tree
@@ -105,9 +104,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         calibration, noise = "", {}
         if opts.calibration_pairs > 0:
             say(f"profile: A/A calibration ({opts.calibration_pairs} pairs) for the noise floor")
-            cal = calibrate(lambda _which, metrics=None: target.measure(baseline.commit, baseline.variant,
-                                                                        metrics=metrics).values,
-                            evaluator_for(target, max_runs=opts.max_runs), pairs=opts.calibration_pairs)
+            cal = calibrate_build(target, baseline.commit, baseline.variant, pairs=opts.calibration_pairs,
+                                  max_runs=opts.max_runs)
             calibration = cal.describe()
             # every verdict of the run pools this noise: a decisive effect is then decided in a block or two
             noise = {test: asdict(prior) for test, prior in cal.priors().items()}  # {"pair_sd", "df"}

@@ -158,16 +158,14 @@ def _best_ready(payload: dict[str, Any], target) -> None:
 def target_calibration(payload: dict[str, Any], target_of: Callable[[], Any], say: Say) -> dict[str, Any]:
     """What a node does before its first experiment: the current best against itself on this machine, the run's
     A/A schedule (agents.evaluator.calibrate) with `calibration_pairs` pairs."""
-    from ..agents.evaluator import calibrate
-    from ..agents.experiment import evaluator_for
+    from ..agents.experiment import calibrate_build
     target = target_of()
     _best_ready(payload, target)
     best = payload["best"]
     pairs = int(payload["calibration_pairs"])
     say(f"node calibration: the current best against itself, {pairs} pairs")
-    cal = calibrate(lambda _which, metrics=None: target.measure(best["commit"], best["variant"],
-                                                                metrics=metrics).values,
-                    evaluator_for(target, max_runs=int(payload.get("max_runs", 62))), pairs=pairs)
+    cal = calibrate_build(target, best["commit"], best["variant"], pairs=pairs,
+                          max_runs=int(payload.get("max_runs", 62)))
     return {"noise": {test: asdict(prior) for test, prior in cal.priors().items()}, "text": cal.describe(),
             "seconds": cal.time_spent_s}
 

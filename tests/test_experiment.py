@@ -382,9 +382,9 @@ def test_a_kept_verdict_with_a_changed_signature_is_discarded_at_gate_signature(
                      {"baseline": ("b", {}), "candidate": ("c", {})})
     for arm in ("baseline", "baseline", "candidate", "candidate"):
         bench(arm)
-    keep = Verdict("keep", "faster", "performance", "decided", None, {}, [], 4, 2, 1.0)
+    keep = Verdict("keep", "faster", "performance", "clear", None, {}, [], 4, 2, 1.0)
     row: dict[str, Any] = {}
-    held = bench.held_to_clock(keep, row)
+    held = bench.held_to_account(keep, row)
     assert (held.decision, held.gate) == ("discard", "signature") and held.reason.startswith("tampered: 1 of")
     discard = dataclasses.replace(keep, decision="discard")
-    assert bench.held_to_clock(discard, row) is discard  # only keeps are held to account
+    assert bench.held_to_account(discard, row) is discard  # only keeps are held to account
