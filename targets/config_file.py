@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import tomllib
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,21 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class ClaimedTime:
+    """How many seconds of work one bench run's objective figure accounts for, so that the host's clock for the
+    same run can hold it to account (code under test runs inside the bench and can print figures of its own).
+    A rate over a fixed amount of work (`work`: 80 for 80 MB at MB/s) claims work / value seconds; a time
+    (`seconds_per_unit`: 1 for seconds, 0.001 for ms) claims value * seconds_per_unit."""
+    work: float | None = None
+    seconds_per_unit: float = 1.0
+
+    def seconds(self, value: float) -> float | None:
+        if value <= 0:
+            return None
+        return self.work / value if self.work is not None else value * self.seconds_per_unit
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     path: Path                 # the file itself
     name: str
@@ -61,22 +79,7 @@ class ProjectConfig:
     env: dict[str, str]        # environment of every command
     variants: tuple[Variant, ...]
     queries: dict[str, list[str]] = field(default_factory=dict)  # "research", "competitors"
-    claim: "ClaimedTime | None" = None  # how the objective's figure says how long a run worked; None: it does not
-
-
-@dataclass(frozen=True)
-class ClaimedTime:
-    """How many seconds of work one bench run's objective figure accounts for, so that the host's clock for the
-    same run can hold it to account (code under test runs inside the bench and can print figures of its own).
-    A rate over a fixed amount of work (`work`: 80 for 80 MB at MB/s) claims work / value seconds; a time
-    (`seconds_per_unit`: 1 for seconds, 0.001 for ms) claims value * seconds_per_unit."""
-    work: float | None = None
-    seconds_per_unit: float = 1.0
-
-    def seconds(self, value: float) -> float | None:
-        if value <= 0:
-            return None
-        return self.work / value if self.work is not None else value * self.seconds_per_unit
+    claim: ClaimedTime | None = None    # how the objective's figure says how long a run worked; None: it does not
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -270,17 +273,20 @@ def _claim(table: dict[str, Any], objective: Objective, fail) -> ClaimedTime | N
     return None if work is None and per_unit is None else ClaimedTime(work, per_unit or 1.0)
 
 
+def _metric_lines(output: str) -> Iterator[tuple[str, str]]:
+    """(name, raw value) of every `METRIC name=value` line, in order."""
+    for line in output.splitlines():
+        if m := _METRIC_LINE.match(line):
+            yield m.group(1), m.group(2)
+
+
 def parse_metrics(output: str) -> tuple[dict[str, float], list[str]]:
     """The `METRIC name=value` lines of a bench run: {name: value}, and the problems seen (non-numeric values).
 
     A metric printed several times in one run counts by its median (a bench that loops prints each pass)."""
     seen: dict[str, list[float]] = {}
     problems: list[str] = []
-    for line in output.splitlines():
-        m = _METRIC_LINE.match(line)
-        if not m:
-            continue
-        name, raw = m.group(1), m.group(2)
+    for name, raw in _metric_lines(output):
         try:
             value = float(raw)
         except ValueError:
@@ -290,15 +296,10 @@ def parse_metrics(output: str) -> tuple[dict[str, float], list[str]]:
             problems.append(f"{name}={raw} is not a finite number")
             continue
         seen.setdefault(name, []).append(value)
-    return {k: sorted(v)[len(v) // 2] if len(v) % 2 else (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2
-            for k, v in seen.items()}, problems
+    return {k: statistics.median(v) for k, v in seen.items()}, problems
 
 
 def metric_line_counts(output: str) -> dict[str, int]:
     """How many `METRIC name=...` lines a bench run printed, per name: the same bench prints the same lines run
     after run, whatever the build; code under test that prints figures of its own changes the count."""
-    counts: dict[str, int] = {}
-    for line in output.splitlines():
-        if m := _METRIC_LINE.match(line):
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
+    return dict(Counter(name for name, _ in _metric_lines(output)))

@@ -70,12 +70,14 @@ def test_a_complete_file_loads_with_its_defaults(tmp_path):
     (lambda t: t + '[[variants]]\ntitle = "O3"\n', "[[variants]] #1 env: missing"),
     (lambda t: t.replace("[build]", "[build]\ntimeout_s = -1"), "[build] timeout_s"),
     (lambda t: t + "[target\n", "not valid TOML"),
-    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nwork = 0'), "[objective] work: must be a positive"),
+    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nwork = 0'),
+     "[objective] work: must be a positive"),
     (lambda t: t.replace('metric = "mb_per_s"', 'metric = "mb_per_s"\nseconds_per_unit = 1'),
      "[objective] seconds_per_unit: is for a time (direction = \"lower\")"),
     (lambda t: t.replace('metric = "mb_per_s"', 'metric = "s"\ndirection = "lower"\nwork = 80'),
      "[objective] work: is for a rate"),
-    (lambda t: t.replace('metric = "mb_per_s"', 'metric = "s"\ndirection = "lower"\nwork = 8\nseconds_per_unit = 1'),
+    (lambda t: t.replace('metric = "mb_per_s"',
+                         'metric = "s"\ndirection = "lower"\nwork = 8\nseconds_per_unit = 1'),
      "[objective] work: and seconds_per_unit both given"),
 ])
 def test_a_bad_file_is_one_sentence_naming_the_key(tmp_path, edit, says):
