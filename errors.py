@@ -46,3 +46,8 @@ class BaselineBroken(ReadfirstError):
 
 class KnowledgeBaseError(ReadfirstError):
     """The knowledge base cannot be opened, written or queried (locked, unreadable, server down, bad input)."""
+
+
+class RunFolderRefused(ReadfirstError):
+    """A run folder holds something other than plain data (code named in its checkpoints, an encoding readfirst
+    never writes, bytes that decode as nothing): it is not opened, since reading it could run that code."""

@@ -71,12 +71,16 @@ def spec_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_checkpointer(directory: Path):
-    """LangGraph's SQLite checkpointer for a run (imported here: listing runs should not pay for LangGraph)."""
+    """LangGraph's SQLite checkpointer for a run (imported here: listing runs should not pay for LangGraph), with
+    the serializer that revives plain data only: a run folder may come from someone else."""
     from langgraph.checkpoint.sqlite import SqliteSaver
-    conn = sqlite3.connect(directory / "checkpoints.sqlite", check_same_thread=False, timeout=30)
+
+    from .checkpoint_serde import PlainDataSerializer
+    path = directory / "checkpoints.sqlite"
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
-    return SqliteSaver(conn), conn
+    return SqliteSaver(conn, serde=PlainDataSerializer(path)), conn
 
 
 def execute(deps, directory: Path, run_id: str, *, options, meta: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from .checkpoint_serde import PlainDataSerializer
 from .trace import TRACE_FILE, TraceError
 
 
@@ -135,7 +136,7 @@ def _saver(directory: Path) -> tuple[SqliteSaver, sqlite3.Connection] | None:
         return None
     # Read-only: showing a run must never change it, even while it runs.
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
-    return SqliteSaver(conn), conn
+    return SqliteSaver(conn, serde=PlainDataSerializer(path)), conn
 
 
 def checkpoint_children(directory: Path, thread_id: str) -> dict[str, list[str]]:
