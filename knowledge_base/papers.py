@@ -22,6 +22,7 @@ _SECTION = re.compile(r"^(?:(\d+(?:\.\d+)*)\.?\s+([A-Z][^\n]{2,80})|(Abstract|In
                       r"Conclusions?|Discussion|Evaluation|Experiments|Method|Methods|Results|Appendix))\s*$")
 _END = re.compile(r"^(References|Bibliography|Acknowledge?ments)\s*$", re.I)
 MAX_PDF_BYTES = 50 * 1024 * 1024
+MAX_TEXT_CHARS = 4_000_000  # about 1,500 pages of prose: more is no paper, and would fill the store
 CHUNK_CHARS = 1200   # about the 256 word pieces MiniLM reads
 
 
@@ -34,17 +35,25 @@ class Paper:
     pdf_url: str = ""
 
 
-def pdf_text(data: bytes) -> str | Skipped:
-    """The text of a PDF, page by page, or why it cannot be read (encrypted, damaged, no text layer)."""
+def pdf_text(data: bytes, *, max_chars: int = MAX_TEXT_CHARS) -> str | Skipped:
+    """The text of a PDF, page by page, or why it cannot be read (encrypted, damaged, no text layer, too much
+    text). A PDF is hostile input: whatever its parser raises (pypdf's LimitReachedError for a decompression bomb
+    or a huge /Length, a RecursionError on nesting, a bug of its own) skips this document, not the ingestion."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             return Skipped("", "encrypted PDF")
-        text = "\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+        pages: list[str] = []
+        total = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            total += len(pages[-1])
+            if total > max_chars:
+                return Skipped("", f"more than {max_chars:,} characters of text")
+    except Exception as e:  # noqa: BLE001 - see above; KeyboardInterrupt still ends the ingestion
         return Skipped("", f"unreadable PDF ({type(e).__name__}: {str(e)[:120]})")
+    text = "\n".join(pages)
     if not text.strip():
         return Skipped("", "PDF has no text layer (scanned?)")
     return text
@@ -149,21 +158,26 @@ def document_unit(path: Path, *, source: str) -> Unit | Skipped:
     if not path.is_file():
         return Skipped(unit, "no such file")
     if path.suffix.lower() == ".pdf":
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            return Skipped(unit, f"unreadable: {e.strerror}")
-        if size > MAX_PDF_BYTES:
-            return Skipped(unit, f"PDF larger than {MAX_PDF_BYTES // 2**20} MiB")
-        text = pdf_text(path.read_bytes())
-        if isinstance(text, Skipped):
-            return Skipped(unit, text.reason)
-        return Unit(unit, paper_chunks(text, paper_id="", title=path.stem, unit=unit, path=str(path.resolve())))
+        return _pdf_unit(path, unit)
     text = read_text_file(path)
     if isinstance(text, Skipped):
         return Skipped(unit, text.reason)
     return Unit(unit, chunk_text(text, path=str(path.resolve()), kind="doc", unit=unit,
                                  markdown=path.suffix.lower() == ".md"))
+
+
+def _pdf_unit(path: Path, unit: str) -> Unit | Skipped:
+    try:
+        with open(path, "rb") as f:  # one byte past the cap at most, even if the file grows while it is read
+            data = f.read(MAX_PDF_BYTES + 1)
+    except OSError as e:
+        return Skipped(unit, f"unreadable: {e.strerror}")
+    if len(data) > MAX_PDF_BYTES:
+        return Skipped(unit, f"PDF larger than {MAX_PDF_BYTES // 2**20} MiB")
+    text = pdf_text(data)
+    if isinstance(text, Skipped):
+        return Skipped(unit, text.reason)
+    return Unit(unit, paper_chunks(text, paper_id="", title=path.stem, unit=unit, path=str(path.resolve())))
 
 
 def reading_list() -> list[dict]:
