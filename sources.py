@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,12 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import SourceError
+from .foreign_git import ForeignRepo, hardened_env
 
 PYPI_SIMPLE = os.environ.get("READFIRST_PYPI_SIMPLE", "https://pypi.org/simple")
+# The one cap on a file read from any tree (a fork's, a folder's, a target's): larger files are skipped with
+# their reason, so a 200 MB generated file costs nothing instead of gigabytes.
+MAX_FILE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,16 @@ class SourceRepo:
         return self.path.name
 
 
+_IDENTITY = {"GIT_AUTHOR_NAME": "readfirst", "GIT_AUTHOR_EMAIL": "readfirst@localhost",
+             "GIT_COMMITTER_NAME": "readfirst", "GIT_COMMITTER_EMAIL": "readfirst@localhost"}
+
+
 def git(repo: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
-    base_env = {**os.environ, "GIT_AUTHOR_NAME": "readfirst", "GIT_AUTHOR_EMAIL": "readfirst@localhost",
-                "GIT_COMMITTER_NAME": "readfirst", "GIT_COMMITTER_EMAIL": "readfirst@localhost",
-                "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, input=input,
-                          env={**base_env, **(env or {})})
+    """git in a tree readfirst created (a prepared source, a worker's checkout); a folder readfirst was given is
+    read only through foreign_git.ForeignRepo. Hardened all the same: no configuration may start a program."""
+    proc = subprocess.run(["git", "--no-pager", "-C", str(repo), *args], capture_output=True, text=True,
+                          input=input, env={**hardened_env(), **_IDENTITY, **(env or {})})
     if check and proc.returncode != 0:
         raise SourceError(f"git {' '.join(args[:3])} failed in {repo}: {proc.stderr.strip()[-800:]}")
     return proc
@@ -88,6 +96,7 @@ class GitTree:
         self._files: list[str] | None = None
         self._texts: dict[tuple[str, str], str | None] = {}
         self._batch: subprocess.Popen | None = None
+        self.skipped: dict[str, str] = {}  # path → why it was not read (too large, binary)
 
     def files(self) -> list[str]:
         if self._files is None:
@@ -101,25 +110,41 @@ class GitTree:
         if key not in self._texts:
             if len(self._texts) > 4096:
                 self._texts.clear()
-            self._texts[key] = self._cat(f"{key[0]}:{path}")
+            self._texts[key] = self._cat(f"{key[0]}:{path}", path)
         return self._texts[key]
 
-    def _cat(self, spec: str) -> str | None:
+    def _cat(self, spec: str, path: str) -> str | None:
         if "\n" in spec:
             return None
         if self._batch is None or self._batch.poll() is not None:
-            self._batch = subprocess.Popen(["git", "-C", str(self.repo), "cat-file", "--batch"],
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self._batch = subprocess.Popen(["git", "--no-pager", "-C", str(self.repo), "cat-file", "--batch"],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                           env=hardened_env())
         assert self._batch.stdin is not None and self._batch.stdout is not None
         self._batch.stdin.write(spec.encode() + b"\n")
         self._batch.stdin.flush()
         header = self._batch.stdout.readline().split()
-        if len(header) != 3:
+        if len(header) != 3 or not header[2].isdigit():
             return None  # "<spec> missing" (or ambiguous)
-        data = self._batch.stdout.read(int(header[2]) + 1)[:-1]
+        size = int(header[2])
+        if size > MAX_FILE_BYTES:
+            self._drain(size + 1)  # the batch stream goes on after this object: read past it, keep nothing
+            self.skipped[path] = f"larger than {MAX_FILE_BYTES // 2**20} MiB ({size / 2**20:.1f} MiB)"
+            return None
+        data = self._batch.stdout.read(size + 1)[:-1]
         if header[1] != b"blob" or b"\0" in data[:8192]:
+            if header[1] == b"blob":
+                self.skipped[path] = "binary file"
             return None
         return data.decode("utf-8", errors="replace")
+
+    def _drain(self, n: int) -> None:
+        assert self._batch is not None and self._batch.stdout is not None
+        while n > 0:
+            got = self._batch.stdout.read(min(n, 1 << 20))
+            if not got:
+                return
+            n -= len(got)
 
     def at(self, revision: str) -> "GitTree":
         return GitTree(self.name, self.repo, revision, subdirs=self.subdirs)
@@ -145,7 +170,8 @@ def merge_file(ours: str, base: str, theirs: str) -> tuple[str, int]:
             f = Path(tmp) / label
             f.write_text(text)
             names.append(str(f))
-        proc = subprocess.run(["git", "merge-file", "-p", "-q", *names], capture_output=True, text=True)
+        proc = subprocess.run(["git", "--no-pager", "merge-file", "-p", "-q", *names], capture_output=True,
+                              text=True, cwd=tmp, env=hardened_env())
     if proc.returncode < 0 or proc.returncode > 127:
         raise SourceError(f"git merge-file failed: {proc.stderr.strip()[-300:]}")
     return proc.stdout, proc.returncode
@@ -247,23 +273,22 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
                 work.mkdir()
                 _extract_subdir(tarball, spec.subdir, work)
                 _commit_baseline(work, f"{spec.package}=={spec.version} {spec.subdir}")
-            elif _is_git_url(name_or_location):
-                proc = subprocess.run(["git", "clone", "-q", name_or_location, str(work)], capture_output=True,
-                                      text=True, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+            elif _is_git_url(name_or_location) and _local_folder(name_or_location) is None:
+                proc = subprocess.run(["git", "--no-pager", "clone", "-q", "--template=", name_or_location, str(work)],
+                                      capture_output=True, text=True, env=hardened_env())
                 if proc.returncode != 0:
                     raise SourceError(f"git clone {name_or_location} failed: {proc.stderr.strip()[-500:]}")
                 git(work, "checkout", "-q", "--detach", ref or "HEAD")
                 git(work, "tag", "-f", "baseline")
             else:
-                local = Path(name_or_location).expanduser()
+                local = _local_folder(name_or_location) or Path(name_or_location).expanduser()
                 if not local.is_dir():
                     raise SourceError(f"source {name_or_location!r} is neither a known name "
                                       f"({', '.join(KNOWN_SOURCES)}), a git URL, nor a directory")
-                if (local / ".git").exists():
-                    proc = subprocess.run(["git", "clone", "-q", str(local), str(work)], capture_output=True,
-                                          text=True)
-                    if proc.returncode != 0:
-                        raise SourceError(f"cloning {local} failed: {proc.stderr.strip()[-500:]}")
+                if os.path.lexists(local / ".git"):
+                    # Never git in the folder itself: its .git/config could run anything (foreign_git.py).
+                    with ForeignRepo(local, scratch_parent=Path(tmp)) as foreign:
+                        foreign.clone_to(work)
                     git(work, "checkout", "-q", "--detach", ref or "HEAD")
                     git(work, "tag", "-f", "baseline")
                 else:
@@ -273,14 +298,20 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
         return SourceRepo(repo, git(repo, "rev-parse", "baseline^{commit}").stdout.strip(), name_or_location)
 
 
+def _local_folder(location: str) -> Path | None:
+    """The folder a `file://` URL names: read as a local folder is, never by git's transport inside it."""
+    if not location.startswith("file://"):
+        return None
+    return Path(urllib.parse.unquote(location[len("file://"):]))
+
+
 def _local_state(location: str, ref: str | None) -> str:
-    local = Path(location).expanduser()
-    if _is_git_url(location) or not local.is_dir():
+    local = _local_folder(location) or Path(location).expanduser()
+    if (_is_git_url(location) and not location.startswith("file://")) or not local.is_dir():
         return ""
-    if (local / ".git").exists():
-        head = subprocess.run(["git", "-C", str(local), "rev-parse", "-q", "--verify", f"{ref or 'HEAD'}^{{commit}}"],
-                              capture_output=True, text=True)
-        return f":{head.stdout.strip()}"
+    if os.path.lexists(local / ".git"):
+        with ForeignRepo(local) as foreign:
+            return f":{foreign.commit(ref or 'HEAD') or ''}"
     listing = hashlib.sha256()
     for path in sorted(local.rglob("*")):
         if path.is_file() and ".git" not in path.relative_to(local).parts:

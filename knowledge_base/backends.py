@@ -10,12 +10,12 @@ Metal's `ops_rms_norm_mul = {...}`). Each sequence or op that some backend has a
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import KnowledgeBaseError
+from ..errors import KnowledgeBaseError, SourceError
+from ..sources import GitTree
 from .chunking import CODE_EXTENSIONS, Chunk, Unit, function_spans, symbol_at
 
 _CASE = re.compile(r"\bcase\s+(GGML_OP_[A-Z0-9_]+)\s*:")
@@ -58,18 +58,23 @@ def _backend_of(rel: str) -> str | None:
 
 
 def _files(repo: Path, revision: str) -> Iterator[tuple[str, str]]:
-    """(path, text) of every source file under ggml/src at the revision, read from git (not the work tree)."""
-    listing = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--name-only", revision, "--", "ggml/src"],
-                             capture_output=True, text=True)
-    if listing.returncode != 0:
-        raise KnowledgeBaseError(f"{repo} is not a git repository with revision {revision}")
-    paths = [p for p in listing.stdout.splitlines() if Path(p).suffix.lower() in CODE_EXTENSIONS]
-    if not paths:
-        raise KnowledgeBaseError(f"{repo} has no ggml/src tree: not a ggml-based project")
-    for rel in paths:
-        blob = subprocess.run(["git", "-C", str(repo), "show", f"{revision}:{rel}"], capture_output=True)
-        if blob.returncode == 0 and b"\0" not in blob.stdout[:8192]:
-            yield rel, blob.stdout.decode("utf-8", errors="replace")
+    """(path, text) of every source file under ggml/src at the revision, read from git (not the work tree), each
+    at most the one cap on a tree's files (sources.MAX_FILE_BYTES)."""
+    tree = GitTree(repo.name, repo, revision, subdirs=("ggml/src",))
+    try:
+        try:
+            listing = tree.files()
+        except SourceError as e:
+            raise KnowledgeBaseError(f"{repo} is not a git repository with revision {revision}") from e
+        paths = [p for p in listing if Path(p).suffix.lower() in CODE_EXTENSIONS]
+        if not paths:
+            raise KnowledgeBaseError(f"{repo} has no ggml/src tree: not a ggml-based project")
+        for rel in paths:
+            text = tree.read(rel)
+            if text is not None:
+                yield rel, text
+    finally:
+        tree.close()
 
 
 @dataclass

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from ..sources import MAX_FILE_BYTES
 
 KINDS = ("paper", "fork-diff", "fork-code", "backend-gap", "doc")
 
@@ -23,7 +27,6 @@ C_EXTENSIONS = {".c", ".h", ".m", ".comp", ".glsl"}
 CPP_EXTENSIONS = {".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".cu", ".cuh", ".metal", ".inc", ".mm"}
 CODE_EXTENSIONS = C_EXTENSIONS | CPP_EXTENSIONS
 TEXT_EXTENSIONS = {".md", ".txt", ".rst", ".py", ".cmake", ".sh", ".toml", ".yaml", ".yml"}
-MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_LINES = 120   # a function longer than this is split; MiniLM reads only the first ~256 tokens anyway
 WINDOW_LINES = 60
 
@@ -63,14 +66,22 @@ class Unit:
 
 
 def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str | Skipped:
-    """The file's text, or why it is skipped (binary, too large, unreadable)."""
+    """The file's text, or why it is skipped (binary, too large, unreadable, not a regular file)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return Skipped(str(path), f"larger than {max_bytes // (1024 * 1024)} MiB ({size / 2**20:.1f} MiB)")
-        data = path.read_bytes()
+        # Non-blocking, and checked on the open file: a FIFO or device named like a source never hangs or
+        # streams, and a file grown since any earlier look is still read no further than the cap.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return Skipped(str(path), "not a regular file")
+            if st.st_size > max_bytes:
+                return Skipped(str(path), f"larger than {max_bytes // (1024 * 1024)} MiB ({st.st_size / 2**20:.1f} MiB)")
+            data = f.read(max_bytes + 1)
     except OSError as e:
         return Skipped(str(path), f"unreadable: {e.strerror or e}")
+    if len(data) > max_bytes:
+        return Skipped(str(path), f"larger than {max_bytes // (1024 * 1024)} MiB")
     if b"\0" in data[:8192]:
         return Skipped(str(path), "binary file")
     return data.decode("utf-8", errors="replace")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from unidiff import PatchSet
 
-from ..errors import KnowledgeBaseError
+from ..errors import KnowledgeBaseError, SourceError
+from ..foreign_git import hardened_env, locate
 from .chunking import (CODE_EXTENSIONS, MAX_CHUNK_LINES, MAX_FILE_BYTES, Chunk, Skipped, Unit, chunk_code,
                        chunk_text, function_spans, symbol_at)
 
@@ -50,22 +51,30 @@ class ScratchRepo:
         (self.path / "objects" / "info" / "alternates").write_text("\n".join(str(s) for s in stores) + "\n")
 
     def git(self, *args: str, cwd: bool = True, check: bool = True) -> str:
-        cmd = ["git", "--git-dir", str(self.path), *args] if cwd else ["git", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        # Above the cap a file is binary to git's diff: a 200 MB hot file is one line, not 200 MB of hunks.
+        cap = ["-c", f"core.bigFileThreshold={MAX_FILE_BYTES}"]
+        cmd = ["git", "--no-pager", *cap, "--git-dir", str(self.path), *args] if cwd else ["git", *cap, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=hardened_env())
         if check and proc.returncode != 0:
             raise KnowledgeBaseError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
         return proc.stdout
+
+    def too_large(self, revision: str, path: str) -> str | None:
+        size = self.git("cat-file", "-s", f"{revision}:{path}", check=False).strip()
+        if size.isdigit() and int(size) > MAX_FILE_BYTES:
+            return f"larger than {MAX_FILE_BYTES // 2**20} MiB ({int(size) / 2**20:.1f} MiB)"
+        return None
 
     def merge_base(self) -> str | None:
         out = self.git("merge-base", self.fork.revision, self.upstream.revision, check=False).strip()
         return out or None
 
     def blob(self, revision: str, path: str) -> str | Skipped:
-        size = self.git("cat-file", "-s", f"{revision}:{path}", check=False).strip()
-        if size.isdigit() and int(size) > MAX_FILE_BYTES:
-            return Skipped(path, f"larger than {MAX_FILE_BYTES // 2**20} MiB")
-        proc = subprocess.run(["git", "--git-dir", str(self.path), "cat-file", "blob", f"{revision}:{path}"],
-                              capture_output=True)
+        too_large = self.too_large(revision, path)
+        if too_large:
+            return Skipped(path, too_large)
+        proc = subprocess.run(["git", "--no-pager", "--git-dir", str(self.path), "cat-file", "blob",
+                               f"{revision}:{path}"], capture_output=True, env=hardened_env())
         if proc.returncode != 0:
             return Skipped(path, "unreadable in git")
         if b"\0" in proc.stdout[:8192]:
@@ -74,11 +83,11 @@ class ScratchRepo:
 
 
 def _object_dir(repo: Path) -> Path:
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-common-dir"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KnowledgeBaseError(f"{repo} is not a git repository")
-    common = Path(proc.stdout.strip())
-    return ((repo / common) if not common.is_absolute() else common).resolve() / "objects"
+    """The object store of a prepared source, found by reading files (no git run in the tree)."""
+    try:
+        return locate(repo)[1] / "objects"
+    except SourceError as e:
+        raise KnowledgeBaseError(f"{repo} is not a git repository readfirst can read: {e}") from e
 
 
 def _wanted(path: str, subdirs: Sequence[str]) -> bool:
@@ -170,6 +179,10 @@ def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()
             continue
         unit = f"{source}::diff:{path}"
         old_path = fields[1] if code.startswith("R") else path
+        too_large = scratch.too_large(fork.revision, path) or scratch.too_large(upstream.revision, old_path)
+        if too_large:
+            yield Skipped(unit, too_large)  # before the diff: its text would be as large as the file
+            continue
         diff = scratch.git("diff", "-U3", "--no-color", "-M", upstream.revision, fork.revision, "--",
                            old_path, path)
         text = scratch.blob(fork.revision, path)

@@ -10,14 +10,15 @@ Re-reading the whole ik_llama.cpp tree takes about half a minute; one changed fi
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import Paths
 from ..errors import KnowledgeBaseError, SourceError
+from ..foreign_git import ForeignRepo, find_top
 from ..sources import KNOWN_SOURCES, prepare_source
 from .backends import gap_units, scan_backends
 from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
@@ -74,34 +75,46 @@ def _display_name(name: str) -> str:
     return name if name in KNOWN_SOURCES else Path(name.rstrip("/")).name.removesuffix(".git") or name
 
 
-def _repo_of(directory: Path) -> tuple[Path, str, str]:
-    """(base, repo name, revision) for citing: inside a git work tree, paths are relative to its top level at
-    HEAD (so upstream's ops.cpp is `ggml/src/ggml-cpu/ops.cpp`); elsewhere relative to the directory given."""
-    top = subprocess.run(["git", "-C", str(directory), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    if top.returncode != 0:
-        return directory, directory.name, ""
-    base = Path(top.stdout.strip())
-    head = subprocess.run(["git", "-C", str(base), "rev-parse", "-q", "--verify", "HEAD"], capture_output=True,
-                          text=True)
-    return base, base.name, head.stdout.strip()
+def _repo_of(directory: Path) -> tuple[Path, str, str, list[str]]:
+    """(base, repo name, revision, files committed under `directory`) for citing: inside a git work tree, paths
+    are relative to its top level at HEAD (so upstream's ops.cpp is `ggml/src/ggml-cpu/ops.cpp`); elsewhere
+    relative to the directory given. The repository is read through a copy of ours (foreign_git): git never
+    runs in the folder, whose configuration could run anything."""
+    top = find_top(directory)
+    if top is None:
+        return directory, directory.name, "", []
+    try:
+        with ForeignRepo(top) as repo:
+            head = repo.commit("HEAD") or ""
+            files = repo.files(head, directory.resolve().relative_to(top).as_posix()) if head else []
+    except SourceError as e:
+        raise KnowledgeBaseError(str(e)) from e
+    return top, top.name, head, files
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every regular file under `root`, never descending into a linked folder nor a hidden one."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted(p for p in found if p.is_file())
 
 
 def _path_units(root: Path, *, source: str) -> Iterator[Unit | Skipped]:
     if not root.exists():
         yield Skipped(f"{source}::{root}", "no such file or directory")
         return
-    base, repo, revision = _repo_of(root if root.is_dir() else root.parent)
+    root = root.resolve()
+    base, repo, revision, committed = _repo_of(root if root.is_dir() else root.parent)
     if root.is_file():
         yield _one_path(root, base, source, repo, revision)
         return
-    listing = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True, text=True)
-    files = ([root / p for p in listing.stdout.splitlines()] if listing.returncode == 0 and listing.stdout
-             else sorted(p for p in root.rglob("*") if p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(root).parts)))
-    inside = root.resolve()
+    files = [base / p for p in committed] or _walk(root)
     for path in files:
-        if path.is_symlink() and not path.resolve().is_relative_to(inside):
-            # An untrusted tree's `notes.md -> ~/.ssh/id_rsa` would go into prompts and traces: never read it.
+        # Every path, not only a link at its end: `docs -> /elsewhere` makes docs/secret.md a plain name whose
+        # text lies outside. Read only what resolves inside the tree.
+        if not path.resolve().is_relative_to(root):
             yield Skipped(f"{source}::file:{path.relative_to(root)}", "a symlink out of the tree")
             continue
         yield _one_path(path, base, source, repo, revision)
