@@ -66,6 +66,10 @@ class CommandResult:
     log_path: str | None = None
     oom_killed: bool = False  # the engine killed it for exceeding its memory limit
     disk_exceeded: str = ""  # which writable mount it wrote past its limit (the sandbox killed it), or ""
+    # The lines of the whole output holding the string run() was asked to collect (METRIC lines), in order; and
+    # whether some could not be kept (too many, one too long, the stream unfinished): then they say nothing sure.
+    lines: list[str] = field(default_factory=list)
+    lines_capped: bool = False
 
     @property
     def ok(self) -> bool:

@@ -82,3 +82,34 @@ def test_a_project_build_that_fills_its_tree_fails_at_the_disk_limit_stage(attac
     built = target.build(baseline, {"build_env": {}, "run_env": {}})
     assert not built.ok and built.stage == "disk limit", (built.stage, built.log_tail[-300:])
     assert "/work" in built.log_tail and "disk limit" in built.log_tail  # which mount, in the log a user reads
+
+
+# Issue 29 item 3: a file opened, unlinked and written on is in no directory: a watch of the tree never sees it
+# (400 MB reached the host past a 32 MiB limit). 1 MiB at a time, counted aloud, up to 400 MiB.
+UNLINKED = ("exec 3>{path}/hidden && rm {path}/hidden && i=0 && while [ $i -lt 400 ]; do "
+            "head -c 1048576 /dev/zero >&3 || break; i=$((i+1)); echo mib=$i; done; echo end=$i")
+
+
+@pytest.mark.parametrize("target, fixed", [("/out", True), ("/out", False), ("/build", False)],
+                         ids=["out-fixed-size", "out-watched", "build-watched"])
+def test_an_unlinked_file_written_on_is_stopped_at_the_limit(attack, docker_client, base_image, target, fixed):
+    """/out on a file system of its limit's size (the kernel refuses the write), or, where none can be mounted
+    (`fixed_size_at=()` stands for a host that refuses the mount), watched with the files the container's
+    processes hold open after unlinking them; a build mount is always watched that way."""
+    import re
+    sandbox = small_sandbox(docker_client, base_image, attack.root, disk_bytes=LIMIT, disk_bytes_at=(),
+                            **({} if fixed or target != "/out" else {"fixed_size_at": ()}))
+    host = attack.root / target.strip("/")
+    host.mkdir()
+    r = sandbox.run(UNLINKED.format(path=target), mounts=[Mount(host, target, False)], timeout_s=120)
+    written = max(map(int, re.findall(r"mib=(\d+)", r.output_tail)), default=0) << 20
+    if written > 8 * LIMIT:
+        attack.escaped(f"{target}: {written >> 20} MiB written to an unlinked file (limit {LIMIT >> 20} MiB)")
+    # Killed at the limit; or, on a fixed-size /out, refused by the kernel (the command may go on without it, and
+    # may end before the watch sees the mount full: the file goes with it)
+    stopped = r.disk_exceeded.startswith(target) and not r.ok
+    assert stopped or (fixed and "No space left" in r.output_tail), (r.exit_code, r.disk_exceeded,
+                                                                        r.output_tail[-300:])
+    assert not any(host.iterdir())  # nothing of it is left on the host
+    print(f"{target} ({'fixed size' if fixed else 'watched'}): stopped after {written >> 20} MiB "
+          f"(limit {LIMIT >> 20} MiB)")

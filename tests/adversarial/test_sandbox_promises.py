@@ -79,7 +79,8 @@ def test_privileged_operations_fail(attack, box, attempt):
 @pytest.mark.parametrize("make, refusal", [
     ("ln -s {secret} /out/bench.json", "Too many levels|symbolic link|ELOOP|not a regular"),
     ("mkfifo /out/bench.json", "not a regular file"),
-    ("truncate -s 10G /out/bench.json", "larger than"),
+    # a sparse file past /out's size: refused by the reader, or left out by the fixed-size /out's copy-back
+    ("truncate -s 10G /out/bench.json", "larger than|No such file"),
     ("mkdir /out/bench.json", "Is a directory|not a regular"),
 ])
 def test_odd_result_files_are_refused_at_once(attack, box, make, refusal):
