@@ -70,6 +70,9 @@ class CommandResult:
     # whether some could not be kept (too many, one too long, the stream unfinished): then they say nothing sure.
     lines: list[str] = field(default_factory=list)
     lines_capped: bool = False
+    # Other processes' CPU time during the run, as a share of its CPUs (sandbox.host_load); None: not known.
+    foreign_share: float | None = None
+    retakes: int = 0  # a measurement taken again because the machine was busy (sandbox.host_load.LoadWatch)
 
     @property
     def ok(self) -> bool:
@@ -149,6 +152,8 @@ class BenchResult:
     raw: list[dict[str, Any]] = field(default_factory=list)
     cpus: str = ""  # the CPUs the benchmark was pinned to ("0,1"); empty: not pinned
     duration_s: float | None = None  # the llama-bench command's own run time
+    foreign_share: float | None = None  # as Measurement's
+    retakes: int = 0
 
     def get(self, test: str) -> BenchSample | None:
         return next((s for s in self.samples if s.test == test), None)
@@ -197,6 +202,12 @@ class Measurement:
     # printed per name). A candidate whose runs differ from the baseline's steady one ran another benchmark, or
     # its code printed figures of its own. Empty: nothing to compare.
     signature: dict[str, Any] = field(default_factory=dict)
+    # Other processes' share of the benchmark's CPUs while it ran (sandbox.host_load), the times it was retaken
+    # because that share was too high, and whether it stayed too high: a contaminated figure is kept (the machine
+    # never got quiet) but is not one to reason from. None: not known (a remote engine).
+    foreign_share: float | None = None
+    retakes: int = 0
+    contaminated: bool = False
 
 
 def metric_matches(name: str, key: str) -> bool:

@@ -29,6 +29,7 @@ import docker.errors
 import requests
 
 from ..errors import SandboxError
+from .host_load import Sampler, container_cpu_counter
 from .image import ENV_PATH, SANDBOX_UID
 from ..records import CommandResult, Mount
 
@@ -516,12 +517,14 @@ class DockerSandbox:
         start = time.monotonic()
         container.start()
         watch.init_pid = _container_pid(container)  # reloads the container: its attrs are current for the audit
+        load = _load_sampler(container, watch.init_pid)
         watch.start()
         init[0] = _init_process(container, watch.init_pid)
         if self.audit is not None:
             self.audit(container.attrs)
         exit_code, timed_out = self._wait(container, start + timeout_s)
         duration = time.monotonic() - start
+        host_load = load.end() if load is not None else None
         disk_exceeded = watch.stop()
         collector.thread.join(timeout=10)
         tail = collector.text()
@@ -533,7 +536,8 @@ class DockerSandbox:
                              log_path=str(log_path) if log_path else None,
                              oom_killed=not timed_out and _oom_killed(container), disk_exceeded=disk_exceeded,
                              lines=list(lines.lines) if lines else [],
-                             lines_capped=bool(lines and (lines.capped or collector.thread.is_alive())))
+                             lines_capped=bool(lines and (lines.capped or collector.thread.is_alive())),
+                             foreign_share=host_load.foreign_share if host_load is not None else None)
 
     def _remove_labelled(self, command_id: str, *, looks: int = 3, apart_s: float = 0.3) -> None:
         """Remove the container a create call made when its answer never came back. The engine may still be making
@@ -615,6 +619,14 @@ def _init_process(container, pid: int | None) -> tuple[int, str] | None:
         return None
     start = _process_start(pid)
     return (pid, start) if start else None
+
+
+def _load_sampler(container, pid: int | None) -> Sampler | None:
+    """Other processes' CPU time on the container's CPUs from here to its end (host_load), when its cgroup is on
+    this host. Its attrs are current (just reloaded): they say which CPUs it is pinned to."""
+    own = container_cpu_counter(container.id, pid)
+    cpuset = (container.attrs.get("HostConfig") or {}).get("CpusetCpus") or None
+    return Sampler(cpuset, own) if own is not None else None
 
 
 def _kill(container, init: tuple[int, str] | None = None) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..config import Paths
 from ..protocols import Sandbox
-from ..records import CommandResult, Mount
+from ..records import BenchResult, CommandResult, Mount
+from ..sandbox.host_load import LoadWatch, is_busy
 from ..sandbox.machine_lock import machine_lock
 from ..sandbox.patch import commit_patch
 from ..sandbox.workers import Worker, worker
@@ -45,6 +46,7 @@ class GitTarget:
         self.sandbox = sandbox
         self.source = source
         self.say = say
+        self.load_watch = LoadWatch(lambda line: self.say(line))  # self.say may be replaced after construction
 
     @property
     def repository(self) -> Path:
@@ -62,13 +64,29 @@ class GitTarget:
              measuring: bool = False) -> tuple[CommandResult, Path]:
         """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it.
         A measurement (`measuring`) has the machine to itself; anything else only shares it with non-measurements."""
-        out = self.paths.cache / "scratch" / uuid.uuid4().hex
-        out.mkdir(parents=True)
-        log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
-        with machine_lock(self.paths.cache, exclusive=measuring, say=self.say, what=log_name):
-            result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
-                                      timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
+        def once() -> tuple[CommandResult, Path]:
+            out = self.paths.cache / "scratch" / uuid.uuid4().hex
+            out.mkdir(parents=True)
+            log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
+            with machine_lock(self.paths.cache, exclusive=measuring, say=self.say, what=log_name):
+                result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
+                                          timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
+            return result, out
+
+        if not measuring:
+            return once()
+        # Another process's load on the machine is outside the lock: a run it disturbed is taken again. A failed
+        # run is not a figure, so it is not retaken for the load it ran under.
+        (result, out), retakes = self.load_watch.take(
+            once, lambda taken: taken[0].foreign_share if taken[0].ok else None,
+            lambda taken: self._discard(taken[1]), what=f"the {log_name} run")
+        result.retakes = retakes
         return result, out
+
+    @staticmethod
+    def load_fields(r: CommandResult | BenchResult) -> dict:
+        """A measured run's foreign load, as Measurement's fields."""
+        return {"foreign_share": r.foreign_share, "retakes": r.retakes, "contaminated": is_busy(r.foreign_share)}
 
     @staticmethod
     def _discard(out: Path) -> None:
