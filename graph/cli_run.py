@@ -192,6 +192,8 @@ def run(ctx: typer.Context,
         summary = execute(deps, directory, run_id, options=options, meta=meta)
         if executor is not None:
             summary["ray_nodes"] = executor.node_report()
+        if hasattr(tgt, "load_watch"):  # this process's measurements (a Ray node's are its own)
+            summary["host_load"] = tgt.load_watch.report()
     except KeyboardInterrupt:
         app.err.print(f"interrupted: progress is saved; continue with `readfirst run --resume {run_id}`")
         raise typer.Exit(130)
@@ -238,6 +240,11 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
         app.console.print(f"needs an LLM: {item['title']} ({item['where']})", soft_wrap=True)
     if summary.get("calibration"):
         app.console.print(f"noise floor: {summary['calibration']}")
+    load = summary.get("host_load") or {}
+    if load.get("retaken") or load.get("contaminated"):
+        app.console.print(f"busy machine: {load['retaken']} runs retaken because other processes used the "
+                          f"benchmark's CPUs; {load['contaminated']} of {load['measured']} measurements stayed busy "
+                          f"and are marked contaminated")
     on = summary.get("measured_on") or {}
     if on.get("cpu"):
         app.console.print(f"measured on: {on['cpu']}" + (f", {on['threads']} threads" if on.get("threads") else "")

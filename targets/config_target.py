@@ -145,7 +145,7 @@ class ConfigTarget(GitTarget):
         claim = self.config.claim
         return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command}, r.duration_s,
                            claimed_s=claim.seconds(values[metric]) if claim else None,
-                           signature={"METRIC lines": metric_line_counts(r.output_tail)})
+                           signature={"METRIC lines": metric_line_counts(r.output_tail)}, **self.load_fields(r))
 
     def profile(self, baseline: Baseline) -> Profile:
         try:  # the first run of the bench is the test of the file's [bench] and [objective]

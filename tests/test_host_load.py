@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from readfirst.records import BenchResult, BenchSample, BuildConfig
 from readfirst.sandbox.host_load import FOREIGN_MAX, LoadWatch, Sampler, cpu_list
+from readfirst.targets.llama_cpp.profile import make_profile
 
 
 class ProcessCpu:
@@ -70,3 +72,26 @@ def test_a_watch_retakes_while_busy_then_keeps_and_says_the_figure():
     assert said == ["other processes used 73% of the CPUs during 5 of the last 6 runs: the bench run is kept but "
                     "marked contaminated (its figure is unreliable)"]
     assert watch.report() == {"measured": 2, "retaken": 4, "contaminated": 1}
+
+
+def _bench(tg: float, pp: float, foreign_share: float | None) -> BenchResult:
+    return BenchResult([BenchSample("pp512", 512, 0, [pp], pp, 0), BenchSample("tg128", 0, 128, [tg], tg, 0)],
+                       2, True, "AMD EPYC", "x", BuildConfig(), "m.gguf", foreign_share=foreign_share)
+
+
+@pytest.mark.parametrize("bench_share,probe_share,busy", [(0.61, 0.02, "the benchmark (61% of the CPUs)"),
+                                                          (0.03, 0.4, "the bandwidth probe (40% of the CPUs)")])
+def test_a_profile_measured_on_a_busy_machine_states_no_roofline(bench_share, probe_share, busy):
+    # The issue's case: tg128 read 6.9 t/s beside other work, and the profile said "14% of its bandwidth limit:
+    # overheads leave room"; the quiet machine measured 21.1.
+    p = make_profile(_bench(6.9, 40.0, bench_share), read_gbs=20.0, bytes_per_token=400 * 2**20,
+                     probe_share=probe_share)
+    text = " ".join(p.facts)
+    assert "of that limit" not in text and "leave room" not in text and "memory-bound" not in text, p.facts
+    assert busy in text and "unreliable" in text, p.facts
+    assert p.busy == [busy]
+
+
+def test_a_quiet_profile_states_its_roofline():
+    p = make_profile(_bench(21.1, 40.0, 0.02), read_gbs=20.0, bytes_per_token=400 * 2**20, probe_share=0.01)
+    assert "of that limit" in " ".join(p.facts) and p.busy == [] and "unreliable" not in " ".join(p.facts)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ...protocols import Sandbox
-from ...records import BenchResult, Mount
+from ...records import BenchResult, CommandResult, Mount
+from ...sandbox.host_load import LoadWatch, is_busy
 
 
 @dataclass
@@ -28,29 +29,50 @@ class RooflineProfile:
     tg_test: str
     pp_test: str
     facts: list[str]
+    busy: list[str] = field(default_factory=list)  # the measurements taken while other processes used the CPUs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class BandwidthReading:
+    gbs: float
+    foreign_share: float | None = None  # other processes' share of the CPUs while it ran (sandbox.host_load)
+    retakes: int = 0
+
+
 def measure_read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib: int = 1024) -> float:
     """Best-of-20 read bandwidth (GB/s) inside the sandbox, with the benchmark's thread count."""
+    return read_bandwidth(sandbox, scratch, threads=threads, mib=mib).gbs
+
+
+def read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib: int = 1024,
+                   watch: LoadWatch | None = None) -> BandwidthReading:
+    """measure_read_bandwidth with the load it ran under; with a `watch`, retaken while the machine is busy."""
     scratch.mkdir(parents=True, exist_ok=True)
     src = scratch / "read_bandwidth.c"
     with resources.as_file(resources.files("readfirst.targets.llama_cpp") / "native" / "read_bandwidth.c") as f:
         shutil.copyfile(f, src)
     # -O3, not -O2: at -O2 GCC 12 leaves the sum one scalar add chain, and the probe measured its adds: in CI it
     # read 24.1 GB/s while generation read 26.8, and the profile had to call the bandwidth untrustworthy
-    r = sandbox.run(f"gcc -O3 -march=native -fopenmp /bw/read_bandwidth.c -o /tmp/bw && "
-                    f"OMP_NUM_THREADS={threads} OMP_PROC_BIND=spread /tmp/bw {mib}",
-                    mounts=[Mount(scratch, "/bw", True)], timeout_s=300)
+    def run() -> CommandResult:
+        return sandbox.run(f"gcc -O3 -march=native -fopenmp /bw/read_bandwidth.c -o /tmp/bw && "
+                           f"OMP_NUM_THREADS={threads} OMP_PROC_BIND=spread /tmp/bw {mib}",
+                           mounts=[Mount(scratch, "/bw", True)], timeout_s=300)
+    r, retakes = (run(), 0) if watch is None else watch.take(
+        run, lambda r: r.foreign_share if r.ok else None, what="the bandwidth probe")
     if not r.ok:
         raise RuntimeError(f"the bandwidth probe failed: {r.output_tail[-500:]}")
     line = next(ln for ln in r.output_tail.splitlines() if ln.startswith("{"))
-    return float(json.loads(line)["read_gbs"])
+    return BandwidthReading(float(json.loads(line)["read_gbs"]), r.foreign_share, retakes)
 
 
-def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int) -> RooflineProfile:
+def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int,
+                 probe_share: float | None = None) -> RooflineProfile:
+    """The roofline facts; none from a figure measured while other processes used the CPUs (`bench`'s foreign
+    share, or the bandwidth probe's `probe_share`): a busy machine read tg at a third of its quiet speed, and
+    the profile called the gap overheads worth working on."""
     tg_s = next((s for s in bench.samples if s.n_prompt == 0 and s.n_gen > 0), None)
     pp_s = next((s for s in bench.samples if s.n_gen == 0 and s.n_prompt > 0), None)
     tg = tg_s.mean_ts if tg_s else 0.0
@@ -58,7 +80,13 @@ def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int) -
     limit = read_gbs * 1e9 / bytes_per_token if bytes_per_token else 0.0
     facts = [f"Machine: {bench.cpu}, {bench.threads} threads; read bandwidth measured in the sandbox: "
              f"{read_gbs:.1f} GB/s."]
-    if limit and tg > 1.05 * limit:
+    busy = [f"{what} ({share:.0%} of the CPUs)" for what, share in
+            (("the benchmark", bench.foreign_share), ("the bandwidth probe", probe_share)) if is_busy(share)]
+    if busy:
+        facts.append(f"Other processes used the machine while {' and '.join(busy)} ran, and it stayed busy "
+                     f"through every retake: the measured figures (tg {tg:.1f} t/s, {read_gbs:.1f} GB/s) are "
+                     f"unreliable, so how far generation is from its bandwidth limit is unknown.")
+    elif limit and tg > 1.05 * limit:
         # Physically impossible: the probe was disturbed (or the model is cached in a way it does not see). A
         # wrong roofline steers every hypothesis, so none is stated.
         facts.append(f"The baseline generates {tg:.1f} t/s, above the {limit:.1f} t/s that the measured bandwidth "
@@ -76,10 +104,11 @@ def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int) -
             facts.append("Generation is well below its bandwidth limit: overheads (thread synchronization, small "
                          "ops, graph scheduling, dequantization cost) leave room before memory becomes the wall.")
     if pp:
-        facts.append(f"Prompt processing runs {pp:.1f} t/s and is compute-bound (weights are reused across the "
-                     f"batch): matmul kernels, repacking and tiling decide it.")
+        caveat = " (measured on a busy machine: unreliable)" if is_busy(bench.foreign_share) else ""
+        facts.append(f"Prompt processing runs {pp:.1f} t/s{caveat} and is compute-bound (weights are reused across "
+                     f"the batch): matmul kernels, repacking and tiling decide it.")
     return RooflineProfile(read_gbs, bytes_per_token, limit, tg, pp, tg_s.test if tg_s else "",
-                           pp_s.test if pp_s else "", facts)
+                           pp_s.test if pp_s else "", facts, busy)
 
 
 # -- where the time goes, by ggml op -----------------------------------------------------------------------------

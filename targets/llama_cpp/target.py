@@ -269,21 +269,23 @@ class LlamaCppTarget(GitTarget):
         claimed = sum((s.n_prompt + s.n_gen) / ts for s in result.samples for ts in s.samples_ts if ts > 0)
         return Measurement({s.test.split("+")[0]: s.mean_ts for s in result.samples},
                            {"cpu": result.cpu, "threads": result.threads, "cpus": result.cpus,
-                            "flash_attn": result.flash_attn}, result.duration_s, claimed_s=claimed or None)
+                            "flash_attn": result.flash_attn}, result.duration_s, claimed_s=claimed or None,
+                           **self.load_fields(result))
 
     def profile(self, baseline: Baseline) -> Profile:
         """The baseline benchmarked (3 repetitions) and the machine's read bandwidth measured in the sandbox: how
         far generation is from its bandwidth limit decides what is worth reading about."""
         from .model import bytes_read_per_token
-        from .profile import make_profile, measure_read_bandwidth, op_facts
+        from .profile import make_profile, op_facts, read_bandwidth
         model = Path(baseline.variant["model"])
         bench = self.bench(baseline.commit, model=model, options=self._options(baseline.variant, repetitions=3),
                            config=self.config_of(baseline.variant))
         # The probe is a measurement too: nothing runs beside it.
         with machine_lock(self.paths.cache, exclusive=True, say=self.say, what="the bandwidth probe"):
-            read_gbs = measure_read_bandwidth(self.sandbox, self.paths.cache / "probes",
-                                              threads=int(baseline.variant["run"]["threads"]))
-        prof = make_profile(bench, read_gbs=read_gbs, bytes_per_token=bytes_read_per_token(model))
+            probe = read_bandwidth(self.sandbox, self.paths.cache / "probes",
+                                   threads=int(baseline.variant["run"]["threads"]), watch=self.load_watch)
+        prof = make_profile(bench, read_gbs=probe.gbs, bytes_per_token=bytes_read_per_token(model),
+                            probe_share=probe.foreign_share)
         facts = list(prof.facts)
         try:
             ops = self.op_profile(baseline.commit, baseline.variant)
@@ -618,6 +620,7 @@ class LlamaCppTarget(GitTarget):
         result = parse_bench_json(text, options=options, config=config or self.config, model=model.name)
         result.cpus = cpus
         result.duration_s = r.duration_s
+        result.foreign_share, result.retakes = r.foreign_share, r.retakes
         return result
 
     def _model_in_container(self, model: Path) -> str:
