@@ -15,12 +15,15 @@ those; in a far larger store it drops the commonest words of a query first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from ..errors import KnowledgeBaseError
 
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -63,6 +66,21 @@ NO_WEIGHT_SHARE = 0.5    # a term in more than this share has no BM25 weight at 
 SCHEMA_VERSION = 1  # 1: rowid derived from the chunk id, so a delete by id is a lookup, not a table scan
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _said(method: _Method) -> _Method:
+    """A damaged index file (garbage, cut short, FTS5 blocks overwritten) surfaces as sqlite3.DatabaseError from
+    whichever statement reads the damaged page first: it becomes one sentence saying what to do."""
+    @functools.wraps(method)
+    def wrapper(self: LexicalIndex, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise self.unusable(e) from e
+    return wrapper  # type: ignore[return-value]
+
+
 def rowid(chunk_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(chunk_id.encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -78,6 +96,13 @@ class LexicalIndex:
         self.path = str(path)
         self._rows: int | None = None
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise self.unusable(e) from e
+
+    def _prepare(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")  # readers keep working while one writer writes
         if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             self._db.execute("DROP TABLE IF EXISTS chunks")
@@ -90,15 +115,25 @@ class LexicalIndex:
         self._db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocabulary USING fts5vocab(main, chunks, row)")
         self._db.commit()
 
+    def unusable(self, e: sqlite3.DatabaseError) -> KnowledgeBaseError:
+        if "locked" in str(e):
+            return KnowledgeBaseError(f"the knowledge base's lexical index {self.path} stayed locked by another "
+                                      f"process ({e}); try again when it has finished")
+        return KnowledgeBaseError(f"the knowledge base's lexical index {self.path} is damaged ({str(e)[:200]}); "
+                                  f"`readfirst kb rebuild` re-creates it from the recorded sources")
+
     def close(self) -> None:
         self._db.close()
 
+    @_said
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
+    @_said
     def ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT id FROM chunks")}
 
+    @_said
     def add(self, rows: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
         """Rows of (id, text, metadata); an id already present is replaced, not doubled."""
         self._rows = None
@@ -111,16 +146,19 @@ class LexicalIndex:
                   meta.get("source", ""), f"{text}\n{' '.join(identifier_parts(text))}")
                  for cid, text, meta in rows])
 
+    @_said
     def delete(self, ids: Sequence[str]) -> None:
         self._rows = None
         with self._db:
             self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(rowid(i),) for i in ids])
 
+    @_said
     def clear(self) -> None:
         self._rows = None
         with self._db:
             self._db.execute("DELETE FROM chunks")
 
+    @_said
     def selective_terms(self, terms: Sequence[str]) -> list[str]:
         """The terms worth the rows they match (see the module's note), rarest first."""
         if len(terms) <= 1:
@@ -140,6 +178,7 @@ class LexicalIndex:
             scanned += n
         return kept
 
+    @_said
     def search(self, query: str, *, k: int = 50, kinds: Sequence[str] = (), repo: str | None = None,
                path_globs: Sequence[str] = (), source: str | None = None) -> list[tuple[str, float]]:
         """(id, bm25 score) best first; higher is better (FTS5's bm25() is negated)."""
@@ -164,6 +203,8 @@ class LexicalIndex:
         args.append(k)
         try:
             rows = self._db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as e:
+            if not str(e).startswith("fts5: syntax error"):
+                raise
             return []  # an expression FTS5 cannot parse finds nothing rather than failing the whole query
         return [(cid, -score) for cid, score in rows]
