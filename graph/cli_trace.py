@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any, Optional
 
@@ -212,7 +213,11 @@ def replay_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
         from .deps import compose_target
         from .runner import spec_of
         _, target = compose_target(app.paths, spec_of(read_meta(trace.directory)), say=app.say)
-    report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target)
+    try:
+        report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target)
+    except sqlite3.DatabaseError as e:  # a run folder is data from anywhere: damaged, it is said, not a traceback
+        raise TraceError(f"run {run_id}'s checkpoints or ledger cannot be read ({str(e)[:200]}), so it cannot be "
+                         f"replayed; `readfirst trace show {run_id}` still shows what its trace recorded") from e
     if as_json:
         app.emit_json({**asdict(report), "identical": report.identical})
     else:

@@ -145,3 +145,13 @@ def test_an_untouched_copy_still_shows_and_replays(attack, recorded):
         proc = _readfirst(home, COMMANDS[command](attack.root))
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (command, proc.stderr[-2000:])
     assert (attack.root / "page.html").stat().st_size > 0
+
+
+def test_a_checkpoint_file_that_is_no_database_is_one_sentence_on_replay(attack, recorded):
+    home = _copy(recorded, attack.root)
+    (home / "runs" / "run-a" / "checkpoints.sqlite").write_bytes(b"not a database\n" * 1000)
+    proc = _readfirst(home, COMMANDS["trace replay"](attack.root))
+    if "Traceback" in proc.stderr:
+        attack.escaped(f"a traceback instead of a sentence:\n{proc.stderr[-2000:]}")
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode != 0 and "error:" in said and "cannot be replayed" in said, proc.stderr
