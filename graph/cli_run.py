@@ -30,7 +30,10 @@ def run(ctx: typer.Context,
                                                      help="A readfirst.toml (the config target)."),
         source: str = typer.Option("llama.cpp", "--source", help="llama.cpp (the pinned sdist), a git URL, or a "
                                                                 "local path (a project with a readfirst.toml "
-                                                                "at its root is the config target)."),
+                                                                "at its root is the config target). With "
+                                                                "--target-config it replaces the file's "
+                                                                "[target] source, which may only name the "
+                                                                "file's own folder or one below it."),
         ref: Optional[str] = typer.Option(None, "--ref", help="Git ref with a git URL or repository path."),
         model: Optional[Path] = typer.Option(None, "--model", help="llama.cpp: a real GGUF instead of the "
                                                                    "synthetic model."),
@@ -127,12 +130,14 @@ def run(ctx: typer.Context,
         run_id = resume
         app.say(f"resuming run {run_id}")
     else:
+        # --source with --target-config replaces the file's own source (which may only name its own folder)
         spec = make_spec(target, source=source, ref=ref, config_file=target_config,
+                         source_given=getattr(ctx.get_parameter_source("source"), "name", "DEFAULT") != "DEFAULT",
                          options={"model": str(model.resolve()) if model else None, "quant": quant,
                                   "n_prompt": n_prompt, "n_gen": n_gen, "threads": threads})
         if spec["name"] == "config":
             from ..targets.config_file import load_config
-            load_config(spec["config_file"])  # a bad file is one sentence, before any run directory exists
+            load_config(spec["config_file"], spec.get("source_override"))  # a bad file is one sentence, first
         run_id = new_run_id()
         directory = app.paths.runs / run_id
         directory.mkdir(parents=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +33,21 @@ IMAGE = f"{REPOSITORY}:{TAG}"
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Say = Callable[[str], None]
+# A Debian package name (policy 5.6.1: lower case letters, digits, + - .; no leading - so never an option).
+# Matched whole with fullmatch: a pattern ending in `$` also admits a final newline.
+_DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.\-]*")
+# The names arrive as "$@" (arguments of this fixed script), never as its text; `--` ends apt-get's options.
+_INSTALL_SCRIPT = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                   '--no-install-recommends -- "$@" && rm -rf /var/lib/apt/lists/*')
+
+
+def is_debian_package(name: str) -> bool:
+    return isinstance(name, str) and _DEBIAN_PACKAGE.fullmatch(name) is not None
+
+
+def install_command(packages: tuple[str, ...] | list[str]) -> list[str]:
+    """The argument vector that installs `packages` in a container: each name one argument of a fixed script."""
+    return ["/bin/sh", "-c", _INSTALL_SCRIPT, "install-packages", *packages]
 
 
 def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d")) -> str:
@@ -47,6 +63,9 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say
                  packages: tuple[str, ...] = ()) -> str:
     """Return the tag of a usable image, building it when needed: the base image, or the base image with extra
     Debian packages (a target's readfirst.toml names them) installed on top, tagged by their list."""
+    bad = [p for p in packages if not is_debian_package(p)]
+    if bad:  # a name reaches apt-get as root with the host's network: refused before the engine is asked
+        raise ImageBuildError(f"{bad[0]!r} is not a Debian package name")
     base = _ensure_base(client, rebuild=rebuild, say=say)
     extra = tuple(sorted(set(packages) - set(PACKAGES)))
     if not extra:
@@ -57,10 +76,7 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False, say: Say
         return derived
     say(f"adding {', '.join(extra)} to the sandbox image")
     # Installed as root with the host's network (the engine has no bridge), then committed: no registry needed.
-    container = client.containers.create(IMAGE, ["/bin/sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND="
-                                                 "noninteractive apt-get install -y -qq --no-install-recommends "
-                                                 + " ".join(extra) + " && rm -rf /var/lib/apt/lists/*"],
-                                         user="0:0", network_mode="host")
+    container = client.containers.create(IMAGE, install_command(extra), user="0:0", network_mode="host")
     try:
         container.start()
         status = container.wait(timeout=1800)  # docker-py: a timeout is a requests error, caught below

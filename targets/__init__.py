@@ -20,9 +20,10 @@ Say = Callable[[str], None]
 
 
 def make_spec(name: str | None, *, source: str, ref: str | None = None, config_file: str | Path | None = None,
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
+              options: dict[str, Any] | None = None, source_given: bool = False) -> dict[str, Any]:
     """The spec for what the user named. No name: `config` when a readfirst.toml is given or sits at the root
-    of a local source, llama.cpp otherwise. An unknown name is an error listing the known ones."""
+    of a local source, llama.cpp otherwise. An unknown name is an error listing the known ones.
+    `source_given`: the command line named the source; with a config file given too, it replaces the file's."""
     from .config_file import ConfigError, find_config
     if name is not None and name not in KNOWN:
         raise ReadfirstError(f"unknown target {name!r}; known: {', '.join(KNOWN)}")
@@ -35,7 +36,10 @@ def make_spec(name: str | None, *, source: str, ref: str | None = None, config_f
         if found is None:
             raise ConfigError(f"the config target needs a readfirst.toml: none at {source}; pass --target-config "
                               f"FILE")
-        return {"name": "config", "config_file": str(found), "source": source, "ref": ref}
+        spec = {"name": "config", "config_file": str(found), "source": source, "ref": ref}
+        if config_file and source_given:
+            spec["source_override"] = source
+        return spec
     return {"name": "llama.cpp", "source": source, "ref": ref, "options": dict(options or {})}
 
 
@@ -43,7 +47,7 @@ def sandbox_packages(spec: dict[str, Any]) -> tuple[str, ...]:
     """Debian packages the target's sandbox image needs beyond the base toolchain."""
     if spec.get("name") == "config":
         from .config_file import load_config
-        return load_config(spec["config_file"]).apt
+        return load_config(spec["config_file"], spec.get("source_override")).apt
     return ()
 
 
@@ -54,9 +58,10 @@ def open_target(spec: dict[str, Any], *, paths, sandbox, say: Say = lambda _: No
     if name == "config":
         from .config_file import load_config
         from .config_target import ConfigTarget
-        config = load_config(spec["config_file"])
+        config = load_config(spec["config_file"], spec.get("source_override"))
         say(f"preparing the source of {config.name}: {config.source}")
-        repo = prepare_source(config.source, paths.sources, paths.sdists, ref=config.ref)
+        ref = spec.get("ref") if spec.get("source_override") else config.ref
+        repo = prepare_source(config.source, paths.sources, paths.sdists, ref=ref)
         return ConfigTarget(paths, sandbox, repo, config, say=say)
     if name == "llama.cpp":
         from .llama_cpp.target import BenchOptions, LlamaCppTarget

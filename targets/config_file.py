@@ -19,9 +19,10 @@ from typing import Any
 
 from ..errors import ReadfirstError
 from ..records import Guard, Objective
+from ..sandbox.image import is_debian_package
 
 CONFIG_NAME = "readfirst.toml"
-METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # use fullmatch
 _METRIC_LINE = re.compile(r"^\s*METRIC\s+([A-Za-z_][A-Za-z0-9_.\-]*)\s*=\s*(\S+)")
 
 
@@ -96,7 +97,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _TYPE_NAMES = {str: "a string", list: "a list", dict: "a table", int: "an integer", (int, float): "a number",
                bool: "true or false"}
-_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A git ref as the command line would take it: never an option (a leading -), no space or control character.
+_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./@{}^~+-]*")
+_REMOTE_URL = re.compile(r"(https?|git|ssh)://|[\w.-]+@[\w.-]+:")
 
 
 def find_config(source: str | Path) -> Path | None:
@@ -106,7 +110,9 @@ def find_config(source: str | Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_config(path: str | Path) -> ProjectConfig:
+def load_config(path: str | Path, source: str | None = None) -> ProjectConfig:
+    """The file, validated. `source`: the source the command line named (--source with --target-config); it
+    replaces the file's own `[target] source`, which may otherwise only name its own folder or below."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
@@ -116,10 +122,10 @@ def load_config(path: str | Path) -> ProjectConfig:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from None
-    return _validate(path, data)
+    return _validate(path, data, source)
 
 
-def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
+def _validate(path: Path, data: dict[str, Any], given: str | None = None) -> ProjectConfig:
     def fail(key: str, what: str) -> ConfigError:
         return ConfigError(f"{path.name}: {key}: {what}")
 
@@ -162,16 +168,10 @@ def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
 
     target = section("target")
     name = target.get("name") or path.parent.name
-    source = target.get("source", ".")
-    local = Path(source).expanduser()
-    if not re.match(r"^(https?|git|ssh|file)://|^[\w.-]+@[\w.-]+:", source):
-        local = local if local.is_absolute() else (path.parent / local)
-        if not local.is_dir():
-            raise fail("[target] source", f"{local} is not a directory")
-        source = str(local.resolve())
+    source, ref = _source(path, target, given, fail)
     objective = _objective(section("objective"), fail)
     apt = strings("sandbox", "apt", [])
-    bad = [p for p in apt if not _APT_NAME.match(p)]
+    bad = [p for p in apt if not is_debian_package(p)]
     if bad:
         raise fail("[sandbox] apt", f"{bad[0]!r} is not a Debian package name")
     env = _env(section("sandbox").get("env", {}), "[sandbox] env", fail)
@@ -196,20 +196,54 @@ def _validate(path: Path, data: dict[str, Any]) -> ProjectConfig:
                                                                         ("competitors", "fork_queries"))
                if reading.get(key)}
     return ProjectConfig(
-        path=path, name=name, source=source, ref=target.get("ref"),
-        hot_paths=strings("target", "hot_paths", ["**"]),
+        path=path, name=name, source=source, ref=ref,
+        hot_paths=_globs(strings("target", "hot_paths", ["**"]), "[target] hot_paths", fail),
         # The file itself is the judge's rulebook: an experiment may not rewrite it.
-        protected=tuple(dict.fromkeys([*strings("target", "protected", []), CONFIG_NAME])),
+        protected=tuple(dict.fromkeys([*_globs(strings("target", "protected", []), "[target] protected", fail),
+                                       CONFIG_NAME])),
         description=target.get("description", ""), facts=strings("target", "facts", []),
         build=step("build", 600), test=step("test", 600), bench=step("bench", 120), bench_cpus=cpus,
         objective=objective, apt=apt, env=env, variants=tuple(variants), queries=queries,
         claim=_claim(section("objective"), objective, fail))
 
 
+def _source(path: Path, target: dict[str, Any], given: str | None, fail) -> tuple[str, str | None]:
+    """The source and ref: the command line's when it named one; else the file's, a remote git URL or a folder
+    that lies inside the file's own folder once resolved (links followed): a cloned project must not make the
+    run copy, mount and log a folder of the host."""
+    ref = target.get("ref")
+    if ref is not None and not _REF.fullmatch(ref):
+        raise fail("[target] ref", f"{ref!r} is not a git ref")
+    if given is not None:
+        local = Path(given).expanduser()
+        return (str(local.resolve()) if local.is_dir() else given), ref
+    source = target.get("source", ".")
+    if _REMOTE_URL.match(source):
+        return source, ref
+    home = path.parent.resolve()
+    local = (home / Path(source).expanduser()).resolve()
+    if source.startswith("file:") or (local != home and home not in local.parents):
+        raise fail("[target] source", f"{source!r} lies outside the folder of this file ({home}); name a source "
+                                      f"elsewhere on the command line with --source (and this file with "
+                                      f"--target-config)")
+    if not local.is_dir():
+        raise fail("[target] source", f"{local} is not a directory")
+    return str(local), ref
+
+
+def _globs(patterns: tuple[str, ...], key: str, fail) -> tuple[str, ...]:
+    """Patterns of paths inside the project: none absolute, none climbing out with `..`."""
+    for pattern in patterns:
+        parts = Path(pattern).parts
+        if pattern.startswith(("/", "~")) or ".." in parts:
+            raise fail(key, f"{pattern!r} is not a path inside the project")
+    return patterns
+
+
 def _env(table: dict[str, Any], key: str, fail) -> dict[str, str]:
     out = {}
     for name, value in table.items():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not _ENV_NAME.fullmatch(name):
             raise fail(key, f"{name!r} is not an environment variable name")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise fail(f"{key} {name}", "must be a string or a number")
@@ -221,7 +255,7 @@ def _objective(table: dict[str, Any], fail) -> Objective:
     metric = table.get("metric", "")
     if not metric:
         raise fail("[objective] metric", "missing: the name of the METRIC line to improve")
-    if not METRIC_NAME.match(metric):
+    if not METRIC_NAME.fullmatch(metric):
         raise fail("[objective] metric", f"{metric!r} is not a metric name (letters, digits, _ . -)")
     direction = table.get("direction", "higher")
     if direction not in ("higher", "lower"):
@@ -232,7 +266,7 @@ def _objective(table: dict[str, Any], fail) -> Objective:
     guards = {}
     for name, spec in (table.get("guards") or {}).items():
         where = f"[objective.guards] {name}"
-        if not METRIC_NAME.match(name):
+        if not METRIC_NAME.fullmatch(name):
             raise fail(where, "is not a metric name")
         if name == metric:
             raise fail(where, "is the objective itself")
