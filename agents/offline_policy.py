@@ -61,7 +61,8 @@ class ForkSources:
 @dataclass
 class Proposal:
     hypotheses: list[Hypothesis] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)   # {"source_kind", "what", "reason", "detail"}
+    # {"source_kind", "what", "reason", "detail", "symbol"}: symbol is the function it concerns, when one
+    dropped: list[dict[str, str]] = field(default_factory=list)
     needs_llm: list[Hypothesis] = field(default_factory=list)     # backend gaps with no offline switch
     findings: list[dict[str, Any]] = field(default_factory=list)  # what the porting engine found, to cite
 
@@ -77,6 +78,9 @@ class Proposal:
             keys.setdefault(source, set()).update(made)
         dropped = dict(earlier.get("dropped_what") or {})
         dropped.update({f"{d['source_kind']}:{d['what']}": d["reason"] for d in self.dropped})
+        # Each drop with its function and rule, over the run: why the function a user expected was not tried.
+        items = {f"{d['source_kind']}:{d['what']}": d for d in earlier.get("dropped_candidates") or []}
+        items.update({f"{d['source_kind']}:{d['what']}": dict(d) for d in self.dropped})
         needs = {h["title"]: {"title": h["title"], "where": h.get("where", "")} for h in self.needs_llm}
         needs = {**{n["title"]: n for n in earlier.get("needs_llm") or []}, **needs}
         reasons: dict[str, int] = {}
@@ -85,11 +89,24 @@ class Proposal:
         return {"candidates_by_source": {k: len(v) for k, v in keys.items() if v},
                 "dropped": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
                 "needs_llm": list(needs.values()),
-                "keys": {k: sorted(v) for k, v in keys.items()}, "dropped_what": dropped}
+                "keys": {k: sorted(v) for k, v in keys.items()}, "dropped_what": dropped,
+                "dropped_candidates": list(items.values())}
 
 
 def _drop(d: porting.Dropped) -> dict[str, str]:
-    return {"source_kind": "fork", "what": d.what, "reason": d.reason, "detail": d.detail}
+    return {"source_kind": "fork", "what": d.what, "reason": d.reason, "detail": d.detail, "symbol": d.symbol}
+
+
+def pair_moves(hunk_dropped: list[dict], functions: Sequence[Hypothesis], function_dropped: list[dict]) -> None:
+    """A hunk dropped because the fork moved the function it deletes says what became of the move: the
+    function port made from where the fork keeps it now, or why that port was dropped too."""
+    ported = {h["where"].split()[-1] for h in functions}
+    why = {d["symbol"]: f"{d['reason']}" + (f" ({d['detail']})" if d["detail"] else "") for d in function_dropped}
+    for d in hunk_dropped:
+        if d["reason"] == "moved" and d.get("symbol"):
+            d["detail"] += ("; its function port is proposed" if d["symbol"] in ported else
+                            f"; its function port was dropped: {why[d['symbol']]}" if d["symbol"] in why else
+                            "; no function port: the fork's definition is the tree's")
 
 
 def hunk_candidates(findings: Sequence[dict[str, Any]], src: ForkSources) -> tuple[list[Hypothesis], list[dict]]:
@@ -189,6 +206,7 @@ def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, 
     if forks is not None:
         functions, dropped, cited = function_candidates(forks)
         hunks, hunk_dropped = hunk_candidates(findings, forks)
+        pair_moves(hunk_dropped, functions, dropped)
         proposal.dropped += dropped + hunk_dropped
         if cited:
             proposal.findings.append(cited)

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..knowledge_base.chunking import c_parser, declarator_name
+from ..knowledge_base.chunking import c_parser, declarator_name, function_spans, symbol_at
 from ..protocols import Tree
 from ..records import in_paths
 
@@ -58,6 +58,10 @@ _ARCH_MACROS = {
 _HOST = "arm" if platform.machine().lower() in ("aarch64", "arm64") else "x86"
 FOREIGN_ARCH = re.compile(r"\b(" + _ARCH_MACROS[_HOST] + r"|__riscv\w*|__POWER\d+_VECTOR__|__powerpc\w*|"
                           r"__loongarch\w*|__wasm\w*|__s390x__|__VXE\w*__|__mips\w*|__VEC__|__ALTIVEC__)\b")
+# Folders that hold another CPU's code (ggml-cpu/arch/arm/): a fork's definition there is not the one to port here.
+_ARCH_DIRS = {"x86": r"arm|arm64|aarch64|neon", "arm": r"x86|x86_64|amd64|amx"}
+FOREIGN_DIR = re.compile(r"(^|/)(" + _ARCH_DIRS[_HOST] + r"|riscv\w*|rvv|powerpc|ppc\w*|loongarch\w*|s390\w*|"
+                         r"wasm\w*|mips\w*)(/|$)", re.I)
 _WORD = re.compile(r"\b[A-Za-z_]\w*\b")
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
@@ -84,6 +88,7 @@ class Dropped:
     what: str
     reason: str              # one of REASONS' keys, then detail
     detail: str = ""
+    symbol: str = ""         # the function it concerns, when one: what a user looks for in the run's summary
 
 
 REASONS = {
@@ -95,6 +100,7 @@ REASONS = {
     "too large": f"the fork's function is longer than {MAX_PORT_LINES} lines",
     "no file": "the file is not in the current tree",
     "not hot": "the file it changes is not among the target's hot files",
+    "moved": "it deletes a function the fork still defines elsewhere: the fork moved it (ported as a function)",
 }
 MIN_ANCHOR_LINES = 2     # lines of real code (not braces or blanks) an anchor must match, after any fuzz
 
@@ -309,97 +315,187 @@ def adapt(text: str, name: str, replaced: str, *, from_path: str, into_path: str
     return text
 
 
-def _mentioning(tree: Tree, names: set[str]) -> list[str]:
-    out = []
-    for path in tree.files():
-        if Path(path).suffix.lower() not in FORK_SUFFIXES:
-            continue
-        text = tree.read(path)
-        if text is not None and not names.isdisjoint(_WORD.findall(text)):
-            out.append(path)
-    return out
-
-
 def _same(a: str, b: str) -> bool:
     return re.sub(r"\s+", "", _COMMENT.sub("", a)) == re.sub(r"\s+", "", _COMMENT.sub("", b))
 
 
-def _helpers(needed: set[str], fork_text: str, fork_path: str, known: set[str]) -> tuple[list[Definition], set[str]]:
-    """The fork file's definitions of `needed` names (and of what those need in turn), and what stays unknown."""
-    defined = {}
-    for d in definitions(fork_text, fork_path):
-        defined.setdefault(d.name, d)
-    chosen: dict[str, Definition] = {}
+def _prototype(d: Definition) -> bool:
+    """A function's declaration without its body (`int f(int);`): it satisfies the compiler, not the linker."""
+    return d.kind == "declaration" and "{" not in d.text and "=" not in d.text and \
+        bool(re.search(rf"\b{re.escape(d.name)}\s*\(", d.text))
+
+
+def _static(d: Definition) -> bool:
+    head = _COMMENT.sub("", d.text)
+    m = re.search(rf"\b{re.escape(d.name)}\s*\(", head)
+    return bool(re.search(r"\bstatic\b", head[:m.start()] if m else head))
+
+
+def _helpers(needed: set[str], sources: Sequence[tuple[str, str]], visible: set[str],
+             known: set[str]) -> tuple[list[tuple[str, Definition]], set[str]]:
+    """The fork's definitions of `needed` names (and of what those need in turn), looked up in `sources` in order
+    (the fork's file of the function first, then its other files), a body before a prototype; and what stays
+    unresolved. Names `visible` where the port lands are the tree's: never brought along a second time."""
+    index: dict[str, tuple[int, str, Definition]] = {}
+    for i, (path, text) in enumerate(sources):
+        for d in definitions(text, path):
+            have = index.get(d.name)
+            if have is None or (_prototype(have[2]) and not _prototype(d)):
+                index[d.name] = (i, path, d)
+    chosen: dict[str, tuple[int, str, Definition]] = {}
     unresolved: set[str] = set()
     queue = sorted(needed)
     while queue:
         name = queue.pop(0)
         if name in chosen or name in unresolved:
             continue
-        d = defined.get(name)
-        if d is None or len(chosen) >= MAX_HELPERS:
+        found = index.get(name)
+        if found is None or _prototype(found[2]) or len(chosen) >= MAX_HELPERS:
             unresolved.add(name)
             continue
-        chosen[name] = d
-        queue += sorted(n for n in uses(d.text, fork_path, known) if n not in known and not _std(n) and n not in chosen)
-    # In the fork file's order, each once (a declaration may define several names).
-    ordered = sorted({d.start: d for d in chosen.values()}.values(), key=lambda d: d.start)
-    return ordered, unresolved
+        chosen[name] = found
+        queue += sorted(n for n in uses(found[2].text, found[1], known)
+                        if n not in visible and not _std(n) and n not in chosen)
+    # Each once (a declaration may define several names), in its file's order; what other files give first,
+    # since the function's own file's helpers may use it.
+    unique = {(i, d.start): (i, path, d) for i, path, d in chosen.values()}
+    ordered = sorted(unique.values(), key=lambda e: (e[0] == 0, e[0], e[2].start))
+    return [(path, d) for _, path, d in ordered], unresolved
+
+
+def _homes(found: list[tuple[str, Definition, str]], hot_paths: Sequence[str]) -> list[tuple[str, Definition, str]]:
+    """Of a fork's several definitions of one name, those compiled here: in the target's hot files when some
+    are, else those outside another CPU's folder (ggml-cpu/arch/arm/ defines the x86 kernels' names too)."""
+    if len(found) <= 1:
+        return found
+    hot = [f for f in found if hot_paths and in_paths(f[0], hot_paths)]
+    return hot or [f for f in found if not FOREIGN_DIR.search(f[0])]
+
+
+class _ForkIndex:
+    """Which of a fork's C/C++ files name which identifiers, read once per fork and wave."""
+
+    def __init__(self, fork: Tree):
+        self.fork = fork
+        self.words: dict[str, set[str]] = {}
+        for path in fork.files():
+            if Path(path).suffix.lower() in FORK_SUFFIXES and (text := fork.read(path)) is not None:
+                self.words[path] = set(_WORD.findall(text))
+
+    def mentioning(self, names: set[str]) -> list[str]:
+        return [p for p, words in self.words.items() if not names.isdisjoint(words)]
+
+    def defining(self, names: set[str], hot_paths: Sequence[str]) -> dict[str, list[tuple[str, Definition, str]]]:
+        """name -> where the fork defines it (the definitions compiled here, see _homes)."""
+        found = _by_name(self.fork, self.mentioning(names))
+        return {n: _homes(found[n], hot_paths) for n in names if found.get(n)}
+
+
+def fork_homes(fork: Tree, names: set[str], hot_paths: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The files where the fork defines each of `names` (the one compiled here when several do)."""
+    return {n: [p for p, _, _ in found] for n, found in _ForkIndex(fork).defining(names, hot_paths).items()}
+
+
+def _fork_sources(index: _ForkIndex, fork_path: str, fork_text: str, names: set[str]) -> list[tuple[str, str]]:
+    """The fork's file of the function, then its other files that name `names` (its own folder first, no other
+    CPU's folder): where a moved function's helpers stayed."""
+    folder = str(Path(fork_path).parent)
+    others = sorted((p for p in index.mentioning(names) if p != fork_path and not FOREIGN_DIR.search(p)),
+                    key=lambda p: (str(Path(p).parent) != folder, p))
+    return [(fork_path, fork_text)] + [(p, t) for p in others if (t := index.fork.read(p)) is not None]
+
+
+@dataclass
+class _Tree:
+    """What the current tree offers a port: the names each hot file can see (its own words, the headers', the
+    functions other files export) and every name it mentions (which decides what an #if selects)."""
+    ours: dict[str, list[tuple[str, Definition, str]]]
+    known: set[str]
+    shared: set[str]
+
+    def visible(self, text: str) -> set[str]:
+        return set(_WORD.findall(text)) | self.shared
+
+
+def _current(current: Tree, hot_paths: Sequence[str]) -> _Tree:
+    hot = [p for p in current.files() if _is_code(p) and in_paths(p, hot_paths)]
+    ours = _by_name(current, hot)
+    headers = [p for p in current.files() if Path(p).suffix.lower() in (".h", ".hpp")
+               and p.split("/")[0] in {h.split("/")[0] for h in hot}]
+    known: set[str] = set(ours)
+    shared: set[str] = {n for n, defs in ours.items()
+                        if any(not _static(d) or Path(p).suffix.lower() in (".h", ".hpp") for p, d, _ in defs)}
+    for path in hot + headers:
+        text = current.read(path)
+        if text is not None:
+            words = _WORD.findall(text)
+            known.update(words)
+            if path in headers:
+                shared.update(words)
+    return _Tree(ours, known, shared)
 
 
 def function_ports(current: Tree, forks: Sequence[Tree], *, hot_paths: Sequence[str],
                    rank: Callable[[str], int] = lambda _: 0) -> Ports:
     """For each function of the current tree's hot files that a fork defines differently (same name, same
-    signature, anywhere in the fork's hot files), a candidate replacing the tree's definition with the fork's."""
+    signature, anywhere in the fork: where it moved to), a candidate replacing the tree's definition with the
+    fork's. What it needs is looked up where it lands first (the tree's file, its headers, what other files
+    export), then in the fork's file of the definition, then in the fork's other files."""
     result = Ports()
-    hot = [p for p in current.files() if _is_code(p) and in_paths(p, hot_paths)]
-    ours = _by_name(current, hot)
-    known: set[str] = set(ours)
-    for path in hot + [p for p in current.files() if Path(p).suffix.lower() in (".h", ".hpp")
-                       and p.split("/")[0] in {h.split("/")[0] for h in hot}]:
-        text = current.read(path)
-        if text is not None:
-            known.update(_WORD.findall(text))
+    tree = _current(current, hot_paths)
     for fork in forks:
-        # Wherever the fork keeps them: any of its C/C++ files that names a hot function of the tree.
-        theirs = {n: d for n, d in _by_name(fork, _mentioning(fork, set(ours))).items() if n in ours}
-        for name in sorted(set(ours) & set(theirs), key=lambda n: (rank(n), n)):
-            what = f"{fork.name}'s {name}"
-            if len(ours[name]) > 1 or len(theirs[name]) > 1:
-                # Several definitions under #if branches: which one is compiled here is not known from the text.
-                if len({p for p, _, _ in ours[name]}) > 1 or len(theirs[name]) > 1:
-                    result.dropped.append(Dropped("function", what, "ambiguous"))
-                    continue
-            path, mine, text = ours[name][0]
-            fork_path, fork_def, fork_text = theirs[name][0]
-            if _same(mine.text, fork_def.text):
-                continue  # the same code: nothing to port
-            mine_sig, fork_sig = signature(mine.text, name), signature(fork_def.text, name)
-            if mine_sig != fork_sig:
-                result.dropped.append(Dropped("function", what, "signature differs",
-                                              f"({', '.join(mine_sig[1:])}) vs ({', '.join(fork_sig[1:])})"))
-                continue
-            if fork_def.text.count("\n") > MAX_PORT_LINES:
-                result.dropped.append(Dropped("function", what, "too large", f"{fork_def.text.count(chr(10))} lines"))
-                continue
-            needed = {n for n in uses(fork_def.text, fork_path, known) if n not in known and not _std(n)}
-            helpers, unresolved = _helpers(needed, fork_text, fork_path, known) if needed else ([], set())
-            if unresolved:
-                result.dropped.append(Dropped("function", what, "unresolved", ", ".join(sorted(unresolved)[:8])))
-                continue
-            ported = adapt(fork_def.text, name, mine.text, from_path=fork_path, into_path=path)
-            brought = "".join(adapt(h.text, h.name, "", from_path=fork_path, into_path=path)
-                              + ("\n" if not h.text.endswith("\n\n") else "") for h in helpers)
-            header = f"// ported from {fork.name} {fork_path}" + (
-                f" (with {', '.join(h.name for h in helpers)})" if helpers else "") + "\n"
-            new_text = text[:mine.start] + header + brought + ported + text[mine.end:]
-            patch, changed = unified_patch(path, text, new_text)
-            if not patch:
-                continue
-            result.candidates.append(Candidate(
-                "function", f"port {fork.name}'s {name} ({fork_path}) into {path}", path, name, fork.name,
-                fork_path, patch, changed, tuple(h.name for h in helpers)))
+        index = _ForkIndex(fork)
+        theirs = index.defining(set(tree.ours), hot_paths)
+        for name in sorted(set(tree.ours) & set(theirs), key=lambda n: (rank(n), n)):
+            made = _port(name, tree, fork, index, theirs[name])
+            if isinstance(made, Dropped):
+                result.dropped.append(made)
+            elif made is not None:
+                result.candidates.append(made)
     return result
+
+
+def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
+          theirs: list[tuple[str, Definition, str]]) -> Candidate | Dropped | None:
+    what = f"{fork.name}'s {name}"
+    ours = tree.ours[name]
+    if len({p for p, _, _ in ours}) > 1 or (len(theirs) > 1 and not all(_same(theirs[0][1].text, d.text)
+                                                                        for _, d, _ in theirs)):
+        # Several definitions in several files: which one is compiled here is not known from the text.
+        return Dropped("function", what, "ambiguous", ", ".join(sorted({p for p, _, _ in ours + theirs})), name)
+    path, mine, text = ours[0]
+    fork_path, fork_def, fork_text = theirs[0]
+    if _same(mine.text, fork_def.text):
+        return None  # the same code: nothing to port
+    mine_sig, fork_sig = signature(mine.text, name), signature(fork_def.text, name)
+    if mine_sig != fork_sig:
+        return Dropped("function", what, "signature differs",
+                       f"({', '.join(mine_sig[1:])}) vs ({', '.join(fork_sig[1:])})", name)
+    if fork_def.text.count("\n") > MAX_PORT_LINES:
+        return Dropped("function", what, "too large", f"{fork_def.text.count(chr(10))} lines", name)
+    visible = tree.visible(text)
+    needed = {n for n in uses(fork_def.text, fork_path, tree.known) if n not in visible and not _std(n)}
+    sources = [(fork_path, fork_text)]
+    helpers, unresolved = _helpers(needed, sources, visible, tree.known) if needed else ([], set())
+    if unresolved:
+        # Not in the fork's file of the definition: where it moved from, or another of the fork's files.
+        sources = _fork_sources(index, fork_path, fork_text, needed | unresolved)
+        helpers, unresolved = _helpers(needed, sources, visible, tree.known)
+    if unresolved:
+        return Dropped("function", what, "unresolved", ", ".join(sorted(unresolved)[:8]), name)
+    ported = adapt(fork_def.text, name, mine.text, from_path=fork_path, into_path=path)
+    brought = "".join(adapt(h.text, h.name, "", from_path=p, into_path=path)
+                      + ("\n" if not h.text.endswith("\n\n") else "") for p, h in helpers)
+    names = [h.name for _, h in helpers]
+    froms = sorted({p for p, _ in helpers} - {fork_path})
+    header = f"// ported from {fork.name} {fork_path}" + (f" (with {', '.join(names)}" + (
+        f"; from {', '.join(froms)}" if froms else "") + ")" if helpers else "") + "\n"
+    new_text = text[:mine.start] + header + brought + ported + text[mine.end:]
+    patch, changed = unified_patch(path, text, new_text)
+    if not patch:
+        return None
+    return Candidate("function", f"port {fork.name}'s {name} ({fork_path}) into {path}", path, name, fork.name,
+                     fork_path, patch, changed, tuple(names))
 
 
 # -- hunks -------------------------------------------------------------------------------------------------------
@@ -503,13 +599,63 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
                 return Dropped("hunk", what, "no anchor")
         how = "the fork's hunk"
     if conflicts:
-        return Dropped("hunk", what, "conflict", f"{conflicts} conflicting region{'s' * (conflicts > 1)}")
+        return Dropped("hunk", what, "conflict", f"{conflicts} conflicting region{'s' * (conflicts > 1)}",
+                       hunk.get("symbol", ""))
     patch, changed = unified_patch(path, ours, merged)
     if not patch:
-        return Dropped("hunk", what, "no anchor", "the current file already has it")
-    where = f"{path} {hunk.get('symbol') or ''}".strip()
-    return Candidate("hunk", f"port {how} to {where}", path, hunk.get("symbol", ""), hunk.get("repo", ""), path,
-                     patch, changed, chunk=hunk.get("id", ""))
+        return Dropped("hunk", what, "no anchor", "the current file already has it", hunk.get("symbol", ""))
+    # Named after the functions of the current file whose lines it changes: the chunk's symbol is read in the
+    # fork's file, where a deleted function's lines belong to its neighbour.
+    names = touched(path, ours, patch)
+    named = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    what = f"{hunk.get('repo', 'fork')} hunk in {path} {named or hunk.get('symbol') or ''}".strip()
+    moved = moved_away(path, ours, merged, fork, hot_paths) if fork is not None else []
+    if moved:
+        return Dropped("hunk", what, "moved", "; ".join(f"{n} moved to {p}" for n, p in moved), moved[0][0])
+    where = f"{named} in {path}" if named else f"{path} {hunk.get('symbol') or ''}".strip()
+    return Candidate("hunk", f"port {how} to {where}", path, names[0] if names else hunk.get("symbol", ""),
+                     hunk.get("repo", ""), path, patch, changed, chunk=hunk.get("id", ""))
+
+
+def touched(path: str, before: str, patch: str) -> list[str]:
+    """The functions of `before` whose lines a unified diff of it removes or adds to, in file order."""
+    spans = function_spans(before, Path(path).suffix)
+    lines: list[int] = []
+    old, body = 0, False
+    for ln in patch.splitlines():
+        if m := re.match(r"@@ -(\d+)", ln):
+            old, body = int(m.group(1)), True
+        elif body and ln[:1] == " ":
+            old += 1
+        elif body and ln[:1] == "-":
+            lines.append(old)
+            old += 1
+        elif body and ln[:1] == "+":
+            lines.append(max(old - 1, 1))  # an insertion belongs to the line above it
+    out: list[str] = []
+    for line in lines:
+        name = symbol_at(spans, line)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def moved_away(path: str, before: str, after: str, fork: Tree, hot_paths: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The functions `after` no longer defines that the fork still defines (in another file, or elsewhere in
+    this one): (name, where the fork keeps it). Such a change is a move; applied alone it is a deletion that
+    fails at the link."""
+    counts: dict[str, int] = {}
+    for d in definitions(before, path):
+        if d.kind == "function":
+            counts[d.name] = counts.get(d.name, 0) + 1
+    for d in definitions(after, path):
+        if d.kind == "function" and d.name in counts:
+            counts[d.name] -= 1
+    gone = {n for n, c in counts.items() if c > 0}
+    if not gone:
+        return []
+    homes = fork_homes(fork, gone, hot_paths)
+    return [(n, homes[n][0]) for n in sorted(gone) if homes.get(n)]
 
 
 def unified_patch(path: str, before: str, after: str, *, context: int = 3) -> tuple[str, int]:
