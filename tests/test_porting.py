@@ -250,3 +250,45 @@ def test_a_c_function_moving_into_cpp_keeps_the_trees_linkage_and_drops_cs_restr
     built = subprocess.run(["g++", "-c", "-Wall", "-Werror", "-o", str(tmp_path / "u.o"), str(f)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
+
+
+def test_a_hunk_port_is_titled_after_the_function_whose_lines_it_changes(tmp_path):
+    # The chunk's symbol comes from the fork's file and may name a neighbour: the title reads the current file.
+    up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    hunk = {"id": "c1", "repo": "fork", "path": "a.c", "symbol": "other", "text": HUNK}
+    made = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file)
+    assert isinstance(made, porting.Candidate) and made.symbol == "sum"
+    assert made.title == "port the fork's hunk to sum in a.c"
+
+
+def test_a_name_the_destination_file_cannot_see_comes_along_from_the_fork(tmp_path):
+    # `clamp8` is static in another file of the tree: a word of the tree, but not visible in the file the port
+    # lands in. The fork's copy comes along, and the file builds.
+    up = make_tree(tmp_path / "up", {"src/util.c": "static int clamp8(int x) { return x > 8 ? 8 : x; }\n"
+                                                   "int use_util(int x) { return clamp8(x); }\n",
+                                     "src/f.c": "int f(int x) {\n    return x + 1;\n}\n"})
+    fork = make_tree(tmp_path / "fork", {"src/f.c": "static int clamp8(int x) { return x > 8 ? 8 : x; }\n\n"
+                                                    "int f(int x) {\n    return clamp8(x) + 1;\n}\n"}, name="fork")
+    [port] = porting.function_ports(up, [fork], hot_paths=["src/*"]).candidates
+    assert port.helpers == ("clamp8",)
+    apply(up, port.patch)
+    built = compiles((up.repo / "src/f.c").read_text(), tmp_path)
+    assert built.returncode == 0, built.stderr
+
+
+def test_a_helper_the_fork_keeps_in_another_file_comes_with_its_body_not_its_prototype(tmp_path):
+    # The fork moved f into kernels.c, which declares the helper that stayed in the old file: the port needs the
+    # helper's body (a prototype alone builds and fails at the link).
+    main = "\nint main(void) { return f(3) == 7 ? 0 : 1; }\n"
+    up = make_tree(tmp_path / "up", {"src/f.c": "int f(int x) {\n    return x + 1;\n}\n" + main})
+    fork = make_tree(tmp_path / "fork", {
+        "src/f.c": "int twice(int x) { return 2 * x; }\n" + main,
+        "src/kernels.c": "int twice(int x);\n\nint f(int x) {\n    return twice(x) + 1;\n}\n"}, name="fork")
+    [port] = porting.function_ports(up, [fork], hot_paths=["src/*"]).candidates
+    assert port.fork_path == "src/kernels.c" and port.helpers == ("twice",)
+    apply(up, port.patch)
+    exe = tmp_path / "exe"
+    built = subprocess.run(["gcc", "-Wall", "-Werror", "-o", str(exe), str(up.repo / "src/f.c")],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert subprocess.run([str(exe)]).returncode == 0
