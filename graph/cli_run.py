@@ -296,9 +296,9 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
     A run that did not finish (interrupted, crashed, still running) shows its figures from its ledger, marked
     partial."""
     from .cli_common import print_table
-    from .report_data import run_figures
+    from .report_data import listed
     app = app_context(ctx)
-    items = [{**m, "figures": run_figures(app.paths.runs / m["run_id"], m)} for m in list_runs(app.paths)]
+    items = [listed(app.paths.runs / m["run_id"], m) for m in list_runs(app.paths)]
     if as_json:
         app.emit_json(items)
         return
@@ -311,8 +311,10 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
     for m in items:
         f = m["figures"]
         best = f["best_speedup"]
-        table.add_row(m["run_id"], m.get("status", "?") + (" (partial)" if f["partial"] and f["experiments"] else ""),
-                      str(m.get("source", "")), str(f["experiments"]), str(len(f["kept"])),
+        table.add_row(m["run_id"], str(m.get("status", "?")) + (" (partial)" if f["partial"] and f["experiments"]
+                                                                else ""),
+                      str(m.get("source", "")), "" if f["experiments"] is None else str(f["experiments"]),
+                      str(len(f["kept"])),
                       "" if best is None else f"{best:+.1%}", f["stop_reason"])
     print_table(app.console, table)
 

@@ -35,14 +35,16 @@ def _money(x: float | None) -> str:
 def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Runs with their status, duration, experiments, best speedup and LLM cost (a run that did not finish:
     its experiments, keeps and best from the ledger, marked partial)."""
-    from .report_data import run_figures
+    from .report_data import listed
     app = app_context(ctx)
     items = []
     for meta in list_runs(app.paths):
         directory = app.paths.runs / meta["run_id"]
         figures = Trace(directory, checkpoints=False).summary() if has_trace(directory) else {}
-        done = run_figures(directory, meta)
-        items.append({"run_id": meta["run_id"], "status": meta.get("status"), "traced": bool(figures),
+        entry = listed(directory, meta)
+        done = entry["figures"]
+        items.append({"run_id": meta["run_id"], "status": entry.get("status"), "traced": bool(figures),
+                      **({"damaged": entry["damaged"]} if "damaged" in entry else {}),
                       "parent": (meta.get("parent") or {}).get("run_id"), "duration_s": figures.get("duration_s"),
                       "steps": figures.get("steps"), "experiments": done["experiments"], "kept": done["kept"],
                       "best_speedup": done["best_speedup"], "partial": done["partial"],

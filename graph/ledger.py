@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from ..errors import ReadfirstError
 from ..records import metric_matches
 
 MIGRATIONS = [
@@ -36,6 +40,42 @@ MIGRATIONS = [
     );
     """,
 ]
+
+
+class LedgerUnreadable(ReadfirstError):
+    """A run's ledger.sqlite is damaged or is no plain file: that run is shown as damaged, its experiments not."""
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A ledger's experiments, for showing a run (a folder someone may have sent): opened read-only, through no
+    symlink, no FIFO or device; whatever is not a readable ledger of JSON objects is LedgerUnreadable, naming
+    the file."""
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        _plain_or_absent(path.with_name(name))
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = [json.loads(r[0]) for r in db.execute("SELECT row FROM experiments ORDER BY seq")]
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError, TypeError, RecursionError) as e:
+        raise LedgerUnreadable(f"{path} cannot be read as a ledger ({type(e).__name__}: {str(e)[:200]}), so "
+                               f"run {path.parent.name}'s experiments cannot be shown") from e
+    if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in rows):
+        raise LedgerUnreadable(f"{path} holds an experiment that is no JSON object with an id, so run "
+                               f"{path.parent.name}'s experiments cannot be shown")
+    return rows
+
+
+def _plain_or_absent(path: Path) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise LedgerUnreadable(f"{path} is not a plain file (a symlink, a FIFO or a device), so run "
+                               f"{path.parent.name}'s ledger is not opened")
+
 
 def tsv_columns(metric: str) -> tuple[str, ...]:
     """results.tsv's columns: the objective's metric names the two arms' columns ("tg_base", "mb_per_s_base")."""

@@ -8,22 +8,20 @@ best) come from its ledger instead, marked partial.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from .ledger import Ledger
+from .ledger import LedgerUnreadable, read_rows
 
 
 def ledger_rows(directory: Path) -> list[dict[str, Any]]:
-    """The run's experiments; none when no ledger was created (the run never reached one)."""
+    """The run's experiments; none when no ledger was created (the run never reached one). A damaged one is
+    LedgerUnreadable."""
     path = directory / "ledger.sqlite"
-    if not path.exists():  # Ledger() would create it: listing runs must not
+    if not os.path.lexists(path):  # a symlink, even a dangling one, is refused by read_rows
         return []
-    ledger = Ledger(path)
-    try:
-        return ledger.rows()
-    finally:
-        ledger.close()
+    return read_rows(path)
 
 
 def kept_stack(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,18 +112,30 @@ def llm_costs(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) ->
             "usd_per_kept_win": round(usd / kept, 6) if kept else None, "by_agent": by_agent}
 
 
-def run_figures(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def run_figures(directory: Path, meta: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Experiments, kept ids, best speedup and stop reason: the summary's when the run finished, else the
-    ledger's with partial=True."""
+    ledger's (`rows`, read when not given) with partial=True."""
     summary = meta.get("summary")
-    if summary:
+    if isinstance(summary, dict) and summary:
         return {"experiments": summary.get("experiments"), "kept": list(summary.get("kept") or []),
                 "best_speedup": summary.get("best_speedup"), "stop_reason": summary.get("stop_reason", ""),
                 "confirmed": (summary.get("confirmation") or {}).get("speedup"), "partial": False}
-    rows = ledger_rows(directory)
+    rows = ledger_rows(directory) if rows is None else rows
     kept = kept_stack(rows)
     return {"experiments": len(rows), "kept": [r["id"] for r in kept], "best_speedup": stacked_speedup(kept),
             "stop_reason": "", "confirmed": None, "partial": True}
+
+
+def listed(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A run as a listing shows it: its meta with its figures; a run whose ledger cannot be read is one entry
+    with status "damaged" and the sentence saying why (the listing goes on to the next run)."""
+    try:
+        rows = ledger_rows(directory)  # read even when the summary has the figures: a damaged ledger is said
+    except LedgerUnreadable as e:
+        return {**meta, "status": "damaged", "damaged": str(e),
+                "figures": {"experiments": None, "kept": [], "best_speedup": None, "stop_reason": "",
+                            "confirmed": None, "partial": False}}
+    return {**meta, "figures": run_figures(directory, meta, rows)}
 
 
 def last_state(directory: Path) -> dict[str, Any]:

@@ -20,9 +20,12 @@ from typing import Any
 
 from ..config import Paths
 from ..errors import ReadfirstError
+from ..sandbox.readback import read_bytes_inside
 from ..sources import git
 
 Say = Callable[[str], None]
+
+MAX_META = 16 << 20  # a meta.json holds options, a summary and the budget's record: far below this
 
 
 class RunNotFound(ReadfirstError):
@@ -44,11 +47,12 @@ def read_meta(directory: Path, *, strict: bool = False) -> dict[str, Any]:
     """A run's meta.json. A listing shows an unreadable one as status "unknown"; what continues a run
     (`strict`: resume, trace fork) stops instead, since its mode, source and target would be guessed."""
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        # a run folder may come from someone else: no symlink out of it is followed, a FIFO is not waited on
+        meta = json.loads(read_bytes_inside(directory, "meta.json", limit=MAX_META))
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
         return meta
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         if strict:
             raise ReadfirstError(f"{directory / 'meta.json'} cannot be read ({type(e).__name__}: {str(e)[:200]}): "
                                  f"the run's mode, source and target are not known, so it cannot be continued; "
@@ -58,7 +62,10 @@ def read_meta(directory: Path, *, strict: bool = False) -> dict[str, Any]:
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     tmp = directory / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.unlink(missing_ok=True)  # a symlink left there (a folder from elsewhere) is not written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta, indent=2, default=str))
     os.replace(tmp, directory / "meta.json")
 
 
@@ -186,7 +193,8 @@ def list_runs(paths: Paths) -> list[dict[str, Any]]:
     runs = []
     for d in sorted(paths.runs.iterdir()):
         if d.is_dir():
-            meta = read_meta(d)
+            # the folder's name is what every command takes; a meta.json may name anything
+            meta = {**read_meta(d), "run_id": d.name}
             if meta.get("status") == "running" and meta.get("pid") and not _alive(meta["pid"]):
                 meta["status"] = "crashed"
             runs.append(meta)
