@@ -184,7 +184,9 @@ def attribution(rows: list[dict[str, Any]], kept: list[dict[str, Any]], stats: d
             "experiments_by_source": count(rows), "kept_by_source": count(kept),
             "dropped_by_reason": {**(stats.get("dropped") or {}),
                                   **({"build failure": len(builds)} if builds else {})},
-            "needs_llm": list(stats.get("needs_llm") or [])}
+            "needs_llm": list(stats.get("needs_llm") or []),
+            # each drop with the function it concerns and its rule (a hunk deleting a moved function: "moved")
+            "dropped_candidates": list(stats.get("dropped_candidates") or [])}
 
 
 def list_runs(paths: Paths) -> list[dict[str, Any]]:
