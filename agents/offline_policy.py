@@ -228,3 +228,14 @@ def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, 
         proposal.needs_llm = gaps
     proposal.hypotheses = ranked
     return proposal
+
+
+def dropped_lines(items: Sequence[dict[str, Any]], *, limit: int = 8) -> list[str]:
+    """The run's dropped candidates for its printed summary, one line each, moves first (the function a user
+    expected, and where it went); the rest are counted, all are in --json and on the page."""
+    ordered = sorted(items, key=lambda d: (d.get("reason") != "moved", d.get("reason", ""), d.get("what", "")))
+    lines = [f"  dropped {d.get('what', '')}: {d.get('reason', '')}" + (f" ({d['detail']})" if d.get("detail") else "")
+             for d in ordered[:limit]]
+    if len(ordered) > limit:
+        lines.append(f"  and {len(ordered) - limit} more dropped candidates (run --json, or the run's page)")
+    return lines

@@ -126,7 +126,18 @@ def _setup(data: dict[str, Any], objective: dict[str, Any]) -> str:
     ]
     if state.get("_unreadable"):
         items.append(("checkpoints", esc(f"could not be read: {state['_unreadable']}")))
+    items.append(("dropped candidates", _dropped(summary.get("dropped_candidates")
+                                                 or (state.get("candidate_stats") or {}).get("dropped_candidates"))))
     return _pairs([(k, v) for k, v in items if v])
+
+
+def _dropped(items: list[dict[str, Any]] | None) -> str:
+    """Each candidate dropped before any experiment, by the function it concerns, with its rule and detail."""
+    if not items:
+        return ""
+    lines = [esc(f"{d.get('what', '')}: {d.get('reason', '')}" + (f" ({d['detail']})" if d.get("detail") else ""))
+             for d in sorted(items, key=lambda d: (d.get("reason", ""), d.get("what", "")))]
+    return f"<details><summary>{len(lines)}</summary>{'<br>'.join(lines)}</details>"
 
 
 def _experiment_rows(data: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ from the old file is dropped with the reason "moved", never proposed (it failed 
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -165,3 +167,29 @@ def test_the_hunk_deleting_the_moved_function_is_dropped_as_moved_and_named_afte
     assert f"moved to {NEW}" in item["detail"]
     # And no function of the tree is dropped as ambiguous because other CPUs' files define it too.
     assert not [d for d in proposal.dropped if d["reason"] == "ambiguous" and MOVED in d["what"]]
+
+
+def test_each_drop_reaches_the_runs_summary_json_and_page_by_function(moved, tmp_path):
+    from rich.console import Console
+
+    from readfirst.config import Paths
+    from readfirst.graph import cli_run, report_html
+    from readfirst.graph.cli_common import AppContext
+    from readfirst.graph.runner import attribution
+    *_, proposal = moved
+    # Over the run: a later wave that drops nothing forgets nothing.
+    stats = propose([], variants=[], tried=set(), profile_finding="Fprof").stats(proposal.stats())
+    summary = {"run_id": "r1", "stop_reason": "budget", "experiments": 0, "kept": [], "best_speedup": None,
+               "results_tsv": str(tmp_path / "results.tsv"), "report": None, **attribution([], [], stats)}
+    [item] = [d for d in summary["dropped_candidates"] if d["reason"] == "moved" and MOVED in d["what"]]
+    assert item["symbol"] == MOVED and f"moved to {NEW}" in item["detail"]
+    app = AppContext(Paths.resolve(), console=Console(record=True, width=400))
+    cli_run._print_summary(app, summary, [])
+    printed = app.console.export_text()
+    assert f"dropped {item['what']}: moved ({MOVED} moved to {NEW}" in printed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"run_id": "r1", "status": "finished", "summary": summary}))
+    page = report_html.write_html_report(run).read_text()
+    assert re.search(rf"dropped candidates.*{re.escape(item['what'])}: moved \({MOVED} moved to {re.escape(NEW)}",
+                     page, re.S)
