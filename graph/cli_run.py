@@ -241,6 +241,9 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     dropped = summary.get("dropped_by_reason") or {}
     if dropped:
         app.console.print("dropped before or at the build: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))
+    from ..agents.offline_policy import dropped_lines
+    for line in dropped_lines(summary.get("dropped_candidates") or []):
+        app.console.print(line, soft_wrap=True)
     for item in (summary.get("needs_llm") or [])[:5]:
         app.console.print(f"needs an LLM: {item['title']} ({item['where']})", soft_wrap=True)
     if summary.get("calibration"):
