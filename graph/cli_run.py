@@ -138,9 +138,6 @@ def run(ctx: typer.Context,
         if spec["name"] == "config":
             from ..targets.config_file import load_config
             load_config(spec["config_file"], spec.get("source_override"))  # a bad file is one sentence, first
-        run_id = new_run_id()
-        directory = app.paths.runs / run_id
-        directory.mkdir(parents=True)
         options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
                              budget_usd=budget_usd, workers=workers, offline=offline,
                              calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
@@ -151,6 +148,9 @@ def run(ctx: typer.Context,
                 "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
                 "offline": offline, "status": "starting",
                 # a run killed before its first checkpoint resumes with these, and with its own model and budget
+        run_id = new_run_id()
+        directory = app.paths.runs / run_id
+        directory.mkdir(parents=True)  # only now: a refused option leaves no run folder behind
                 "options": asdict(options), "budget_usd": budget_usd}
         if not offline:
             meta.update(llm_model=llm_model, llm_max_reply=llm_max_reply)
@@ -365,5 +365,6 @@ def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id 
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
-    app.command("runs")(runs)
+    from .cli_runs import runs_group
+    app.add_typer(runs_group(runs), name="runs")
     app.command("report")(report)
