@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -193,3 +194,23 @@ def test_each_drop_reaches_the_runs_summary_json_and_page_by_function(moved, tmp
     page = report_html.write_html_report(run).read_text()
     assert re.search(rf"dropped candidates.*{re.escape(item['what'])}: moved \({MOVED} moved to {re.escape(NEW)}",
                      page, re.S)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or porting._HOST != "x86", reason="needs g++ on x86-64")
+def test_the_port_compiles_and_its_object_defines_the_moved_function(moved, upstream, tmp_path):
+    # The file as the tree's build compiles it (its real headers, AVX2 on): the port builds, and the object
+    # defines the kernel and the helper that came along, where the deleting hunk left "undefined reference".
+    fork, *_ = moved
+    [port] = [c for c in porting.function_ports(upstream, [fork], hot_paths=HOT_PATHS).candidates
+              if c.symbol == MOVED]
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", "--shared", str(upstream.repo), str(work))
+    git(work, "checkout", "-q", upstream.revision)
+    subprocess.run(["git", "-C", str(work), "apply", "-"], input=port.patch, text=True, check=True)
+    obj = tmp_path / "repack.o"
+    built = subprocess.run(["g++", "-std=c++17", "-O1", "-march=haswell", "-Wall", "-c", "-Iggml/include",
+                            "-Iggml/src", "-Iggml/src/ggml-cpu", "-o", str(obj), OLD], cwd=work, capture_output=True,
+                           text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    symbols = subprocess.run(["nm", "--defined-only", str(obj)], capture_output=True, text=True).stdout
+    assert re.search(rf"\bT {MOVED}$", symbols, re.M) and re.search(r"\bT _Z\w*ggml_q4_0_8x8_lut_ok", symbols)
