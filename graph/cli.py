@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,13 @@ def plain_help(command: Any) -> Any:
     """Help that reads as the command line is typed: typer's help panels print a flag's type (`--offline
     <bool>`) as if it took a value, and a repeatable option's as `<list[str]>`. A flag shows nothing; a
     repeatable option shows its element's type and says it repeats. (Typer carries its own click, so options are
-    told by what they are, not by click's classes.)"""
+    told by what they are, not by click's classes.)
+
+    The help is click's plain layout, not typer's rich panels: at 80 columns the panels cut option names and
+    environment variables with an ellipsis (`--budget-experi…`); the plain layout wraps the help and puts a
+    long option name on its own line, whole at any width, as uv, gh and llm print theirs."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
     # --help itself is made on first use and cached; make it now so it is fixed too
     ctx = typer.Context(command)
     help_option = command.get_help_option(ctx) if hasattr(command, "get_help_option") else None
@@ -62,6 +69,8 @@ def plain_help(command: Any) -> Any:
             if param.help and "repeatable" not in param.help.lower():
                 param.help = param.help.rstrip() + " Repeatable."
     for sub in (getattr(command, "commands", None) or {}).values():
+        if sub.short_help is None and sub.help:  # click would cut a group's list of commands at 45 characters
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n")[0].split())
         plain_help(sub)
     return command
 

@@ -25,7 +25,7 @@ def test_every_command_explains_itself(group, tmp_path):
 
 def test_help_shows_flags_plainly_and_says_what_repeats(tmp_path):
     proc = readfirst("run", "--help", home=tmp_path)
-    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│ --")}
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
     assert "<" not in lines["--offline"] and "<" not in lines["--json"]
     assert "<str>" in lines["--fork"]
     assert "Repeatable." in proc.stdout
@@ -48,3 +48,26 @@ def test_errors_are_one_sentence_with_exit_code_2(args, message, tmp_path):
 def test_runs_lists_nothing_on_a_new_home(tmp_path):
     proc = readfirst("runs", "--json", home=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+@pytest.mark.parametrize("group", [["run"], ["trace", "fork"], ["kb", "ingest", "fork"], ["runs", "prune"]])
+def test_help_never_cuts_an_option_name_or_environment_variable(group, columns, tmp_path):
+    import os
+    import re
+
+    import typer
+
+    from readfirst.graph.cli import app
+    command = typer.main.get_command(app)
+    for name in group:
+        command = command.commands[name]
+    names = [o for p in command.params if p.param_type_name == "option" for o in [*p.opts, *p.secondary_opts]]
+    envvars = [p.envvar for p in command.params if isinstance(getattr(p, "envvar", None), str)]
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", *group, "--help"], capture_output=True,
+                          text=True, env={**os.environ, "READFIRST_HOME": str(tmp_path), "COLUMNS": columns},
+                          timeout=120)
+    assert proc.returncode == 0 and "…" not in proc.stdout, proc.stdout
+    shown = set(re.findall(r"(?<![\w-])-{1,2}[\w-]+|[A-Z][A-Z0-9_]{3,}", proc.stdout))
+    assert not {*names, *envvars} - shown, ({*names, *envvars} - shown, proc.stdout)
+    assert max(len(line) for line in proc.stdout.splitlines()) <= int(columns)
