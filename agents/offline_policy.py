@@ -106,7 +106,7 @@ def pair_moves(hunk_dropped: list[dict], functions: Sequence[Hypothesis], functi
         if d["reason"] == "moved" and d.get("symbol"):
             d["detail"] += ("; its function port is proposed" if d["symbol"] in ported else
                             f"; its function port was dropped: {why[d['symbol']]}" if d["symbol"] in why else
-                            "; no function port: the fork's definition is the tree's")
+                            "; no function port: the fork's definition is the same as the tree's")
 
 
 def hunk_candidates(findings: Sequence[dict[str, Any]], src: ForkSources) -> tuple[list[Hypothesis], list[dict]]:

@@ -7,10 +7,12 @@ Two ways in, both reading the trees themselves (protocols.Tree), not only the kn
   still takes the hunk, or reports the conflict;
 - **functions**: a hot function of the current tree replaced by the fork's definition of the same name, wherever
   the fork keeps it (ik_llama.cpp keeps upstream's `ggml-cpu/ops.cpp` functions in `ggml.c`), with the fork-only
-  helpers it needs (static functions, macros, constant tables of the fork's file) brought along.
+  helpers it needs (static functions, macros, constant tables) brought along: names are resolved where the port
+  lands first (the tree's file), then in the fork's file of the definition, then in its other files.
 
-A candidate that cannot be made is a `Dropped` with its reason (no anchor, conflict, signature differs, needs
-symbols the tree lacks); the run's summary counts them. What can be made may still not build: that is an
+A hunk that deletes a function the fork still defines elsewhere is a move, not a candidate: the function port
+stands for it. A candidate that cannot be made is a `Dropped` with its reason (no anchor, conflict, signature
+differs, needs symbols the tree lacks, moved) and the function it concerns; the run's summary lists them. What can be made may still not build: that is an
 experiment discarded at the build gate with the compiler's first error, which costs an incremental rebuild.
 """
 

@@ -38,9 +38,9 @@ def git(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> GitTree:
+def upstream(shared_cache, tmp_path_factory) -> GitTree:
     from readfirst.config import Paths
-    paths = Paths.resolve()
+    paths = Paths(home=tmp_path_factory.mktemp("home"), cache=shared_cache)
     source = prepare_source("llama.cpp", paths.sources, paths.sdists)
     return GitTree("llama.cpp", source.path, source.baseline)
 
