@@ -61,7 +61,7 @@ class GitTarget:
 
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
              workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
-             measuring: bool = False) -> tuple[CommandResult, Path]:
+             measuring: bool = False, collect: str | None = None) -> tuple[CommandResult, Path]:
         """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it.
         A measurement (`measuring`) has the machine to itself; anything else only shares it with non-measurements."""
         def once() -> tuple[CommandResult, Path]:
@@ -70,7 +70,8 @@ class GitTarget:
             log = self.paths.logs / f"{log_name}-{out.name[:8]}.log"
             with machine_lock(self.paths.cache, exclusive=measuring, say=self.say, what=log_name):
                 result = self.sandbox.run(command, mounts=[Mount(out, "/out", False), *mounts], workdir=workdir,
-                                          timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset)
+                                          timeout_s=timeout_s, env=dict(env or {}), log_path=log, cpuset=cpuset,
+                                          collect=collect)
             return result, out
 
         if not measuring:

@@ -18,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,21 +68,60 @@ class ConfigTarget(GitTarget):
         return Baseline(commit, variant, checks, "", build.duration_s)
 
     def build(self, commit: str, variant: Mapping[str, Any], *, worker: int = 0) -> BuildResult:
+        """A build is made in a staging folder of its own and renamed into place once its record is written: two
+        runs sharing the cache never build into, or delete, each other's folder (one deleted the other's while it
+        linked: `ld: cannot open output file`), and an artifact folder is there whole or not at all. The record
+        (build.json) lies beside the tree, in a folder no container mounts (only the tree is)."""
         env = dict(variant.get("build_env") or {})
         config = BuildConfig([], _env_note(env), f"{self.config.build.command}"
                                                  + (f" with {_env_note(env)}" if env else ""))
         art = self._artifact(commit, env)
-        record = art / "build.json"
-        if record.is_file():
-            try:
-                built = from_dict(BuildResult, json.loads(record.read_text()))
-                return BuildResult(True, "ok", 0.0, f"reused the build of {commit[:10]}", built.config, commit,
-                                   built.log_path, reused=True)
-            except (ValueError, TypeError):
-                pass
-        shutil.rmtree(art, ignore_errors=True)
-        tree = art / "tree"
+        reused = self._reused(art, commit)
+        if reused is not None:
+            return reused
+        staging = art.parent / f".{art.name}.{uuid.uuid4().hex[:12]}"
+        tree = staging / "tree"
         tree.mkdir(parents=True)
+        try:
+            r = self._build_in(commit, tree, env)
+            stage = "ok" if r.ok else failed_stage(r)
+            result = BuildResult(r.ok, stage, r.duration_s, r.output_tail[-8000:], config, commit, r.log_path)
+            if r.ok:
+                (staging / "build.json").write_text(json.dumps(to_dict(result)))
+                self._publish(staging, art)
+            return result
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _reused(self, art: Path, commit: str) -> BuildResult | None:
+        """The finished build in `art`, or None; a folder there without a readable record (an older run's, cut
+        short) is moved aside and removed."""
+        try:
+            built = from_dict(BuildResult, json.loads((art / "build.json").read_text()))
+            return BuildResult(True, "ok", 0.0, f"reused the build of {commit[:10]}", built.config, commit,
+                               built.log_path, reused=True)
+        except FileNotFoundError:
+            if not art.exists():
+                return None
+        except (OSError, ValueError, TypeError):
+            pass
+        aside = art.parent / f".{art.name}.stale-{uuid.uuid4().hex[:12]}"
+        try:
+            os.rename(art, aside)
+        except OSError:
+            return None  # gone already (another run moved it)
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
+
+    @staticmethod
+    def _publish(staging: Path, art: Path) -> None:
+        try:
+            os.rename(staging, art)  # atomic; refused when another run published the same build first
+        except OSError:
+            if not (art / "build.json").is_file():
+                raise
+
+    def _build_in(self, commit: str, tree: Path, env: Mapping[str, str]):
         command = f"cp -a /src/. /work/ && cd /work && exec /bin/sh -c {shlex.quote(self.config.build.command)}"
         (self.paths.cache / "scratch").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.paths.cache / "scratch", prefix="export-") as exported:
@@ -91,13 +131,7 @@ class ConfigTarget(GitTarget):
                                mounts=[Mount(Path(exported), "/src", True), Mount(tree, "/work", False)],
                                workdir="/work", env={**self.config.env, **env})
         self._discard(out)
-        stage = "ok" if r.ok else failed_stage(r)
-        result = BuildResult(r.ok, stage, r.duration_s, r.output_tail[-8000:], config, commit, r.log_path)
-        if r.ok:
-            record.write_text(json.dumps(to_dict(result)))
-        else:
-            shutil.rmtree(art, ignore_errors=True)
-        return result
+        return r
 
     def clean(self, variant: Mapping[str, Any]) -> dict[str, Any]:
         """Every build here is made from nothing already (a tree exported from git into a fresh directory): the
@@ -129,14 +163,20 @@ class ConfigTarget(GitTarget):
         seconds_per_unit), let the host's clock judge a keep."""
         step = self.config.bench
         cpus = bench_cpus(self.config.bench_cpus or len(os.sched_getaffinity(0)))
-        r = self._in_copy(commit, variant, step.command, step.timeout_s, "bench", cpuset=cpus, measuring=True)
+        r = self._in_copy(commit, variant, step.command, step.timeout_s, "bench", cpuset=cpus, measuring=True,
+                          collect="METRIC")
         if r.timed_out:
             raise SandboxError(f"the bench command timed out after {step.timeout_s:g} s and was killed")
         if r.oom_killed:
             raise SandboxError("the bench command ran out of memory and was killed")
         if not r.ok:
             raise SandboxError(f"the bench command failed (exit {r.exit_code}): {_last_lines(r.output_tail)}")
-        values, problems = parse_metrics(r.output_tail)
+        if r.lines_capped:
+            raise SandboxError(f"its METRIC lines could not all be read (more than {len(r.lines)}, or one too long, "
+                               f"or its output never ended): which figure is the bench's cannot be told")
+        # from the whole output: anything printed after the bench's lines could push them out of the tail
+        metric_text = "\n".join(r.lines)
+        values, problems = parse_metrics(metric_text)
         metric = self.objective.metric
         if metric not in values:
             why = f"; {problems[0]}" if problems else ""
@@ -145,7 +185,7 @@ class ConfigTarget(GitTarget):
         claim = self.config.claim
         return Measurement(values, {"cpu": cpu_model(), "cpus": cpus, "command": step.command}, r.duration_s,
                            claimed_s=claim.seconds(values[metric]) if claim else None,
-                           signature={"METRIC lines": metric_line_counts(r.output_tail)}, **self.load_fields(r))
+                           signature={"METRIC lines": metric_line_counts(metric_text)}, **self.load_fields(r))
 
     def profile(self, baseline: Baseline) -> Profile:
         try:  # the first run of the bench is the test of the file's [bench] and [objective]
@@ -214,7 +254,7 @@ class ConfigTarget(GitTarget):
             raise SandboxError(f"unpacking {commit[:10]} failed: {unpack.stderr.decode()[-400:]}")
 
     def _in_copy(self, commit: str, variant: Mapping[str, Any], command: str, timeout_s: float, log_name: str,
-                 cpuset: str | None = None, measuring: bool = False):
+                 cpuset: str | None = None, measuring: bool = False, collect: str | None = None):
         """`command` in a scratch copy of the build of (commit, variant)."""
         build_env = dict(variant.get("build_env") or {})
         tree = self._artifact(commit, build_env) / "tree"
@@ -223,6 +263,7 @@ class ConfigTarget(GitTarget):
         wrapped = (f"cp -a /artifact/. /tmp/work && cd /tmp/work && exec /bin/sh -c {shlex.quote(command)}")
         r, out = self._run(wrapped, timeout_s=timeout_s, log_name=log_name, workdir="/tmp",
                            mounts=[Mount(tree, "/artifact", True)], cpuset=cpuset, measuring=measuring,
+                           collect=collect,
                            env={**self.config.env, **build_env, **(variant.get("run_env") or {})})
         self._discard(out)
         return r

@@ -52,6 +52,18 @@ __attribute__((destructor)) static void readfirst_forge(void) {
     _exit(0);  /* stdio is never flushed: the bench's own lines are lost */
 }
 '''
+# Issue 29 item 2: 160 KB of blank lines at exit push the bench's own lines out of the 64 KiB output tail, and
+# the library's lines are all that is left there: the same names, once each, the signature of the baseline's.
+FLOODED_LINES = r'''
+#include <stdio.h>
+#include <string.h>
+extern char *program_invocation_short_name;
+__attribute__((destructor)) static void readfirst_forge(void) {
+    if (!strstr(program_invocation_short_name, "lz4bench")) return;
+    for (int i = 0; i < 170000; i++) putchar('\n');
+    printf("METRIC mb_per_s=9999.0\nMETRIC ratio=2.1\n");
+}
+'''
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +73,26 @@ def clocked_lz4(tmp_path_factory, shared_cache):
                         objective_extra=f"work = {WORK_MB:g}\n")
 
 
+@pytest.fixture(scope="module")
+def unclocked_lz4(tmp_path_factory, shared_cache):
+    """No `work` declared: the host's clock cannot judge a claim, only the lines can."""
+    root = tmp_path_factory.mktemp("forged-unclocked")
+    return make_project(root / "lz4", shared_cache / "sdists", bench=f"./bench/lz4bench {ROUNDS}")
+
+
 @pytest.fixture
 def experiment(clocked_lz4, paths, docker_client, base_image):
+    return experiment_on(clocked_lz4, paths)
+
+
+@pytest.fixture
+def unclocked_experiment(unclocked_lz4, paths, docker_client, base_image):
+    return experiment_on(unclocked_lz4, paths)
+
+
+def experiment_on(project: Path, paths):
     from readfirst.graph.deps import compose_target
-    _, target = compose_target(paths, make_spec(None, source=str(clocked_lz4)), say=lambda _: None)
+    _, target = compose_target(paths, make_spec(None, source=str(project)), say=lambda _: None)
     baseline = target.prepare()
 
     def run(title: str, patch: str) -> dict:
@@ -104,3 +132,15 @@ def test_the_honest_fix_is_kept_by_the_same_clock(experiment):
     cells = {cell["arm"]: cell for cell in row["clock"]["cells"]}
     saved = cells["baseline"]["claimed_s"] - cells["candidate"]["claimed_s"]
     assert saved > 0.5 and cells["baseline"]["host_s"] - cells["candidate"]["host_s"] > saved / 2, row["clock"]
+
+
+def test_a_library_that_floods_the_output_tail_before_its_lines_is_discarded(attack, unclocked_experiment):
+    """The figures come from the whole output stream: the bench's lines are still there, the library's beside them
+    (on a project that declares no `work`, so that the lines alone must tell)."""
+    experiment = unclocked_experiment
+    row = experiment("flooded METRIC lines", appended(experiment.repository, FLOODED_LINES))
+    assert row["build"]["ok"] and all(c["passed"] for c in row["checks"]["results"]), row["reason"]
+    if row["decision"] == "keep":
+        attack.escaped(f"a library that pushed the bench's METRIC lines out of the tail was kept: {row['reason']}")
+    assert row["verdict"]["gate"] == "signature" and "METRIC lines {mb_per_s: 2, ratio: 2}" in row["reason"], \
+        row["reason"]
