@@ -6,9 +6,12 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,6 +21,7 @@ from rich.segment import Segments
 from rich.table import Table
 
 from ..config import Paths
+from ..errors import ReadfirstError
 
 
 @dataclass
@@ -26,6 +30,7 @@ class AppContext:
     console: Console = field(default_factory=lambda: Console(stderr=False))
     # soft_wrap: progress lines are log lines; a pipe or a narrow terminal must not cut them in two
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+    home_checked: bool = False
 
     def say(self, message: str) -> None:
         """Progress and notes go to stderr, so that --json output on stdout stays parseable."""
@@ -40,7 +45,38 @@ def app_context(ctx: typer.Context) -> AppContext:
     if not isinstance(obj, AppContext):  # a group invoked on its own (tests): resolve from the environment
         obj = AppContext(paths=Paths.resolve())
         ctx.find_root().obj = obj
+    if not obj.home_checked:
+        check_home(obj.paths.home)
+        obj.home_checked = True
     return obj
+
+
+def check_home(home: Path) -> None:
+    """A data directory that cannot be used is said once, before a command lists nothing from it (`--home
+    /proc/nope` printed an empty table). One that does not exist yet is fine when it could be made: that is
+    tried, and what was made for the try is removed again (nothing is created before it is needed)."""
+    if home.is_dir():
+        if not os.access(home, os.R_OK | os.X_OK):
+            raise ReadfirstError(f"the data directory {home} cannot be read: pass --home (or set READFIRST_HOME "
+                                 f"to) a folder you can use")
+        return
+    if home.exists() or home.is_symlink():
+        raise ReadfirstError(f"the data directory {home} is not a folder: pass --home (or set READFIRST_HOME to) "
+                             f"a folder you can write")
+    made: list[Path] = []
+    try:
+        for folder in [*reversed(home.parents), home]:
+            if not folder.is_dir():
+                folder.mkdir()
+                made.append(folder)
+    except OSError as e:
+        raise ReadfirstError(f"the data directory {home} cannot be used ({e.strerror or type(e).__name__}"
+                             f"{': ' + str(folder) if folder != home else ''}): pass --home (or set "
+                             f"READFIRST_HOME to) a folder you can write") from e
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -151,6 +151,11 @@ def ingest_papers(ctx: typer.Context,
                                                                "server)."),
                   as_json: bool = _JSON) -> None:
     """Papers from arXiv (search or ids) and local documents, chunked along sections."""
+    from ..errors import KnowledgeBaseError
+    from ..knowledge_base.papers import missing_document
+    for item in items:
+        if item != "reading-list" and (why := missing_document(item)):
+            raise KnowledgeBaseError(f"{why} (a path is read as a local document, never searched on arXiv)")
     _run(ctx, recipes.paper_recipes(items, max_results=max_results, fetch_pdf=not no_pdf, arxiv_url=arxiv_url),
          as_json=as_json, arxiv_url=arxiv_url)
 

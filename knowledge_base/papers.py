@@ -116,6 +116,22 @@ def arxiv_client(base_url: str | None = None, *, delay_seconds: float = 3.0):
     return client
 
 
+DOCUMENT_SUFFIXES = (".pdf", ".md", ".markdown", ".txt", ".rst")
+
+
+def missing_document(item: str) -> str | None:
+    """Why a papers item that reads as a file path (absolute, ./, ../, ~, or a document suffix) cannot be read,
+    when it does not exist: searching arXiv for it would only report a connection error. None otherwise (an
+    existing file, an arXiv id such as hep-th/9901001, a query)."""
+    named_file = item.lower().endswith(DOCUMENT_SUFFIXES) and not any(c.isspace() for c in item)
+    if not (item.startswith(("/", "./", "../", "~")) or named_file) or ARXIV_ID.match(item):
+        return None
+    local = Path(item).expanduser()
+    if local.is_file():
+        return None
+    return f"no such file: {item}" if not local.exists() else f"{item} is not a file"
+
+
 def find_papers(client, *, query: str | None = None, ids: list[str] | None = None,
                 max_results: int = 5) -> list[Paper]:
     import arxiv

@@ -93,3 +93,27 @@ def test_a_run_refused_for_its_options_leaves_no_run_folder(tmp_path, args):
     proc = readfirst("run", "--offline", *args, home=tmp_path)
     assert proc.returncode == 2 and "unknown kind" in proc.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("item", ["/missing/x.pdf", "./notes.md", "~/no-such-readfirst-paper.txt", "paper.pdf"])
+def test_a_missing_paper_file_is_no_such_file_not_an_arxiv_error(tmp_path, item):
+    proc = readfirst("kb", "ingest", "papers", item, "--arxiv-url", "http://127.0.0.1:9", home=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"no such file: {item}" in said and "arXiv did not answer" not in said, said
+
+
+@pytest.mark.parametrize("home", ["/proc/nope", "/proc/nope/deeper", "/etc/hostname"])
+@pytest.mark.parametrize("args", [["runs"], ["runs", "--json"], ["trace", "list"], ["kb", "stats"]])
+def test_a_data_directory_that_cannot_be_used_is_said(home, args):
+    proc = readfirst("--home", home, *args, home=home)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in said, said
+    assert f"the data directory {home}" in said and said.count("error:") == 1, said
+    assert proc.stdout == "", proc.stdout
+
+
+def test_a_data_directory_not_made_yet_lists_nothing_and_is_not_made(tmp_path):
+    home = tmp_path / "new" / "home"
+    proc = readfirst("runs", "--json", home=home)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == [] and not (tmp_path / "new").exists()
