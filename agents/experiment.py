@@ -344,7 +344,7 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         t0 = clock()
         try:
             checks = target.checks(commit, variant, baseline=baseline, worker=worker)
-        except SandboxError as e:
+        except (SandboxError, OSError, ValueError) as e:  # OSError, ValueError: evidence that could not be read
             durations["checks"] += clock() - t0
             return finish(_discarded("checks", f"the checks could not run: {str(e)[:300]}"))
         durations["checks"] += clock() - t0
@@ -368,10 +368,10 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     t0 = clock()
     try:
         perf = evaluate(bench, evaluator_config, clock=bench.seconds)
-    except SandboxError as e:
+    except (SandboxError, OSError) as e:  # OSError: a result file that could not be read back
         durations["bench"] = clock() - t0
         bench.record_setup(row)
-        return finish(_discarded("performance", f"the benchmark failed: {str(e).splitlines()[0][:300]}"))
+        return finish(_discarded("performance", f"the benchmark failed: {(str(e).splitlines() or [''])[0][:300]}"))
     except ValueError as e:  # a value that is not a positive number, or no objective metric: the candidate's fault
         durations["bench"] = clock() - t0
         bench.record_setup(row)

@@ -330,6 +330,8 @@ class LlamaCppTarget(GitTarget):
                            cpuset=bench_cpus(options.threads), measuring=True)
         try:
             text = read_text_inside(out, "ops.json") if r.ok else ""
+        except OSError as e:
+            raise SandboxError(f"the op profile's result could not be read back: {e}") from None
         finally:
             self._discard(out)
         if not r.ok:
@@ -506,7 +508,7 @@ class LlamaCppTarget(GitTarget):
                                           commit, config)
             art = self.artifact_dir(commit, config)
             art.mkdir(parents=True, exist_ok=True)
-            (art / "tests.json").unlink(missing_ok=True)  # a new build: its tests have not run
+            (self.records_dir(commit, config) / "tests.json").unlink(missing_ok=True)  # a new build: not tested
             build, out = self._run(f"cmake --build /build -j {self._jobs()} --target {' '.join(targets)} && "
                                    f"rm -rf /artifact/bin && cp -a /build/bin /artifact/bin",
                                    timeout_s=self.build_timeout_s, log_name="build",
@@ -554,21 +556,31 @@ class LlamaCppTarget(GitTarget):
                            log_tail=r.output_tail[-8000:], config=config, commit=commit, log_path=r.log_path)
 
     # -- tests ---------------------------------------------------------------------------------------------------
+    def records_dir(self, commit: str, config: BuildConfig | None = None) -> Path:
+        """Where the host keeps what it wrote about a build (its tests' result), keyed like its artifact but never
+        mounted into a container: a build writes its artifact folder, and a planted result there passed the gate."""
+        return self.paths.cache / "records" / self.source.key / f"{commit[:16]}-{config_key(config or self.config)}"
+
+    def _cached_tests(self, commit: str, config: BuildConfig) -> TestResult | None:
+        try:
+            return from_dict(TestResult, json.loads((self.records_dir(commit, config) / "tests.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
     def _tests_of(self, commit: str, config: BuildConfig, worker: int) -> TestResult:
         """The ctest subset of a build, run once per build: an unchanged build's result is read back."""
-        record = self.artifact_dir(commit, config) / "tests.json"
-        try:
-            return from_dict(TestResult, json.loads(record.read_text()))
-        except (OSError, ValueError, TypeError):
-            pass
+        cached = self._cached_tests(commit, config)
+        if cached is not None:
+            return cached
         # ctest runs in the worker's build directory, which must hold this very build.
         build = self.build_config(commit, worker=worker, config=config)
         if not build.ok:
             return TestResult(False, [], f"the build for the tests failed at {build.stage}: {build.log_tail[-1000:]}",
                               build.duration_s)
         tests = self.run_tests(commit, worker=worker, config=config)
-        if record.parent.is_dir():
-            record.write_text(json.dumps(to_dict(tests)))
+        record = self.records_dir(commit, config) / "tests.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(to_dict(tests)))
         return tests
 
     def run_tests(self, commit: str, *, worker: int = 0, tests: Sequence[str] = FAST_TESTS,
@@ -611,6 +623,8 @@ class LlamaCppTarget(GitTarget):
                            measuring=True)
         try:
             text = read_text_inside(out, "bench.json") if r.ok else ""
+        except OSError as e:  # a symlink, a FIFO, a folder, too large: what a patched build can leave there
+            raise SandboxError(f"llama-bench's result could not be read back: {e}") from None
         finally:
             self._discard(out)
         if not r.ok:
