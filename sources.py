@@ -32,6 +32,7 @@ PYPI_SIMPLE = os.environ.get("READFIRST_PYPI_SIMPLE", "https://pypi.org/simple")
 # The one cap on a file read from any tree (a fork's, a folder's, a target's): larger files are skipped with
 # their reason, so a 200 MB generated file costs nothing instead of gigabytes.
 MAX_FILE_BYTES = 2 * 1024 * 1024
+TEXT_CACHE_CHARS = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class GitTree:
         self.name, self.repo, self.revision, self.subdirs = name, repo, revision, tuple(subdirs)
         self._files: list[str] | None = None
         self._texts: dict[tuple[str, str], str | None] = {}
+        self._held = 0  # characters kept in _texts: the cache is dropped past TEXT_CACHE_CHARS, not only by count
         self._batch: subprocess.Popen | None = None
         self.skipped: dict[str, str] = {}  # path → why it was not read (too large, binary)
 
@@ -108,9 +110,11 @@ class GitTree:
     def read(self, path: str, revision: str | None = None) -> str | None:
         key = (revision or self.revision, path)
         if key not in self._texts:
-            if len(self._texts) > 4096:
+            if len(self._texts) > 4096 or self._held > TEXT_CACHE_CHARS:
                 self._texts.clear()
+                self._held = 0
             self._texts[key] = self._cat(f"{key[0]}:{path}", path)
+            self._held += len(self._texts[key] or "")
         return self._texts[key]
 
     def _cat(self, spec: str, path: str) -> str | None:
@@ -292,7 +296,9 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
                     git(work, "checkout", "-q", "--detach", ref or "HEAD")
                     git(work, "tag", "-f", "baseline")
                 else:
-                    shutil.copytree(local, work, symlinks=True)
+                    # A nested `.git` (a vendored repository, a `gitdir:` link to elsewhere) is not copied: git
+                    # would make that folder a gitlink to a repository not ours instead of adding its files.
+                    shutil.copytree(local, work, symlinks=True, ignore=shutil.ignore_patterns(".git"))
                     _commit_baseline(work, str(local.resolve()))
             work.rename(repo)
         return SourceRepo(repo, git(repo, "rev-parse", "baseline^{commit}").stdout.strip(), name_or_location)

@@ -76,7 +76,7 @@ def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str | Skipped
             if not stat.S_ISREG(st.st_mode):
                 return Skipped(str(path), "not a regular file")
             if st.st_size > max_bytes:
-                return Skipped(str(path), f"larger than {max_bytes // (1024 * 1024)} MiB ({st.st_size / 2**20:.1f} MiB)")
+                return Skipped(str(path), f"larger than {max_bytes // 2**20} MiB ({st.st_size / 2**20:.1f} MiB)")
             data = f.read(max_bytes + 1)
     except OSError as e:
         return Skipped(str(path), f"unreadable: {e.strerror or e}")

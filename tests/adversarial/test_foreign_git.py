@@ -17,7 +17,7 @@ from readfirst.knowledge_base.chunking import Skipped, Unit
 from readfirst.knowledge_base.ingest import fork_recipe, paper_recipes, recipe_units
 from readfirst.sources import prepare_source
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(120)
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@localhost", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -197,3 +197,12 @@ def test_a_folder_linked_out_of_the_tree_is_never_read(attack, as_git):
     if as_git:
         reasons = {s.unit.rsplit(":", 1)[-1]: s.reason for s in out if isinstance(s, Skipped)}
         assert "out of the tree" in reasons.get("docs/secret.md", ""), reasons
+
+
+def test_a_fifo_named_like_a_source_is_skipped_not_waited_on(attack):
+    tree = _repo(attack.root / "tree", {"kernel.c": KERNEL, "pipe.c": "int fine;\n"})
+    (tree / "pipe.c").unlink()
+    os.mkfifo(tree / "pipe.c")  # committed as a file, a FIFO in the work tree: reading it would block for ever
+    out = list(recipe_units({"kind": "path", "path": str(tree)}, Paths(attack.root / "home", attack.root / "c")))
+    reasons = {s.unit.rsplit(":", 1)[-1]: s.reason for s in out if isinstance(s, Skipped)}
+    assert reasons == {"pipe.c": "not a regular file"}, reasons
