@@ -113,3 +113,28 @@ def test_an_unlinked_file_written_on_is_stopped_at_the_limit(attack, docker_clie
     assert not any(host.iterdir())  # nothing of it is left on the host
     print(f"{target} ({'fixed size' if fixed else 'watched'}): stopped after {written >> 20} MiB "
           f"(limit {LIMIT >> 20} MiB)")
+
+
+def test_a_fixed_size_mount_left_by_a_dead_run_is_unmounted_by_the_next(attack):
+    """A run killed between mounting its /out and unmounting it leaves the tmpfs: the next sandbox's housekeeping
+    (collect_garbage) unmounts it, and leaves a live owner's alone."""
+    import os
+    import subprocess
+
+    from readfirst.sandbox.docker_sandbox import SCRATCH_SOURCE, owner_id, unmount_stale_scratch
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    dead, live = attack.root / "dead", attack.root / "live"
+    mine = owner_id().split(":", 1)[1].replace(":", "-")
+    for where, owner in ((dead, "999999999-1"), (live, mine)):
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", f"{SCRATCH_SOURCE}-{owner}", str(where)], check=True)
+    try:
+        unmount_stale_scratch()
+        mounted = open("/proc/self/mountinfo").read()
+        if f" {dead} " in mounted:
+            attack.left_behind(f"a dead run's fixed-size mount at {dead}")
+        assert f" {live} " in mounted
+    finally:
+        for where in (dead, live):
+            subprocess.run(["umount", str(where)], capture_output=True)
