@@ -221,14 +221,19 @@ def stats(ctx: typer.Context, as_json: bool = _JSON) -> None:
 
 
 @kb_app.command("reset")
-def reset(ctx: typer.Context, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
+def reset(ctx: typer.Context, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+          as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON.")) -> None:
     """Remove everything from the knowledge base."""
     app = app_context(ctx)
-    if not yes:
-        typer.confirm("Remove every chunk and recorded source from the knowledge base?", abort=True)
+    if not yes:  # asked on stderr: with --json, stdout holds the one document only
+        typer.confirm("Remove every chunk and recorded source from the knowledge base?", abort=True, err=True)
     with _open(ctx, writable=True) as kb:
+        removed = kb.count()
         kb.reset()
-    app.console.print("knowledge base emptied")
+    if as_json:
+        app.emit_json({"knowledge_base": str(app.paths.knowledge_base), "removed_chunks": removed})
+    else:
+        app.console.print(f"knowledge base emptied ({removed} chunks removed)")
 
 
 @kb_app.command("rebuild")

@@ -26,21 +26,30 @@ model_app = typer.Typer(help="Models to benchmark: a synthetic TinyLlama-shaped 
 
 @sandbox_app.command("image")
 def image_cmd(ctx: typer.Context,
-              rebuild: bool = typer.Option(False, "--rebuild", help="Build it again even when it exists.")) -> None:
+              rebuild: bool = typer.Option(False, "--rebuild", help="Build it again even when it exists."),
+              as_json: bool = typer.Option(False, "--json", help="Print the image as JSON.")) -> None:
     """Build (once) the base image: C/C++ toolchain, cmake, ccache, git, python3."""
     app = app_context(ctx)
     client = engine.require_engine()
-    app.console.print(image.ensure_image(client, rebuild=rebuild, say=app.say))
+    tag = image.ensure_image(client, rebuild=rebuild, say=app.say)
+    if as_json:
+        app.emit_json({"image": tag, "id": client.images.get(tag).id, "rebuilt": rebuild})
+    else:
+        app.console.print(tag)
 
 
 @sandbox_app.command("gc")
 def gc_cmd(ctx: typer.Context,
            everything: bool = typer.Option(False, "--all", help="Also remove containers of live readfirst "
-                                                                "processes.")) -> None:
+                                                                "processes."),
+           as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON.")) -> None:
     """Remove sandbox containers left behind by readfirst processes that are gone."""
     app = app_context(ctx)
     n = collect_garbage(engine.require_engine(), everything=everything)
-    app.console.print(f"removed {n} container{'s' if n != 1 else ''}")
+    if as_json:
+        app.emit_json({"removed_containers": n, "all": everything})
+    else:
+        app.console.print(f"removed {n} container{'s' if n != 1 else ''}")
 
 
 def _check_quant(quant: str) -> str:

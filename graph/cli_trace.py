@@ -299,14 +299,18 @@ def fork_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
 
 @trace_app.command("export")
 def export_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
-               html_file: Path = typer.Option(..., "--html", dir_okay=False, help="Where to write the page.")) -> None:
+               html_file: Path = typer.Option(..., "--html", dir_okay=False, help="Where to write the page."),
+               as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON.")) -> None:
     """The run's self-contained HTML page (no network needed to view it), the same as `readfirst report RUN
     --html`: the experiments, their plots and where the time went, then the timeline, each step expandable."""
     from .report_html import write_html_report
     app = app_context(ctx)
     trace = _open(app, run_id)
-    write_html_report(trace.directory, html_file)
-    app.console.print(f"wrote {html_file}", soft_wrap=True)
+    page = write_html_report(trace.directory, html_file)
+    if as_json:
+        app.emit_json({"run_id": run_id, "html": str(page), "bytes": page.stat().st_size})
+    else:
+        app.console.print(f"wrote {page}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

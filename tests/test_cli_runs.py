@@ -117,3 +117,45 @@ def test_a_data_directory_not_made_yet_lists_nothing_and_is_not_made(tmp_path):
     home = tmp_path / "new" / "home"
     proc = readfirst("runs", "--json", home=home)
     assert proc.returncode == 0 and json.loads(proc.stdout) == [] and not (tmp_path / "new").exists()
+
+
+def _one_json_document(proc) -> dict:
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return json.loads(proc.stdout)  # the whole of stdout: one document, nothing before or after
+
+
+def test_trace_export_json(tmp_path):
+    from test_trace_standin import record_run
+    record_run(tmp_path)
+    page = tmp_path / "page.html"
+    out = _one_json_document(readfirst("trace", "export", "run-a", "--html", str(page), "--json", home=tmp_path))
+    assert out["run_id"] == "run-a" and out["html"] == str(page) and out["bytes"] == page.stat().st_size > 0
+
+
+def test_kb_reset_json_asks_on_stderr(tmp_path):
+    import os
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "kb", "reset", "--json"], input="y\n",
+                          capture_output=True, text=True, env={**os.environ, "READFIRST_HOME": str(tmp_path)},
+                          timeout=300)
+    out = _one_json_document(proc)
+    assert "Remove every chunk" in proc.stderr
+    assert out == {"knowledge_base": str(tmp_path / "knowledge_base"), "removed_chunks": 0}
+
+
+@pytest.mark.docker
+def test_sandbox_gc_and_image_json(tmp_path, base_image):
+    gc = _one_json_document(readfirst("sandbox", "gc", "--json", home=tmp_path))
+    assert isinstance(gc["removed_containers"], int) and gc["all"] is False
+    image = _one_json_document(readfirst("sandbox", "image", "--json", home=tmp_path))
+    assert image["image"] == base_image and image["id"].startswith("sha256:") and image["rebuilt"] is False
+
+
+@pytest.mark.docker
+def test_setup_json(tmp_path, shared_cache, base_image):
+    from config_project import make_project
+    project = make_project(tmp_path / "lz4", shared_cache / "sdists")
+    out = _one_json_document(readfirst("setup", "--target-config", str(project / "readfirst.toml"), "--json",
+                                       home=tmp_path / "home"))
+    assert out["engine"] == "up" and out["target"] == "config" and out["image"].startswith("readfirst")
+    assert len(out["baseline"]) == 40, out
