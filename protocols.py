@@ -21,9 +21,9 @@ class Sandbox(Protocol):
 
     def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
             env: Mapping[str, str] | None = None, log_path: Path | None = None,
-            cpuset: str | None = None, collect: str | None = None) -> CommandResult:
+            cpuset: str | None = None, collect: str | tuple[str, ...] | None = None) -> CommandResult:
         """`cpuset` pins the command to those CPUs; `collect`: the lines of the whole output holding this string
-        come back in CommandResult.lines (capped: lines_capped says so)."""
+        (or any of these strings) come back in CommandResult.lines (capped: lines_capped says so)."""
 
     def gc(self, *, everything: bool = False) -> int: ...
 

@@ -231,8 +231,9 @@ class _LineCollector:
     a reader may split them further (str.splitlines), so a line is kept whole wherever the marker falls in it.
     `capped`: more such lines than `max_lines`, or one longer than `max_line`: what they say cannot be told."""
 
-    def __init__(self, marker: str, max_lines: int, max_line: int):
-        self.marker = marker.encode()
+    def __init__(self, markers: str | tuple[str, ...], max_lines: int, max_line: int):
+        self.markers = tuple(m.encode() for m in ((markers,) if isinstance(markers, str) else markers))
+        self._keep = max(len(m) for m in self.markers) - 1
         self.max_lines, self.max_line = max_lines, max_line
         self.lines: list[str] = []
         self.capped = False
@@ -249,14 +250,17 @@ class _LineCollector:
     def _add(self, piece: bytes) -> None:
         self._partial += piece
         if len(self._partial) > self.max_line:
-            if self.marker in self._partial and not self._overlong:
+            if self._marked() and not self._overlong:
                 self.capped = True
             self._overlong = True
             # what is kept of a line too long to read: enough to see a marker that starts in it and ends later
-            del self._partial[: len(self._partial) - (len(self.marker) - 1)]
+            del self._partial[: len(self._partial) - self._keep]
+
+    def _marked(self) -> bool:
+        return any(m in self._partial for m in self.markers)
 
     def end_line(self) -> None:
-        if self.marker in self._partial:
+        if self._marked():
             if self._overlong or len(self.lines) >= self.max_lines:
                 self.capped = True
             else:
@@ -457,7 +461,7 @@ class DockerSandbox:
     # -- running ------------------------------------------------------------------------------------------
     def run(self, command: str, *, mounts: Sequence[Mount] = (), workdir: str = "/tmp", timeout_s: float = 600,
             env: Mapping[str, str] | None = None, log_path: Path | None = None,
-            cpuset: str | None = None, collect: str | None = None) -> CommandResult:
+            cpuset: str | None = None, collect: str | tuple[str, ...] | None = None) -> CommandResult:
         """Run `command` in a fresh container; `cpuset` ("2,3") pins it to those CPUs (benchmarks), with no CPU
         quota beside (the cpuset bounds it; a quota on top throttled llama-bench by 15%). `collect`: the lines
         of the whole output that hold this string come back in the result's `lines` (METRIC lines: the tail
@@ -503,7 +507,7 @@ class DockerSandbox:
             fixed.release()  # after the container is gone: nothing writes while its files are copied
 
     def _attend(self, container, command: str, timeout_s: float, log_path: Path | None, volumes: Mapping[str, Any],
-                fixed: _FixedSizeMounts, collect: str | None) -> CommandResult:
+                fixed: _FixedSizeMounts, collect: str | tuple[str, ...] | None) -> CommandResult:
         """Start the created container, watch its disk and clock, and gather its result."""
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
         lines = _LineCollector(collect, self.limits.collect_max_lines, self.limits.collect_max_line_bytes) \

@@ -61,7 +61,7 @@ class GitTarget:
 
     def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
              workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
-             measuring: bool = False, collect: str | None = None) -> tuple[CommandResult, Path]:
+             measuring: bool = False, collect: str | tuple[str, ...] | None = None) -> tuple[CommandResult, Path]:
         """Run `command` with a fresh /out; the caller reads what it needs from the returned /out and discards it.
         A measurement (`measuring`) has the machine to itself; anything else only shares it with non-measurements."""
         def once() -> tuple[CommandResult, Path]:

@@ -20,19 +20,36 @@ _KLD_LINE = {
 }
 
 
-def parse_kld(output: str) -> KLDResult:
+# What the sandbox collects from llama-perplexity's whole output for parse_kld: the figures' lines, wherever they
+# fall, so that output printed after them cannot push them out of the tail the result keeps.
+KLD_MARKERS = ("KLD", "Same top p")
+
+
+def parse_kld(output: str, *, lines: list[str] | None = None, capped: bool = False) -> KLDResult:
     """The KLD figures of llama-perplexity's output. `ok` says the check ran to the end; the evaluator judges
-    the figures (agents.statistics.kld_failure), the sandbox only measures."""
+    the figures (agents.statistics.kld_failure), the sandbox only measures. With `lines` (the KLD_MARKERS lines
+    of the whole stream) the figures come from them, and each must be printed exactly once: the code under test
+    runs inside llama-perplexity, and a second figure of its own would otherwise be read as the check's."""
+    text = "\n".join(lines) if lines is not None else output
+    if capped:
+        return _failed("llama-perplexity printed more KLD lines than the sandbox collects: the figures cannot "
+                       "be told")
     values = {}
     for key, rx in _KLD_LINE.items():
-        m = rx.findall(output)
+        m = rx.findall(text)
         if not m:
-            return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
-                             f"no '{key}' line in llama-perplexity's output: {output[-1000:]}")
+            return _failed(f"no '{key}' line in llama-perplexity's output: {output[-1000:]}")
+        if lines is not None and len(m) > 1:
+            return _failed(f"llama-perplexity printed its '{key}' figure {len(m)} times ({', '.join(m[:4])}): "
+                           f"a figure printed by the code under test cannot be told from the check's")
         values[key] = float(m[-1])
     ok = all(math.isfinite(v) for v in values.values())
     tail = output[output.rfind("KLD") - 600:] if "KLD" in output else output[-600:]
     return KLDResult(values["mean"], values["max"], values["p999"], values["same"], ok, tail[-1500:])
+
+
+def _failed(why: str) -> KLDResult:
+    return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False, why)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from ...sandbox.readback import read_text_inside
 from ...sandbox.workers import Worker, bench_cpus, cpu_has, cpu_model, cpu_signature, short_digest
 from ...sources import SourceRepo, git
 from ..base import GitTarget, failed_stage
-from .logits import KLDThresholds, kld_failure, parse_kld
+from .logits import KLD_MARKERS, KLDThresholds, kld_failure, parse_kld
 
 # The fast ctest subset that exercises ggml's CPU numerics directly: quantize/dequantize and vec_dot of every
 # type against the reference implementation (test-quantize-fns), RoPE (test-rope), the tiled matmul path against
@@ -673,13 +673,15 @@ class LlamaCppTarget(GitTarget):
         return path
 
     def _perplexity(self, commit: str, config: BuildConfig | None, model: Path, args: str, ctx: int, chunks: int,
-                    flash_attn: bool, extra: Sequence[Mount], log_name: str) -> tuple[CommandResult, Path]:
+                    flash_attn: bool, extra: Sequence[Mount], log_name: str,
+                    collect: tuple[str, ...] | None = None) -> tuple[CommandResult, Path]:
         rel = self._model_in_container(model)
         text = self._kld_text()
         cmd = (f"/build/bin/llama-perplexity -m {rel} -f /text/text.txt -c {ctx} --chunks {chunks} -t 2 "
                f"-fa {'on' if flash_attn else 'off'} {args}")
         return self._run(cmd, timeout_s=self.run_timeout_s, log_name=log_name,
-                         mounts=[*self._tool_mounts(commit, config), Mount(text.parent, "/text", True), *extra])
+                         mounts=[*self._tool_mounts(commit, config), Mount(text.parent, "/text", True), *extra],
+                         collect=collect)
 
     def kld_base(self, commit: str, *, model: Path, config: BuildConfig | None = None, ctx: int = 128,
                  chunks: int = 8, flash_attn: bool = True) -> Path:
@@ -706,12 +708,13 @@ class LlamaCppTarget(GitTarget):
     def logits_check(self, commit: str, *, model: Path, base_logits: Path, config: BuildConfig | None = None,
                      ctx: int = 128, chunks: int = 8, flash_attn: bool = True) -> KLDResult:
         r, out = self._perplexity(commit, config, model, "--kl-divergence-base /kld/base.kld --kl-divergence", ctx,
-                                  chunks, flash_attn, [Mount(base_logits.parent, "/kld", True)], "kld")
+                                  chunks, flash_attn, [Mount(base_logits.parent, "/kld", True)], "kld",
+                                  collect=KLD_MARKERS)
         self._discard(out)
         if not r.ok:
             return KLDResult(float("inf"), float("inf"), float("inf"), 0.0, False,
                              f"llama-perplexity failed (exit {r.exit_code}): {r.output_tail[-1500:]}")
-        return parse_kld(r.output_tail)
+        return parse_kld(r.output_tail, lines=r.lines, capped=r.lines_capped)
 
 
 def _tests_check(tests: TestResult) -> CheckResult:
