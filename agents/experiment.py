@@ -327,7 +327,10 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     while True:
         say(f"{title}: building")
         t0 = clock()
-        build = target.build(commit, variant, worker=worker)
+        try:
+            build = target.build(commit, variant, worker=worker)
+        except OSError as e:  # a build record or artifact that could not be read back: the candidate's doing
+            return finish(_discarded("build", f"the build's results could not be read back ({e})."))
         durations["build"] += clock() - t0
         row["build"] = to_dict(build)
         if not build.ok:

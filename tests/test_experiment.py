@@ -47,6 +47,7 @@ class PipelineTarget:
         self.repository = repo
         self.calls: list[str] = []
         self.bench_error: Exception | None = None
+        self.build_error: Exception | None = None
         self.runs = 0
 
     def _text(self, commit: str) -> str:
@@ -61,6 +62,8 @@ class PipelineTarget:
 
     def build(self, commit: str, variant: dict[str, Any], *, worker: int = 0) -> BuildResult:
         self.calls.append("build")
+        if self.build_error is not None:
+            raise self.build_error
         broken = "#error" in self._text(commit)
         return BuildResult(not broken, "compile" if broken else "ok", 0.1,
                            "src/work.c:2: error: #error here" if broken else "", BuildConfig(), commit)
@@ -181,6 +184,14 @@ def test_a_failed_check_is_the_verdict_and_nothing_is_measured(target):
     assert (row["decision"], row["verdict"]["gate"]) == ("discard", "tests")
     assert row["reason"] == "work(2) returned 5, expected 4." and "measure" not in target.calls
     assert row["checks"]["results"][0]["passed"] is False
+
+
+def test_a_build_whose_results_cannot_be_read_back_is_discarded_not_the_run(target):
+    # What a build leaves is the candidate's work: a record it turned into a FIFO or a link is its failure.
+    target.build_error = OSError(6, "No such device or address", "build.json")
+    row = run(target, {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")})
+    assert (row["decision"], row["verdict"]["gate"]) == ("discard", "build")
+    assert "could not be read back" in row["reason"] and "checks" not in target.calls
 
 
 @pytest.mark.parametrize("error, says", [(SandboxError("the bench command timed out after 3 s and was killed"),
