@@ -141,6 +141,9 @@ def run(ctx: typer.Context,
         options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
                              budget_usd=budget_usd, workers=workers, offline=offline,
                              calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
+        run_id = new_run_id()
+        directory = app.paths.runs / run_id
+        directory.mkdir(parents=True)  # only now: a refused option leaves no run folder behind
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
                 "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
                 "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url,
@@ -148,9 +151,6 @@ def run(ctx: typer.Context,
                 "fork_subdirs": fork_subdirs or (["ggml/src"] if spec["name"] == "llama.cpp" else []),
                 "offline": offline, "status": "starting",
                 # a run killed before its first checkpoint resumes with these, and with its own model and budget
-        run_id = new_run_id()
-        directory = app.paths.runs / run_id
-        directory.mkdir(parents=True)  # only now: a refused option leaves no run folder behind
                 "options": asdict(options), "budget_usd": budget_usd}
         if not offline:
             meta.update(llm_model=llm_model, llm_max_reply=llm_max_reply)
