@@ -64,6 +64,13 @@ def run(ctx: typer.Context,
                                                   help="Run each experiment on a node of this Ray cluster "
                                                        "(host:port, or auto for the one this machine belongs "
                                                        "to), one experiment per node at a time."),
+        ray_token_file: Optional[Path] = typer.Option(None, "--ray-token-file", envvar="READFIRST_RAY_TOKEN_FILE",
+                                                      dir_okay=False,
+                                                      help="With --ray: the file holding the cluster's token "
+                                                           "(deploy/ writes ~/.readfirst-ray-token on each node). "
+                                                           "readfirst joins only clusters started with "
+                                                           "RAY_AUTH_MODE=token; without this option Ray's own "
+                                                           "RAY_AUTH_TOKEN or ~/.ray/auth_token is used."),
         ray_classes: list[str] = typer.Option([], "--ray-class", envvar="READFIRST_RAY_CLASS",
                                               help="With --ray: only nodes carrying this Ray resource (a machine "
                                                    "class, e.g. x86-avx512 as deploy/ tags them). Repeatable: "
@@ -176,7 +183,7 @@ def run(ctx: typer.Context,
                                    calibration_pairs=ray_meta["calibration_pairs"],
                                    noise_limit=(ray_meta["node_noise_max"] / 100
                                                 if ray_meta["node_noise_max"] is not None else None),
-                                   say=app.say)
+                                   say=app.say, token_file=str(ray_token_file) if ray_token_file else None)
             app.say(f"experiments run on the Ray cluster at {ray_address}: {len(executor.nodes())} nodes"
                     + (f" of the classes {', '.join(ray_meta['classes'])}" if ray_meta["classes"] else ""))
     except BaseException as e:  # the run never started: say so in its meta, not "starting" forever

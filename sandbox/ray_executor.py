@@ -300,17 +300,19 @@ class RayExecutor:
                  target: Any = None, classes: Sequence[str] = (), calibration_pairs: int = 0,
                  noise_limit: float | None = None, experiment: NodeExperiment | None = None,
                  calibration: NodeCalibration | None = None, say: Say = lambda _: None,
-                 no_node_wait_s: float = NO_NODE_WAIT_S):
+                 no_node_wait_s: float = NO_NODE_WAIT_S, token_file: str | None = None):
+        from .ray_auth import prepare_client
         try:
             import ray
         except ImportError as e:
             raise ReadfirstError("--ray needs Ray on this machine and on every node: pip install 'ray>=2.60'") from e
         self._ray = ray
         if not ray.is_initialized():
+            prepare_client(address, token_file)  # the cluster's token: see ray_auth
             try:
                 # the nodes' output stays in their logs: the driver prints what each row's node said, once
                 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-            except (ConnectionError, RuntimeError, ValueError) as e:
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
                 raise ReadfirstError(f"cannot join the Ray cluster at {address!r}: {str(e).splitlines()[0][:300]}"
                                      ) from e
             self._owns_ray = True

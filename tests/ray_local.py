@@ -1,12 +1,22 @@
 """A real Ray cluster on this machine, for the tests and bench/ray_scaling.py: a head and worker nodes, each its
 own `ray start` process on the loopback address, in one temp dir; stopped by the pids whose command line names
-that dir, never by `ray stop` (which kills every Ray process of the user, another cluster's too).
+that dir, or that hold a file open in it (Ray's agents rename themselves), never by `ray stop` (which kills every
+Ray process of the user, another cluster's too).
+
+Started as deploy/ starts a cluster: token authentication on (a token of its own, in a 0600 file under its dir),
+and here every port on the loopback address. Ray 2.60's `ray start --node-ip-address 127.0.0.1` swaps 127.0.0.1
+for the machine's external address (services.resolve_ip_for_localhost), and its GCS and raylets then listen on
+every interface; given 127.0.0.1 as it is, they listen on loopback only. The environment switch that keeps it
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) also forbids a second node, so the nodes start through RAY_START, which
+leaves the address as given. This process's Ray client reads the token file READFIRST_RAY_TOKEN_FILE names (set
+by start_head, restored by stop); sandbox/ray_auth.py keeps its loopback address as loopback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-RAY = Path(sys.executable).with_name("ray")
+RAY_START = ("import sys, ray._private.services as services; from ray.scripts.scripts import main; "
+             "services.resolve_ip_for_localhost = lambda host: host; sys.argv[0] = 'ray'; main()")
+TOKEN_ENV = "READFIRST_RAY_TOKEN_FILE"
 
 
 def free_port() -> int:
@@ -24,8 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _holds_open(entry: Path, text: str) -> bool:
+    try:
+        return any(text in os.readlink(fd) for fd in (entry / "fd").iterdir())
+    except OSError:
+        return False
+
+
 def pids_naming(text: str) -> list[int]:
-    """The processes (other than this one) whose command line contains `text`."""
+    """The processes (other than this one) whose command line contains `text` or that hold a file open whose
+    path does (a Ray agent renames its process and names no dir, but writes its log there)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -34,7 +54,7 @@ def pids_naming(text: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline:
+        if text in cmdline or _holds_open(entry, text):
             out.append(int(entry.name))
     return out
 
@@ -69,21 +89,30 @@ class LocalCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # the caller's home is not the nodes' business: a node is told its data directories by the executor
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("READFIRST_")}
-        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("READFIRST_", "RAY_AUTH"))}
+        self.token_file = root / "token"
+        self.env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file))
+        self._client_token_before = os.environ.get(TOKEN_ENV)
 
     def _start(self, *args: str) -> None:
-        proc = subprocess.run(["nice", "-n", "19", str(RAY), "start", "--node-ip-address", "127.0.0.1",
-                               "--disable-usage-stats", "--object-store-memory", str(80 * 2**20), *args],
+        proc = subprocess.run(["nice", "-n", "19", sys.executable, "-c", RAY_START, "start",
+                               "--node-ip-address", "127.0.0.1",
+                               "--disable-usage-stats", "--object-store-memory", str(80 * 2**20),
+                               "--dashboard-host", "127.0.0.1", *args],
                               capture_output=True, text=True, env=self.env, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args[:2])} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
     def start_head(self, system_config: dict | None = None) -> None:
-        """A head with no CPUs: it runs nothing."""
+        """A head with no CPUs: it runs nothing. Its token is made here, and this process's client is given it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.environ[TOKEN_ENV] = str(self.token_file)
         extra = ("--system-config", json.dumps(system_config)) if system_config else ()
         self._start("--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard", "false",
-                    "--temp-dir", str(self.root / "head"), *extra)
+                    "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.root / "head"), *extra)
 
     def start_worker(self, name: str) -> None:
         """A node with 1 CPU and the custom resource `name`, its temp dir named after it."""
@@ -115,3 +144,7 @@ class LocalCluster:
         """Every process of this cluster, by pid (its temp dir in their command lines), then the dir."""
         kill_naming(str(self.root))
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._client_token_before is None:
+            os.environ.pop(TOKEN_ENV, None)
+        else:
+            os.environ[TOKEN_ENV] = self._client_token_before
