@@ -12,8 +12,12 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from ..sandbox.readback import open_inside, read_bytes_inside
 from .checkpoint_serde import PlainDataSerializer
 from .trace import TRACE_FILE, TraceError
+
+# A blob is one recorded prompt, reply or result; past this it is not something this run wrote.
+MAX_BLOB_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -192,10 +196,16 @@ def read_events(directory: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise TraceError(f"run {directory.name} has no trace (it ran before tracing, or never started a step)")
     events = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+    try:
+        # A run folder may come from someone else: its trace is read as a regular file inside it, never through a
+        # link or from a FIFO that would wait for ever.
+        stream = open_inside(directory, TRACE_FILE)
+    except OSError as e:
+        raise TraceError(f"run {directory.name}'s trace cannot be read: {e}") from None
+    with stream as f:
+        for raw in f:
             try:
-                event = json.loads(line)
+                event = json.loads(raw.decode("utf-8", errors="replace"))
             except json.JSONDecodeError:
                 continue
             if isinstance(event, dict):
@@ -207,7 +217,8 @@ def load_blob(directory: Path, value: Any) -> Any:
     """The data behind a {"$blob": ...} reference (or the value itself when it is inline)."""
     if isinstance(value, dict) and set(value) == {"$blob"}:
         try:
-            return json.loads((directory / value["$blob"]).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            # Only a plain file of this run's folder: a tampered trace naming ../../ or a link reads nothing else.
+            return json.loads(read_bytes_inside(directory, str(value["$blob"]), limit=MAX_BLOB_BYTES))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return {"missing": value["$blob"]}
     return value

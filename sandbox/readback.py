@@ -13,7 +13,10 @@ from pathlib import Path
 MAX_READBACK = 64 * 1024 * 1024
 
 
-def read_bytes_inside(root: Path, relative: str, *, limit: int = MAX_READBACK) -> bytes:
+def open_inside(root: Path, relative: str):
+    """A regular file under `root`, opened for reading in binary without following a link at any step of the path
+    and without waiting on a FIFO; for files read as a stream (a run's trace), where read_bytes_inside's cap does
+    not fit."""
     parts = [p for p in relative.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
         raise OSError(f"refusing to read {relative!r}: not a plain relative path")
@@ -28,9 +31,15 @@ def read_bytes_inside(root: Path, relative: str, *, limit: int = MAX_READBACK) -
         ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
     finally:
         os.close(fd)
-    with os.fdopen(ffd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(f"refusing to read {relative!r}: not a regular file")
+    f = os.fdopen(ffd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"refusing to read {relative!r}: not a regular file")
+    return f
+
+
+def read_bytes_inside(root: Path, relative: str, *, limit: int = MAX_READBACK) -> bytes:
+    with open_inside(root, relative) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise OSError(f"refusing to read {relative!r}: larger than {limit} bytes")

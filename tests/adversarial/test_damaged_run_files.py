@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -189,3 +190,43 @@ def test_a_meta_naming_another_run_is_listed_under_its_folder(attack, recorded, 
         runs = _listed(attack, home, listing)
         assert sorted(runs) == ["run-a", "run-b"], (listing, sorted(runs, key=str))
         assert _experiments(runs["run-a"]) > 0 and _experiments(runs["run-b"]) > 0, runs
+
+
+
+def _trace_symlink(path: Path, root: Path) -> None:
+    outside = root / "secret.jsonl"
+    outside.write_text(json.dumps({"event": "step_start", "step": 1, "node": SECRET}) + "\n")
+    path.unlink()
+    path.symlink_to(outside)
+
+
+def _blobs_naming(how: str):
+    """Every blob reference of the trace rewritten to name a file outside the run folder that holds the secret."""
+    def damage(path: Path, root: Path) -> None:
+        secret = root / "secret.json"
+        secret.write_text(json.dumps({"prompt": SECRET}))
+        name = str(secret) if how == "absolute" else os.path.relpath(secret, path.parent)
+        text, n = re.subn(r'"\$blob": "[^"]*"', json.dumps({"$blob": name})[1:-1], path.read_text())
+        assert n, "the recorded trace has no blob reference to tamper with"
+        path.write_text(text)
+    return damage
+
+
+TRACE_DAMAGE = {
+    "a FIFO": lambda p, root: (p.unlink(), os.mkfifo(p)),
+    "a symlink out of the folder": _trace_symlink,
+    "blobs naming ../": _blobs_naming("relative"),
+    "blobs naming an absolute path": _blobs_naming("absolute"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TRACE_DAMAGE))
+def test_a_tampered_trace_neither_hangs_nor_reads_outside_the_run_folder(attack, recorded, damage):  # noqa: F811
+    home = _two_runs(recorded, attack.root)
+    TRACE_DAMAGE[damage](home / "runs" / "run-a" / "trace.jsonl", attack.root)
+    for args in (["trace", "show", "run-a", "--json"], ["trace", "show", "run-a", "--step", "1", "--json"],
+                 ["trace", "list", "--json"]):
+        proc = _readfirst(attack, home, args)
+        if SECRET in proc.stdout or SECRET in proc.stderr:
+            attack.escaped(f"`readfirst {' '.join(args)}` read a file outside the run folder through its trace")
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
