@@ -253,6 +253,9 @@ def _commit_baseline(repo: Path, origin: str) -> str:
 
 def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *, ref: str | None = None) -> SourceRepo:
     """Prepare (once) and return the source named: a known name, a git URL (+ ref), or a local path."""
+    if ref is not None and (not ref or ref.startswith("-") or any(c.isspace() or ord(c) < 32 for c in ref)):
+        # git would read a leading dash as one of its options (--upload-pack=..., --output=...)
+        raise SourceError(f"{ref!r} is not a git ref")
     sources_dir.mkdir(parents=True, exist_ok=True)
     spec = KNOWN_SOURCES.get(name_or_location)
     if spec is not None:

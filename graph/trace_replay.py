@@ -243,12 +243,18 @@ def _outcome(error: dict[str, str] | None) -> str:
     return "success" if not error else f"{error.get('type')}: {error.get('message', '')[:200]}"
 
 
-def fork_trees_of(info: dict[str, Any]) -> dict[str, Any]:
-    """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache)."""
+def fork_trees_of(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache). A run folder
+    may come from someone else and names these paths itself: only repositories inside the data directory that
+    holds the run (readfirst's own sources cache) are opened, never a folder elsewhere on the host."""
     from ..sources import GitTree
-    return {name: GitTree(name, Path(t["repo"]), t["revision"], subdirs=tuple(t.get("subdirs") or ()))
-            for name, t in (info.get("fork_trees") or {}).items()
-            if t.get("repo") and Path(t["repo"]).is_dir()}
+    home = run_dir.resolve().parent.parent
+    trees = {}
+    for name, t in (info.get("fork_trees") or {}).items():
+        repo = Path(str(t.get("repo") or "")).resolve() if t.get("repo") else None
+        if repo is not None and repo.is_relative_to(home) and repo.is_dir():
+            trees[name] = GitTree(name, repo, str(t["revision"]), subdirs=tuple(t.get("subdirs") or ()))
+    return trees
 
 
 # -- stand-ins that serve the recording --------------------------------------------------------------------------
@@ -381,7 +387,8 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     replay_target = target if target is not None else ReplayTarget(replayer, info)
     roles: dict[str, Any] = {}
     if has.get("implement") or has.get("plan"):
-        roles = make_roles(llm) if make_roles is not None else llm_roles(llm, replay_target, fork_trees_of(info))
+        roles = (make_roles(llm) if make_roles is not None
+                 else llm_roles(llm, replay_target, fork_trees_of(info, run_dir)))
 
     with tempfile.TemporaryDirectory(prefix="readfirst-replay-") as scratch_name:
         scratch = Path(scratch_name)
@@ -392,7 +399,7 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
                        implement=roles.get("implement"), plan=roles.get("plan"),
                        spent_usd=replayer.value("spent_usd", lambda: 0.0),
                        clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node,
-                       fork_trees=fork_trees_of(info))
+                       fork_trees=fork_trees_of(info, run_dir))
         saver, conn = open_checkpointer(scratch)
         try:
             graph = build_graph(deps, checkpointer=saver)

@@ -230,3 +230,23 @@ def test_a_tampered_trace_neither_hangs_nor_reads_outside_the_run_folder(attack,
         if SECRET in proc.stdout or SECRET in proc.stderr:
             attack.escaped(f"`readfirst {' '.join(args)}` read a file outside the run folder through its trace")
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_replayed_run_opens_no_repository_outside_its_data_directory(attack, tmp_path):
+    # A run folder names the fork trees it read; one sent from elsewhere may name any repository of this host.
+    import subprocess as sp
+    from readfirst.graph.trace_replay import fork_trees_of
+    outside = tmp_path / "elsewhere"
+    sp.run(["git", "init", "-q", str(outside)], check=True)
+    home = tmp_path / "home"
+    inside = home / "cache" / "sources" / "fork"
+    sp.run(["git", "init", "-q", str(inside)], check=True)
+    run_dir = home / "runs" / "run-a"
+    run_dir.mkdir(parents=True)
+    info = {"fork_trees": {"evil": {"repo": str(outside), "revision": "HEAD"},
+                           "dotdot": {"repo": str(run_dir / ".." / ".." / ".." / "elsewhere"), "revision": "HEAD"},
+                           "ours": {"repo": str(inside), "revision": "HEAD"}}}
+    trees = fork_trees_of(info, run_dir)
+    if set(trees) - {"ours"}:
+        attack.escaped(f"replay opened a repository outside the data directory: {sorted(trees)}")
+    assert sorted(trees) == ["ours"]

@@ -206,3 +206,16 @@ def test_a_fifo_named_like_a_source_is_skipped_not_waited_on(attack):
     out = list(recipe_units({"kind": "path", "path": str(tree)}, Paths(attack.root / "home", attack.root / "c")))
     reasons = {s.unit.rsplit(":", 1)[-1]: s.reason for s in out if isinstance(s, Skipped)}
     assert reasons == {"pipe.c": "not a regular file"}, reasons
+
+
+@pytest.mark.parametrize("ref", ["--upload-pack=touch CANARY", "-b", "main\n--output=CANARY", ""])
+def test_a_ref_that_git_would_read_as_an_option_is_refused(attack, tmp_path, ref):
+    project = _repo(tmp_path / "project", {"src/a.c": KERNEL})
+    paths = Paths.resolve(tmp_path / "home")
+    try:
+        prepare_source(str(project), paths.sources, paths.sdists, ref=ref)
+    except SourceError as e:
+        assert "is not a git ref" in str(e)
+    else:
+        attack.escaped(f"the ref {ref!r} was handed to git")
+    assert not list(tmp_path.rglob("CANARY")) and not list(Path.cwd().glob("CANARY"))
