@@ -16,7 +16,7 @@ from ..targets.llama_cpp.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
 from .ledger import Ledger
-from .report import confirmation_text, experiment_table
+from .report import confirmation_text, experiment_table, host_load_text
 from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_meta
 
 
@@ -206,6 +206,8 @@ def run(ctx: typer.Context,
             summary["ray_nodes"] = executor.node_report()
         if hasattr(tgt, "load_watch"):  # this process's measurements (a Ray node's are its own)
             summary["host_load"] = tgt.load_watch.report()
+            # kept with the run, for `report` and the page
+            write_meta(directory, {**read_meta(directory), "host_load": summary["host_load"]})
     except KeyboardInterrupt:
         app.err.print(f"interrupted: progress is saved; continue with `readfirst run --resume {run_id}`")
         raise typer.Exit(130)
@@ -255,11 +257,8 @@ def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
         app.console.print(f"needs an LLM: {item['title']} ({item['where']})", soft_wrap=True)
     if summary.get("calibration"):
         app.console.print(f"noise floor: {summary['calibration']}")
-    load = summary.get("host_load") or {}
-    if load.get("retaken") or load.get("contaminated"):
-        app.console.print(f"busy machine: {load['retaken']} runs retaken because other processes used the "
-                          f"benchmark's CPUs; {load['contaminated']} of {load['measured']} measurements stayed busy "
-                          f"and are marked contaminated")
+    if host_load_text(summary.get("host_load")):
+        app.console.print(f"busy machine: {host_load_text(summary.get('host_load'))}")
     on = summary.get("measured_on") or {}
     if on.get("cpu"):
         app.console.print(f"measured on: {on['cpu']}" + (f", {on['threads']} threads" if on.get("threads") else "")

@@ -225,3 +225,13 @@ def time_figure(bars: list[tuple[str, dict[str, float]]], colours: dict[str, str
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def host_load_text(load: dict[str, Any] | None) -> str:
+    """What other processes did to the run's measurements, in one sentence; empty when they did nothing."""
+    load = load or {}
+    if not (load.get("retaken") or load.get("contaminated")):
+        return ""
+    return (f"{load.get('retaken', 0)} runs retaken because other processes used the benchmark's CPUs; "
+            f"{load.get('contaminated', 0)} of {load.get('measured', 0)} measurements stayed busy and are marked "
+            f"contaminated")

@@ -114,6 +114,7 @@ def _setup(data: dict[str, Any], objective: dict[str, Any]) -> str:
         ("build configuration", esc(json.dumps(build)) if build else ""),
         ("best", esc(json.dumps((state.get("best") or {}).get("variant") or summary.get("best_variant") or ""))),
         ("noise floor", esc(state.get("calibration") or summary.get("calibration") or "not calibrated")),
+        ("busy machine", esc(report.host_load_text(meta.get("host_load") or summary.get("host_load")))),
         ("budget spent", esc("; ".join(budget))),
         ("outcome", esc(f"{figures['experiments']} experiments, {len(figures['kept'])} kept "
                         f"({', '.join(figures['kept']) or 'none'}); best "

@@ -144,3 +144,15 @@ def test_the_page_in_chromium_renders_links_inside_and_asks_for_nothing(cli, fin
     caught = open_page(bad, tmp_path / "bad")
     assert caught.requests == ["http://example.invalid/x.png"] and broken_links(caught.dom) == ["#nowhere"]
     assert external_references(bad.read_text())
+
+
+def test_the_page_says_how_many_runs_a_busy_machine_cost(cli, finished, tmp_path):
+    page = tmp_path / "run.html"
+    assert cli("report", "run-a", "--html", str(page)).exit_code == 0
+    assert "busy machine" not in page.read_text()  # a quiet run says nothing of it
+    meta_path = finished / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "host_load": {"measured": 8, "retaken": 5, "contaminated": 2}}))
+    assert cli("report", "run-a", "--html", str(page)).exit_code == 0
+    text = page.read_text()
+    assert "busy machine" in text and "5 runs retaken" in text and "2 of 8 measurements stayed busy" in text
