@@ -1,9 +1,11 @@
 """Chunks: the unit the knowledge base stores, and how files become chunks.
 
 A chunk's id derives from its origin and its text, so ingesting the same thing twice yields the same ids (nothing
-added) and a changed file yields new ids (its old chunks are replaced). C and C++ are cut along functions with
+added) and a changed file yields new ids (its old chunks are replaced). Source code is cut along functions with
 tree-sitter: a function is one chunk (long ones are split into parts), and the code between functions (types,
-macros, globals) is grouped into windows. Markdown is cut along headings, other text into line windows.
+macros, globals) is grouped into windows. C and C++ use their own grammars; the other languages (GRAMMARS) use
+tree-sitter-language-pack; a language without a grammar is cut into line windows, never dropped. Markdown is cut
+along headings, other text into line windows.
 """
 
 from __future__ import annotations
@@ -126,7 +128,12 @@ def declarator_name(node, *, types: bool = False) -> str:
 
 
 def function_spans(text: str, suffix: str) -> list[FunctionSpan]:
-    """Every function definition in a C/C++ source, in order (also those inside namespaces, classes, #ifdefs)."""
+    """Every function definition in a source, in order: C/C++ (also inside namespaces, classes, #ifdefs), and
+    every language of GRAMMARS (methods named by their class, nested functions by their enclosing one). A suffix
+    without a grammar has no spans: its file is cut into line windows."""
+    if suffix.lower() not in C_EXTENSIONS | CPP_EXTENSIONS:
+        grammar = GRAMMARS.get(suffix.lower())
+        return _grammar_spans(text, grammar) if grammar else []
     parser = c_parser(suffix.lower() in CPP_EXTENSIONS)
     tree = parser.parse(text.encode("utf-8", "replace"))
     spans: list[FunctionSpan] = []
@@ -143,11 +150,129 @@ def function_spans(text: str, suffix: str) -> list[FunctionSpan]:
     return spans
 
 
+# -- other languages: tree-sitter-language-pack --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grammar:
+    """How to find functions in one language: the grammar's name in tree-sitter-language-pack, the node types
+    that define a function, those whose name qualifies the functions inside (classes, impls), and those that
+    wrap a definition and belong to its span (decorators, `export`)."""
+    name: str
+    functions: frozenset[str]
+    containers: frozenset[str] = frozenset()
+    wrappers: frozenset[str] = frozenset()
+
+
+def _grammar(name: str, functions: str, containers: str = "", wrappers: str = "") -> Grammar:
+    return Grammar(name, frozenset(functions.split()), frozenset(containers.split()), frozenset(wrappers.split()))
+
+
+# `variable_declarator` is a function only when it holds one (`const f = () => ...`): see _function_name.
+_JS = ("function_declaration generator_function_declaration method_definition variable_declarator",
+       "class_declaration class abstract_class_declaration", "export_statement")
+_PYTHON = _grammar("python", "function_definition", "class_definition", "decorated_definition")
+_RUST = _grammar("rust", "function_item", "impl_item trait_item")
+_GO = _grammar("go", "function_declaration method_declaration")
+_JAVA = _grammar("java", "method_declaration constructor_declaration",
+                 "class_declaration interface_declaration enum_declaration record_declaration")
+GRAMMARS: dict[str, Grammar] = {
+    ".py": _PYTHON, ".pyi": _PYTHON, ".rs": _RUST, ".go": _GO, ".java": _JAVA,
+    ".js": _grammar("javascript", *_JS), ".mjs": _grammar("javascript", *_JS), ".cjs": _grammar("javascript", *_JS),
+    ".jsx": _grammar("javascript", *_JS), ".ts": _grammar("typescript", *_JS), ".tsx": _grammar("tsx", *_JS),
+}
+_FUNCTION_VALUES = {"arrow_function", "function_expression", "function", "generator_function"}
+
+
+def has_grammar(suffix: str) -> bool:
+    """Whether files with this suffix are cut along their functions (else into line windows)."""
+    return suffix.lower() in CODE_EXTENSIONS or suffix.lower() in GRAMMARS
+
+
+@lru_cache(maxsize=16)
+def grammar_parser(name: str):
+    """A tree-sitter parser for one language of tree-sitter-language-pack (grammars ship compiled in the wheel:
+    nothing is downloaded); None when the pack cannot give it, and the file is then cut into line windows."""
+    try:
+        from tree_sitter_language_pack import get_parser
+        return get_parser(name)
+    except (ImportError, LookupError, ValueError, OSError):
+        return None
+
+
+def _node_text(node) -> str:
+    return node.text.decode("utf-8", "replace") if node is not None else ""
+
+
+def _bare_type(text: str) -> str:
+    """`*Foo[T]`, `Foo<T>`, `&mut Foo` -> `Foo`: the type a method belongs to."""
+    text = text.split("<")[0].split("[")[0]
+    return text.replace("&", " ").replace("*", " ").replace("mut ", " ").split()[-1] if text.strip() else ""
+
+
+def _function_name(node) -> str | None:
+    """The name of the function `node` defines, or None when it defines none (a variable holding no function)."""
+    if node.type == "variable_declarator":
+        value = node.child_by_field_name("value")
+        return _node_text(node.child_by_field_name("name")) if value is not None and \
+            value.type in _FUNCTION_VALUES else None
+    name = _node_text(node.child_by_field_name("name"))
+    receiver = node.child_by_field_name("receiver")  # Go: func (r *Foo) M() is Foo.M
+    if receiver is not None:
+        param = next((c for c in receiver.named_children if c.type == "parameter_declaration"), None)
+        owner = _bare_type(_node_text(param.child_by_field_name("type"))) if param is not None else ""
+        return f"{owner}.{name}" if owner else name
+    return name
+
+
+def _container_name(node) -> str:
+    named = node.child_by_field_name("name") or node.child_by_field_name("type")
+    return _bare_type(_node_text(named)) if named is not None else ""
+
+
+def _outer(node, grammar: Grammar):
+    """The node whose lines a definition spans: with its decorators or `export`, and a `const f = () => ...`
+    with its `const`."""
+    outer = node
+    if node.type == "variable_declarator" and node.parent is not None and len(node.parent.named_children) == 1:
+        outer = node.parent
+    while outer.parent is not None and outer.parent.type in grammar.wrappers:
+        outer = outer.parent
+    return outer
+
+
+def _grammar_spans(text: str, grammar: Grammar) -> list[FunctionSpan]:
+    parser = grammar_parser(grammar.name)
+    if parser is None:
+        return []
+    tree = parser.parse(text.encode("utf-8", "replace"))
+    spans: list[FunctionSpan] = []
+    stack: list[tuple[Any, str]] = [(tree.root_node, "")]
+    while stack:
+        node, prefix = stack.pop()
+        inner = prefix
+        if node.type in grammar.functions:
+            name = _function_name(node)
+            if name is not None:
+                outer = _outer(node, grammar)
+                inner = f"{prefix}{name or '<anonymous>'}."
+                spans.append(FunctionSpan(inner[:-1], outer.start_point[0] + 1, outer.end_point[0] + 1))
+        elif node.type in grammar.containers:
+            owner = _container_name(node)
+            inner = f"{prefix}{owner}." if owner else prefix
+        stack.extend((child, inner) for child in reversed(node.children))
+    spans.sort(key=lambda s: s.start_line)
+    return spans
+
+
 def symbol_at(spans: list[FunctionSpan], line: int) -> str:
+    """The innermost function holding `line` (spans are sorted by start: the last that holds it)."""
+    name = ""
     for span in spans:
-        if span.start_line <= line <= span.end_line:
-            return span.name
-    return ""
+        if span.start_line > line:
+            break
+        if line <= span.end_line:
+            name = span.name
+    return name
 
 
 def _header(origin: dict[str, Any]) -> str:
@@ -163,7 +288,8 @@ def _line_pieces(start: int, end: int, max_lines: int) -> list[tuple[int, int]]:
 
 def chunk_code(text: str, *, path: str, kind: str, unit: str, repo: str = "", revision: str = "",
                max_lines: int = MAX_CHUNK_LINES) -> list[Chunk]:
-    """A C/C++ file as chunks: one per function (long ones in parts), the rest in windows between them."""
+    """A source file as chunks: one per function (long ones in parts), the rest in windows between them (the
+    whole file in windows when its language has no grammar)."""
     lines = text.splitlines()
     spans = function_spans(text, Path(path).suffix)
     pieces: list[tuple[int, int, str]] = []
@@ -228,12 +354,12 @@ def chunk_text(text: str, *, path: str, kind: str, unit: str, repo: str = "", re
 def chunk_file(path: Path, rel: str, *, kind: str, unit: str, repo: str = "", revision: str = "") -> Unit | Skipped:
     """One file as a unit: code by function, text by section; anything else is skipped with its reason."""
     suffix = path.suffix.lower()
-    if suffix not in CODE_EXTENSIONS and suffix not in TEXT_EXTENSIONS:
+    if not has_grammar(suffix) and suffix not in TEXT_EXTENSIONS:
         return Skipped(unit, f"not a source or text file ({suffix or 'no extension'})")
     text = read_text_file(path)
     if isinstance(text, Skipped):
         return Skipped(unit, text.reason)
-    if suffix in CODE_EXTENSIONS:
+    if has_grammar(suffix):
         chunks = chunk_code(text, path=rel, kind=kind, unit=unit, repo=repo, revision=revision)
     else:
         chunks = chunk_text(text, path=rel, kind=kind, unit=unit, repo=repo, revision=revision)
