@@ -36,8 +36,8 @@ def _root(ctx: typer.Context,
 
 
 def _register() -> None:
-    from . import cli_kb, cli_main, cli_run, cli_sandbox, cli_trace
-    for group in (cli_main, cli_run, cli_sandbox, cli_kb, cli_trace):
+    from . import cli_init, cli_kb, cli_main, cli_run, cli_sandbox, cli_trace
+    for group in (cli_main, cli_init, cli_run, cli_sandbox, cli_kb, cli_trace):
         group.register(app)
 
 
