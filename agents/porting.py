@@ -11,9 +11,13 @@ Two ways in, both reading the trees themselves (protocols.Tree), not only the kn
   lands first (the tree's file), then in the fork's file of the definition, then in its other files.
 
 A hunk that deletes a function the fork still defines elsewhere is a move, not a candidate: the function port
-stands for it. A candidate that cannot be made is a `Dropped` with its reason (no anchor, conflict, signature
-differs, needs symbols the tree lacks, moved) and the function it concerns; the run's summary lists them. What can be made may still not build: that is an
-experiment discarded at the build gate with the compiler's first error, which costs an incremental rebuild.
+stands for it. Every port is parsed once made (tree-sitter): one with a syntax error that neither the tree's file
+nor the fork's had is dropped with the parser's line and node, never built. A port whose code, normalized (no
+comments, whitespace, parameter names, `struct` before a type...), equals the tree's changes nothing a benchmark
+could measure: dropped as "no change". A candidate that cannot be made is a `Dropped` with its reason (no anchor,
+conflict, signature differs, needs symbols the tree lacks, moved, does not parse, no change) and the function it
+concerns; the run's summary lists them. What can be made may still not build: that is an experiment discarded at
+the build gate with the compiler's first error, which costs an incremental rebuild.
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ REASONS = {
     "no file": "the file is not in the current tree",
     "not hot": "the file it changes is not among the target's hot files",
     "moved": "it deletes a function the fork still defines elsewhere: the fork moved it (ported as a function)",
+    "does not parse": "the ported file has a syntax error (tree-sitter's) that neither the tree's file nor the "
+                      "fork's had",
+    "no change": "it differs only in spelling: comments, whitespace, parameter names, `struct`/`enum` before a "
+                 "type, redundant parentheses or semicolons",
 }
 MIN_ANCHOR_LINES = 2     # lines of real code (not braces or blanks) an anchor must match, after any fuzz
 
@@ -166,6 +174,12 @@ def _uses(node, known: frozenset[str] | set[str] = frozenset()) -> frozenset[str
             name = n.child_by_field_name("name")
             if name is not None:
                 declared.add(name.text.decode())
+            params, body = n.child_by_field_name("parameters"), n.child_by_field_name("value")
+            if params is not None and body is not None:
+                # A function-like macro's parameters are its own, not names the tree must have (ROTL(x, r)).
+                own = set(_WORD.findall(params.text.decode("utf-8", "replace")))
+                used.update(w for w in _WORD.findall(body.text.decode("utf-8", "replace")) if w not in own)
+                continue
         elif n.type == "preproc_arg":  # a macro's body is text to tree-sitter: read its words
             used.update(_WORD.findall(n.text.decode("utf-8", "replace")))
         elif n.type == "field_identifier":
@@ -228,7 +242,12 @@ def _definitions_cached(text: str, cpp: bool) -> tuple[Definition, ...]:
     starts.append(len(text))
 
     def lines_of(node) -> tuple[int, int]:
-        return starts[node.start_point[0]], starts[min(node.end_point[0] + 1, len(starts) - 1)]
+        last = node.end_point[0]
+        if node.end_point[1] == 0 and last > node.start_point[0]:
+            # A node that ends with its newline (a #define, an #include) ends at column 0 of the next line: that
+            # line is not its own (it was the function below a macro, or the #endif that closes it).
+            last -= 1
+        return starts[node.start_point[0]], starts[min(last + 1, len(starts) - 1)]
 
     out: list[Definition] = []
     stack = list(reversed(tree.root_node.children))
@@ -276,6 +295,127 @@ def _is_code(path: str) -> bool:
 
 def _std(name: str) -> bool:
     return name in _STD or bool(_INTRINSIC.match(name))
+
+
+# -- checks on a made port: it parses, and it changes something ---------------------------------------------------
+
+def _cpp(path: str) -> bool:
+    return Path(path).suffix.lower() != ".c"
+
+
+@lru_cache(maxsize=32)
+def _parsed(text: str, cpp: bool):
+    # The tree's file is parsed once for all the ports into it.
+    return c_parser(cpp).parse(text.encode("utf-8", "replace"))
+
+
+def _syntax_errors(text: str, path: str) -> list[tuple[str, str]]:
+    """tree-sitter's ERROR and MISSING nodes in the file, in order: (what identifies it wherever it stands, where
+    and what it is). A MISSING node is identified by the line it is missing from, an ERROR by its text."""
+    root = _parsed(text, _cpp(path)).root_node
+    lines = text.split("\n")
+    out: list[tuple[str, str]] = []
+    stack = [root] if root.has_error else []
+    while stack:
+        node = stack.pop()
+        row = node.start_point[0]
+        if node.is_missing:
+            line = " ".join(lines[row].split()) if row < len(lines) else ""
+            out.append((f"missing {node.type} in {line}", f"line {row + 1}: missing `{node.type}`"))
+        elif node.type == "ERROR":
+            said = " ".join(node.text.decode("utf-8", "replace").split())
+            out.append((f"ERROR {said[:400]}", f"line {row + 1}: ERROR at `{said[:60]}`"))
+        else:
+            stack.extend(reversed([c for c in node.children if c.has_error]))
+    return out
+
+
+def parse_problem(path: str, before: str, after: str, sources: Sequence[tuple[str, str]] = ()) -> str:
+    """Why `after` (a file of the tree with a port applied) does not parse, as tree-sitter says it: the first
+    syntax error it has that `before` (the tree's file) did not have, nor the fork's files the port came from
+    (`sources`: (path, text); code tree-sitter misreads as written, such as a macro it does not know, compiles
+    where it came from). "" when it parses."""
+    errors = _syntax_errors(after, path)
+    if not errors:
+        return ""
+    allowed: dict[str, int] = {}
+    pending = [(path, before), *sources]
+    for key, where in errors:
+        while allowed.get(key, 0) <= 0 and pending:
+            for k, _ in _syntax_errors(*reversed(pending.pop(0))):
+                allowed[k] = allowed.get(k, 0) + 1
+        if allowed.get(key, 0) <= 0:
+            return where
+        allowed[key] -= 1
+    return ""
+
+
+_ELABORATED = {"struct_specifier", "enum_specifier", "union_specifier", "class_specifier"}
+# What binds tighter than any operator: parentheses around it change nothing.
+_PRIMARY = {"identifier", "number_literal", "string_literal", "char_literal", "concatenated_string", "true", "false",
+            "null", "nullptr", "field_expression", "subscript_expression", "call_expression",
+            "parenthesized_expression"}
+# Where a whole expression stands alone: parentheses around it change nothing (but a comma's, in an argument).
+_WHOLE = {"return_statement", "expression_statement", "init_declarator", "argument_list", "if_statement",
+          "while_statement", "do_statement", "switch_statement", "condition_clause", "initializer_list"}
+
+
+def _redundant_parens(node) -> bool:
+    inner = [c for c in node.named_children if c.type != "comment"]
+    if len(inner) != 1:
+        return False
+    return inner[0].type in _PRIMARY or (node.parent is not None and node.parent.type in _WHOLE
+                                         and inner[0].type != "comma_expression")
+
+
+def _parameter_names(function) -> dict[str, str]:
+    """A function definition's parameter names -> their position ($p0, $p1...)."""
+    node = function.child_by_field_name("declarator")
+    while node is not None and node.type != "function_declarator":
+        node = node.child_by_field_name("declarator")
+    params = node.child_by_field_name("parameters") if node is not None else None
+    if params is None:
+        return {}
+    names = [declarator_name(d) for p in params.named_children for d in p.children_by_field_name("declarator")]
+    return {n: f"$p{i}" for i, n in enumerate(names) if n}
+
+
+def normalized(text: str, path: str) -> tuple[str, ...]:
+    """The code's tokens as the compiler reads them, less what only spells it: comments, whitespace, `struct`,
+    `enum`, `union` before a type name (C++ needs none, C compiles either way where both do), the names of
+    parameters (by position instead), parentheses around a primary or a whole expression, empty statements."""
+    out: list[str] = []
+    stack: list[tuple[Any, dict[str, str]]] = [(_parsed(text, _cpp(path)).root_node, {})]
+    while stack:
+        node, params = stack.pop()
+        kind = node.type
+        if kind == "comment" or (kind == "expression_statement" and node.child_count == 1):
+            continue
+        if kind == "function_definition":
+            params = _parameter_names(node)
+        if node.child_count == 0:
+            parent = node.parent
+            if kind in ("struct", "enum", "union", "class") and parent is not None and parent.type in _ELABORATED \
+                    and parent.child_by_field_name("body") is None:
+                continue
+            word = node.text.decode("utf-8", "replace")
+            if kind == "identifier":
+                word = params.get(word, word)
+            elif kind == "preproc_arg":
+                word = " ".join(_COMMENT.sub(" ", word).split())
+            if word:
+                out.append(word)
+            continue
+        children = node.children
+        if kind == "parenthesized_expression" and _redundant_parens(node):
+            children = [c for c in children if c.type not in ("(", ")")]
+        stack.extend((c, params) for c in reversed(children))
+    return tuple(out)
+
+
+def no_change(path: str, before: str, after: str) -> bool:
+    """Whether `after` is `before` spelled otherwise (see normalized): nothing a benchmark could measure."""
+    return before != after and normalized(before, path) == normalized(after, path)
 
 
 # -- function-level ports ----------------------------------------------------------------------------------------
@@ -467,8 +607,11 @@ def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
         return Dropped("function", what, "ambiguous", ", ".join(sorted({p for p, _, _ in ours + theirs})), name)
     path, mine, text = ours[0]
     fork_path, fork_def, fork_text = theirs[0]
-    if _same(mine.text, fork_def.text):
+    if mine.text == fork_def.text:
         return None  # the same code: nothing to port
+    ported = adapt(fork_def.text, name, mine.text, from_path=fork_path, into_path=path)
+    if no_change(path, mine.text, ported):
+        return Dropped("function", what, "no change", "only comments, whitespace or spelling differ", name)
     mine_sig, fork_sig = signature(mine.text, name), signature(fork_def.text, name)
     if mine_sig != fork_sig:
         return Dropped("function", what, "signature differs",
@@ -485,7 +628,6 @@ def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
         helpers, unresolved = _helpers(needed, sources, visible, tree.known)
     if unresolved:
         return Dropped("function", what, "unresolved", ", ".join(sorted(unresolved)[:8]), name)
-    ported = adapt(fork_def.text, name, mine.text, from_path=fork_path, into_path=path)
     brought = "".join(adapt(h.text, h.name, "", from_path=p, into_path=path)
                       + ("\n" if not h.text.endswith("\n\n") else "") for p, h in helpers)
     names = [h.name for _, h in helpers]
@@ -493,6 +635,9 @@ def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
     header = f"// ported from {fork.name} {fork_path}" + (f" (with {', '.join(names)}" + (
         f"; from {', '.join(froms)}" if froms else "") + ")" if helpers else "") + "\n"
     new_text = text[:mine.start] + header + brought + ported + text[mine.end:]
+    problem = parse_problem(path, text, new_text, sources)
+    if problem:
+        return Dropped("function", what, "does not parse", problem, name)
     patch, changed = unified_patch(path, text, new_text)
     if not patch:
         return None
@@ -587,6 +732,7 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
             return Dropped("hunk", what, "no file", f"{path} at {hunk['commit'][:12]}")
         merged, conflicts = merge_file(ours, parent, theirs)
         how = f"the fork's commit {hunk['commit'][:12]}"
+        real = [(path, theirs)]  # the fork's file as it is: what tree-sitter misreads there is no port's doing
     else:
         tagged = hunk_lines(hunk.get("text", ""))
         if tagged is None:
@@ -600,6 +746,7 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
             if merged is None:
                 return Dropped("hunk", what, "no anchor")
         how = "the fork's hunk"
+        real = [(path, original)] if original is not None else []
     if conflicts:
         return Dropped("hunk", what, "conflict", f"{conflicts} conflicting region{'s' * (conflicts > 1)}",
                        hunk.get("symbol", ""))
@@ -611,11 +758,17 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
     names = touched(path, ours, patch)
     named = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     what = f"{hunk.get('repo', 'fork')} hunk in {path} {named or hunk.get('symbol') or ''}".strip()
+    symbol = names[0] if names else hunk.get("symbol", "")
+    if no_change(path, ours, merged):
+        return Dropped("hunk", what, "no change", "only comments, whitespace or spelling differ", symbol)
     moved = moved_away(path, ours, merged, fork, hot_paths) if fork is not None else []
     if moved:
         return Dropped("hunk", what, "moved", "; ".join(f"{n} moved to {p}" for n, p in moved), moved[0][0])
+    problem = parse_problem(path, ours, merged, real)
+    if problem:
+        return Dropped("hunk", what, "does not parse", problem, symbol)
     where = f"{named} in {path}" if named else f"{path} {hunk.get('symbol') or ''}".strip()
-    return Candidate("hunk", f"port {how} to {where}", path, names[0] if names else hunk.get("symbol", ""),
+    return Candidate("hunk", f"port {how} to {where}", path, symbol,
                      hunk.get("repo", ""), path, patch, changed, chunk=hunk.get("id", ""))
 
 

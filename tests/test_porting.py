@@ -292,3 +292,123 @@ def test_a_helper_the_fork_keeps_in_another_file_comes_with_its_body_not_its_pro
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     assert subprocess.run([str(exe)]).returncode == 0
+
+
+# -- a port is parsed before it is built; a port that changes nothing is no candidate (issue 30) -----------------
+
+MIX_UP = "#include <stdint.h>\n\nuint32_t mix(uint32_t x, uint32_t k) {\n    return x * 3u + k;\n}\n"
+
+
+def test_a_macro_defined_on_the_line_above_the_function_comes_along_once_and_the_port_compiles(tmp_path):
+    # A #define ends with its newline: read as ending on the line after it, it took the function's first line
+    # along and the port said `uint32_t mix(...) {` twice. The same for a macro closed by the #endif below it.
+    fork_c = ("#include <stdint.h>\n\n#ifndef MIX_SHIFT\n#define MIX_SHIFT 5\n#endif\n"
+              "#define ROTL(x, r) (((x) << (r)) | ((x) >> (32 - (r))))\n"
+              "uint32_t mix(uint32_t x, uint32_t k) {\n    return ROTL(x, MIX_SHIFT) ^ k;\n}\n")
+    up = make_tree(tmp_path / "up", {"mix.c": MIX_UP})
+    fork = make_tree(tmp_path / "fork", {"mix.c": fork_c}, name="fork")
+    ports = porting.function_ports(up, [fork], hot_paths=["*"])
+    assert ports.dropped == []
+    [port] = ports.candidates
+    assert set(port.helpers) == {"ROTL", "MIX_SHIFT"}
+    apply(up, port.patch)
+    ported = (up.repo / "mix.c").read_text()
+    assert ported.count("uint32_t mix(") == 1 and ported.count("#endif") == 0, ported
+    built = compiles(ported, tmp_path)
+    assert built.returncode == 0, built.stderr
+
+
+def test_the_parse_check_names_the_line_and_node_of_what_the_port_broke_and_forgives_what_was_there():
+    broken = MIX_UP.replace("    return x * 3u + k;\n}\n", "    return x * 3u + k;\n")
+    problem = porting.parse_problem("mix.c", MIX_UP, broken)
+    assert problem.startswith("line ") and ("missing" in problem or "ERROR" in problem), problem
+    assert porting.parse_problem("mix.c", MIX_UP, MIX_UP.replace("3u", "5u")) == ""
+    # A construct tree-sitter cannot read that the tree already had (a macro it does not know) is no new error.
+    odd = MIX_UP + "int g(int a) { return FANCY_LOOP(a) {} a; }\n"
+    assert porting.parse_problem("mix.c", odd, odd.replace("3u", "5u")) == ""
+    # ...nor is one the fork's own file has (it is the fork's code as written), from where the port came.
+    assert porting.parse_problem("mix.c", MIX_UP, odd, sources=[("fork/mix.c", odd)]) == ""
+    assert porting.parse_problem("mix.c", MIX_UP, odd).startswith("line 6: ")
+
+
+def test_a_function_port_that_would_not_parse_is_dropped_with_the_parsers_reason(tmp_path, monkeypatch):
+    # The engine's adaptation is where a port gets mangled (it was the macro's span before): whatever it makes
+    # that does not parse never reaches a build.
+    up = make_tree(tmp_path / "up", {"mix.c": MIX_UP})
+    fork = make_tree(tmp_path / "fork", {"mix.c": MIX_UP.replace("x * 3u", "x * 5u")}, name="fork")
+    real = porting.adapt
+    monkeypatch.setattr(porting, "adapt", lambda *a, **k: real(*a, **k).rstrip().rstrip("}") + "\n")
+    ports = porting.function_ports(up, [fork], hot_paths=["*"])
+    assert ports.candidates == []
+    [dropped] = ports.dropped
+    assert (dropped.reason, dropped.symbol) == ("does not parse", "mix")
+    assert dropped.detail.startswith("line "), dropped.detail
+
+
+def test_a_hunk_port_that_would_not_parse_is_dropped_with_the_parsers_reason(tmp_path):
+    up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    hunk = {"id": "c9", "repo": "fork", "path": "a.c", "symbol": "sum", "text": (
+        "// fork-diff fork vs up: a.c:6-10 sum\n@@ -6,5 +6,4 @@ int sum(const int * x, size_t n) {\n"
+        "     int s = 0;\n     for (size_t i = 0; i < n; i++) {\n         s += x[i];\n-    }\n"
+        "     return s * scale;")}
+    made = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file)
+    assert isinstance(made, porting.Dropped) and made.reason == "does not parse", made
+    assert made.detail.startswith("line ") and made.symbol == "sum"
+
+
+ACC_UP = """#include <stddef.h>
+
+typedef struct acc { int total; } acc;
+
+int add_all(acc * a, const int * xs, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        a->total += xs[i];
+    }
+    return a->total;
+}
+"""
+# The same function, spelled otherwise: a comment, `struct` before the type, other parameter names, parentheses
+# and an empty statement that change nothing.
+ACC_RESPELLED = """int add_all(struct acc *out, const int *values, size_t count)
+{
+    /* accumulate into the caller's total */
+    for (size_t i = 0; i < count; i++) {
+        out->total += (values[i]);  // one at a time
+    };
+    return (out->total);
+}
+"""
+
+
+def test_a_fork_function_that_differs_only_in_spelling_is_dropped_as_no_change_and_counted(tmp_path):
+    up = make_tree(tmp_path / "up", {"acc.c": ACC_UP})
+    fork = make_tree(tmp_path / "fork", {"acc.c": ACC_UP[:ACC_UP.index("int add_all")] + ACC_RESPELLED},
+                     name="fork")
+    ports = porting.function_ports(up, [fork], hot_paths=["*"])
+    assert ports.candidates == []
+    [dropped] = ports.dropped
+    assert (dropped.reason, dropped.symbol) == ("no change", "add_all")
+    sources = ForkSources(current=up, base=up, forks={"fork": fork}, hot_paths=["*"], merge_file=merge_file)
+    proposal = propose([], variants=[], tried=set(), profile_finding="Fprof", forks=sources)
+    assert proposal.stats()["dropped"] == {"no change": 1}
+    assert not [h for h in proposal.hypotheses if h["source_kind"] == "fork"]
+
+
+def test_a_fork_function_that_differs_by_one_real_token_is_still_proposed(tmp_path):
+    up = make_tree(tmp_path / "up", {"acc.c": ACC_UP})
+    one = ACC_RESPELLED.replace("out->total += (values[i])", "out->total ^= (values[i])")
+    fork = make_tree(tmp_path / "fork", {"acc.c": ACC_UP[:ACC_UP.index("int add_all")] + one}, name="fork")
+    ports = porting.function_ports(up, [fork], hot_paths=["*"])
+    assert ports.dropped == []
+    [port] = ports.candidates
+    assert port.symbol == "add_all" and "^= (values[i])" in port.patch
+
+
+def test_a_hunk_that_only_changes_comments_or_whitespace_is_dropped_as_no_change(tmp_path):
+    up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
+    for new in ("+        s += x[i];  // each element", "+        s +=   x[i];"):
+        hunk = {"id": "c1", "repo": "fork", "path": "a.c", "symbol": "sum",
+                "text": HUNK.replace("+        s += 2 * x[i];", new)}
+        made = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file)
+        assert isinstance(made, porting.Dropped) and made.reason == "no change", made
+        assert made.symbol == "sum"
