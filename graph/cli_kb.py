@@ -87,6 +87,8 @@ def _report(app: AppContext, source: str, summary: IngestSummary, *, as_json: bo
         for reason, n in sorted(reasons.items(), key=lambda r: -r[1]):
             example = next(u for u, r in summary.skipped if r == reason).split("::")[-1]
             app.console.print(f"  skipped {n}: {reason} (e.g. {example})", soft_wrap=True, markup=False)
+        for note in summary.notes:
+            app.console.print(note, soft_wrap=True, markup=False)
     return data
 
 

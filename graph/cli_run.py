@@ -169,6 +169,7 @@ def run(ctx: typer.Context,
                                            upstream=tgt.describe().get("source") or spec.get("source", source),
                                            subdirs=meta.get("fork_subdirs") or [], say=app.say,
                                            as_trees=meta.get("as_trees"), chroma_url=meta.get("chroma_url"),
+                                           hot_paths=deps_root.fork_hot_paths(tgt, spec),
                                            readings=deps_root.target_readings(
                                                tgt, spec, reading_list=meta.get("reading_list", True),
                                                backend_gaps=meta.get("backend_gaps", True)))

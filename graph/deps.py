@@ -8,7 +8,7 @@ return. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,15 @@ def target_readings(target, spec: dict[str, Any], *, reading_list: bool = True, 
     return out
 
 
+def fork_hot_paths(target, spec: dict[str, Any]) -> tuple[str, ...]:
+    """What of a fork the run reads: what the target calls hot, in any language; llama.cpp reads its forks'
+    C/C++ and Markdown under ggml/src as before (its hot paths name only the CPU backend)."""
+    return () if spec.get("name") == "llama.cpp" else tuple(getattr(target, "hot_paths", ()) or ())
+
+
 def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], upstream: str, subdirs: list[str],
                         say: Say, as_trees: bool | None = None, chroma_url: str | None = None,
-                        readings: list[dict[str, Any]] = ()):
+                        readings: list[dict[str, Any]] = (), hot_paths: Sequence[str] = ()):
     """Ingest what the run names first (one writer at a time), then open the store for reading (embedded Chroma
     in the data directory, or the Chroma server at `chroma_url`). `as_trees` None: forks are compared as
     `kb ingest fork` would choose (history for git forks, file by file for vendored trees). `readings`: the
@@ -100,7 +106,8 @@ def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], up
     from ..knowledge_base.ingest import fork_recipe, paper_recipes, run_recipe, source_key
     from ..knowledge_base.store import KnowledgeBase
     embedder = make_embedder(export_dir=paths.models / "embeddings")  # the one `readfirst kb` uses by default
-    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs, as_trees=as_trees) for f in forks]
+    recipes = [fork_recipe(f, upstream=upstream, subdirs=subdirs, as_trees=as_trees, paths=hot_paths)
+               for f in forks]
     recipes += paper_recipes(papers) if papers else []
     recipes += list(readings)
     if recipes:
@@ -122,6 +129,8 @@ def open_knowledge_base(paths: Paths, *, forks: list[str], papers: list[str], up
                     source, summary = run_recipe(kb, recipe, paths)
                     say(f"{source}: {summary.added} added, {summary.unchanged} unchanged, "
                         f"{summary.replaced} replaced, {len(summary.skipped)} skipped")
+                    for note in summary.notes:
+                        say(note)
                     if revisions:
                         kb.record_source(source, {**recipe, "revisions": revisions, "complete": True})
         finally:

@@ -5,6 +5,11 @@ Two shapes of fork:
 - without (a vendored tree, e.g. ik_llama.cpp from its sdist against llama.cpp from another): the diff of every
   file both trees have (one chunk per hunk), and every fork-only source file chunked by function.
 
+What a fork contributes is decided by the target: with `paths` (the target's hot_paths), every text file under
+them, in any language, and the Markdown that explains it; a file outside them, binary or over the size cap is
+skipped with that reason, so that a fork giving nothing says why. Without `paths` (llama.cpp), its C/C++ sources
+and Markdown, as always.
+
 Both repositories are read through a scratch bare repository whose object store borrows theirs (git alternates):
 git then diffs the two baselines directly, renames included, without copying or touching either repository.
 """
@@ -21,10 +26,13 @@ from unidiff import PatchSet
 
 from ..errors import KnowledgeBaseError, SourceError
 from ..foreign_git import hardened_env, locate
+from ..records import in_paths
 from .chunking import (CODE_EXTENSIONS, MAX_CHUNK_LINES, MAX_FILE_BYTES, Chunk, Skipped, Unit, chunk_code,
-                       chunk_text, function_spans, symbol_at)
+                       chunk_text, function_spans, has_grammar, symbol_at)
 
+# Without the target's hot paths: the sources of a C/C++ project (llama.cpp) and their Markdown.
 FORK_EXTENSIONS = CODE_EXTENSIONS | {".md"}
+OUTSIDE_HOT_PATHS = "outside the target's hot_paths"
 MAX_COMMITS = 500
 
 
@@ -90,9 +98,23 @@ def _object_dir(repo: Path) -> Path:
         raise KnowledgeBaseError(f"{repo} is not a git repository readfirst can read: {e}") from e
 
 
-def _wanted(path: str, subdirs: Sequence[str]) -> bool:
-    return Path(path).suffix.lower() in FORK_EXTENSIONS and (
-        not subdirs or any(path == s or path.startswith(s.rstrip("/") + "/") for s in subdirs))
+def _in_subdirs(path: str, subdirs: Sequence[str]) -> bool:
+    return not subdirs or any(path == s or path.startswith(s.rstrip("/") + "/") for s in subdirs)
+
+
+def _wanted(path: str, subdirs: Sequence[str], paths: Sequence[str] = ()) -> bool:
+    """Whether the fork's change to `path` is read: under the target's hot paths (any language) or Markdown;
+    without hot paths, by extension."""
+    if not _in_subdirs(path, subdirs):
+        return False
+    if paths:
+        return in_paths(path, paths) or path.lower().endswith(".md")
+    return Path(path).suffix.lower() in FORK_EXTENSIONS
+
+
+def _spans(text: str | Skipped, path: str) -> list:
+    suffix = Path(path).suffix
+    return function_spans(text, suffix) if isinstance(text, str) and has_grammar(suffix) else []
 
 
 def _span_index(spans, line: int | None) -> int | None:
@@ -141,7 +163,7 @@ def _hunk_chunks(patch_file, *, header: str, kind: str, unit: str, fork: Side, s
                     votes[name] = votes.get(name, 0) + 1
             symbol = max((n for n in votes if n), key=lambda n: votes[n], default="")
             if not symbol and "(" in hunk.section_header:
-                symbol = hunk.section_header.split("(")[0].split()[-1]
+                symbol = (hunk.section_header.split("(")[0].split() or [""])[-1]
             target_lines = [ln.target_line_no for ln in piece if ln.target_line_no]
             origin = {"repo": fork.name, "revision": revision, "path": patch_file.path,
                       "start_line": min(target_lines) if target_lines else hunk.target_start,
@@ -153,7 +175,8 @@ def _hunk_chunks(patch_file, *, header: str, kind: str, unit: str, fork: Side, s
     return chunks
 
 
-def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()) -> Iterator[Unit | Skipped]:
+def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = (), paths: Sequence[str] = ()
+               ) -> Iterator[Unit | Skipped]:
     """Vendored trees: a unit per changed file (its hunks) and per fork-only file (its functions)."""
     fork, upstream = scratch.fork, scratch.upstream
     status = scratch.git("diff", "--name-status", "-M", "--no-color", upstream.revision, fork.revision,
@@ -161,15 +184,19 @@ def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()
     for line in status.splitlines():
         fields = line.split("\t")
         code, path = fields[0], fields[-1]
-        if not _wanted(path, subdirs) or code.startswith("D"):
+        if code.startswith("D"):
             continue  # upstream-only files say nothing about the fork
+        if not _wanted(path, subdirs, paths):
+            if paths and _in_subdirs(path, subdirs):
+                yield Skipped(f"{source}::{'file' if code.startswith('A') else 'diff'}:{path}", OUTSIDE_HOT_PATHS)
+            continue
         if code.startswith("A"):
             unit = f"{source}::file:{path}"
             text = scratch.blob(fork.revision, path)
             if isinstance(text, Skipped):
                 yield Skipped(unit, text.reason)
                 continue
-            if Path(path).suffix.lower() in CODE_EXTENSIONS:
+            if has_grammar(Path(path).suffix):
                 chunks = chunk_code(text, path=path, kind="fork-code", unit=unit, repo=fork.name,
                                     revision=fork.revision)
             else:
@@ -189,7 +216,7 @@ def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()
         if isinstance(text, Skipped):
             yield Skipped(unit, text.reason)
             continue
-        spans = function_spans(text, Path(path).suffix) if Path(path).suffix.lower() in CODE_EXTENSIONS else []
+        spans = _spans(text, path)
         try:
             patch = PatchSet(diff)
         except Exception as e:  # unidiff raises its own parse error for diffs it cannot read
@@ -206,7 +233,7 @@ def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()
 
 
 def commit_units(scratch: ScratchRepo, merge_base: str, *, source: str, subdirs: Sequence[str] = (),
-                 max_commits: int = MAX_COMMITS) -> Iterator[Unit | Skipped]:
+                 paths: Sequence[str] = (), max_commits: int = MAX_COMMITS) -> Iterator[Unit | Skipped]:
     """A git fork: one unit per commit since the merge base, each hunk a chunk that carries the commit message."""
     fork, upstream = scratch.fork, scratch.upstream
     shas = scratch.git("rev-list", "--no-merges", f"--max-count={max_commits}",
@@ -222,12 +249,17 @@ def commit_units(scratch: ScratchRepo, merge_base: str, *, source: str, subdirs:
             continue
         chunks = []
         for patch_file in patch:
-            if patch_file.is_binary_file or not _wanted(patch_file.path, subdirs):
+            if not _wanted(patch_file.path, subdirs, paths):
+                if paths:
+                    yield Skipped(f"{unit}:{patch_file.path}", OUTSIDE_HOT_PATHS)
                 continue
-            spans = []
-            if Path(patch_file.path).suffix.lower() in CODE_EXTENSIONS and not patch_file.is_removed_file:
-                text = scratch.blob(sha, patch_file.path)
-                spans = function_spans(text, Path(patch_file.path).suffix) if isinstance(text, str) else []
+            if patch_file.is_binary_file:
+                # git's diff calls a file over the cap binary too (core.bigFileThreshold): say which it was
+                too_large = None if patch_file.is_removed_file else scratch.too_large(sha, patch_file.path)
+                yield Skipped(f"{unit}:{patch_file.path}", too_large or "binary file")
+                continue
+            spans = [] if patch_file.is_removed_file else _spans(scratch.blob(sha, patch_file.path),
+                                                                  patch_file.path)
             title = message.splitlines()[0][:120] if message else sha[:12]
             chunks += _hunk_chunks(patch_file, header=f"fork-diff {fork.name} commit {sha[:12]} \"{title}\"",
                                    kind="fork-diff", unit=unit, fork=fork, spans=spans,
@@ -242,13 +274,14 @@ def commit_units(scratch: ScratchRepo, merge_base: str, *, source: str, subdirs:
 
 
 def fork_units(scratch_dir: Path, fork: Side, upstream: Side, *, source: str, subdirs: Sequence[str] = (),
-               as_trees: bool = False) -> Iterator[Unit | Skipped]:
-    """The fork's units: by commits when the two share history, by trees when asked to (or vendored)."""
+               as_trees: bool = False, paths: Sequence[str] = ()) -> Iterator[Unit | Skipped]:
+    """The fork's units: by commits when the two share history, by trees when asked to (or vendored); `paths`:
+    the target's hot paths, which decide what of the fork is read (none: its C/C++ and Markdown)."""
     scratch = ScratchRepo(scratch_dir, fork, upstream)
     if as_trees:
-        return tree_units(scratch, source=source, subdirs=subdirs)
+        return tree_units(scratch, source=source, subdirs=subdirs, paths=paths)
     base = scratch.merge_base()
     if base is None:
         raise KnowledgeBaseError(f"{fork.name} and {upstream.name} share no git history; compare them as "
                                  f"vendored trees instead (--as-trees)")
-    return commit_units(scratch, base, source=source, subdirs=subdirs)
+    return commit_units(scratch, base, source=source, subdirs=subdirs, paths=paths)

@@ -11,6 +11,7 @@ Re-reading the whole ik_llama.cpp tree takes about half a minute; one changed fi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
@@ -21,8 +22,8 @@ from ..errors import KnowledgeBaseError, SourceError
 from ..foreign_git import ForeignRepo, find_top
 from ..sources import KNOWN_SOURCES, prepare_source
 from .backends import gap_units, scan_backends
-from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file
-from .forks import ScratchRepo, Side, fork_units
+from .chunking import CODE_EXTENSIONS, TEXT_EXTENSIONS, Skipped, Unit, chunk_file, has_grammar
+from .forks import OUTSIDE_HOT_PATHS, ScratchRepo, Side, fork_units
 from .papers import ARXIV_ID, arxiv_client, arxiv_units, document_unit, find_papers, reading_list_units
 from .store import IngestSummary, KnowledgeBase
 
@@ -33,12 +34,15 @@ MAX_CHANGED_PATHS = 300
 
 
 def fork_recipe(fork: str, upstream: str = "llama.cpp", *, subdirs: Sequence[str] = (),
-                as_trees: bool | None = None) -> dict[str, Any]:
+                as_trees: bool | None = None, paths: Sequence[str] = ()) -> dict[str, Any]:
+    """`paths`: the target's hot paths (globs), which decide what of the fork is read, in any language; none
+    (llama.cpp, `kb ingest fork`): its C/C++ sources and Markdown."""
     # A pinned sdist is a vendored tree with no history, and so is a plain directory: with one on either side
     # there is no shared history to follow, so compare the trees. Two git repositories are compared by history.
     trees = as_trees if as_trees is not None else (
         fork in KNOWN_SOURCES or upstream in KNOWN_SOURCES or _plain_directory(fork) or _plain_directory(upstream))
-    return {"kind": "fork", "fork": fork, "upstream": upstream, "subdirs": list(subdirs), "as_trees": trees}
+    recipe = {"kind": "fork", "fork": fork, "upstream": upstream, "subdirs": list(subdirs), "as_trees": trees}
+    return {**recipe, "paths": list(paths)} if paths else recipe  # without: the recipe recorded as before
 
 
 def _plain_directory(name: str) -> bool:
@@ -50,7 +54,9 @@ def source_key(recipe: dict[str, Any]) -> str:
     kind = recipe["kind"]
     if kind == "fork":
         scope = f":{','.join(recipe['subdirs'])}" if recipe.get("subdirs") else ""
-        return f"fork:{recipe['fork']}..{recipe['upstream']}{scope}"
+        # Other hot paths read other files: another source, so that neither prunes the other's units.
+        hot = f" for hot paths {', '.join(recipe['paths'])}" if recipe.get("paths") else ""
+        return f"fork:{recipe['fork']}..{recipe['upstream']}{scope}{hot}"
     if kind == "backends":
         return f"backends:{recipe['target']}"
     if kind == "papers":
@@ -140,7 +146,8 @@ def recipe_units(recipe: dict[str, Any], paths: Paths, *, arxiv_url: str | None 
         return fork_units(scratch or paths.knowledge_base / "git",
                           Side(_display_name(recipe["fork"]), fork.path, fork.baseline),
                           Side(_display_name(recipe["upstream"]), upstream.path, upstream.baseline),
-                          source=source, subdirs=recipe.get("subdirs", ()), as_trees=recipe["as_trees"])
+                          source=source, subdirs=recipe.get("subdirs", ()), as_trees=recipe["as_trees"],
+                          paths=recipe.get("paths", ()))
     if kind == "backends":
         target = _prepare(recipe["target"], paths, need_git=False)
         scan = scan_backends(target.path, target.baseline)
@@ -219,11 +226,13 @@ def _fork_tree_plan(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, sou
         if len(changed) > MAX_CHANGED_PATHS:
             changed = None
     if changed is None:
-        units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=subdirs, as_trees=True)
+        units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=subdirs, as_trees=True,
+                           paths=recipe.get("paths", ()))
         return units, True, state
     if not changed:
         return iter(()), set(), state
-    units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=sorted(changed), as_trees=True)
+    units = fork_units(scratch_dir, fork_side, upstream_side, source=source, subdirs=sorted(changed), as_trees=True,
+                       paths=recipe.get("paths", ()))
     prunable = {f"{source}::{shape}:{p}" for p in changed for shape in ("file", "diff")}
     return units, prunable, state
 
@@ -252,7 +261,54 @@ def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progr
                         progress=(lambda done, _unit: progress("writing", done, total)) if progress else None)
     if tree_state is not None:
         kb.record_tree_state(source, tree_state)  # only once everything is written: else the next read is whole
+    note = fork_note(recipe, items, partial=tree_state is not None and prune is not True) \
+        if recipe["kind"] == "fork" else None
+    summary.notes += [note] if note else []
     return source, summary
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip's reason without its particulars ("larger than 2 MiB (3.1 MiB)" -> "larger than 2 MiB")."""
+    return re.sub(r"\s*\(.*\)$", "", reason.split(":")[0]).strip()
+
+
+def _code_paths(items: Sequence[Unit | Skipped]) -> set[str]:
+    return {c.origin["path"] for i in items if isinstance(i, Unit) for c in i.chunks
+            if c.origin.get("path") and not c.origin["path"].lower().endswith(".md")}
+
+
+def fork_note(recipe: dict[str, Any], items: Sequence[Unit | Skipped], *, partial: bool = False) -> str | None:
+    """One sentence on why a fork's reading gave no code, counted by reason (outside the target's hot paths,
+    binary, too large, no commits of its own), or on its files cut into line windows for want of a grammar;
+    None when there is nothing to say (or when only the changed part of a tree was read)."""
+    code = _code_paths(items)
+    name = recipe.get("fork", "the fork")
+    if code:
+        plain = sorted(p for p in code if not has_grammar(Path(p).suffix))
+        if not plain:
+            return None
+        kinds = ", ".join(sorted({Path(p).suffix or Path(p).name for p in plain}))
+        return (f"{name}: {len(plain)} file(s) in a language without a grammar ({kinds}) read as line chunks, "
+                f"without function names")
+    if partial:
+        return None
+    counts: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, Skipped):
+            kind = _reason_kind(item.reason)
+            counts[kind] = counts.get(kind, 0) + 1
+    if counts:
+        hot = f" ({', '.join(recipe['paths'])})" if recipe.get("paths") else ""
+        why = ", ".join(f"{n} {kind}{hot if kind == OUTSIDE_HOT_PATHS else ''}"
+                        for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"{name} gave no code: its changed files were skipped: {why}"
+    if not any(isinstance(i, Unit) for i in items):
+        what = "no file differs from" if recipe.get("as_trees") else "it has no commits of its own since it left"
+        return f"{name} gave no code: {what} {recipe.get('upstream', 'upstream')}"
+    if not recipe.get("paths"):
+        return (f"{name} gave no code: its changes touch no C/C++ source, and without the target's hot_paths "
+                f"only C/C++ sources and Markdown are read")
+    return f"{name} gave no code: its changes under {', '.join(recipe['paths'])} hold no hunk"
 
 
 def wipe(directory: Path, chroma_url: str | None) -> dict[str, dict[str, Any]]:

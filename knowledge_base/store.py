@@ -47,12 +47,13 @@ class IngestSummary:
     chunks_deleted: int = 0
     chunks_embedded: int = 0      # of chunks_added, those the model computed (the rest came from the cache)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # sentences for the user: why a fork gave no code, say
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "unchanged": self.unchanged, "replaced": self.replaced,
                 "removed": self.removed, "chunks_added": self.chunks_added,
                 "chunks_deleted": self.chunks_deleted, "chunks_embedded": self.chunks_embedded,
-                "skipped": [{"unit": u, "reason": r} for u, r in self.skipped]}
+                "skipped": [{"unit": u, "reason": r} for u, r in self.skipped], "notes": list(self.notes)}
 
 
 def _chroma_settings():

@@ -162,3 +162,136 @@ def test_units_and_skips_are_plain_records():
     unit = Unit("k", [])
     assert unit.chunks == [] and Skipped("k", "why").reason == "why"
     assert Path(__file__).exists()
+
+
+# -- other languages (tree-sitter-language-pack) -----------------------------------------------------------------
+
+PYTHON_SOURCE = '''import functools
+
+
+def slow_sum(rows):
+    def add(a, b):
+        return a + b
+    return functools.reduce(add, rows, 0)
+
+
+class Table:
+    """Rows."""
+
+    @functools.lru_cache(maxsize=None)
+    def lookup(self, key):
+        return key * 2
+
+    @staticmethod
+    def build(rows):
+        return Table()
+'''
+
+RUST_SOURCE = '''pub struct Matrix<T> { data: Vec<T> }
+
+impl<T: Copy> Matrix<T> {
+    pub fn get(&self, i: usize) -> T {
+        self.data[i]
+    }
+}
+
+trait Dot {
+    fn dot(&self) -> f32 { 0.0 }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+'''
+
+GO_SOURCE = '''package vec
+
+func (v *Vector[T]) Dot(w *Vector[T]) float64 {
+\treturn 0
+}
+
+func Sum(xs []float64) float64 {
+\ts := 0.0
+\tfor _, x := range xs {
+\t\ts += x
+\t}
+\treturn s
+}
+'''
+
+TS_SOURCE = '''export const sum = (xs: number[]): number => {
+  return xs.reduce((a, b) => a + b, 0);
+};
+
+export function mean(xs: number[]): number {
+  return sum(xs) / xs.length;
+}
+
+class Stats {
+  variance(xs: number[]): number {
+    return 0;
+  }
+}
+
+const limit = 10;
+'''
+
+JAVA_SOURCE = '''public class Kernel {
+    public Kernel() {
+    }
+
+    public int dot(int[] a, int[] b) {
+        int s = 0;
+        for (int i = 0; i < a.length; i++) s += a[i] * b[i];
+        return s;
+    }
+}
+'''
+
+
+def _spans(text: str, suffix: str) -> list[tuple[str, int, int]]:
+    return [(s.name, s.start_line, s.end_line) for s in function_spans(text, suffix)]
+
+
+def test_python_functions_methods_decorated_and_nested():
+    assert _spans(PYTHON_SOURCE, ".py") == [("slow_sum", 4, 7), ("slow_sum.add", 5, 6),
+                                            ("Table.lookup", 13, 15), ("Table.build", 17, 19)]
+
+
+def test_rust_functions_and_impl_methods_named_by_their_type():
+    assert _spans(RUST_SOURCE, ".rs") == [("Matrix.get", 4, 6), ("Dot.dot", 10, 10), ("dot", 13, 15)]
+
+
+def test_go_functions_and_methods_named_by_their_receiver():
+    assert _spans(GO_SOURCE, ".go") == [("Vector.Dot", 3, 5), ("Sum", 7, 13)]
+
+
+def test_javascript_and_typescript_declarations_methods_and_arrow_functions():
+    expected = [("sum", 1, 3), ("mean", 5, 7), ("Stats.variance", 10, 12)]
+    assert _spans(TS_SOURCE, ".ts") == expected
+    plain_js = TS_SOURCE.replace(": number[]", "").replace("): number", ")")
+    assert _spans(plain_js, ".js") == expected
+
+
+def test_java_methods_and_constructors():
+    assert _spans(JAVA_SOURCE, ".java") == [("Kernel.Kernel", 2, 3), ("Kernel.dot", 5, 9)]
+
+
+def test_a_python_file_is_chunked_by_function_with_qualified_names():
+    chunks = chunk_code(PYTHON_SOURCE, path="pkg/table.py", kind="fork-code", unit="u")
+    assert [c.origin["symbol"] for c in chunks if c.origin["symbol"]] == ["slow_sum", "Table.lookup",
+                                                                         "Table.build"]
+    lookup = next(c for c in chunks if c.origin["symbol"] == "Table.lookup")
+    assert "@functools.lru_cache(maxsize=None)" in lookup.text, "a decorator belongs to its function"
+
+
+def test_a_language_without_a_grammar_is_cut_into_line_windows_never_dropped():
+    zig = "".join(f"pub fn add{i}(a: u32) u32 {{\n    return a + {i};\n}}\n" for i in range(30))
+    assert function_spans(zig, ".zig") == []
+    chunks = chunk_code(zig, path="src/add.zig", kind="fork-code", unit="u")
+    assert chunks and "return a + 29;" in chunks[-1].text and all(c.origin["symbol"] == "" for c in chunks)
+
+
+def test_c_and_cpp_spans_are_unchanged_by_the_other_languages():
+    assert [s.name for s in function_spans(C_SOURCE, ".h")] == ["ggml_compute_forward_rms_norm_f32", "vec_dot_avx2"]
+    assert [s.name for s in function_spans(CPP_SOURCE, ".cu")][0] == "flash_attn_tile"
