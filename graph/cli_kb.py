@@ -129,9 +129,14 @@ def ingest_fork(ctx: typer.Context,
                                                              "commits since the merge base (default: trees for "
                                                              "two known names or a plain directory, else "
                                                              "commits)."),
+                hot_path: list[str] = typer.Option([], "--hot-path",
+                                                   help="Read the fork's files matching this glob, in any "
+                                                        "language (repeatable; as a readfirst.toml's hot_paths). "
+                                                        "Default: its C/C++ sources and Markdown."),
                 as_json: bool = _JSON) -> None:
     """A fork against its upstream: its diffs, and the code only it has, chunked by function."""
-    _run(ctx, [recipes.fork_recipe(fork, upstream, subdirs=subdir, as_trees=as_trees)], as_json=as_json)
+    _run(ctx, [recipes.fork_recipe(fork, upstream, subdirs=subdir, as_trees=as_trees, paths=hot_path)],
+         as_json=as_json)
 
 
 @ingest_app.command("backends")

@@ -307,7 +307,7 @@ def fork_note(recipe: dict[str, Any], items: Sequence[Unit | Skipped], *, partia
         return f"{name} gave no code: {what} {recipe.get('upstream', 'upstream')}"
     if not recipe.get("paths"):
         return (f"{name} gave no code: its changes touch no C/C++ source, and without the target's hot_paths "
-                f"only C/C++ sources and Markdown are read")
+                f"(or --hot-path) only C/C++ sources and Markdown are read")
     return f"{name} gave no code: its changes under {', '.join(recipe['paths'])} hold no hunk"
 
 

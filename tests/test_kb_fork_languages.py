@@ -222,3 +222,25 @@ def test_a_run_reads_forks_by_its_targets_hot_paths_and_llama_cpp_as_before():
     assert fork_hot_paths(config, {"name": "config"}) == ("pkg/**",)
     assert fork_hot_paths(SimpleNamespace(hot_paths=("ggml/src/ggml-cpu/*",)), {"name": "llama.cpp"}) == ()
     assert "paths" not in fork_recipe("ik_llama.cpp"), "llama.cpp's recipe is recorded as before"
+
+
+@pytest.mark.chroma
+def test_kb_ingest_fork_says_why_a_fork_gave_no_code_and_reads_it_by_hot_path(tmp_path, embedder):
+    import json
+    import os
+    import subprocess
+    readfirst = str(Path(sys.executable).parent / "readfirst")
+    project, fork, _ = python_fork(tmp_path)
+
+    def kb(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([readfirst, "kb", "ingest", "fork", str(fork), "--upstream", str(project), *args],
+                              capture_output=True, text=True, timeout=300, env=os.environ)
+
+    plain = kb()
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert "gave no code" in plain.stdout and "--hot-path" in plain.stdout, plain.stdout
+    hot = kb("--hot-path", "pkg/**", "--json")
+    assert hot.returncode == 0, hot.stderr[-2000:]
+    [result] = json.loads(hot.stdout)
+    assert result["notes"] == [] and result["added"] == 2
+    assert sorted(s["reason"] for s in result["skipped"]) == ["binary file", OUTSIDE_HOT_PATHS]
