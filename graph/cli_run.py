@@ -12,6 +12,8 @@ import typer
 from rich.table import Table
 
 from ..errors import ReadfirstError
+from ..knowledge_base.papers import missing_document
+from ..sandbox.machine_lock import set_run
 from ..targets.llama_cpp.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
@@ -124,27 +126,39 @@ def run(ctx: typer.Context,
     if model is not None:
         validate_gguf(model)  # before any work starts
     previous = read_meta(run_dir(app.paths, resume), strict=True) if resume else {}
+    if previous.get("status") == "finished":  # before the key: a finished run needs none, and is not resumed
+        raise ReadfirstError(f"run {resume} has finished; see `readfirst report {resume}`")
     offline = previous.get("offline", offline)  # a resumed run keeps its mode
     if not offline and not os.environ.get("ANTHROPIC_API_KEY"):
         raise ReadfirstError("no ANTHROPIC_API_KEY is set: set it, or pass --offline to run without an LLM")
+    for item in papers:
+        if (missing := missing_document(item)) is not None:  # not an arXiv search that ends in a connection error
+            raise ReadfirstError(f"--papers {missing}")
+    if ray_address:
+        check_ray_address(ray_address)
     if resume:
         directory = run_dir(app.paths, resume)
         meta = previous
-        if meta.get("status") == "finished":
-            raise ReadfirstError(f"run {resume} has finished; see `readfirst report {resume}`")
         options = None
         spec = spec_of(meta)
         run_id = resume
-        app.say(f"resuming run {run_id}")
+        ignored = _ignored_on_resume(ctx)
+        app.say(f"resuming run {run_id}" + (f" with the options it started with; ignored: {', '.join(ignored)}"
+                                            if ignored else ""))
     else:
         # --source with --target-config replaces the file's own source (which may only name its own folder)
         spec = make_spec(target, source=source, ref=ref, config_file=target_config,
                          source_given=getattr(ctx.get_parameter_source("source"), "name", "DEFAULT") != "DEFAULT",
                          options={"model": str(model.resolve()) if model else None, "quant": quant,
                                   "n_prompt": n_prompt, "n_gen": n_gen, "threads": threads})
+        project = spec["name"]
         if spec["name"] == "config":
             from ..targets.config_file import load_config
-            load_config(spec["config_file"], spec.get("source_override"))  # a bad file is one sentence, first
+            project = load_config(spec["config_file"], spec.get("source_override")).name  # a bad file: first
+            if ref is not None and not spec.get("source_override"):
+                raise ReadfirstError("--ref does not apply to a readfirst.toml project, which builds the ref its "
+                                     "[target] names (its folder's HEAD when none): set ref there, or pass "
+                                     "--target-config FILE with --source and --ref")
         options = RunOptions(budget_experiments=budget_experiments, budget_minutes=budget_minutes,
                              budget_usd=budget_usd, workers=workers, offline=offline,
                              calibration_pairs=calibration_pairs, max_runs=max_runs, kinds=_check_kinds(kinds))
@@ -152,6 +166,7 @@ def run(ctx: typer.Context,
         directory = app.paths.runs / run_id
         directory.mkdir(parents=True)  # only now: a refused option leaves no run folder behind
         meta = {"run_id": run_id, "created_at": time.time(), "source": source, "ref": ref, "target": spec["name"],
+                "project": project,  # what the page names: a readfirst.toml's own name
                 "target_spec": spec, "model": str(model) if model else None, "quant": quant, "forks": forks,
                 "papers": papers, "as_trees": as_trees, "chroma_url": chroma_url,
                 "reading_list": reading_list, "backend_gaps": backend_gaps,
@@ -163,6 +178,7 @@ def run(ctx: typer.Context,
             meta.update(llm_model=llm_model, llm_max_reply=llm_max_reply)
         write_meta(directory, meta)
         app.say(f"run {run_id} → {directory}")
+    set_run(run_id)  # named in this process's machine-lock records: another run waiting says who holds it
     try:
         sandbox, tgt = deps_root.compose_target(app.paths, spec, say=app.say)
         kb = deps_root.open_knowledge_base(app.paths, forks=meta.get("forks", []), papers=meta.get("papers", []),
@@ -224,6 +240,35 @@ def run(ctx: typer.Context,
         app.emit_json(summary)
     else:
         _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows())
+
+
+# What a resumed run takes from the command line; it keeps every other option it started with.
+RESUME_TAKES = frozenset({"resume", "as_json", "ray_address", "ray_token_file"})
+
+
+def _ignored_on_resume(ctx: typer.Context) -> list[str]:
+    """The options given on the command line that a resumed run ignores, as the user typed them."""
+    ignored = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name not in RESUME_TAKES and getattr(source, "name", "") == "COMMANDLINE":
+            ignored.append(max(param.opts, key=len))
+    return ignored
+
+
+def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
+    """A host:port where nothing answers is one sentence now, not minutes of the cluster library's retries."""
+    import socket
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ReadfirstError(f"--ray {address}: not host:port (or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ReadfirstError(f"--ray {address}: nothing answers there ({e.strerror or e}); is the cluster "
+                             f"started (`ray start --head`), and is that its address?") from None
 
 
 def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
