@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import PatchDoesNotApply, PatchRejected, SandboxError
 from ..protocols import Target
 from ..records import Baseline, BuildResult, CheckResult, to_dict
+from ..sandbox.machine_lock import waited_s
 from .evaluator import BASELINE, CANDIDATE, Calibration, EvaluatorConfig, Verdict, calibrate, evaluate, gates
 from .llm import BudgetExceeded
 from .statistics import DecisionRule, Prior
@@ -245,6 +246,13 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     """Run `hypothesis` against `best`; return the ledger row (plain data)."""
     durations: dict[str, float] = {}
     clock = time.monotonic
+
+    def took(t0: float, w0: float) -> float:
+        """The seconds since t0 less the wait for the machine since w0, which is counted apart as "wait": a build
+        that waited 20 s behind another run's benchmark took what it took, not 20 s."""
+        waited = waited_s() - w0
+        durations["wait"] = durations.get("wait", 0.0) + waited
+        return clock() - t0 - waited
     row: dict[str, Any] = {"hypothesis": hypothesis, "kind": hypothesis["kind"], "title": hypothesis["title"],
                            "citations": hypothesis.get("citations", []), "patch": None, "build": None,
                            "checks": None, "llm": {}, "objective": target.objective.metric}
@@ -265,7 +273,7 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         return row
 
     # -- implement -------------------------------------------------------------------------------------------------
-    t0 = clock()
+    t0, w0 = clock(), waited_s()
     kind = hypothesis["kind"]
     patch = change.get("patch")
     llm_made = kind == "llm" and implement is not None
@@ -274,12 +282,12 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         try:
             patch, info = implement(hypothesis, best_commit)
         except BudgetExceeded as e:
-            durations["implement"] = clock() - t0
+            durations["implement"] = took(t0, w0)
             # gate "budget": the run's dollars cannot pay for the implementation; the loop stops on it
             return finish(_discarded("budget", f"not implemented: {e}"))
         row["llm"] = info
         if not patch:
-            durations["implement"] = clock() - t0
+            durations["implement"] = took(t0, w0)
             return finish(_discarded("implement", f"the implementer produced no patch: {info.get('error') or 'no edits'}."))
 
     def commit_on_best(patch_text: str, note: str = "") -> str | Verdict:
@@ -293,16 +301,16 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
     if patch:
         applied = commit_on_best(patch)
         if isinstance(applied, Verdict):
-            durations["implement"] = clock() - t0
+            durations["implement"] = took(t0, w0)
             return finish(applied)
         commit = applied
     if change.get("variant"):
         try:
             variant = target.apply(best_variant, change["variant"])
         except ValueError as e:
-            durations["implement"] = clock() - t0
+            durations["implement"] = took(t0, w0)
             return finish(_discarded("apply", f"the target cannot make this change: {e}"))
-    durations["implement"] = clock() - t0
+    durations["implement"] = took(t0, w0)
 
     # -- build (an unchanged build is reused by the target) and the target's checks (tests, numerics); while an LLM
     # -- wrote the patch, a failure of either goes back to it, with its evidence, for a repair -----------------------
@@ -326,12 +334,12 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     while True:
         say(f"{title}: building")
-        t0 = clock()
+        t0, w0 = clock(), waited_s()
         try:
             build = target.build(commit, variant, worker=worker)
         except OSError as e:  # a build record or artifact that could not be read back: the candidate's doing
             return finish(_discarded("build", f"the build's results could not be read back ({e})."))
-        durations["build"] += clock() - t0
+        durations["build"] += took(t0, w0)
         row["build"] = to_dict(build)
         if not build.ok:
             fixed = repaired("build", build_evidence(build))
@@ -344,13 +352,13 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
             return finish(_discarded("build", f"the build failed at the {build.stage} stage"
                                               f"{': ' + error if error else ''}."))
         say(f"{title}: checking")
-        t0 = clock()
+        t0, w0 = clock(), waited_s()
         try:
             checks = target.checks(commit, variant, baseline=baseline, worker=worker)
         except (SandboxError, OSError, ValueError) as e:  # OSError, ValueError: evidence that could not be read
-            durations["checks"] += clock() - t0
+            durations["checks"] += took(t0, w0)
             return finish(_discarded("checks", f"the checks could not run: {str(e)[:300]}"))
-        durations["checks"] += clock() - t0
+        durations["checks"] += took(t0, w0)
         row["checks"] = to_dict(checks)
         verdict = gates(checks, None)
         if verdict.gate == "performance":
@@ -368,18 +376,18 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     bench = ArmBench(target, arms, clock)
     say(f"{title}: measuring against the current best")
-    t0 = clock()
+    t0, w0 = clock(), waited_s()
     try:
         perf = evaluate(bench, evaluator_config, clock=bench.seconds)
     except (SandboxError, OSError) as e:  # OSError: a result file that could not be read back
-        durations["bench"] = clock() - t0
+        durations["bench"] = took(t0, w0)
         bench.record_setup(row)
         return finish(_discarded("performance", f"the benchmark failed: {(str(e).splitlines() or [''])[0][:300]}"))
     except ValueError as e:  # a value that is not a positive number, or no objective metric: the candidate's fault
-        durations["bench"] = clock() - t0
+        durations["bench"] = took(t0, w0)
         bench.record_setup(row)
         return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
-    durations["bench"] = clock() - t0
+    durations["bench"] = took(t0, w0)
     bench.record_setup(row)
     perf = bench.held_to_account(perf, row, say=lambda why: say(f"{title}: tampered? {why}"))
     return finish(gates(checks, perf))

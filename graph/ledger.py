@@ -79,8 +79,8 @@ def _plain_or_absent(path: Path) -> None:
 
 def tsv_columns(metric: str) -> tuple[str, ...]:
     """results.tsv's columns: the objective's metric names the two arms' columns ("tg_base", "mb_per_s_base")."""
-    return ("id", "wave", "kind", "title", "decision", "speedup", "ci_low", "ci_high", f"{metric}_base",
-            f"{metric}_cand", "build_s", "checks_s", "bench_s", "usd", "reason")
+    return ("id", "wave", "kind", "source", "title", "decision", "speedup", "ci_low", "ci_high", f"{metric}_base",
+            f"{metric}_cand", "build_s", "checks_s", "bench_s", "wait_s", "usd", "reason")
 
 
 class Ledger:
@@ -140,11 +140,13 @@ class Ledger:
             for r in self.rows():
                 arms = arm_means(r, r.get("objective") or metric)
                 durations = r.get("durations") or {}
-                w.writerow([r["id"], r.get("wave", 0), r["kind"], r["title"], r["decision"],
+                source = r.get("source_kind") or (r.get("hypothesis") or {}).get("source_kind") or ""
+                w.writerow([r["id"], r.get("wave", 0), r["kind"], source, r["title"], r["decision"],
                             _fmt(r.get("speedup")), _fmt(r.get("ci_low")), _fmt(r.get("ci_high")),
                             _fmt(arms[0], 4), _fmt(arms[1], 4), _fmt(durations.get("build"), 1),
                             _fmt(durations.get("checks", durations.get("tests")), 1), _fmt(durations.get("bench"), 1),
-                            _fmt((r.get("llm") or {}).get("usd", 0), 4), r["reason"].replace("\t", " ")])
+                            _fmt(durations.get("wait"), 1), _fmt((r.get("llm") or {}).get("usd", 0), 4),
+                            r["reason"].replace("\t", " ")])
         return dest
 
 

@@ -20,7 +20,9 @@ SOURCE_COLOURS = {"paper": "tab:purple", "fork": "tab:orange", "backend-gap": "t
                   "llm": "tab:pink", "": "tab:green"}
 # The parts of an experiment's time, as the ledger's durations name them, in the order they happen.
 EXPERIMENT_PARTS = (("implement", "tab:purple"), ("build", "tab:orange"), ("checks", "tab:olive"),
-                    ("bench", "tab:blue"))
+                    ("bench", "tab:blue"), ("wait", "lightgrey"))
+# A part's name in a legend, where its key would not say it: the machine lock's waits are no work of the step's.
+PART_LABELS = {"wait": "waiting for the machine"}
 
 
 def experiment_table(rows: list[dict[str, Any]], title: str = "experiments",
@@ -214,7 +216,7 @@ def time_figure(bars: list[tuple[str, dict[str, float]]], colours: dict[str, str
             if not seconds:
                 continue
             ax.barh([y], [seconds], left=left, color=colours.get(part, "tab:grey"),
-                    label=None if part in labelled else part)
+                    label=None if part in labelled else PART_LABELS.get(part, part))
             labelled.add(part)
             left += seconds
     ax.set_yticks(range(len(bars)), [label for label, _ in bars], fontsize=8)

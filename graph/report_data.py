@@ -177,12 +177,24 @@ def cited_chunks(row: dict[str, Any], findings: dict[str, dict[str, Any]]) -> li
             out.append({"finding": str(c), "claim": "", "id": "", "kind": "", "origin": "(not in this run's state)",
                         "snippet": ""})
             continue
-        chunks = [x for x in f.get("citations") or [] if isinstance(x, dict)]
-        for chunk in chunks or [{}]:
+        chunks = [x for x in f.get("citations") or [] if isinstance(x, dict)] or _port_chunks(f, hypothesis) \
+            or [{"origin": "(the finding cites no chunk)"}]
+        for chunk in chunks:
             out.append({"finding": f["id"], "claim": f.get("claim", ""), "id": chunk.get("id", ""),
                         "kind": chunk.get("kind", ""), "origin": chunk.get("origin", ""),
                         "snippet": chunk.get("snippet", "")})
     return out
+
+
+def _port_chunks(finding: dict[str, Any], hypothesis: dict[str, Any]) -> list[dict[str, Any]]:
+    """A fork-port finding cites no chunk: the fork's function it ports is what it rests on (the one this
+    hypothesis ports, by the function its `where` names; every port when none matches)."""
+    ports = [p for p in finding.get("ports") or [] if isinstance(p, dict)]
+    symbol = str(hypothesis.get("where") or "").split()[-1:]
+    ours = [p for p in ports if [p.get("symbol")] == symbol] or ports
+    return [{"kind": "fork function", "origin": f"{p.get('fork', '')}: {p.get('fork_path', '')}, the whole of "
+                                                f"{p.get('symbol', '')} (the tree's is in {p.get('path', '')})"}
+            for p in ours]
 
 
 def source_kind(row: dict[str, Any]) -> str:

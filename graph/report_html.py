@@ -82,6 +82,14 @@ def _spent(data: dict[str, Any]) -> tuple[float | None, float]:
     return took, sum(float((r.get("llm") or {}).get("usd") or 0) for r in data["rows"])
 
 
+def _project(data: dict[str, Any]) -> str:
+    """The project's own name (a readfirst.toml's name, not "config", the kind of target it is)."""
+    meta, trace = data["meta"], data["trace"]
+    traced = ((trace.info.get("target") or {}).get("name") if trace is not None else None)
+    return str(meta.get("project") or (traced if isinstance(traced, str) and traced else None)
+               or meta.get("target") or (meta.get("target_spec") or {}).get("name") or "the target")
+
+
 def _setup(data: dict[str, Any], objective: dict[str, Any]) -> str:
     meta, state, figures = data["meta"], data["state"], data["figures"]
     summary = meta.get("summary") or {}
@@ -92,7 +100,7 @@ def _setup(data: dict[str, Any], objective: dict[str, Any]) -> str:
         next((r["bench_setup"] for r in data["rows"] if r.get("bench_setup")), {})
     seconds, usd = _spent(data)
     queries = profile.get("queries") or {}
-    question = (f"make {esc(meta.get('target') or (meta.get('target_spec') or {}).get('name') or 'the target')} "
+    question = (f"make {esc(_project(data))} "
                 f"better on <b>{esc(objective['metric'])}</b> ({esc(objective['direction'])} is better"
                 + (f", {esc(objective['unit'])}" if objective["unit"] else "") + ")")
     if queries:
@@ -184,22 +192,37 @@ def _classes(data: dict[str, Any]) -> str:
 def _time(data: dict[str, Any]) -> str:
     trace, rows = data["trace"], data["rows"]
     parts = []
+    colours = {**NODE_COLOURS, "wait": "lightgrey"}
     if trace is not None and trace.steps:
-        totals: dict[str, float] = {}
-        for s in trace.ordered():
-            totals[s.node] = totals.get(s.node, 0.0) + (s.duration_s or 0.0)
-        whole = sum(totals.values()) or 1.0
-        by_node = [(f"{node} {seconds / whole:.0%}", {node: seconds})
-                   for node, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
-        parts.append(_plot(report.time_figure(by_node, NODE_COLOURS, "time per node (all its steps)"), "nodes"))
-        per_step = [(f"#{s.step} {s.node}", {s.node: s.duration_s or 0.0}) for s in trace.ordered()]
-        parts.append(_plot(report.time_figure(per_step, NODE_COLOURS, "time per step"), "steps"))
+        per_step = [(f"#{s.step} {s.node}", _step_parts(s)) for s in trace.ordered()]
+        totals: dict[str, dict[str, float]] = {}
+        for s, (_, split) in zip(trace.ordered(), per_step):
+            totals[s.node] = {k: totals.get(s.node, {}).get(k, 0.0) + v for k, v in split.items()}
+        whole = sum(sum(t.values()) for t in totals.values()) or 1.0
+        by_node = [(f"{node} {split[node] / whole:.0%}" + (f" (+{split['wait'] / whole:.0%} waiting)"
+                                                          if split["wait"] >= 0.005 * whole else ""), split)
+                   for node, split in sorted(totals.items(), key=lambda kv: -kv[1][kv[0]])]
+        parts.append(_plot(report.time_figure(by_node, colours, "time per node (all its steps)"), "nodes"))
+        parts.append(_plot(report.time_figure(per_step, colours, "time per step"), "steps"))
     per_experiment = [(r["id"], {part: (r.get("durations") or {}).get(part, 0.0)
                                  for part, _ in report.EXPERIMENT_PARTS}) for r in rows]
     parts.append(_plot(report.time_figure(per_experiment, dict(report.EXPERIMENT_PARTS),
-                                          "time per experiment: implement, build, checks, measurement"),
-                       "experiments"))
+                                          "time per experiment: implement, build, checks, measurement, waiting "
+                                          "for the machine"), "experiments"))
     return "".join(parts) or "<p>nothing timed yet</p>"
+
+
+def _step_parts(step: Any) -> dict[str, float]:
+    """A step's seconds: its node's work, and its waits for the machine lock (step_end's waited_s) apart."""
+    took = step.duration_s or 0.0
+    waited = (step.end or {}).get("waited_s")
+    waited = min(max(float(waited), 0.0), took) if isinstance(waited, (int, float)) else 0.0
+    return {step.node: took - waited, "wait": waited}
+
+
+def _durations_text(durations: dict[str, Any] | None) -> str:
+    return ", ".join(f"{report.PART_LABELS.get(k, k)} {v:.1f}s" for k, v in (durations or {}).items()
+                     if isinstance(v, (int, float)) and (v or k != "wait"))
 
 
 def _experiment(data: dict[str, Any], r: dict[str, Any], metric: str, steps_of: dict[str, int]) -> str:
@@ -211,8 +234,7 @@ def _experiment(data: dict[str, Any], r: dict[str, Any], metric: str, steps_of: 
              ("rationale", esc(hypothesis.get("rationale", ""))), ("why", esc(r["reason"])),
              ("stopped at", esc(" · ".join(x for x in (verdict.get("gate"), verdict.get("stopped")) if x))),
              ("pairs", esc(verdict.get("pairs_used", ""))),
-             ("time", esc(", ".join(f"{k} {v:.1f}s" for k, v in (r.get("durations") or {}).items()
-                                    if isinstance(v, (int, float)))))]
+             ("time", esc(_durations_text(r.get("durations"))))]
     if r["id"] in steps_of:
         facts.append(("trace", f"<a href='#step-{steps_of[r['id']]}'>step {steps_of[r['id']]}</a>"))
     parts = [head, _pairs([(k, v) for k, v in facts if v])]

@@ -29,6 +29,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from ..errors import ReadfirstError
+from ..sandbox.machine_lock import waited_s
 
 TRACE_FILE = "trace.jsonl"
 BLOB_DIR = "trace"
@@ -205,18 +206,20 @@ class Recorder:
                 start["payload"] = self.writer.stash(state)
             self.writer.write(start)
             token = CURRENT.set(ctx)
-            t0 = time.monotonic()
+            t0, w0 = time.monotonic(), waited_s()  # the machine lock's waits in this thread, shown apart
             try:
                 update = fn(state)
             except BaseException as e:
                 self.writer.write({"event": "step_end", "step": ctx.step, "node": name,
                                    "duration_s": round(time.monotonic() - t0, 3), "error": encode_error(e),
+                                   "waited_s": round(waited_s() - w0, 3),
                                    "cost_usd": ctx.cost_usd, "tokens": ctx.tokens}, sync=True)
                 raise
             finally:
                 CURRENT.reset(token)
             self.writer.write({"event": "step_end", "step": ctx.step, "node": name,
                                "duration_s": round(time.monotonic() - t0, 3), "update": self.writer.stash(update),
+                               "waited_s": round(waited_s() - w0, 3),
                                "update_digest": digest(update), "cost_usd": ctx.cost_usd, "tokens": ctx.tokens},
                               sync=True)
             return update

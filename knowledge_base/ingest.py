@@ -51,12 +51,14 @@ def _plain_directory(name: str) -> bool:
 
 
 def source_key(recipe: dict[str, Any]) -> str:
+    """The source's key in the knowledge base, and its name wherever a user reads it: words between the paths
+    (git's `a..b` glued to a path read as its parent folder: fork:/home/me/fork../home/me/proj)."""
     kind = recipe["kind"]
     if kind == "fork":
-        scope = f":{','.join(recipe['subdirs'])}" if recipe.get("subdirs") else ""
+        scope = f" in {', '.join(recipe['subdirs'])}" if recipe.get("subdirs") else ""
         # Other hot paths read other files: another source, so that neither prunes the other's units.
         hot = f" for hot paths {', '.join(recipe['paths'])}" if recipe.get("paths") else ""
-        return f"fork:{recipe['fork']}..{recipe['upstream']}{scope}{hot}"
+        return f"fork:{recipe['fork']} against {recipe['upstream']}{scope}{hot}"
     if kind == "backends":
         return f"backends:{recipe['target']}"
     if kind == "papers":

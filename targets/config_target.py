@@ -200,8 +200,8 @@ class ConfigTarget(GitTarget):
                  *self.config.facts,
                  f"The objective is {metric} ({self.objective.direction} is better): the baseline measures "
                  f"{metrics.get(metric, float('nan')):g}{unit} (median of 3 runs of `{self.config.bench.command}`).",
-                 f"Building takes {baseline.build_s:.0f} s and the tests "
-                 f"{sum(c.duration_s for c in baseline.checks.results):.0f} s; edits matter under "
+                 f"Building takes {_seconds_said(baseline.build_s)} and the tests "
+                 f"{_seconds_said(sum(c.duration_s for c in baseline.checks.results))}; edits matter under "
                  f"{', '.join(self.hot_paths)}."]
         return Profile(facts, metrics, dict(self.config.queries), {"runs": [r.values for r in runs],
                                                                     "setup": runs[0].setup})
@@ -272,3 +272,8 @@ class ConfigTarget(GitTarget):
 def _last_lines(text: str, n: int = 3) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-400:] or "no output"
+
+
+def _seconds_said(seconds: float) -> str:
+    """A duration as a fact reads it: "0 s" said a step took no time at all."""
+    return "under a second" if seconds < 1 else f"{seconds:.0f} s"
