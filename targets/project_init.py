@@ -274,12 +274,15 @@ def _python(f: Folder) -> dict[str, Any] | None:
     hot = (["src/**"] if "src" in f.dirs and f.under("src", (".py",)) else [f"{p}/**" for p in packages]) or [
         p for p in sorted(f.files) if "/" not in p and p.endswith(".py") and p[:-3].isidentifier()
         and p not in ("setup.py", "conftest.py") and not p.startswith(("test", "bench"))]
-    extension = "Extension(" in (f.read("setup.py") or "") or bool(f.under("", (".c", ".pyx", ".cpp")))
+    # what the manifests say, not C files lying around: a package may carry C sources it never compiles
+    backend = str((pyproject.get("build-system") or {}).get("build-backend", ""))
+    extension = bool(re.search(r"Extension\(|ext_modules", f.read("setup.py") or "")) or backend.split(".")[0] in (
+        "scikit_build_core", "mesonpy", "maturin") or "ext-modules" in str(pyproject.get("tool", {}))
     if extension and f.has("setup.py"):
         build = Guess("python3 setup.py build_ext --inplace", "setup.py builds C extensions")
     elif extension:
         build = Guess("python3 -m pip install --no-build-isolation --no-deps -e .",
-                      "pyproject.toml with C sources (Debian's pip may need --break-system-packages)")
+                      "pyproject.toml's extension build (Debian's pip may need --break-system-packages)")
     else:
         build = Guess(f"python3 -m compileall -q {' '.join(h.split('/')[0] for h in hot) or '.'}",
                       "pure Python: nothing to build; compileall catches syntax errors")

@@ -102,6 +102,17 @@ def test_a_python_package_with_unittest_tests(tmp_path):
     assert config.name == "slowpkg"
     assert (config.test.command, config.bench.command) == \
         ("python3 -m unittest discover -s tests", "python3 bench.py")
+    assert config.build.command == "python3 -m compileall -q slowpkg"
+
+
+def test_a_python_package_with_a_c_extension_builds_it_in_place(tmp_path):
+    folder = project(tmp_path / "py3", {"setup.py": "from setuptools import setup, Extension\nsetup(name='cpkg', "
+                                        "ext_modules=[Extension('cpkg._fast', ['cpkg/_fast.c'])])\n",
+                                        "cpkg/__init__.py": "", "cpkg/_fast.c": "", "tests/test_c.py": "",
+                                        "bench.py": ""})
+    config, _ = written(folder, tmp_path)
+    assert config.build.command == "python3 setup.py build_ext --inplace"
+    assert {"python3-dev", "python3-setuptools"} <= set(config.apt)
 
 
 def test_a_package_json_with_test_and_bench_scripts(tmp_path):
