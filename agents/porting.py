@@ -332,9 +332,9 @@ def _syntax_errors(text: str, path: str) -> list[tuple[str, str]]:
 
 def parse_problem(path: str, before: str, after: str, sources: Sequence[tuple[str, str]] = ()) -> str:
     """Why `after` (a file of the tree with a port applied) does not parse, as tree-sitter says it: the first
-    syntax error it has that `before` (the tree's file) did not have, nor the fork's files the port came from
-    (`sources`: (path, text); code tree-sitter misreads as written, such as a macro it does not know, compiles
-    where it came from). "" when it parses."""
+    syntax error it has that `before` (the tree's file) did not have, nor the fork's code the port came from
+    (`sources`: (path, text), each parsed in its path's grammar; code tree-sitter misreads as written, such as a
+    macro it does not know, compiles where it came from). "" when it parses."""
     errors = _syntax_errors(after, path)
     if not errors:
         return ""
@@ -635,7 +635,9 @@ def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
     header = f"// ported from {fork.name} {fork_path}" + (f" (with {', '.join(names)}" + (
         f"; from {', '.join(froms)}" if froms else "") + ")" if helpers else "") + "\n"
     new_text = text[:mine.start] + header + brought + ported + text[mine.end:]
-    problem = parse_problem(path, text, new_text, sources)
+    # The fork's function alone, in both grammars, then its files: what tree-sitter misreads in the fork's code
+    # as written (a POWER9 `vector` type, a C `enum` read as C++) it misreads the same wherever that code lands.
+    problem = parse_problem(path, text, new_text, [(path, fork_def.text), (fork_path, fork_def.text), *sources])
     if problem:
         return Dropped("function", what, "does not parse", problem, name)
     patch, changed = unified_patch(path, text, new_text)
