@@ -60,6 +60,7 @@ FAST = SLOW.replace('''        total = 0
 
 PROJECT = {
     "pkg/__init__.py": "",
+    "tests/__init__.py": "",
     "pkg/hot.py": SLOW,
     "tests/test_hot.py": '''import unittest
 
@@ -244,3 +245,23 @@ def test_kb_ingest_fork_says_why_a_fork_gave_no_code_and_reads_it_by_hot_path(tm
     [result] = json.loads(hot.stdout)
     assert result["notes"] == [] and result["added"] == 2
     assert sorted(s["reason"] for s in result["skipped"]) == ["binary file", OUTSIDE_HOT_PATHS]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.chroma
+def test_an_offline_run_on_a_python_project_takes_candidates_from_its_fork(tmp_path, docker_client, base_image):
+    import json
+    import os
+    import subprocess
+    project, fork, _ = python_fork(tmp_path)
+    env = {**os.environ, "READFIRST_HOME": str(tmp_path / "home")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--offline", "--calibration-pairs", "0",
+                           "--max-runs", "12", "--json", "--source", str(project), "--fork", str(fork),
+                           "--budget-experiments", "2"], capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert summary["target"] == "rowstats"
+    assert summary["candidates_by_source"].get("fork", 0) >= 1, (summary["candidates_by_source"], proc.stderr[-3000:])
+    assert summary["experiments_by_source"].get("fork", 0) >= 1, summary["experiments_by_source"]
