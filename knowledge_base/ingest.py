@@ -239,6 +239,18 @@ def _fork_tree_plan(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, sou
     return units, prunable, state
 
 
+def _forget_renamed(kb: KnowledgeBase, recipe: dict[str, Any], source: str) -> None:
+    """The same recipe recorded under another key (a key this version names differently, e.g. `fork:A..B`
+    before `fork:A against B`) is removed before it is read again: else its chunks would answer every query
+    twice."""
+    def same(r: Any) -> dict[str, Any] | None:
+        return {k: v for k, v in r.items() if v not in (None, [], (), "")} if isinstance(r, dict) else None
+
+    for old, recorded in kb.sources().items():
+        if old != source and same(recorded) == same(recipe):
+            kb.forget_source(old)
+
+
 def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progress: Progress | None = None,
                arxiv_url: str | None = None) -> tuple[str, IngestSummary]:
     source = source_key(recipe)
@@ -251,6 +263,7 @@ def run_recipe(kb: KnowledgeBase, recipe: dict[str, Any], paths: Paths, *, progr
         units, prune, tree_state = _fork_tree_plan(kb, recipe, paths, source)
     else:
         units = recipe_units(recipe, paths, arxiv_url=arxiv_url)
+    _forget_renamed(kb, recipe, source)
     kb.record_source(source, recipe)  # before writing: an interrupted ingestion is replayed by `kb rebuild`
     # Read everything first: the writing phase then knows how many chunks it has, for a rate and an ETA.
     items: list[Unit | Skipped] = []

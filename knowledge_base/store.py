@@ -339,6 +339,22 @@ class KnowledgeBase:
             self._collection.delete(ids=ids[start:start + 5000])
         self.lexical.delete(ids)
 
+    def forget_source(self, source: str) -> int:
+        """Remove one source: its chunks, its record and its tree state; the number of chunks removed."""
+        self._require_writable()
+        ids = [cid for cid, _, _ in self._all_ids({"source": source})]
+        self._delete(ids)
+        for path in (self._manifest_path, self._tree_state_path):
+            try:
+                records = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(records, dict) and records.pop(source, None) is not None:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(records, indent=2, sort_keys=True))
+                tmp.replace(path)
+        return len(ids)
+
     def reset(self) -> None:
         """Remove every chunk and every recorded source."""
         self._require_writable()

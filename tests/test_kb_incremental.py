@@ -154,3 +154,19 @@ def test_a_query_leaves_out_terms_most_chunks_contain(tmp_path):
     assert index.search("ggml barrier", k=3)[0][0] == "barrier"
     assert len(index.search("ggml", k=100)) == 41, "a query of one term keeps it"
     index.close()
+
+
+def test_a_source_recorded_under_an_older_key_is_replaced_not_doubled(tmp_path, paths, embedder, monkeypatch):
+    # A store written by a version that named fork sources `fork:A..B`: the same recipe read by this version is
+    # one source, not two answering every query twice.
+    from readfirst.knowledge_base import ingest
+    upstream, fork = trees(tmp_path)
+    recipe = fork_recipe(str(fork), str(upstream), as_trees=True)
+    with KnowledgeBase(paths.knowledge_base, embedder, writable=True) as kb:
+        with monkeypatch.context() as m:
+            m.setattr(ingest, "source_key", lambda r: f"fork:{r['fork']}..{r['upstream']}")
+            old_key, _ = run_recipe(kb, recipe, paths)
+        count = kb.count()
+        new_key, _ = run_recipe(kb, recipe, paths)
+        assert new_key != old_key and list(kb.sources()) == [new_key]
+        assert kb.count() == count and not kb.has_source(old_key)
