@@ -412,3 +412,15 @@ def test_a_hunk_that_only_changes_comments_or_whitespace_is_dropped_as_no_change
         made = porting.hunk_port(hunk, current=up, base=up, forks={}, merge_file=merge_file)
         assert isinstance(made, porting.Dropped) and made.reason == "no change", made
         assert made.symbol == "sum"
+
+
+def test_no_change_reads_only_the_definitions_a_change_touches_and_still_sees_every_real_token():
+    renamed = UPSTREAM_C.replace("int other(int a) {\n    return a + 1;", "int other(int b) {\n    return b + 1;")
+    assert porting.no_change("a.c", UPSTREAM_C, renamed)  # a parameter's name, read in its whole function
+    between = UPSTREAM_C.replace("\nint other", "\n/* the next one */\nint other")
+    assert porting.no_change("a.c", UPSTREAM_C, between)
+    assert porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C + "\n// end\n")
+    assert not porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C.replace("return a + 1;", "return a + 2;"))
+    assert not porting.no_change("a.c", UPSTREAM_C, renamed.replace("return b + 1;", "return a + 1;"))
+    assert not porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C.replace("static int scale = 3;", "static int scale = 4;"))
+    assert not porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C)  # nothing differs: not a port at all
