@@ -304,16 +304,18 @@ def _cpp(path: str) -> bool:
     return Path(path).suffix.lower() != ".c"
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=16)
 def _parsed(text: str, cpp: bool):
     # The tree's file is parsed once for all the ports into it.
     return c_parser(cpp).parse(text.encode("utf-8", "replace"))
 
 
-def _syntax_errors(text: str, path: str) -> list[tuple[str, str]]:
+def _syntax_errors(text: str, path: str, *, keep: bool = True) -> list[tuple[str, str]]:
     """tree-sitter's ERROR and MISSING nodes in the file, in order: (what identifies it wherever it stands, where
-    and what it is). A MISSING node is identified by the line it is missing from, an ERROR by its text."""
-    root = _parsed(text, _cpp(path)).root_node
+    and what it is). A MISSING node is identified by the line it is missing from, an ERROR by its text. `keep`:
+    the parse is cached (a ported file is read once; a big file's tree holds tens of MB)."""
+    tree = _parsed(text, _cpp(path)) if keep else c_parser(_cpp(path)).parse(text.encode("utf-8", "replace"))
+    root = tree.root_node
     lines = text.split("\n")
     out: list[tuple[str, str]] = []
     stack = [root] if root.has_error else []
@@ -336,7 +338,7 @@ def parse_problem(path: str, before: str, after: str, sources: Sequence[tuple[st
     syntax error it has that `before` (the tree's file) did not have, nor the fork's code the port came from
     (`sources`: (path, text), each parsed in its path's grammar; code tree-sitter misreads as written, such as a
     macro it does not know, compiles where it came from). "" when it parses."""
-    errors = _syntax_errors(after, path)
+    errors = _syntax_errors(after, path, keep=False)
     if not errors:
         return ""
     allowed: dict[str, int] = {}
