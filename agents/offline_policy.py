@@ -232,8 +232,10 @@ def propose(findings: Sequence[dict[str, Any]], *, variants: Sequence[dict[str, 
 
 def dropped_lines(items: Sequence[dict[str, Any]], *, limit: int = 8) -> list[str]:
     """The run's dropped candidates for its printed summary, one line each, moves first (the function a user
-    expected, and where it went); the rest are counted, all are in --json and on the page."""
-    ordered = sorted(items, key=lambda d: (d.get("reason") != "moved", d.get("reason", ""), d.get("what", "")))
+    expected, and where it went) and changes that change nothing last (ik_llama.cpp has about 60); the rest are
+    counted, all are in --json and on the page."""
+    rank = {"moved": 0, "no change": 2}
+    ordered = sorted(items, key=lambda d: (rank.get(d.get("reason", ""), 1), d.get("reason", ""), d.get("what", "")))
     lines = [f"  dropped {d.get('what', '')}: {d.get('reason', '')}" + (f" ({d['detail']})" if d.get("detail") else "")
              for d in ordered[:limit]]
     if len(ordered) > limit:

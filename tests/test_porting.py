@@ -424,3 +424,13 @@ def test_no_change_reads_only_the_definitions_a_change_touches_and_still_sees_ev
     assert not porting.no_change("a.c", UPSTREAM_C, renamed.replace("return b + 1;", "return a + 1;"))
     assert not porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C.replace("static int scale = 3;", "static int scale = 4;"))
     assert not porting.no_change("a.c", UPSTREAM_C, UPSTREAM_C)  # nothing differs: not a port at all
+
+
+def test_the_printed_drops_put_moves_first_and_changes_that_change_nothing_last():
+    from readfirst.agents.offline_policy import dropped_lines
+    items = [{"what": f"f{i}", "reason": "no change"} for i in range(9)] + [
+        {"what": "ggml_gemv", "reason": "moved", "detail": "moved to b.c"},
+        {"what": "g", "reason": "unresolved", "detail": "needs h"}]
+    lines = dropped_lines(items, limit=3)
+    assert "ggml_gemv" in lines[0] and "unresolved" in lines[1] and "no change" in lines[2]
+    assert lines[-1].startswith("  and 8 more")
