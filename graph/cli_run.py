@@ -18,7 +18,7 @@ from ..targets.llama_cpp.model import validate_gguf
 from .cli_common import AppContext, app_context
 from .cli_sandbox import _check_quant
 from .ledger import Ledger
-from .report import confirmation_text, experiment_table, host_load_text
+from .report import confirmation_text, experiment_table, full_reasons, host_load_text
 from .runner import execute, list_runs, new_run_id, read_meta, run_dir, write_meta
 
 
@@ -280,9 +280,19 @@ def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
     return tuple(kinds) or known
 
 
+def _print_reasons(app: AppContext, rows: list[dict]) -> None:
+    """The reasons the table shortened, whole, wrapped at the terminal's width (each also in --json)."""
+    reasons = full_reasons(rows)
+    if reasons:
+        app.console.print("reasons in full:")
+        for line in reasons:
+            app.console.print(line, highlight=False, markup=False)
+
+
 def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
     from .cli_common import print_table
     print_table(app.console, experiment_table(rows, title=f"run {summary['run_id']}"))
+    _print_reasons(app, rows)
     print_table(app.console, source_table(summary))
     if summary.get("by_class") or summary.get("ray_nodes"):
         print_table(app.console, class_table(summary))
@@ -409,6 +419,7 @@ def report(ctx: typer.Context, run_id: str = typer.Argument(..., help="A run id 
     partial = ", partial: from the ledger" if figures["partial"] and rows else ""
     print_table(app.console, experiment_table(rows, title=f"run {run_id} ({meta.get('status')}{partial})",
                                               llm=llm_costs(rows, meta)))
+    _print_reasons(app, rows)
     if plot:
         app.console.print(f"plot: {plot}", soft_wrap=True)
     if page:

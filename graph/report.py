@@ -42,12 +42,32 @@ def experiment_table(rows: list[dict[str, Any]], title: str = "experiments",
     for r in rows:
         style = "green" if r["decision"] == "keep" else ""
         cells = [r["id"], str(r.get("wave", "")), r["kind"], source_kind(r), r["title"], r["decision"],
-                 speedup_text(r), r["reason"][:160]]
+                 speedup_text(r), short_reason(r["reason"])]
         if llm:
             spent = experiment_llm(r)
             cells.insert(7, f"${spent['usd']:.3f} / {spent['tokens']:,}" if spent["tokens"] else "")
         table.add_row(*cells, style=style)
     return table
+
+
+SHORT_REASON = 90
+
+
+def short_reason(reason: str, limit: int = SHORT_REASON) -> str:
+    """A reason's first sentence for a table cell, ended at a word and marked when it goes on: a cell of 200
+    characters wraps into twenty lines at 80 columns. The whole reason is below the table (full_reasons)."""
+    text = " ".join(str(reason or "").split())
+    first = text.split(". ", 1)[0]
+    if len(first) <= limit:
+        return first + (" ..." if len(first) < len(text) else "")
+    cut = first[:limit].rsplit(" ", 1)[0]
+    return cut + " ..."
+
+
+def full_reasons(rows: list[dict[str, Any]]) -> list[str]:
+    """Each experiment whose reason the table shortened, with its whole reason: printed wrapped, never cut."""
+    return [f"{r['id']}: {' '.join(str(r.get('reason') or '').split())}" for r in rows
+            if short_reason(r.get("reason") or "") != " ".join(str(r.get("reason") or "").split())]
 
 
 def llm_caption(llm: dict[str, Any]) -> str:

@@ -156,3 +156,23 @@ def test_the_page_says_how_many_runs_a_busy_machine_cost(cli, finished, tmp_path
     assert cli("report", "run-a", "--html", str(page)).exit_code == 0
     text = page.read_text()
     assert "busy machine" in text and "5 runs retaken" in text and "2 of 8 measurements stayed busy" in text
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_a_long_reason_is_short_in_the_table_and_whole_below_it(cli, finished, width):
+    reason = ("discarded at gate performance: the candidate is not shown faster within the run cap (30 pairs); "
+              "tg128 +0.4% [-1.2%, +2.0%] after 30 pairs against the calibrated noise 1.3%, and pp512 -0.2% "
+              "[-0.9%, +0.5%]: the change moves nothing this benchmark measures. The end of the reason.")
+    ledger = sqlite3.connect(finished / "ledger.sqlite")
+    row = json.loads(ledger.execute("SELECT row FROM experiments WHERE id='E001'").fetchone()[0])
+    ledger.execute("UPDATE experiments SET row=? WHERE id='E001'", (json.dumps({**row, "reason": reason}),))
+    ledger.commit()
+    ledger.close()
+    out = cli("report", "run-a", width=width).stdout
+    table, _, below = out.partition("reasons in full:")
+    assert below, out
+    assert " ".join(below.split()).count(" ".join(f"E001: {reason}".split())) == 1  # whole, wrapped at words
+    table_lines = [line for line in table.splitlines() if "E001" in line or "..." in line]
+    assert "The end of the reason" not in " ".join(table.split())
+    assert len(table.splitlines()) < 40, table  # the cell is a sentence, not a paragraph
+    assert table_lines
