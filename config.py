@@ -59,3 +59,8 @@ class Paths:
     @property
     def knowledge_base(self) -> Path:
         return self.home / "knowledge_base"
+
+    @property
+    def summaries(self) -> Path:
+        """The model's summaries of knowledge-base chunks, by chunk and text digest: paid for once, in any run."""
+        return self.home / "summaries.sqlite"

@@ -1,5 +1,5 @@
-"""The competitor analyst: what forks (ik_llama.cpp) and sibling backends (CUDA, Metal, Vulkan) do that the
-target does not. The reference experiment found most of its wins here, not in papers.
+"""The competitor analyst: what forks and the target's sibling backends (its other implementations of the same
+operations) do that the target does not. The reference experiment found most of its wins here, not in papers.
 
 Findings cite fork diffs and fork-only code in the target's hot paths, and backend-gap documents (an op or a
 fusion implemented elsewhere and missing on the CPU). The queries and the hot paths are the target's.
@@ -28,7 +28,7 @@ GENERIC_QUERIES = (
 
 def relevant(chunk: dict[str, Any], hot_paths: Sequence[str], hot_symbols: Collection[str]) -> bool:
     """A fork chunk matters when it is in the target's hot files, or when it is a hot function of the target's
-    wherever the fork keeps it (ik_llama.cpp's CPU code lives in ggml.c and iqk/, not in ggml-cpu/)."""
+    wherever the fork keeps it (a fork may move a function into another file)."""
     if not hot_paths and not hot_symbols:
         return True
     return in_paths(chunk.get("path", ""), hot_paths) or (chunk.get("symbol") or "") in hot_symbols
@@ -36,7 +36,7 @@ def relevant(chunk: dict[str, Any], hot_paths: Sequence[str], hot_symbols: Colle
 
 def analyze(kb: KnowledgeStore, facts: Sequence[str], *, hot_paths: Sequence[str], llm=None, k: int = 4,
             round_: int = 0, queries: Sequence[str] | None = None, hot_symbols: Collection[str] = (),
-            say=lambda _: None) -> list[dict[str, Any]]:
+            say=lambda _: None, about: dict[str, Any] | None = None, summaries=None) -> list[dict[str, Any]]:
     """Findings about the forks' changes to the target's hot code and the backend gaps; a later round
     (`round_`) reads deeper down the same rankings."""
     findings = []
@@ -52,7 +52,7 @@ def analyze(kb: KnowledgeStore, facts: Sequence[str], *, hot_paths: Sequence[str
             hunks = [{k: c.get(k, "") for k in ("id", "repo", "revision", "commit", "path", "symbol", "text")}
                      for c in diffs if c.get("kind") == "fork-diff"]
             if llm is not None:
-                found = llm_findings(llm, ROLE, query, diffs, say=say)
+                found = llm_findings(llm, ROLE, query, diffs, say=say, about=about, cache=summaries)
                 if found and hunks:
                     found[0]["fork_hunks"] = hunks
                 findings += found

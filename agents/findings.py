@@ -37,11 +37,12 @@ def finding(role: str, query: str, claim: str, chunks: Sequence[dict[str, Any]] 
     return {"id": fid, **body}
 
 
-def llm_findings(llm, role: str, query: str, chunks: Sequence[dict[str, Any]], *,
-                 say=lambda _: None) -> list[dict[str, Any]]:
-    """The model's claims about `chunks`, each kept only with the chunks it really cites."""
+def llm_findings(llm, role: str, query: str, chunks: Sequence[dict[str, Any]], *, say=lambda _: None,
+                 about: dict[str, Any] | None = None, cache=None) -> list[dict[str, Any]]:
+    """The model's claims about `chunks`, each kept only with the chunks it really cites. `about`: the target's
+    describe(); `cache`: a summaries.SummaryCache, so a chunk read before costs no call."""
     from .hypothesize_llm import summarize_findings
-    summary = summarize_findings(llm, query, chunks, agent=role)
+    summary = summarize_findings(llm, query, chunks, agent=role, about=about, cache=cache)
     if summary.error:
         say(f"{role}: the model's findings for '{query}' were unusable: {summary.error}")
     out = []

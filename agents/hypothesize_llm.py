@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .briefing import outcome_line, same_change
+from .context import prompt_context
 from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt, text_block
+from .summaries import SummaryCache
 
 
 @dataclass
@@ -42,17 +44,46 @@ class CheckedList:
 
 
 def summarize_findings(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]], *, agent: str = "researcher",
-                       experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
-    """Findings {"id", "claim", "citations": [chunk ids]} that the chunks support, each citing at least one."""
+                       experiment: str | None = None, max_tokens: int = 4096, about: Mapping[str, Any] | None = None,
+                       cache: SummaryCache | None = None) -> CheckedList:
+    """Findings {"id", "claim", "citations": [chunk ids]} that the chunks support, each citing at least one.
+    `about`: the target's describe(), in the model's instructions. With a `cache`, a chunk summarized before (by
+    any query, round or run) costs nothing: only the others are sent, and what is said of them is kept."""
     known = [str(c["id"]) for c in chunks if c.get("id") is not None]
+    earlier = {str(c["id"]): cache.get(c) for c in chunks if cache is not None and c.get("id") is not None}
+    fresh = [c for c in chunks if earlier.get(str(c.get("id"))) is None]
+    result = CheckedList()
+    said: list[Mapping[str, Any]] = [claim for c in chunks for claim in earlier.get(str(c.get("id"))) or []]
+    if fresh or not chunks:
+        parsed, result.error = _summarize(llm, query, fresh, agent=agent, experiment=experiment,
+                                          max_tokens=max_tokens, about=about)
+        new = _checked_claims(parsed or [], [str(c["id"]) for c in fresh if c.get("id") is not None], result)
+        if cache is not None and result.error is None:
+            for c in fresh:  # a chunk that yielded nothing is remembered too: it is not worth asking again
+                cache.put(c, [item for item in new if str(c.get("id")) in item["citations"]])
+        said += new
+    seen: set[str] = set()
+    for item in said:
+        citations = _known_ids(item.get("citations"), known)
+        if citations and _normal(item["claim"]) not in seen:
+            seen.add(_normal(item["claim"]))
+            result.items.append({"id": _stable_id("f", item["claim"]), "claim": item["claim"], "citations": citations})
+    return result
+
+
+def _summarize(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]], *, agent: str, experiment: str | None,
+               max_tokens: int, about: Mapping[str, Any] | None):
     excerpts = "\n\n".join(data_block("untrusted-source", str(c.get("text", "")), limit=3000, id=c.get("id"),
                                       origin=chunk_origin(c)) for c in chunks)
     task = render_prompt("summarize_task", query=query, chunks=excerpts or "(none)")
-    parsed, error = _ask_for_list(llm, render_prompt("summarize_system"), task, agent=agent, experiment=experiment,
-                                  max_tokens=max_tokens)
-    result = CheckedList(error=error)
-    seen: set[str] = set()
-    for raw in parsed or []:
+    return _ask_for_list(llm, render_prompt("summarize_system", **prompt_context(about)), task, agent=agent,
+                         experiment=experiment, max_tokens=max_tokens)
+
+
+def _checked_claims(parsed: list[dict[str, Any]], known: Sequence[str], result: CheckedList) -> list[dict[str, Any]]:
+    """The model's claims that cite a given chunk, each once; the rest go to result.dropped with their reason."""
+    out, seen = [], set()
+    for raw in parsed:
         claim = raw.get("claim")
         if not isinstance(claim, str) or not claim.strip():
             result.dropped.append({"item": raw, "reason": "no claim"})
@@ -64,15 +95,16 @@ def summarize_findings(llm: Any, query: str, chunks: Sequence[Mapping[str, Any]]
             result.dropped.append({"item": raw, "reason": "repeats an earlier finding"})
         else:
             seen.add(_normal(claim))
-            result.items.append({"id": _stable_id("f", claim), "claim": claim.strip(), "citations": citations})
-    return result
+            out.append({"claim": claim.strip(), "citations": citations})
+    return out
 
 
 MAX_QUESTIONS = 4
 
 
 def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[str, Any]], tried: Iterable[Any],
-                    *, n: int = 5, experiment: str | None = None, max_tokens: int = 4096) -> CheckedList:
+                    *, n: int = 5, experiment: str | None = None, max_tokens: int = 4096,
+                    about: Mapping[str, Any] | None = None) -> CheckedList:
     """At most n hypotheses, best first, each {"id", "key", "kind": "llm", "source": "llm", "title", "rationale",
     "files", "functions", "expected_gain", "citations" (finding ids), "chunk_ids" (the chunks those findings
     cite), "evidence" (the cited findings as {"id", "origin", "text"} for the implementer's prompt)}; and in
@@ -104,13 +136,14 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
     tried_text = "\n".join([*outcomes, *(f"- {t}" for t in sorted(bare - {""}))])
     # Newest first: findings accumulate over research rounds, and a cut must drop the oldest, not what was
     # paid for last.
-    findings_text = "\n".join(f"- {fid}: {f.get('claim', '')}" for fid, f in reversed(list(by_id.items())))
+    findings_text = "\n".join(f"- {fid}: {claim}" for fid, claim in distinct_claims(reversed(list(by_id.items()))))
     task = render_prompt(
         "hypothesize_task", n=n, questions=MAX_QUESTIONS,
         facts="\n".join(f"- {f if isinstance(f, str) else json.dumps(f, sort_keys=True)}" for f in facts) or "(none)",
         findings=data_block("untrusted-source", findings_text, limit=40_000, id="findings") if by_id else "(none)",
         tried=data_block("ledger", tried_text, limit=20_000) if tried_text else "(nothing yet)")
-    parsed, error = _ask_for_list(llm, render_prompt("hypothesize_system"), task, agent="hypothesize",
+    parsed, error = _ask_for_list(llm, render_prompt("hypothesize_system", **prompt_context(about)), task,
+                                  agent="hypothesize",
                                   experiment=experiment, max_tokens=max_tokens, parse=_parse_plan)
     result = CheckedList(error=error)
     for raw in parsed or []:
@@ -152,6 +185,19 @@ def plan_hypotheses(llm: Any, facts: Sequence[Any], findings: Sequence[Mapping[s
             "chunk_ids": list(dict.fromkeys(_chunk_id(c) for fid in cited for c in by_id[fid].get("citations") or [])),
             "evidence": [_evidence(fid, by_id[fid]) for fid in cited]})
     return result
+
+
+def distinct_claims(findings: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, str]]:
+    """(id, claim) of each claim once, under its first id: the same claim found by several queries, rounds or
+    roles is one line of a prompt, not thirteen (a hypothesis may still cite any of its ids)."""
+    seen: set[str] = set()
+    out = []
+    for fid, f in findings:
+        claim = str(f.get("claim", ""))
+        if _normal(claim) not in seen:
+            seen.add(_normal(claim))
+            out.append((fid, claim))
+    return out
 
 
 def _strings(value: Any) -> list[str]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..sources import git
 from .briefing import briefing_text, patch_digest
+from .context import prompt_context
 from .llm import LLMError, LLMUnavailable, chunk_origin, data_block, render_prompt, text_block
 
 AGENT = "implementer"
@@ -59,7 +60,7 @@ TOOL_SPECS: list[dict[str, Any]] = [
      "when it is not a valid regex). Returns path:line:text, bounded.",
      "input_schema": {"type": "object", "properties": {
          "pattern": {"type": "string"},
-         "path_glob": {"type": "string", "description": "limit to paths matching this glob, e.g. ggml/src/**/*.c"}},
+         "path_glob": {"type": "string", "description": "limit to paths matching this glob, e.g. src/**/*.c"}},
          "required": ["pattern"]}},
     {"name": "list_dir", "description": "List a directory of the tree ('.' is the root); directories end in '/'.",
      "input_schema": {"type": "object", "properties": {"path": _PATH}, "required": ["path"]}},
@@ -381,19 +382,21 @@ def briefing_blocks(hypothesis: Mapping[str, Any]) -> tuple[str, str]:
     return facts, data_block("ledger", ledger, limit=14_000) if ledger else "(nothing yet)"
 
 
-def sources_note(sources: Mapping[str, Any]) -> str:
+def sources_note(sources: Mapping[str, Any], about: Mapping[str, Any] | None = None) -> str:
+    """The trees the implementer may read besides its own, and where the target keeps its other backends (in the
+    target's own words: `about` is its describe())."""
+    where = prompt_context(about)["siblings_where"]
     if not sources:
-        return ("No fork tree is open in this run. The target's other backends (for llama.cpp: ggml/src/ggml-cuda, "
-                "ggml-metal, ggml-vulkan) are in its own tree: read them for kernels the CPU backend lacks.")
-    return ("Read-only trees you can read with read_file, search and list_dir (argument tree): "
-            + ", ".join(sorted(sources)) + ". The target's other backends (for llama.cpp: ggml/src/ggml-cuda, "
-            "ggml-metal, ggml-vulkan) are in its own tree: read them for kernels the CPU backend lacks.")
+        return " ".join(s for s in ("No fork tree is open in this run.", where) if s)
+    return " ".join(s for s in ("Read-only trees you can read with read_file, search and list_dir (argument tree): "
+                                + ", ".join(sorted(sources)) + ".", where) if s)
 
 
 def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps: int = 20,
               context: Sequence[Mapping[str, Any]] = (), experiment: str | None = None,
               protected: Sequence[str] = (), max_tokens: int = 8192, sources: Mapping[str, Any] | None = None,
-              conversation: list[dict[str, Any]] | None = None) -> Implementation:
+              conversation: list[dict[str, Any]] | None = None, about: Mapping[str, Any] | None = None
+              ) -> Implementation:
     """Let the model implement `hypothesis` in `tree`; the patch is the tree's diff when the model ends its turn.
     `sources`: fork trees it may read. `conversation`: a list the messages are kept in, for a later repair."""
     # Evidence is a chunk or a finding's digest ({"id", "origin", "text" or "snippet"}); bare ids have nothing to show.
@@ -405,18 +408,19 @@ def implement(llm: Any, hypothesis: Mapping[str, Any], tree: Path, *, max_steps:
                            origin=chunk_origin(c)) for c in context]
     facts, ledger = briefing_blocks(hypothesis)
     task = render_prompt("implementer_task", hypothesis=hypothesis_block(hypothesis), facts=facts, ledger=ledger,
-                         sources=sources_note(sources or {}), citations="\n\n".join(evidence) or "(none)",
+                         sources=sources_note(sources or {}, about), citations="\n\n".join(evidence) or "(none)",
                          context="\n\n".join(excerpts) or "(none)")
     messages = conversation if conversation is not None else []
     messages[:] = [{"role": "user", "content": task}]
     return _converse(llm, messages, TreeTools(tree, protected=protected, sources=sources), max_steps=max_steps,
-                     max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"))
+                     max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"), about=about)
 
 
 def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, evidence: str, *, max_steps: int = 10,
            experiment: str | None = None, protected: Sequence[str] = (), max_tokens: int = 8192,
            failure: str = "build", sources: Mapping[str, Any] | None = None,
-           conversation: list[dict[str, Any]] | None = None) -> Implementation:
+           conversation: list[dict[str, Any]] | None = None, about: Mapping[str, Any] | None = None
+           ) -> Implementation:
     """Continue from the tree as it is (the failed change still in it), given what failed: `failure` names it
     ("build", or the check: "tests", "logits"...) and `evidence` says how (the compiler's first errors, the
     check's figures). With the implementation's `conversation`, the repair continues it; else it starts anew."""
@@ -441,7 +445,7 @@ def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, evidence: str, *
         messages = conversation if conversation is not None else []
         messages[:] = [{"role": "user", "content": task}]
     result = _converse(llm, messages, TreeTools(tree, protected=protected, sources=sources), max_steps=max_steps,
-                       max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"))
+                       max_tokens=max_tokens, experiment=experiment or hypothesis.get("id"), about=about)
     if result.error is None and result.patch == before:
         # the same patch would fail the same way: not worth building again
         result.error = "the repair changed nothing" + (f": {result.summary[:500]}" if result.summary else "")
@@ -451,15 +455,15 @@ def repair(llm: Any, hypothesis: Mapping[str, Any], tree: Path, evidence: str, *
 def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
                          context: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
                          max_steps: int = 20, repair_steps: int = 10, scratch: Path | None = None,
-                         sources: Mapping[str, Any] | None = None
+                         sources: Mapping[str, Any] | None = None, about: Mapping[str, Any] | None = None
                          ) -> Callable[[dict[str, Any], str], tuple[str | None, dict[str, Any]]]:
     """The experiment's `implement(hypothesis, base_commit) -> (patch or None, ledger info)`. Each call works in a
     fresh detached worktree of `repo` at the base commit, removed afterwards, so parallel workers never share a
     tree. A hypothesis carrying "repair" ({"failure", "evidence"}) and "patch" is a repair: the patch is applied
     first, then repaired in the same conversation as its implementation (when this process still holds it).
     The excerpts shown besides the hypothesis: `context(hypothesis)`, or else the chunks it carries as "context".
-    `sources`: the fork trees the model may read. A patch that makes the same edit as a tried experiment (its
-    briefing's digests) is not returned: it would measure the same thing again."""
+    `sources`: the fork trees the model may read; `about`: the target's describe(). A patch that makes the same
+    edit as a tried experiment (its briefing's digests) is not returned: it would measure the same thing again."""
     conversations: dict[tuple[str, str], list[dict[str, Any]]] = {}
     lock = threading.Lock()
 
@@ -474,12 +478,12 @@ def worktree_implementer(llm: Any, repo: Path, *, protected: Sequence[str] = (),
                     conversation = conversations.get(key)
                 result = repair(llm, hypothesis, tree, str(failed.get("evidence") or ""),
                                 failure=str(failed.get("failure") or "build"), max_steps=repair_steps,
-                                protected=protected, sources=sources, conversation=conversation)
+                                protected=protected, sources=sources, conversation=conversation, about=about)
             else:
                 conversation = []
                 result = implement(llm, hypothesis, tree, max_steps=max_steps, protected=protected, sources=sources,
                                    context=context(hypothesis) if context else hypothesis.get("context") or (),
-                                   conversation=conversation)
+                                   conversation=conversation, about=about)
                 with lock:
                     conversations[key] = conversation
                     while len(conversations) > MAX_CONVERSATIONS:
@@ -511,9 +515,9 @@ def _worktree(repo: Path, commit: str, scratch: Path | None):
 
 
 def _converse(llm: Any, messages: list[dict[str, Any]], tools: TreeTools, *, max_steps: int, max_tokens: int,
-              experiment: str | None) -> Implementation:
+              experiment: str | None, about: Mapping[str, Any] | None = None) -> Implementation:
     """The tool loop over `messages` (extended in place: a repair continues the same list)."""
-    system = render_prompt("implementer_system")
+    system = render_prompt("implementer_system", **prompt_context(about))
     specs = tools.specs
     result = Implementation(patch=None, summary="", steps=0)
 

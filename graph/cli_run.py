@@ -214,7 +214,8 @@ def run(ctx: typer.Context,
     if not offline:
         deps = deps_root.with_llm(deps, directory, meta, model=meta.setdefault("llm_model", llm_model),
                                   budget_usd=options.budget_usd if options else meta.get("budget_usd", budget_usd),
-                                  max_reply_tokens=meta.setdefault("llm_max_reply", llm_max_reply))
+                                  max_reply_tokens=meta.setdefault("llm_max_reply", llm_max_reply),
+                                  summaries=app.paths.summaries)
         meta["budget_usd"] = options.budget_usd if options else meta.get("budget_usd", budget_usd)
     deps = start_tracing(deps, directory)
     try:
@@ -239,7 +240,7 @@ def run(ctx: typer.Context,
     if as_json:
         app.emit_json(summary)
     else:
-        _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows())
+        _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows(), read_meta(directory))
 
 
 # What a resumed run takes from the command line; it keeps every other option it started with.
@@ -289,9 +290,12 @@ def _print_reasons(app: AppContext, rows: list[dict]) -> None:
             app.console.print(line, highlight=False, markup=False)
 
 
-def _print_summary(app: AppContext, summary: dict, rows: list[dict]) -> None:
+def _print_summary(app: AppContext, summary: dict, rows: list[dict], meta: dict | None = None) -> None:
+    """`meta`: the run's meta.json, whose budget record holds every role's spend: the cost line is then the one
+    `report` prints (report_data.llm_costs), not the implementer's share alone."""
     from .cli_common import print_table
-    print_table(app.console, experiment_table(rows, title=f"run {summary['run_id']}"))
+    from .report_data import llm_costs
+    print_table(app.console, experiment_table(rows, title=f"run {summary['run_id']}", llm=llm_costs(rows, meta)))
     _print_reasons(app, rows)
     print_table(app.console, source_table(summary))
     if summary.get("by_class") or summary.get("ray_nodes"):

@@ -42,20 +42,24 @@ def compose_target(paths: Paths, spec: dict[str, Any], *, say: Say, start_engine
 
 def llm_roles(llm, target, fork_trees: dict | None = None) -> dict:
     """The LLM implementer and planner around a model: `readfirst run` and trace replay compose them alike. The
-    implementer may read the fork trees (read-only)."""
+    implementer may read the fork trees (read-only). Both are told about the target in its own words (its
+    describe(), which a replay serves as recorded)."""
     from ..agents.hypothesize_llm import plan_hypotheses
     from ..agents.implementer import worktree_implementer
+    about = target.describe()
     return {"implement": worktree_implementer(llm, target.repository, protected=tuple(target.protected),
-                                              sources=fork_trees or {}),
-            "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n)}
+                                              sources=fork_trees or {}, about=about),
+            "plan": lambda facts, findings, tried, n: plan_hypotheses(llm, facts, findings, tried, n=n, about=about)}
 
 
 def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float,
-             max_reply_tokens: int | None = None):
+             max_reply_tokens: int | None = None, summaries: Path | None = None):
     """The LLM mode: Anthropic through its SDK (ANTHROPIC_BASE_URL honoured), one dollar budget for the run.
 
     The budget's spending is saved in meta.json after every call, so a resumed run does not spend it twice.
+    `summaries`: the file of chunk summaries already paid for (Paths.summaries); None keeps them for this run.
     """
+    from ..agents.summaries import SummaryCache
     from dataclasses import replace
 
     from ..agents.llm import AnthropicLLM, Budget, make_client
@@ -68,7 +72,7 @@ def with_llm(deps, directory: Path, meta: dict, *, model: str, budget_usd: float
 
     client = make_client(os.environ["ANTHROPIC_API_KEY"], base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
     llm = AnthropicLLM(client, model=model, budget=budget, on_call=saved, max_reply_tokens=max_reply_tokens)
-    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd,
+    return replace(deps, llm=llm, spent_usd=lambda: budget.spent_usd, summaries=SummaryCache(summaries),
                    **llm_roles(llm, deps.target, deps.fork_trees))
 
 

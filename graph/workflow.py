@@ -71,6 +71,7 @@ class RunDeps:
     clock: Callable[[], float] = time.time
     wrap_node: Callable[[str, Callable], Callable] = lambda name, fn: fn  # the trace recorder's hook
     fork_trees: dict[str, Tree] = field(default_factory=dict)  # the forks' source trees, by the name chunks cite
+    summaries: Any = None  # agents.summaries.SummaryCache: chunk summaries already paid for, in any round or run
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,7 +130,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
             # The planner's own questions, read from the top; without any, the profile's queries, read deeper
             # each round.
             found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm,
-                                        round_=0 if questions else round_, say=say,
+                                        round_=0 if questions else round_, say=say, about=target.describe(),
+                                        summaries=deps.summaries,
                                         queries=questions or (state["profile"].get("queries") or {}).get("research"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
@@ -144,8 +146,8 @@ def build_graph(deps: RunDeps, checkpointer=None):
         say(f"competitors: reading fork diffs and backend gaps (round {round_ + 1})")
         try:
             found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm,
-                                               round_=0 if questions else round_,
-                                               say=say, hot_paths=target.hot_paths,
+                                               round_=0 if questions else round_, about=target.describe(),
+                                               say=say, hot_paths=target.hot_paths, summaries=deps.summaries,
                                                hot_symbols=porting.hot_symbols(tree_at(state["best"]["commit"]),
                                                                                target.hot_paths),
                                                queries=questions or (state["profile"].get("queries") or {}).get(

@@ -81,11 +81,12 @@ class ProjectConfig:
     variants: tuple[Variant, ...]
     queries: dict[str, list[str]] = field(default_factory=dict)  # "research", "competitors"
     claim: ClaimedTime | None = None    # how the objective's figure says how long a run worked; None: it does not
+    language: str = ""                  # what the roles are told the project is written in ("C", "Rust")
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "target": {"name": str, "source": str, "ref": str, "hot_paths": list, "protected": list, "description": str,
-               "facts": list},
+               "facts": list, "language": str},
     "build": {"command": str, "timeout_s": (int, float)},
     "test": {"command": str, "timeout_s": (int, float)},
     "bench": {"command": str, "timeout_s": (int, float), "cpus": int},
@@ -204,7 +205,7 @@ def _validate(path: Path, data: dict[str, Any], given: str | None = None) -> Pro
         description=target.get("description", ""), facts=strings("target", "facts", []),
         build=step("build", 600), test=step("test", 600), bench=step("bench", 120), bench_cpus=cpus,
         objective=objective, apt=apt, env=env, variants=tuple(variants), queries=queries,
-        claim=_claim(section("objective"), objective, fail))
+        claim=_claim(section("objective"), objective, fail), language=target.get("language", "").strip())
 
 
 def _source(path: Path, target: dict[str, Any], given: str | None, fail) -> tuple[str, str | None]:

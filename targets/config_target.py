@@ -235,7 +235,10 @@ class ConfigTarget(GitTarget):
                 "repository": str(self.source.path), "baseline": self.source.baseline,
                 "build": self.config.build.command, "test": self.config.test.command,
                 "bench": self.config.bench.command,
-                "objective": {"metric": self.objective.metric, "direction": self.objective.direction}}
+                "objective": {"metric": self.objective.metric, "direction": self.objective.direction},
+                # the roles' prompts speak of the project in its own file's words, and of nothing else
+                "language": self.config.language, "description": self.config.description,
+                "facts": list(self.config.facts)}
 
     # -- plumbing -------------------------------------------------------------------------------------------------
     def _artifact(self, commit: str, build_env: Mapping[str, str]) -> Path:

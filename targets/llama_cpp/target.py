@@ -118,6 +118,19 @@ def hot_symbols(quant: str, *, flash_attn: bool) -> list[str]:
     return [f"vec_dot_{q}", f"quantize_row_{activation}", *ops]
 
 
+# What the LLM roles are told about llama.cpp (agents/context.py renders it): its language, its hot part, what
+# bounds token generation, and its sibling backends, which often implement a fusion the CPU backend lacks.
+PROMPT_CONTEXT = {
+    "language": "C/C++",
+    "about": "first of all its CPU backend, ggml/src/ggml-cpu",
+    "hot_part": "the CPU backend",
+    "bound": ("Respect the facts: when token generation runs close to the memory-bandwidth limit, instruction-level "
+              "tweaks of that path cannot help much; fewer bytes moved, fused operators and less synchronization "
+              "can."),
+    "siblings": {"CUDA": "ggml/src/ggml-cuda", "Metal": "ggml/src/ggml-metal", "Vulkan": "ggml/src/ggml-vulkan"},
+}
+
+
 def research_queries(facts: Sequence[str]) -> list[str]:
     memory_bound = any("memory-bound" in f for f in facts)
     queries = list(MEMORY_BOUND_QUERIES if memory_bound else MEMORY_BOUND_QUERIES[2:] + MEMORY_BOUND_QUERIES[:2])
@@ -384,10 +397,11 @@ class LlamaCppTarget(GitTarget):
                 {"kind": "backends", "target": self.source.origin}]
 
     def describe(self) -> dict[str, Any]:
+        """What identifies the setup, and what the roles' prompts say of llama.cpp (PROMPT_CONTEXT)."""
         return {"name": self.name, "source": self.source.origin, "repository": str(self.source.path),
                 "baseline": self.source.baseline, "config": self.config.note,
                 "shape": {"n_prompt": self.shape.n_prompt, "n_gen": self.shape.n_gen},
-                "objective": dataclasses.asdict(self.objective)}
+                "objective": dataclasses.asdict(self.objective), **PROMPT_CONTEXT}
 
     # -- variants ------------------------------------------------------------------------------------------------
     def config_of(self, variant: Mapping[str, Any] | None) -> BuildConfig:
