@@ -175,3 +175,45 @@ def test_a_chunk_read_again_in_a_later_round_or_run_costs_no_summary_call(tmp_pa
     bodies, _, _ = roles_prompts(target, tmp_path, summaries=again)
     assert "reader" not in by_agent(bodies)
     again.close()
+
+
+# -- the cost printed at the end of a run: every role's, as `report` says it ------------------------------------
+
+def planner_then_idle_implementer(request: dict) -> dict:
+    """A planner with one idea on the profile's finding; an implementer that changes nothing (it still costs)."""
+    system = json.dumps(request.get("system", ""))
+    if "You plan performance experiments" in system:
+        first = json.dumps(request["messages"][0]["content"])
+        fid = re.search(r"- (F[0-9a-f]{10}):", first).group(1)
+        return message_json(json.dumps([{"title": "Skip the checksum passes", "rationale": "they do nothing",
+                                         "files": ["lz4/lz4.c"], "findings": [fid]}]),
+                            input_tokens=4000, output_tokens=800)
+    return message_json("The tree already does what the hypothesis asks.", input_tokens=1000, output_tokens=50)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_cost_printed_after_a_run_is_reports_every_role_included(tmp_path, shared_cache, docker_client,
+                                                                      base_image):
+    import os
+    from config_project import make_project
+    project = make_project(tmp_path / "lz4", shared_cache / "sdists")
+    with FakeAnthropic([planner_then_idle_implementer] * 20) as server:
+        env = {**os.environ, "READFIRST_HOME": str(tmp_path / "home"), "ANTHROPIC_API_KEY": "sk-test",
+               "ANTHROPIC_BASE_URL": server.url, "COLUMNS": "400"}
+        run = subprocess.run([sys.executable, "-m", "readfirst.graph", "run", "--source", str(project),
+                              "--budget-experiments", "1", "--calibration-pairs", "0", "--max-runs", "6"],
+                             capture_output=True, text=True, env=env, timeout=1800)
+        systems = {json.dumps(r["body"].get("system"))[:60] for r in server.requests}
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(systems) >= 2, systems  # the planner and the implementer both spent
+    run_id = next(p.name for p in (tmp_path / "home" / "runs").iterdir())
+    report = subprocess.run([sys.executable, "-m", "readfirst.graph", "report", run_id, "--json"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    llm = json.loads(report.stdout)["llm"]
+    assert llm["usd_total"] > llm["usd_implementing"] > 0  # the planner's spend is in the total, not the share
+    printed = re.search(r"LLM: \$([\d.]+) and ([\d,]+) tokens in all", run.stdout)
+    assert printed, run.stdout[-3000:]
+    assert printed.group(1) == f"{llm['usd_total']:.2f}"
+    assert int(printed.group(2).replace(",", "")) == llm["tokens_total"]
