@@ -29,6 +29,7 @@ from ..agents.briefing import brief
 from ..agents.experiment import calibrate_build, confirm_stack, evaluator_for, run_experiment
 from ..agents.findings import finding, source_kind
 from ..agents.llm import BudgetExceeded
+from ..agents.summaries import SummaryCache
 from ..protocols import KnowledgeStore, Target, Tree
 from ..records import Baseline, from_dict, to_dict
 from ..sources import GitTree, merge_file
@@ -89,6 +90,9 @@ def build_graph(deps: RunDeps, checkpointer=None):
     say = deps.say
 
     target = deps.target
+    # Without a file of summaries (a replay, a test), this run's own are still kept: a replay then asks the model
+    # exactly what the recorded run asked.
+    summaries = deps.summaries if deps.summaries is not None else SummaryCache()
 
     def tree_at(commit: str) -> Tree:
         return GitTree(target.name, target.repository, commit)
@@ -131,7 +135,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
             # each round.
             found = researcher.research(deps.kb, state["profile"]["facts"], llm=deps.llm,
                                         round_=0 if questions else round_, say=say, about=target.describe(),
-                                        summaries=deps.summaries,
+                                        summaries=summaries,
                                         queries=questions or (state["profile"].get("queries") or {}).get("research"))
         except BudgetExceeded as e:
             return {"stop_reason": f"dollar budget spent ({e})"}
@@ -147,7 +151,7 @@ def build_graph(deps: RunDeps, checkpointer=None):
         try:
             found = competitor_analyst.analyze(deps.kb, state["profile"]["facts"], llm=deps.llm,
                                                round_=0 if questions else round_, about=target.describe(),
-                                               say=say, hot_paths=target.hot_paths, summaries=deps.summaries,
+                                               say=say, hot_paths=target.hot_paths, summaries=summaries,
                                                hot_symbols=porting.hot_symbols(tree_at(state["best"]["commit"]),
                                                                                target.hot_paths),
                                                queries=questions or (state["profile"].get("queries") or {}).get(
