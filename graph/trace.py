@@ -326,6 +326,17 @@ class TracedKnowledgeBase(_Proxy):
         return results
 
 
+class TracedSummaries(_Proxy):
+    """A chunk's summary found (or not) in the cache decides whether the model is asked: replay needs each
+    answer, since the cache has grown since the run (and a run that found a summary made no call for it)."""
+
+    def get(self, chunk: Any) -> Any:
+        from ..agents.summaries import chunk_key
+        claims = self._inner.get(chunk)
+        self._recorder.call("summaries", key=chunk_key(chunk), claims=claims)
+        return claims
+
+
 class TracedLedger(_Proxy):
     def record(self, row: dict[str, Any]) -> dict[str, Any]:
         recorded = self._inner.record(row)
@@ -374,6 +385,7 @@ def start_tracing(deps: Any, directory: Path) -> Any:
     described = deps.target.describe() if deps.target is not None else {}
     writer.write({"event": "run", "v": SCHEMA_VERSION, "pid": os.getpid(), "run_dir": str(directory),
                   "has": {"kb": deps.kb is not None, "llm": deps.llm is not None,
+                          "summaries": getattr(deps, "summaries", None) is not None,
                           "implement": deps.implement is not None, "plan": deps.plan is not None},
                   "target": {"name": getattr(deps.target, "name", None), "describe": plain(described),
                              "repository": str(getattr(deps.target, "repository", "") or ""),
@@ -387,6 +399,7 @@ def start_tracing(deps: Any, directory: Path) -> Any:
     return dataclasses.replace(
         deps, target=target, kb=TracedKnowledgeBase(deps.kb, recorder) if deps.kb is not None else None,
         ledger=TracedLedger(deps.ledger, recorder) if deps.ledger is not None else None,
+        summaries=TracedSummaries(deps.summaries, recorder) if deps.summaries is not None else None,
         say=traced_say, clock=_recorded_value(recorder, "clock", deps.clock),
         spent_usd=_recorded_value(recorder, "spent_usd", deps.spent_usd),
         wrap_node=lambda name, fn: recorder.wrap_node(name, deps.wrap_node(name, fn)),

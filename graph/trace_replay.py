@@ -311,6 +311,25 @@ class ReplayKnowledgeBase:
         return self._replayer.trace.blob(recorded["results"])
 
 
+class ReplaySummaries:
+    """The cache's answers as the run got them: a summary it found, or none (then the model was asked)."""
+
+    def __init__(self, replayer: Replayer):
+        self._replayer = replayer
+
+    def get(self, chunk: Any) -> Any:
+        from ..agents.summaries import chunk_key
+        key = chunk_key(chunk)
+        recorded = self._replayer.serve("summaries", key)
+        if recorded.get("key") != key:
+            self._replayer.fail(f"it looked up the summary of chunk {key} where the recording looked up "
+                                f"{recorded.get('key')}")
+        return recorded.get("claims")
+
+    def put(self, chunk: Any, claims: Any) -> None:
+        pass  # the recording's cache is not this machine's to change
+
+
 class ReplayLLM:
     """The recorded responses, in order; a request that differs from the recorded one is a divergence."""
 
@@ -396,6 +415,7 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
         ledger = copy_ledger_before(trace, run_dir / "ledger.sqlite", scratch / "ledger.sqlite", later)
         deps = RunDeps(target=replay_target, ledger=ledger, run_dir=scratch,
                        kb=ReplayKnowledgeBase(replayer) if has.get("kb") else None, llm=llm,
+                       summaries=ReplaySummaries(replayer) if has.get("summaries") else None,
                        implement=roles.get("implement"), plan=roles.get("plan"),
                        spent_usd=replayer.value("spent_usd", lambda: 0.0),
                        clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node,

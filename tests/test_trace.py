@@ -76,6 +76,31 @@ def test_replay_gives_identical_decisions_without_sandbox_or_api_calls(tmp_path)
     assert report.served["llm"] == recorded_requests and report.served["kb"] > 0 and report.served["target"] > 0
 
 
+def test_a_run_whose_summaries_came_from_an_earlier_run_replays_identically(tmp_path):
+    # The second run finds every chunk's summary in the file the first one filled, so it asks the model for none:
+    # its replay must be served the cache's answers as they were, not an empty cache that asks a model.
+    from readfirst.agents.summaries import SummaryCache
+
+    def answer(request):
+        ids = re.findall(r'id=\\*"([\w.-]+)', json.dumps(request["messages"]))
+        return message_json(json.dumps([{"claim": f"claim about {ids[0]}", "citations": ids[:1]}]))
+
+    with FakeAnthropic([answer] * 400) as api:
+        llm = AnthropicLLM(make_client("test-key", base_url=api.url, max_retries=0), model="claude-sonnet-4-6")
+        cache = SummaryCache(tmp_path / "summaries.sqlite")
+        record_run(tmp_path, "run-a", kb=StandInKnowledgeBase(), llm=llm, summaries=cache)
+        first = api.count
+        directory, _, _ = record_run(tmp_path, "run-b", kb=StandInKnowledgeBase(), llm=llm, summaries=cache)
+        second = api.count - first
+        assert first > 0 and second < first  # run-b summarized nothing again
+        hits = [c for s in Trace(directory).ordered() for c in s.calls if c["kind"] == "summaries"]
+        assert hits and any(c["claims"] for c in hits)
+        report = replay(directory)
+        assert api.count == first + second  # not one request reached the API
+    assert report.identical, report.divergence
+    assert report.served["summaries"] == len(hits)
+
+
 def test_a_code_change_makes_replay_name_the_divergent_step(tmp_path, monkeypatch):
     directory, _, _ = record_run(tmp_path)
     first_experiment = next(s for s in Trace(directory).ordered() if s.node == "experiment")

@@ -127,7 +127,7 @@ def make_source(directory: Path) -> Path:
 
 def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL, kb: Any = None, llm: Any = None,
                sandbox: CountingSandbox | None = None, plan: Any = None, implement: Any = None,
-               target_class: type | None = None) -> tuple[Path, dict[str, Any], StandInTarget]:
+               target_class: type | None = None, summaries: Any = None) -> tuple[Path, dict[str, Any], StandInTarget]:
     """A whole traced run of the real graph and runner on the stand-in target; returns its directory."""
     source = home / "source"
     if not source.exists():
@@ -139,7 +139,8 @@ def record_run(home: Path, run_id: str = "run-a", *, options: RunOptions = SMALL
             "options": asdict(options)}
     write_meta(directory, meta)
     ledger = Ledger(directory / "ledger.sqlite")
-    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm, plan=plan, implement=implement)
+    deps = RunDeps(target=target, ledger=ledger, run_dir=directory, kb=kb, llm=llm, plan=plan, implement=implement,
+                   summaries=summaries)
     deps = start_tracing(deps, directory)
     try:
         summary = execute(deps, directory, run_id, options=options, meta=meta)
