@@ -86,8 +86,9 @@ class GitTarget:
 
     @staticmethod
     def load_fields(r: CommandResult | BenchResult) -> dict:
-        """A measured run's foreign load, as Measurement's fields."""
-        return {"foreign_share": r.foreign_share, "retakes": r.retakes, "contaminated": is_busy(r.foreign_share)}
+        """A measured run's foreign load, as Measurement's fields (none known for a result that carries none)."""
+        share = getattr(r, "foreign_share", None)
+        return {"foreign_share": share, "retakes": getattr(r, "retakes", 0) or 0, "contaminated": is_busy(share)}
 
     @staticmethod
     def _discard(out: Path) -> None:
