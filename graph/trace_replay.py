@@ -243,16 +243,18 @@ def _outcome(error: dict[str, str] | None) -> str:
     return "success" if not error else f"{error.get('type')}: {error.get('message', '')[:200]}"
 
 
-def fork_trees_of(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def fork_trees_of(info: dict[str, Any], run_dir: Path, caches: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache). A run folder
-    may come from someone else and names these paths itself: only repositories inside the data directory that
-    holds the run (readfirst's own sources cache) are opened, never a folder elsewhere on the host."""
+    may come from someone else and names these paths itself: only repositories inside readfirst's own sources
+    caches (the data directory that holds the run, the cache it uses, which may live elsewhere:
+    READFIRST_CACHE) are opened, never a folder elsewhere on the host."""
+    from ..config import Paths
     from ..sources import GitTree
-    home = run_dir.resolve().parent.parent
+    roots = [run_dir.resolve().parent.parent, *(c.resolve() for c in caches or (Paths.resolve().cache,))]
     trees = {}
     for name, t in (info.get("fork_trees") or {}).items():
         repo = Path(str(t.get("repo") or "")).resolve() if t.get("repo") else None
-        if repo is not None and repo.is_relative_to(home) and repo.is_dir():
+        if repo is not None and any(repo.is_relative_to(r) for r in roots) and repo.is_dir():
             trees[name] = GitTree(name, repo, str(t["revision"]), subdirs=tuple(t.get("subdirs") or ()))
     return trees
 
