@@ -71,7 +71,8 @@ def test_a_recorded_llama_cpp_run_replays_without_one_sandbox_command(tmp_path, 
         profile = d["differences"].get("profile") or {}
         recorded = set(unmeasured((profile.get("recorded") or {}).get("facts") or []))
         replayed = set(unmeasured((profile.get("replayed") or {}).get("facts") or []))
-        categories = ("Generation is memory-bound", "well below its bandwidth limit", "not trustworthy")
+        categories = ("Generation is memory-bound", "well below its bandwidth limit", "not trustworthy",
+                      "Other processes used the machine")  # a busy rerun states no roofline fact
         moved = recorded ^ replayed  # only a roofline category or the op profile's lines may have changed
         assert all(any(c in f for c in (*categories, "time goes")) for f in moved), (sorted(moved), d)
     else:
