@@ -3,6 +3,9 @@ of what a case left behind (this process's containers, files outside the case's 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from readfirst.config import Paths
@@ -23,3 +26,16 @@ def case_paths(root: Path) -> Paths:
 
 def leftover_containers(client) -> list:
     return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
+
+
+def readfirst_cli(home: Path, *args: str, timeout: float = 600, cwd: Path | None = None,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real CLI (`python -m readfirst.graph ARGS`) in a fresh process over the data directory `home`."""
+    return subprocess.run([sys.executable, "-m", "readfirst.graph", *args], capture_output=True, text=True,
+                          env={**os.environ, "READFIRST_HOME": str(home), **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+def cut_in_half(path: Path) -> None:
+    """Damage a file as a full disk or an interrupted copy does: its second half is gone."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])

@@ -6,8 +6,6 @@ good ones, name each bad one as skipped with its reason, and print no traceback.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -15,31 +13,20 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kb_conftest_helpers import PAPER_PAGES, make_pdf  # noqa: E402
+from kb_conftest_helpers import PAPER_PAGES, make_pdf, pdf_bytes  # noqa: E402
 
 from readfirst.knowledge_base.chunking import Skipped  # noqa: E402
 from readfirst.knowledge_base.papers import pdf_text  # noqa: E402
 
-
-def _pdf(objects: list[bytes]) -> bytes:
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + obj + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
+from .helpers import readfirst_cli  # noqa: E402
 
 
 def _one_page(stream_dict: bytes, content: bytes) -> bytes:
-    return _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
-                 b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-                 b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
-                 b"/Resources << /Font << /F1 3 0 R >> >> >>",
-                 stream_dict + b"\nstream\n" + content + b"\nendstream"])
+    return pdf_bytes([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+                       b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                       b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
+                       b"/Resources << /Font << /F1 3 0 R >> >> >>",
+                       stream_dict + b"\nstream\n" + content + b"\nendstream"])
 
 
 def _bomb() -> bytes:
@@ -73,16 +60,11 @@ def _folder(root: Path) -> Path:
     return folder
 
 
-def _readfirst(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "readfirst.graph", *args], capture_output=True, text=True,
-                          env={**os.environ, "READFIRST_HOME": str(home)}, timeout=600)
-
-
 @pytest.mark.chroma
 def test_bad_pdfs_are_skipped_with_reasons_and_the_rest_is_ingested(attack):
     folder = _folder(attack.root)
     home = attack.root / "home"
-    proc = _readfirst(home, "kb", "ingest", "path", str(folder), "--json")
+    proc = readfirst_cli(home, "kb", "ingest", "path", str(folder), "--json")
     if proc.returncode != 0 or "Traceback" in proc.stderr:
         attack.escaped(f"one bad PDF ended the ingestion:\n{proc.stderr[-2500:]}")
     [result] = json.loads(proc.stdout)
@@ -91,7 +73,7 @@ def test_bad_pdfs_are_skipped_with_reasons_and_the_rest_is_ingested(attack):
     assert "limit" in skipped["bomb.pdf"].lower() and "length" in skipped["huge-length.pdf"].lower(), skipped
     assert all(reason.startswith("unreadable PDF (") for reason in skipped.values()), skipped
     assert result["added"] == 3, result
-    hits = json.loads(_readfirst(home, "kb", "query", "score tile resident in L2", "--json").stdout)
+    hits = json.loads(readfirst_cli(home, "kb", "query", "score tile resident in L2", "--json").stdout)
     assert any(h["path"].endswith("tiling.md") for h in hits), hits
 
 

@@ -7,29 +7,18 @@ stopped), and the FTS5 table's own data blocks overwritten in an otherwise sound
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .helpers import cut_in_half, readfirst_cli
+
 pytestmark = pytest.mark.chroma
-
-
-def _readfirst(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "readfirst.graph", *args], capture_output=True, text=True,
-                          env={**os.environ, "READFIRST_HOME": str(home)}, timeout=600)
 
 
 def _garbage(db: Path) -> None:
     db.write_bytes(b"this was a lexical index\n" * 4000)
-
-
-def _cut_in_half(db: Path) -> None:
-    data = db.read_bytes()
-    db.write_bytes(data[:len(data) // 2])
 
 
 def _fts_blocks(db: Path) -> None:
@@ -47,7 +36,7 @@ def ingested(tmp_path_factory) -> Path:
     notes.mkdir()
     for i in range(40):
         (notes / f"note{i}.md").write_text(f"# Note {i}\n\nThe tile stride of kernel_{i} is {i * 16} bytes.\n")
-    proc = _readfirst(root / "home", "kb", "ingest", "path", str(notes), "--json")
+    proc = readfirst_cli(root / "home", "kb", "ingest", "path", str(notes), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return root / "home"
 
@@ -62,13 +51,13 @@ def _copy(ingested: Path, root: Path) -> tuple[Path, Path]:
     return home, db
 
 
-@pytest.mark.parametrize("damage", [_garbage, _cut_in_half, _fts_blocks], ids=["garbage", "cut", "fts-blocks"])
+@pytest.mark.parametrize("damage", [_garbage, cut_in_half, _fts_blocks], ids=["garbage", "cut", "fts-blocks"])
 def test_a_damaged_lexical_index_is_said_with_what_to_do(attack, ingested, damage):
     home, db = _copy(ingested, attack.root)
     damage(db)
     for command in (["kb", "stats"], ["kb", "query", "tile stride of kernel_7"],
                     ["kb", "query", "kernel_7", "--mode", "lexical"]):
-        proc = _readfirst(home, *command)
+        proc = readfirst_cli(home, *command)
         if "Traceback" in proc.stderr:
             attack.escaped(f"`readfirst {' '.join(command)}` printed a traceback:\n{proc.stderr[-2000:]}")
         said = " ".join(proc.stderr.split())
@@ -81,7 +70,7 @@ def test_a_damaged_lexical_index_is_said_with_what_to_do(attack, ingested, damag
 def test_kb_rebuild_recreates_a_damaged_lexical_index(attack, ingested):
     home, db = _copy(ingested, attack.root)
     _garbage(db)
-    proc = _readfirst(home, "kb", "rebuild", "--json")
+    proc = readfirst_cli(home, "kb", "rebuild", "--json")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    hits = json.loads(_readfirst(home, "kb", "query", "kernel_7", "--mode", "lexical", "--json").stdout)
+    hits = json.loads(readfirst_cli(home, "kb", "query", "kernel_7", "--mode", "lexical", "--json").stdout)
     assert hits and hits[0]["path"].endswith("note7.md"), hits
