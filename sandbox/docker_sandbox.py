@@ -250,7 +250,7 @@ class _LineCollector:
     def _add(self, piece: bytes) -> None:
         self._partial += piece
         if len(self._partial) > self.max_line:
-            if self._marked() and not self._overlong:
+            if self._marked():  # seen before the trim below drops it, on every overflow of the line
                 self.capped = True
             self._overlong = True
             # what is kept of a line too long to read: enough to see a marker that starts in it and ends later
