@@ -23,6 +23,16 @@ from readfirst.knowledge_base.forks import OUTSIDE_HOT_PATHS  # noqa: E402
 from readfirst.knowledge_base.ingest import fork_note, fork_recipe, recipe_units, run_recipe  # noqa: E402
 from readfirst.targets.config_file import load_config  # noqa: E402
 
+# row_sums's loop body: two passes per row (SLOW); the fork's commit makes it one (FAST).
+TWO_PASSES = '''        total = 0
+        for x in row:
+            total += x
+        check = 0
+        for x in row:
+            check += x
+        assert check == total
+        out.append(total)'''
+
 SLOW = '''"""Row statistics, the hot part of the package."""
 
 
@@ -30,14 +40,7 @@ def row_sums(rows):
     """The sum of every row, each computed twice over: the second pass only checks the first."""
     out = []
     for row in rows:
-        total = 0
-        for x in row:
-            total += x
-        check = 0
-        for x in row:
-            check += x
-        assert check == total
-        out.append(total)
+''' + TWO_PASSES + '''
     return out
 
 
@@ -49,14 +52,7 @@ class Table:
         return sum(row_sums(self.rows))
 '''
 
-FAST = SLOW.replace('''        total = 0
-        for x in row:
-            total += x
-        check = 0
-        for x in row:
-            check += x
-        assert check == total
-        out.append(total)''', '''        out.append(sum(row))''')
+FAST = SLOW.replace(TWO_PASSES, "        out.append(sum(row))")
 
 PROJECT = {
     "pkg/__init__.py": "",
