@@ -31,6 +31,7 @@ import requests
 from ..errors import SandboxError
 from .host_load import Sampler, container_cpu_counter
 from .image import ENV_PATH, SANDBOX_UID
+from .readback import open_inside
 from ..records import CommandResult, Mount
 
 LABEL = "io.readfirst.sandbox"
@@ -358,29 +359,29 @@ class _FixedSizeMounts:
 
 def _copy_tree(src: Path, dest: Path, budget: int) -> None:
     """`src`'s entries into `dest`, links and FIFOs made again, never followed; regular files while `budget` (bytes
-    of apparent size: a sparse file counts its whole length) lasts, the rest left out."""
-    stack = [(src, dest)]
+    of apparent size: a sparse file counts its whole length) lasts, the rest left out. Files are read as results
+    are (readback.open_inside: no link followed at any step from `src`)."""
+    stack = [("", dest)]
     while stack:
-        here, there = stack.pop()
-        with os.scandir(here) as entries:
+        rel, there = stack.pop()
+        with os.scandir(src / rel) as entries:
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)
-                to = there / entry.name
+                name, to = f"{rel}/{entry.name}" if rel else entry.name, there / entry.name
                 if stat.S_ISDIR(st.st_mode):
                     to.mkdir(mode=0o755)
-                    stack.append((Path(entry.path), to))
+                    stack.append((name, to))
                 elif stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(entry.path), to)
                 elif stat.S_ISFIFO(st.st_mode):
                     os.mkfifo(to)
                 elif stat.S_ISREG(st.st_mode) and st.st_size <= budget:
                     budget -= st.st_size
-                    _copy_file(entry.path, to, st)
+                    _copy_file(src, name, to, st)
 
 
-def _copy_file(path: str, to: Path, st: os.stat_result) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f, open(to, "xb") as g:
+def _copy_file(src: Path, relative: str, to: Path, st: os.stat_result) -> None:
+    with open_inside(src, relative) as f, open(to, "xb") as g:
         left = st.st_size
         while left > 0:
             block = f.read(min(left, 1 << 20))
