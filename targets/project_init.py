@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..sandbox.image import is_debian_package
 from ..sandbox.readback import read_text_inside
 from .config_file import CONFIG_NAME, ConfigError, load_config
 
@@ -267,17 +268,15 @@ def _python(f: Folder) -> dict[str, Any] | None:
     if not manifests:
         return None
     pyproject = f.toml("pyproject.toml")
-    texts = " ".join(f.read(p) or "" for p in ("pyproject.toml", "setup.py", "setup.cfg", "pytest.ini", "tox.ini",
-                                              "requirements-dev.txt", "requirements.txt"))
+    texts = {p: f.read(p) or "" for p in ("pyproject.toml", "setup.py", "setup.cfg", "pytest.ini", "tox.ini",
+                                          "requirements-dev.txt", "requirements.txt")}
     name, name_from = _python_name(f, pyproject)
-    packages = [d for d in f.top_dirs() if d.isidentifier() and d not in NOT_HOT and f.has(f"{d}/__init__.py")]
-    hot = (["src/**"] if "src" in f.dirs and f.under("src", (".py",)) else [f"{p}/**" for p in packages]) or [
-        p for p in sorted(f.files) if "/" not in p and p.endswith(".py") and p[:-3].isidentifier()
-        and p not in ("setup.py", "conftest.py") and not p.startswith(("test", "bench"))]
     # what the manifests say, not C files lying around: a package may carry C sources it never compiles
     backend = str((pyproject.get("build-system") or {}).get("build-backend", ""))
-    extension = bool(re.search(r"Extension\(|ext_modules", f.read("setup.py") or "")) or backend.split(".")[0] in (
+    extension = bool(re.search(r"Extension\(|ext_modules", texts["setup.py"])) or backend.split(".")[0] in (
         "scikit_build_core", "mesonpy", "maturin") or "ext-modules" in str(pyproject.get("tool", {}))
+    hot_paths = _python_hot(f, extension)
+    hot = hot_paths.value
     if extension and f.has("setup.py"):
         build = Guess("python3 setup.py build_ext --inplace", "setup.py builds C extensions")
     elif extension:
@@ -286,22 +285,61 @@ def _python(f: Folder) -> dict[str, Any] | None:
     else:
         build = Guess(f"python3 -m compileall -q {' '.join(h.split('/')[0] for h in hot) or '.'}",
                       "pure Python: nothing to build; compileall catches syntax errors")
-    pytest = "pytest" in texts or f.has("conftest.py") or f.has("tests/conftest.py")
+    named = [p for p, text in texts.items() if "pytest" in text] + [
+        c for c in ("conftest.py", "tests/conftest.py") if f.has(c)]
     test = None
-    if pytest:
-        test = Guess("python3 -m pytest -q", "pytest named in " + "/".join(manifests))
+    if named:
+        test = Guess("python3 -m pytest -q", "pytest named in " + "/".join(named))
     elif "tests" in f.dirs or "test" in f.dirs:
         folder = "tests" if "tests" in f.dirs else "test"
         top = " -t ." if f.has(f"{folder}/__init__.py") else ""
         test = Guess(f"python3 -m unittest discover -s {folder}{top}", f"the {folder}/ folder (unittest)")
-    apt = ["python3-pytest"] if pytest else []
-    apt += ["python3-dev", "python3-setuptools"] if extension else []
+    apt = ["python3-pytest"] if named else []
+    apt += ["python3-dev", "python3-setuptools", *_build_requires(pyproject)] if extension else []
     return dict(kind="Python", name=Guess(name, name_from),
-                hot_paths=Guess(hot, "the package folder" if packages or "src" in f.dirs else "the root's modules"),
+                hot_paths=hot_paths,
                 protected=Guess(_judges(f, [*manifests, "conftest.py"]), "tests, benches and the manifest"),
-                build=build, test=test, apt=Guess(apt, "the Python tools the commands use"),
+                build=build, test=test, apt=Guess(list(dict.fromkeys(apt)), "the Python tools the commands use"
+                                                  + (" and [build-system] requires" if extension else "")),
                 notes=["python: the sandbox has no network; third-party imports must be Debian packages in "
-                       "[sandbox] apt (python3-NAME)"] if re.search(r"dependencies\s*=\s*\[\s*\S", texts) else [])
+                       "[sandbox] apt (python3-NAME)"] if re.search(r"dependencies\s*=\s*\[\s*\S",
+                                                                    " ".join(texts.values())) else [])
+
+
+def _python_hot(f: Folder, extension: bool) -> Guess:
+    """The package folders (or src/), and the root's modules when the root is itself a package or holds the only
+    ones; with a C extension, the folders of its C sources too (a bundled library: lz4's lz4libs/)."""
+    if "src" in f.dirs and f.under("src", (".py",)):
+        hot, said = ["src/**"], ["src/"]
+    else:
+        hot = [f"{d}/**" for d in f.top_dirs() if d.isidentifier() and d not in NOT_HOT
+               and f.has(f"{d}/__init__.py")]
+        said = ["the package folders"] if hot else []
+        if not hot or f.has("__init__.py"):
+            hot += [p for p in sorted(f.files) if "/" not in p and p.endswith(".py") and p[:-3].isidentifier()
+                    and p not in ("setup.py", "conftest.py") and not p.startswith(("test", "bench"))]
+            said.append("the root's modules")
+    if extension:
+        c_dirs = [g for g in _hot_dirs(f, C_EXTS) if g.endswith("/**") and g not in hot]
+        hot += c_dirs
+        said += ["the folders of its C sources"] if c_dirs else []
+    return Guess(hot, " and ".join(said))
+
+
+# The Debian package of a Python build requirement, where its name is not python3-NAME.
+_DEBIAN_PYTHON = {"cython": "cython3", "setuptools": "python3-setuptools", "wheel": "python3-wheel"}
+
+
+def _build_requires(pyproject: dict[str, Any]) -> list[str]:
+    """[build-system] requires as Debian packages (python3-NAME): the sandbox cannot fetch them while building."""
+    requires = (pyproject.get("build-system") or {}).get("requires")
+    out = []
+    for req in requires if isinstance(requires, list) else []:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req) if isinstance(req, str) else None
+        if m:
+            key = re.sub(r"[._-]+", "-", m.group(1).lower())
+            out.append(_DEBIAN_PYTHON.get(key, f"python3-{key}"))
+    return [p for p in out if is_debian_package(p)][:20]
 
 
 def _python_name(f: Folder, pyproject: dict[str, Any]) -> tuple[str, str]:

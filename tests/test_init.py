@@ -115,6 +115,34 @@ def test_a_python_package_with_a_c_extension_builds_it_in_place(tmp_path):
     assert {"python3-dev", "python3-setuptools"} <= set(config.apt)
 
 
+def test_a_c_extension_with_a_bundled_library_like_lz4s_sdist(tmp_path):
+    """The layout of the lz4 sdist: the extension compiles a bundled C library kept beside the package, and its
+    setup.py needs build requirements that the sandbox, with no network, cannot fetch."""
+    folder = project(tmp_path / "lz", {
+        "pyproject.toml": '[build-system]\nrequires = ["setuptools>=45", "wheel", "setuptools_scm[toml]>=6.2", '
+                          '"pkgconfig"]\nbuild-backend = "setuptools.build_meta"\n',
+        "setup.py": "from setuptools import setup, Extension\nsetup(name='lz', ext_modules=[Extension('lz._b', "
+                    "['lz/_b.c', 'lzlibs/lz.c'])])\n",
+        "setup.cfg": "[tool:pytest]\naddopts = -x\n", "lz/__init__.py": "", "lz/_b.c": "", "lzlibs/lz.c": "",
+        "lzlibs/lz.h": "", "tests/test_b.py": "", "bench.py": ""})
+    config, out = written(folder, tmp_path)
+    assert config.hot_paths == ("lz/**", "lzlibs/**")
+    assert {"python3-setuptools-scm", "python3-pkgconfig", "python3-wheel"} <= set(config.apt)
+    assert "test: `python3 -m pytest -q` (pytest named in setup.cfg)" in out  # where it is named, no other file
+
+
+def test_a_project_whose_root_is_its_package_keeps_the_roots_modules_hot(tmp_path):
+    """This repository's layout: the root holds __init__.py and modules beside its subpackages."""
+    folder = project(tmp_path / "rootpkg", {
+        "pyproject.toml": '[project]\nname = "rootpkg"\n', "__init__.py": "", "core.py": "X = 1\n",
+        "sub/__init__.py": "", "tests/conftest.py": "", "bench.py": ""})
+    config, out = written(folder, tmp_path)
+    assert config.hot_paths == ("sub/**", "__init__.py", "core.py")
+    assert config.build.command == "python3 -m compileall -q sub __init__.py core.py"
+    assert "(the package folders and the root's modules)" in out
+    assert "(pytest named in tests/conftest.py)" in out
+
+
 def test_a_package_json_with_test_and_bench_scripts(tmp_path):
     folder = project(tmp_path / "js", {"package.json": json.dumps({"name": "fastjs", "scripts": {
         "test": "node test/t.js", "bench": "node bench/b.js"}}), "src/index.js": "module.exports = 1;\n",
