@@ -118,11 +118,19 @@ def load_config(path: str | Path, source: str | None = None) -> ProjectConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from None
+    return parse_config(text, path, source)
+
+
+def parse_config(text: str, path: Path, source: str | None = None) -> ProjectConfig:
+    """The text of a readfirst.toml, validated as the file at `path` would be (`readfirst init` checks what it
+    would write without writing it)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return _validate(path, data, source)
 
 

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import stat
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable
 
 from ..sandbox.image import is_debian_package
 from ..sandbox.readback import read_text_inside
-from .config_file import CONFIG_NAME, ConfigError, load_config
+from .config_file import CONFIG_NAME, ConfigError, parse_config
 
 MAX_FILE = 256 * 1024       # a manifest larger than this is not read
 MAX_ENTRIES = 20000         # files and folders listed, at most
@@ -519,13 +518,10 @@ def render(g: InitGuess) -> str:
 
 def check_loads(text: str, root: Path) -> str | None:
     """Why the text would not load as the project's readfirst.toml, or None when it loads."""
-    with tempfile.TemporaryDirectory(prefix="readfirst-init-") as tmp:
-        path = Path(tmp) / CONFIG_NAME
-        path.write_text(text)
-        try:
-            load_config(path, source=str(root))
-        except ConfigError as e:
-            return str(e)
+    try:
+        parse_config(text, root / CONFIG_NAME, source=str(root))
+    except ConfigError as e:
+        return str(e)
     return None
 
 
