@@ -72,3 +72,28 @@ def test_llama_cpp_measures_only_the_tests_asked_for(tmp_path, metrics, shape):
     target.bench = bench
     target.measure("b" * 40, make_variant(native_config(), BenchOptions(), tmp_path / "m.gguf"), metrics=metrics)
     assert asked == [(*shape, 1)]
+
+
+def test_llama_cpps_own_run_passes_every_argument_of_the_base_run_through(tmp_path):
+    """LlamaCppTarget._run adds the models and the compiler cache to GitTarget._run: an argument the base grew
+    (`collect`) reached the override as a TypeError once, and the logits check with it."""
+    from readfirst.records import CommandResult, Mount
+    from readfirst.sources import SourceRepo
+    from readfirst.targets.llama_cpp.logits import KLD_MARKERS
+    from readfirst.targets.llama_cpp.target import LlamaCppTarget
+
+    class Recording:
+        def run(self, command, **kw):
+            self.kw = kw
+            return CommandResult(command, 0, 0.01, "", 0, False, False, None)
+
+    sandbox = Recording()
+    target = LlamaCppTarget(Paths(home=tmp_path, cache=tmp_path / "cache"), sandbox, SourceRepo(tmp_path, "b" * 40, "t"))
+    (tmp_path / "kld").mkdir()
+    r, out = target._run("true", timeout_s=7, log_name="kld", mounts=[Mount(tmp_path / "kld", "/kld", True)],
+                         workdir="/w", cpuset="0", env={"A": "1"}, collect=KLD_MARKERS)
+    target._discard(out)
+    kw = sandbox.kw
+    assert (kw["collect"], kw["cpuset"], kw["workdir"], kw["timeout_s"]) == (KLD_MARKERS, "0", "/w", 7)
+    assert kw["env"]["A"] == "1" and kw["env"]["CCACHE_DISABLE"] == "1"
+    assert [m.target for m in kw["mounts"]] == ["/out", "/models", "/kld"]

@@ -436,13 +436,12 @@ class LlamaCppTarget(GitTarget):
         return commit == self.source.baseline and config_key(config) in {
             config_key(c) for c in (native_config(), *fallback_configs())}
 
-    def _run(self, command: str, *, timeout_s: float, log_name: str, mounts: Sequence[Mount],
-             workdir: str = "/tmp", cpuset: str | None = None, env: Mapping[str, str] | None = None,
-             measuring: bool = False, ccache: str | None = None,
-             collect: str | tuple[str, ...] | None = None) -> tuple[CommandResult, Path]:
-        """`ccache`: "write" for a trusted build, "read" for a candidate's (the shared cache mounted read-only,
-        nothing added to it), None for a command that compiles nothing (no cache mounted). `collect`: as
-        GitTarget._run."""
+    def _run(self, command: str, *, mounts: Sequence[Mount], env: Mapping[str, str] | None = None,
+             ccache: str | None = None, **run: Any) -> tuple[CommandResult, Path]:
+        """GitTarget._run with the models and, when asked, the compiler cache mounted; its other arguments
+        (`run`) pass through as they are. `ccache`: "write" for a trusted build, "read" for a candidate's (the
+        shared cache mounted read-only, nothing added to it), None for a command that compiles nothing (no cache
+        mounted)."""
         self.paths.models.mkdir(parents=True, exist_ok=True)
         env = dict(env or {})
         mounts = [Mount(self.paths.models, "/models", True), *mounts]
@@ -458,8 +457,7 @@ class LlamaCppTarget(GitTarget):
                 # would go into the (read-only) cache directory, so they go to /tmp and nowhere.
                 env.update(CCACHE_READONLY="1", CCACHE_NOSTATS="1", CCACHE_TEMPDIR="/tmp")
             mounts.insert(0, Mount(shared, "/ccache", ccache == "read"))
-        return super()._run(command, timeout_s=timeout_s, log_name=log_name, workdir=workdir, cpuset=cpuset,
-                            env=env, measuring=measuring, mounts=mounts, collect=collect)
+        return super()._run(command, mounts=mounts, env=env, **run)
 
     def _worker_mounts(self, w: Worker, config: BuildConfig, commit: str) -> list[Mount]:
         # The baseline commit builds in a directory of its own per configuration: a candidate's build could
