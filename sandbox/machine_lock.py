@@ -25,13 +25,14 @@ import contextvars
 import fcntl
 import json
 import os
-import stat
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from .readback import read_bytes_inside
 
 LOCK_NAME = "machine.lock"
 INTENT_NAME = "machine.intent"
@@ -70,8 +71,9 @@ def machine_lock(cache: Path, *, exclusive: bool, say: Callable[[str], None] | N
             # waits on it.
             intent = _take_intent(cache, exclusive) if depth == 0 else None
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            if intent is not None and not exclusive:
-                os.close(intent)  # a build only passes through; a measurement keeps it until it has the machine
+            if intent is not None:
+                # a build only passed through it; a measurement kept it while it waited, and has the machine now
+                os.close(intent)
                 intent = None
         waited = time.monotonic() - began
         _local.waited = waited_s() + waited
@@ -80,9 +82,6 @@ def machine_lock(cache: Path, *, exclusive: bool, say: Callable[[str], None] | N
                    else "a measurement had the machine to itself")
             say(f"{what or 'this step'} waited {waited:.0f} s for the machine: {why} (another run or worker "
                 f"sharing the cache {cache})")
-        if intent is not None:
-            os.close(intent)
-            intent = None
         record = _write_holder(cache, exclusive, what)
         _local.depth = depth + 1
         yield
@@ -192,20 +191,9 @@ def read_holders(cache: Path) -> list[dict]:
 
 def _read_record(path: Path) -> dict | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, HOLDER_MAX_BYTES + 1)
-        if len(data) > HOLDER_MAX_BYTES:
-            return None
-        h = json.loads(data.decode("utf-8", "replace"))
+        h = json.loads(read_bytes_inside(path.parent, path.name, limit=HOLDER_MAX_BYTES).decode("utf-8", "replace"))
     except (OSError, ValueError):
         return None
-    finally:
-        os.close(fd)
     ok = (isinstance(h, dict) and type(h.get("pid")) is int and 0 < h["pid"] < 2 ** 22
           and isinstance(h.get("since"), (int, float)) and isinstance(h.get("what", ""), str)
           and isinstance(h.get("run", ""), str))
