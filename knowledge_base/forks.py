@@ -112,9 +112,14 @@ def _wanted(path: str, subdirs: Sequence[str], paths: Sequence[str] = ()) -> boo
     return Path(path).suffix.lower() in FORK_EXTENSIONS
 
 
-def _spans(text: str | Skipped, path: str) -> list:
+def _spans(scratch: ScratchRepo, revision: str, path: str) -> list:
+    """The functions of `path` at `revision`, which name its hunks: its blob is read only in a language with a
+    grammar (a README's hunks need no name)."""
     suffix = Path(path).suffix
-    return function_spans(text, suffix) if isinstance(text, str) and has_grammar(suffix) else []
+    if not has_grammar(suffix):
+        return []
+    text = scratch.blob(revision, path)
+    return function_spans(text, suffix) if isinstance(text, str) else []
 
 
 def _span_index(spans, line: int | None) -> int | None:
@@ -206,17 +211,16 @@ def tree_units(scratch: ScratchRepo, *, source: str, subdirs: Sequence[str] = ()
             continue
         unit = f"{source}::diff:{path}"
         old_path = fields[1] if code.startswith("R") else path
-        too_large = scratch.too_large(fork.revision, path) or scratch.too_large(upstream.revision, old_path)
+        # Both sides within the cap before the diff, whose text would be as large as the file (the fork's side
+        # is checked as its blob is read).
+        text = scratch.blob(fork.revision, path)
+        too_large = text.reason if isinstance(text, Skipped) else scratch.too_large(upstream.revision, old_path)
         if too_large:
-            yield Skipped(unit, too_large)  # before the diff: its text would be as large as the file
+            yield Skipped(unit, too_large)
             continue
         diff = scratch.git("diff", "-U3", "--no-color", "-M", upstream.revision, fork.revision, "--",
                            old_path, path)
-        text = scratch.blob(fork.revision, path)
-        if isinstance(text, Skipped):
-            yield Skipped(unit, text.reason)
-            continue
-        spans = _spans(text, path)
+        spans = function_spans(text, Path(path).suffix)
         try:
             patch = PatchSet(diff)
         except Exception as e:  # unidiff raises its own parse error for diffs it cannot read
@@ -258,8 +262,7 @@ def commit_units(scratch: ScratchRepo, merge_base: str, *, source: str, subdirs:
                 too_large = None if patch_file.is_removed_file else scratch.too_large(sha, patch_file.path)
                 yield Skipped(f"{unit}:{patch_file.path}", too_large or "binary file")
                 continue
-            spans = [] if patch_file.is_removed_file else _spans(scratch.blob(sha, patch_file.path),
-                                                                  patch_file.path)
+            spans = [] if patch_file.is_removed_file else _spans(scratch, sha, patch_file.path)
             title = message.splitlines()[0][:120] if message else sha[:12]
             chunks += _hunk_chunks(patch_file, header=f"fork-diff {fork.name} commit {sha[:12]} \"{title}\"",
                                    kind="fork-diff", unit=unit, fork=fork, spans=spans,

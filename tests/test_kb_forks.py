@@ -141,3 +141,30 @@ def test_a_fork_given_as_a_git_url(tmp_path, local_paths):
     units, _ = _units(fork_recipe(f"file://{fork}", str(upstream)), local_paths)
     assert [u.key.split("::commit:")[1] for u in units] == [sha]
     assert units[0].chunks[0].origin["repo"] == "remote-fork"
+
+
+def test_each_blob_is_size_checked_once_and_read_only_where_it_names_functions(tmp_path, local_paths, monkeypatch):
+    """By commits, a file whose language has no grammar (the README) gives its hunks without its blob being read
+    (the blob only names the hunks' functions); as trees, a changed file's size is asked once per side."""
+    from readfirst.knowledge_base.forks import ScratchRepo
+    read, sized = [], []
+    blob, too_large = ScratchRepo.blob, ScratchRepo.too_large
+    monkeypatch.setattr(ScratchRepo, "blob", lambda self, rev, path: read.append(path) or blob(self, rev, path))
+    monkeypatch.setattr(ScratchRepo, "too_large",
+                        lambda self, rev, path: sized.append((rev, path)) or too_large(self, rev, path))
+    upstream = make_repo(tmp_path / "upstream", UPSTREAM)
+    fork = tmp_path / "fork"
+    git(tmp_path, "clone", "-q", str(upstream), str(fork))
+    edited = UPSTREAM["ggml/src/ops.c"].replace("sqrtf(sum / n)", "sqrtf(sum / n + 1e-6f)")
+    commit(fork, {"ggml/src/ops.c": edited, "README.md": UPSTREAM["README.md"] + "Now with an epsilon.\n"},
+           "Add an epsilon")
+
+    units, _ = _units(fork_recipe(str(fork), str(upstream)), local_paths)
+    assert {c.origin.get("path") for u in units for c in u.chunks} - {None} == {"ggml/src/ops.c", "README.md"}
+    assert read == ["ggml/src/ops.c"], read
+
+    read.clear()
+    sized.clear()
+    units, _ = _units(fork_recipe(str(fork), str(upstream), as_trees=True), local_paths)
+    assert {c.origin.get("path") for u in units for c in u.chunks} - {None} == {"ggml/src/ops.c", "README.md"}
+    assert len(sized) == len(set(sized)) == 4, sized  # each of the two paths, once on each side
