@@ -15,6 +15,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,16 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
         waited = waited_s() - w0
         durations["wait"] = durations.get("wait", 0.0) + waited
         return clock() - t0 - waited
+
+    @contextmanager
+    def timed(stage: str):
+        """The body's time, less its wait for the machine, added to durations[stage] as the body ends, however it
+        ends: an exception handled outside the `with` finds its stage's time counted."""
+        t0, w0 = clock(), waited_s()
+        try:
+            yield
+        finally:
+            durations[stage] = durations.get(stage, 0.0) + took(t0, w0)
     row: dict[str, Any] = {"hypothesis": hypothesis, "kind": hypothesis["kind"], "title": hypothesis["title"],
                            "citations": hypothesis.get("citations", []), "patch": None, "build": None,
                            "checks": None, "llm": {}, "objective": target.objective.metric}
@@ -334,12 +345,11 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     while True:
         say(f"{title}: building")
-        t0, w0 = clock(), waited_s()
         try:
-            build = target.build(commit, variant, worker=worker)
+            with timed("build"):
+                build = target.build(commit, variant, worker=worker)
         except OSError as e:  # a build record or artifact that could not be read back: the candidate's doing
             return finish(_discarded("build", f"the build's results could not be read back ({e})."))
-        durations["build"] += took(t0, w0)
         row["build"] = to_dict(build)
         if not build.ok:
             fixed = repaired("build", build_evidence(build))
@@ -352,13 +362,11 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
             return finish(_discarded("build", f"the build failed at the {build.stage} stage"
                                               f"{': ' + error if error else ''}."))
         say(f"{title}: checking")
-        t0, w0 = clock(), waited_s()
         try:
-            checks = target.checks(commit, variant, baseline=baseline, worker=worker)
+            with timed("checks"):
+                checks = target.checks(commit, variant, baseline=baseline, worker=worker)
         except (SandboxError, OSError, ValueError) as e:  # OSError, ValueError: evidence that could not be read
-            durations["checks"] += took(t0, w0)
             return finish(_discarded("checks", f"the checks could not run: {str(e)[:300]}"))
-        durations["checks"] += took(t0, w0)
         row["checks"] = to_dict(checks)
         verdict = gates(checks, None)
         if verdict.gate == "performance":
@@ -376,19 +384,17 @@ def run_experiment(hypothesis: dict[str, Any], *, target: Target, best: dict[str
 
     bench = ArmBench(target, arms, clock)
     say(f"{title}: measuring against the current best")
-    t0, w0 = clock(), waited_s()
+    failure = ""
     try:
-        perf = evaluate(bench, evaluator_config, clock=bench.seconds)
+        with timed("bench"):
+            perf = evaluate(bench, evaluator_config, clock=bench.seconds)
     except (SandboxError, OSError) as e:  # OSError: a result file that could not be read back
-        durations["bench"] = took(t0, w0)
-        bench.record_setup(row)
-        return finish(_discarded("performance", f"the benchmark failed: {(str(e).splitlines() or [''])[0][:300]}"))
+        failure = f"the benchmark failed: {(str(e).splitlines() or [''])[0][:300]}"
     except ValueError as e:  # a value that is not a positive number, or no objective metric: the candidate's fault
-        durations["bench"] = took(t0, w0)
-        bench.record_setup(row)
-        return finish(_discarded("performance", f"the benchmark's figures are unusable: {str(e)[:300]}"))
-    durations["bench"] = took(t0, w0)
+        failure = f"the benchmark's figures are unusable: {str(e)[:300]}"
     bench.record_setup(row)
+    if failure:
+        return finish(_discarded("performance", failure))
     perf = bench.held_to_account(perf, row, say=lambda why: say(f"{title}: tampered? {why}"))
     return finish(gates(checks, perf))
 

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +190,16 @@ def test_a_failed_check_is_the_verdict_and_nothing_is_measured(target):
 def test_a_build_whose_results_cannot_be_read_back_is_discarded_not_the_run(target):
     # What a build leaves is the candidate's work: a record it turned into a FIFO or a link is its failure.
     target.build_error = OSError(6, "No such device or address", "build.json")
+    build = target.build
+
+    def slow_build(*args, **kwargs):
+        time.sleep(0.2)  # the build ran before its record could not be read: its time is the build's
+        return build(*args, **kwargs)
+    target.build = slow_build
     row = run(target, {"patch": patch_replacing("n * 2", "n * 2 /* FAST */")})
     assert (row["decision"], row["verdict"]["gate"]) == ("discard", "build")
     assert "could not be read back" in row["reason"] and "checks" not in target.calls
+    assert row["durations"]["build"] >= 0.2, row["durations"]
 
 
 @pytest.mark.parametrize("error, says", [(SandboxError("the bench command timed out after 3 s and was killed"),
