@@ -60,7 +60,8 @@ def test_other_names_from_the_file_are_matched_whole(attack):
     for edit, key in ((lambda t: t + '[sandbox.env]\n"A\\n" = "1"\n', "[sandbox] env"),
                       (lambda t: t.replace('metric = "x"', 'metric = "x\\n"'), "[objective] metric"),
                       (lambda t: t.replace('name = "victim"', 'name = "victim"\nref = "--upload-pack=touch /x"'),
-                       "[target] ref")):
+                       "[target] ref"),
+                      (lambda t: t + '[objective.guards]\n"g\\n" = 0.05\n', "[objective.guards] g")):
         path = project(attack.root / "proj")
         path.write_text(edit(path.read_text()))
         with pytest.raises(ConfigError) as caught:
@@ -101,6 +102,21 @@ def test_ensure_image_refuses_a_name_that_is_not_a_debian_package(attack):
 
     with pytest.raises(ImageBuildError, match="not a Debian package name"):
         ensure_image(NoEngine(), packages=("make; touch /tmp/CANARY",))
+
+
+@pytest.mark.parametrize("key", ["hot_paths", "protected"])
+@pytest.mark.parametrize("pattern", ["../outside/**", "/etc/**", "~/.ssh/*", "src/../../outside"])
+def test_a_path_pattern_outside_the_project_is_refused_naming_the_key(attack, key, pattern):
+    """hot_paths and protected decide what the implementer may edit and what a patch may touch: a pattern that
+    names a place outside the project is not a path of the project."""
+    path = project(attack.root / "proj")
+    path.write_text(path.read_text().replace('name = "victim"', f'name = "victim"\n{key} = ["{pattern}"]'))
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        assert f"[target] {key}" in str(e) and "not a path inside the project" in str(e), str(e)
+        return
+    attack.escaped(f"{key} = [{pattern!r}] was accepted: {getattr(config, key)}")
 
 
 def _outside_sources(root: Path) -> dict[str, str]:
