@@ -132,7 +132,9 @@ class GitTree:
             return None  # "<spec> missing" (or ambiguous)
         size = int(header[2])
         if size > MAX_FILE_BYTES:
-            self._drain(size + 1)  # the batch stream goes on after this object: read past it, keep nothing
+            # The object follows in the stream: end this process rather than read it through (the next read starts
+            # another), so a 200 MB file costs a process start, not 200 MB inflated and piped.
+            self.close()
             self.skipped[path] = f"larger than {MAX_FILE_BYTES // 2**20} MiB ({size / 2**20:.1f} MiB)"
             return None
         data = self._batch.stdout.read(size + 1)[:-1]
@@ -141,14 +143,6 @@ class GitTree:
                 self.skipped[path] = "binary file"
             return None
         return data.decode("utf-8", errors="replace")
-
-    def _drain(self, n: int) -> None:
-        assert self._batch is not None and self._batch.stdout is not None
-        while n > 0:
-            got = self._batch.stdout.read(min(n, 1 << 20))
-            if not got:
-                return
-            n -= len(got)
 
     def at(self, revision: str) -> "GitTree":
         return GitTree(self.name, self.repo, revision, subdirs=self.subdirs)
