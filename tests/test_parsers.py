@@ -34,6 +34,16 @@ def test_kld_within_thresholds_passes_and_values_are_read():
     assert math.isclose(r.same_top_p, 99.902)
 
 
+def test_the_kld_evidence_shows_the_figures():
+    # a short output: the figures sit less than 600 characters from its start, and output follows them
+    r = parse_kld(KLD_OUTPUT + "llama_perf_context_print: total time\n" * 20)
+    assert "Maximum KLD:   0.000019" in r.log_tail, r.log_tail
+    # figures read from the collected lines after output pushed them out of the tail: the lines are the evidence
+    lines = [ln for ln in KLD_OUTPUT.splitlines() if "KLD" in ln or "Same top p" in ln]
+    r = parse_kld("\n" * 5000, lines=lines)
+    assert r.ok and "Maximum KLD:   0.000019" in r.log_tail, r.log_tail
+
+
 def test_kld_over_a_threshold_or_missing_fails():
     broken = KLD_OUTPUT.replace("Maximum KLD:   0.000019", "Maximum KLD:   2.500000")
     assert "max KLD" in kld_failure(parse_kld(broken))

@@ -32,8 +32,8 @@ def parse_kld(output: str, *, lines: list[str] | None = None, capped: bool = Fal
     runs inside llama-perplexity, and a second figure of its own would otherwise be read as the check's."""
     text = "\n".join(lines) if lines is not None else output
     if capped:
-        return _failed("llama-perplexity printed more KLD lines than the sandbox collects: the figures cannot "
-                       "be told")
+        return _failed("llama-perplexity's KLD lines could not all be collected (more than the sandbox keeps, one "
+                       "too long, or an output that never ended): the figures cannot be told")
     values = {}
     for key, rx in _KLD_LINE.items():
         m = rx.findall(text)
@@ -44,7 +44,10 @@ def parse_kld(output: str, *, lines: list[str] | None = None, capped: bool = Fal
                            f"a figure printed by the code under test cannot be told from the check's")
         values[key] = float(m[-1])
     ok = all(math.isfinite(v) for v in values.values())
-    tail = output[output.rfind("KLD") - 600:] if "KLD" in output else output[-600:]
+    # the evidence: the output around its last figures, or the lines read (they hold them) when output pushed
+    # the figures out of the tail
+    shown = output if "KLD" in output else text
+    tail = shown[max(0, shown.rfind("KLD") - 600):]
     return KLDResult(values["mean"], values["max"], values["p999"], values["same"], ok, tail[-1500:])
 
 
