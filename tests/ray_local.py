@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+# A Ray that no longer has the function fails to start here, rather than start listening beyond loopback.
 RAY_START = ("import sys, ray._private.services as services; from ray.scripts.scripts import main; "
+             "assert callable(getattr(services, 'resolve_ip_for_localhost', None)), "
+             "'Ray moved services.resolve_ip_for_localhost: tests/ray_local.py cannot keep 127.0.0.1'; "
              "services.resolve_ip_for_localhost = lambda host: host; sys.argv[0] = 'ray'; main()")
 TOKEN_ENV = "READFIRST_RAY_TOKEN_FILE"
 
