@@ -109,8 +109,20 @@ def locate(top: Path) -> tuple[Path, Path]:
     return git_dir, common
 
 
+def _check_links(objects: Path, root: Path) -> None:
+    """A link anywhere within an object store (`objects/pack`, a fan-out folder, `objects/info`) must lead inside
+    the folder too: git follows it, and would read another repository's objects through it."""
+    for dirpath, dirnames, filenames in os.walk(objects, followlinks=False):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                _inside(path, root, str(path))
+
+
 def _check_alternates(objects: Path, root: Path, depth: int = 0) -> None:
-    """Every object store `objects` borrows from, and those they borrow from, must lie inside the folder too."""
+    """Every object store `objects` borrows from, and those they borrow from, must lie inside the folder too,
+    and so must whatever their links lead to."""
+    _check_links(objects, root)
     listing = objects / "info" / "alternates"
     if not os.path.lexists(listing):
         return

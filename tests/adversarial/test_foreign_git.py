@@ -6,6 +6,7 @@ folder linked out of the tree must never be read."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -219,3 +220,51 @@ def test_a_ref_that_git_would_read_as_an_option_is_refused(attack, tmp_path, ref
     else:
         attack.escaped(f"the ref {ref!r} was handed to git")
     assert not list(tmp_path.rglob("CANARY")) and not list(Path.cwd().glob("CANARY"))
+
+
+@pytest.mark.parametrize("how", ["objects-pack-link", "objects-fanout-link", "objects-info-link"])
+def test_an_object_store_linked_in_parts_out_of_the_folder_is_refused(attack, how):
+    """The folder's own `.git/objects` lies inside it, but a folder within it is a link to another repository's
+    store: git would read that repository's objects through it."""
+    elsewhere = _host_secret_repo(attack.root)
+    _git(elsewhere, "repack", "-a", "-d", "-q")
+    secret = _git(elsewhere, "rev-parse", "HEAD")
+    project = _repo(attack.root / "project", {"main.c": KERNEL})
+    objects = project / ".git" / "objects"
+    if how == "objects-pack-link":
+        shutil.rmtree(objects / "pack")
+        (objects / "pack").symlink_to(elsewhere / ".git" / "objects" / "pack", target_is_directory=True)
+    elif how == "objects-fanout-link":
+        loose = attack.root / "loose"
+        shutil.copytree(elsewhere / ".git", loose)
+        for pack in (loose / "objects" / "pack").glob("*.pack"):
+            moved = pack.rename(attack.root / pack.name)  # else unpack-objects finds every object already there
+            pack.with_suffix(".idx").unlink()
+            with open(moved, "rb") as f:
+                subprocess.run(["git", "-C", str(loose), "unpack-objects", "-q"], stdin=f, check=True, env=GIT_ENV)
+        for fanout in (loose / "objects").glob("[0-9a-f][0-9a-f]"):
+            if not (objects / fanout.name).exists():
+                (objects / fanout.name).symlink_to(fanout, target_is_directory=True)
+    else:
+        # `objects/info` a link to a folder whose alternates names another repository's store
+        shutil.rmtree(objects / "info")
+        info = attack.root / "info-elsewhere"
+        info.mkdir()
+        (info / "alternates").write_text(str(elsewhere / ".git" / "objects") + "\n")
+        (objects / "info").symlink_to(info, target_is_directory=True)
+    (project / ".git" / "refs" / "heads" / "main").write_text(secret + "\n")
+    paths = Paths(attack.root / "home", attack.root / "cache")
+    try:
+        prepared = prepare_source(str(project), paths.sources, paths.sdists)
+    except SourceError as e:
+        assert "outside" in str(e), e
+    else:
+        if _secret_reachable(prepared.path):
+            attack.escaped(f"a project's .git/objects ({how}) cloned another repository of the host")
+    out: list = []
+    try:
+        out = list(recipe_units({"kind": "path", "path": str(project)}, paths))
+    except KnowledgeBaseError as e:
+        assert "outside" in str(e), e
+    if "CANARY_host_secret" in " ".join(c.text for u in out if isinstance(u, Unit) for c in u.chunks):
+        attack.escaped(f"a folder's .git/objects ({how}) made readfirst read another repository of the host")
