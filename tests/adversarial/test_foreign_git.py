@@ -268,3 +268,33 @@ def test_an_object_store_linked_in_parts_out_of_the_folder_is_refused(attack, ho
         assert "outside" in str(e), e
     if "CANARY_host_secret" in " ".join(c.text for u in out if isinstance(u, Unit) for c in u.chunks):
         attack.escaped(f"a folder's .git/objects ({how}) made readfirst read another repository of the host")
+
+
+@pytest.mark.parametrize("how", ["head-outside-refs", "head-absolute", "packed-refs-escape", "loose-ref-link"])
+def test_refs_naming_files_outside_refs_are_left_out(attack, how):
+    """HEAD and the refs are copied as validated text: a name that climbs out of refs/, an absolute one, or a ref
+    file that is a link elsewhere never reaches the copy git reads."""
+    from readfirst.foreign_git import ForeignRepo
+    elsewhere = _host_secret_repo(attack.root)
+    secret = _git(elsewhere, "rev-parse", "HEAD")
+    project = _repo(attack.root / "project", {"main.c": KERNEL})
+    own = _git(project, "rev-parse", "HEAD")
+    dotgit = project / ".git"
+    if how == "head-outside-refs":
+        (dotgit / "HEAD").write_text(f"ref: refs/../../../{elsewhere.name}/.git/refs/heads/main\n")
+    elif how == "head-absolute":
+        (dotgit / "HEAD").write_text(f"ref: {elsewhere / '.git' / 'refs' / 'heads' / 'main'}\n")
+    elif how == "packed-refs-escape":
+        (dotgit / "packed-refs").write_text(f"# pack-refs with: peeled fully-peeled sorted\n"
+                                            f"{secret} refs/../../{elsewhere.name}/.git/HEAD\n"
+                                            f"{secret} refs/heads/../../../x\n{secret} ../outside\n")
+    else:
+        (dotgit / "refs" / "heads" / "other").symlink_to(elsewhere / ".git" / "refs" / "heads" / "main")
+    with ForeignRepo(project) as repo:
+        copied = "\n".join(p.read_text() for p in repo.git_dir.rglob("*") if p.is_file() and
+                           (p.name in ("HEAD", "packed-refs") or "refs" in p.relative_to(repo.git_dir).parts))
+        listed = repo.git("for-each-ref", "--format=%(refname) %(objectname)").stdout
+        head = repo.commit("HEAD")
+    if secret in copied or secret in listed or ".." in copied or str(elsewhere) in copied:
+        attack.escaped(f"a ref ({how}) naming a file outside refs/ reached readfirst's copy:\n{copied}")
+    assert head in (own, None), head
