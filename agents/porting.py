@@ -103,7 +103,8 @@ REASONS = {
     "conflict": "a three-way merge with the current file conflicts",
     "signature differs": "the fork's function takes or returns other types (callers would break)",
     "unresolved": "it needs names that neither the tree nor the fork's file defines",
-    "ambiguous": "the name is defined more than once (under #if branches) on one side",
+    "ambiguous": "the name is defined in several files of the tree, or otherwise than spelling in several of the "
+                 "fork's: which one is compiled here is not known from the text",
     "too large": f"the fork's function is longer than {MAX_PORT_LINES} lines",
     "no file": "the file is not in the current tree",
     "not hot": "the file it changes is not among the target's hot files",
@@ -388,7 +389,9 @@ def normalized(text: str, path: str) -> tuple[str, ...]:
     `enum`, `union` before a type name (C++ needs none, C compiles either way where both do), the names of
     parameters (by position instead), parentheses around a primary or a whole expression, empty statements."""
     out: list[str] = []
-    stack: list[tuple[Any, dict[str, str]]] = [(_parsed(text, _cpp(path)).root_node, {})]
+    # Not through _parsed: these are a port's lines, read once; cached, they would push out the tree's files.
+    tree = c_parser(_cpp(path)).parse(text.encode("utf-8", "replace"))
+    stack: list[tuple[Any, dict[str, str]]] = [(tree.root_node, {})]
     while stack:
         node, params = stack.pop()
         kind = node.type
@@ -470,10 +473,6 @@ def adapt(text: str, name: str, replaced: str, *, from_path: str, into_path: str
     elif static_here and not static_there and head:
         text = "static " + text
     return text
-
-
-def _same(a: str, b: str) -> bool:
-    return re.sub(r"\s+", "", _COMMENT.sub("", a)) == re.sub(r"\s+", "", _COMMENT.sub("", b))
 
 
 def _prototype(d: Definition) -> bool:
@@ -616,9 +615,10 @@ def _port(name: str, tree: _Tree, fork: Tree, index: _ForkIndex,
           theirs: list[tuple[str, Definition, str]]) -> Candidate | Dropped | None:
     what = f"{fork.name}'s {name}"
     ours = tree.ours[name]
-    if len({p for p, _, _ in ours}) > 1 or (len(theirs) > 1 and not all(_same(theirs[0][1].text, d.text)
-                                                                        for _, d, _ in theirs)):
-        # Several definitions in several files: which one is compiled here is not known from the text.
+    if len({p for p, _, _ in ours}) > 1 or (len(theirs) > 1 and len({normalized(d.text, p)
+                                                                        for p, d, _ in theirs}) > 1):
+        # Several definitions in several files (the fork's differing by more than spelling, see normalized): which
+        # one is compiled here is not known from the text.
         return Dropped("function", what, "ambiguous", ", ".join(sorted({p for p, _, _ in ours + theirs})), name)
     path, mine, text = ours[0]
     fork_path, fork_def, fork_text = theirs[0]

@@ -404,6 +404,24 @@ def test_a_fork_function_that_differs_by_one_real_token_is_still_proposed(tmp_pa
     assert port.symbol == "add_all" and "^= (values[i])" in port.patch
 
 
+def test_a_fork_defining_a_function_twice_is_ambiguous_only_when_the_two_differ_by_more_than_spelling(tmp_path):
+    """The same code spelled twice (another file, other parameter names) is one definition: ported. Two
+    definitions that differ in a token the compiler reads: which one is compiled here is unknown, dropped."""
+    up = make_tree(tmp_path / "up", {"acc.c": ACC_UP})
+    one = ACC_RESPELLED.replace("out->total += (values[i])", "out->total ^= (values[i])")
+    head = ACC_UP[:ACC_UP.index("int add_all")]
+    same_again = head + ACC_UP[ACC_UP.index("int add_all"):].replace("+=", "^=")
+    fork = make_tree(tmp_path / "fork", {"acc.c": head + one, "copy/acc.c": same_again}, name="fork")
+    ports = porting.function_ports(up, [fork], hot_paths=["*"])
+    assert ports.dropped == []
+    [port] = ports.candidates
+    assert port.symbol == "add_all" and "^= (values[i])" in port.patch
+    other = make_tree(tmp_path / "other", {"acc.c": head + one, "copy/acc.c": same_again.replace("^=", "-=")},
+                      name="other")
+    ports = porting.function_ports(up, [other], hot_paths=["*"])
+    assert ports.candidates == [] and [d.reason for d in ports.dropped] == ["ambiguous"]
+
+
 def test_a_hunk_that_only_changes_comments_or_whitespace_is_dropped_as_no_change(tmp_path):
     up = make_tree(tmp_path / "up", {"a.c": UPSTREAM_C})
     for new in ("+        s += x[i];  // each element", "+        s +=   x[i];"):
