@@ -190,14 +190,14 @@ class ForeignRepo:
     """A bare repository of ours that sees a foreign folder's objects and refs, and nothing of its configuration.
     Use it as a context manager; its scratch directory is removed on exit."""
 
-    def __init__(self, top: Path, *, scratch_parent: Path | None = None):
+    def __init__(self, top: Path):
         self.top = top.resolve()
         git_dir, common = locate(self.top)
         objects = _inside(common / "objects", self.top, str(common / "objects"))
         if not objects.is_dir():
             raise SourceError(f"{common} has no object store")
         _check_alternates(objects, self.top)
-        self._scratch = Path(tempfile.mkdtemp(prefix="readfirst-foreign-", dir=scratch_parent))
+        self._scratch = Path(tempfile.mkdtemp(prefix="readfirst-foreign-"))
         try:
             self.git_dir = self._scratch / "repo.git"
             self._run("init", "-q", "--bare", "--template=", f"--object-format={_object_format(git_dir, common)}",

@@ -252,13 +252,33 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
         raise SourceError(f"{ref!r} is not a git ref")
     sources_dir.mkdir(parents=True, exist_ok=True)
     spec = KNOWN_SOURCES.get(name_or_location)
+    # A local folder's repository is read through one copy of ours, for its state and (if new) its clone.
+    foreign = None if spec is not None else _foreign_repo(name_or_location)
+    try:
+        return _prepare(name_or_location, spec, foreign, sources_dir, sdists_dir, ref)
+    finally:
+        if foreign is not None:
+            foreign.close()
+
+
+def _foreign_repo(location: str) -> ForeignRepo | None:
+    """The git repository of a local folder given as a source, read through foreign_git; None for anything else."""
+    if _is_git_url(location) and not location.startswith("file://"):
+        return None
+    local = _local_folder(location) or Path(location).expanduser()
+    return ForeignRepo(local) if local.is_dir() and os.path.lexists(local / ".git") else None
+
+
+def _prepare(name_or_location: str, spec: SdistSpec | None, foreign: ForeignRepo | None, sources_dir: Path,
+             sdists_dir: Path, ref: str | None) -> SourceRepo:
     if spec is not None:
         key = spec.key
     else:
         # A local tree changes under the user's hands: its key names what it holds now (its commit, or its
         # files' sizes and times), so an edited project is prepared again instead of measured as it was.
-        digest = hashlib.sha256(f"{name_or_location}@{ref or ''}{_local_state(name_or_location, ref)}".encode()
-                                ).hexdigest()[:12]
+        state = (f":{foreign.commit(ref or 'HEAD') or ''}" if foreign is not None
+                 else _local_state(name_or_location))
+        digest = hashlib.sha256(f"{name_or_location}@{ref or ''}{state}".encode()).hexdigest()[:12]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name_or_location.rstrip("/").split("/")[-1])[:40]
         key = f"{stem}-{digest}"
     repo = sources_dir / key
@@ -286,10 +306,9 @@ def prepare_source(name_or_location: str, sources_dir: Path, sdists_dir: Path, *
                 if not local.is_dir():
                     raise SourceError(f"source {name_or_location!r} is neither a known name "
                                       f"({', '.join(KNOWN_SOURCES)}), a git URL, nor a directory")
-                if os.path.lexists(local / ".git"):
+                if foreign is not None:
                     # Never git in the folder itself: its .git/config could run anything (foreign_git.py).
-                    with ForeignRepo(local, scratch_parent=Path(tmp)) as foreign:
-                        foreign.clone_to(work)
+                    foreign.clone_to(work)
                     git(work, "checkout", "-q", "--detach", ref or "HEAD")
                     git(work, "tag", "-f", "baseline")
                 else:
@@ -308,13 +327,11 @@ def _local_folder(location: str) -> Path | None:
     return Path(urllib.parse.unquote(location[len("file://"):]))
 
 
-def _local_state(location: str, ref: str | None) -> str:
+def _local_state(location: str) -> str:
+    """A plain folder's state: its files' names, sizes and times (a git repository's is its commit)."""
     local = _local_folder(location) or Path(location).expanduser()
     if (_is_git_url(location) and not location.startswith("file://")) or not local.is_dir():
         return ""
-    if os.path.lexists(local / ".git"):
-        with ForeignRepo(local) as foreign:
-            return f":{foreign.commit(ref or 'HEAD') or ''}"
     listing = hashlib.sha256()
     for path in sorted(local.rglob("*")):
         if path.is_file() and ".git" not in path.relative_to(local).parts:

@@ -168,3 +168,23 @@ def test_each_blob_is_size_checked_once_and_read_only_where_it_names_functions(t
     units, _ = _units(fork_recipe(str(fork), str(upstream), as_trees=True), local_paths)
     assert {c.origin.get("path") for u in units for c in u.chunks} - {None} == {"ggml/src/ops.c", "README.md"}
     assert len(sized) == len(set(sized)) == 4, sized  # each of the two paths, once on each side
+
+
+def test_a_local_repository_is_copied_once_per_preparation_and_the_copy_removed(tmp_path, local_paths, monkeypatch):
+    """prepare_source reads a folder's repository (its commit for the cache key, then its clone) through one
+    ForeignRepo, whose scratch copy is gone afterwards."""
+    import readfirst.sources as sources
+    made = []
+
+    class Counted(sources.ForeignRepo):
+        def __init__(self, top):
+            super().__init__(top)
+            made.append(self._scratch)
+
+    monkeypatch.setattr(sources, "ForeignRepo", Counted)
+    upstream = make_repo(tmp_path / "upstream", UPSTREAM)
+    first = sources.prepare_source(str(upstream), local_paths.sources, local_paths.sdists)
+    again = sources.prepare_source(str(upstream), local_paths.sources, local_paths.sdists)
+    assert first == again and (first.path / "ggml/src/ops.c").read_text() == UPSTREAM["ggml/src/ops.c"]
+    assert len(made) == 2, made  # one per call: a new source is cloned from the copy that named its state
+    assert not any(p.exists() for p in made), made
