@@ -31,25 +31,22 @@ def codebase(d: Mapping[str, Any]) -> str:
     return text + (f" ({about})" if about else "")
 
 
-def _sibling_map(d: Mapping[str, Any]) -> Mapping[str, str]:
-    siblings = d.get("siblings")
-    return siblings if isinstance(siblings, Mapping) else {}
-
-
 def _siblings(d: Mapping[str, Any]) -> str:
     """A sentence for the implementer's rules: the other implementations of the same code, when there are any."""
-    siblings = _sibling_map(d)
-    if not siblings:
-        return ""
-    lacks = d.get("hot_part") or "the code you change"
-    return (f"Other backends of the target ({', '.join(siblings)}) often implement what {lacks} lacks: read them "
-            "for the algorithm.")
+    return _about_siblings(d, "Other backends of the target ({names}) often implement what {lacks} lacks: read "
+                              "them for the algorithm.")
 
 
 def _siblings_where(d: Mapping[str, Any]) -> str:
-    siblings = _sibling_map(d)
-    if not siblings:
+    """Where those other implementations are: folders of the target's own tree."""
+    return _about_siblings(d, "The target's other backends ({paths}) are in its own tree: read them for what "
+                              "{lacks} lacks.")
+
+
+def _about_siblings(d: Mapping[str, Any], sentence: str) -> str:
+    """The sentence with the target's siblings ({names}, {paths}) and what its hot part lacks; "" without any."""
+    siblings = d.get("siblings")
+    if not isinstance(siblings, Mapping) or not siblings:
         return ""
-    lacks = d.get("hot_part") or "the code you change"
-    return (f"The target's other backends ({', '.join(str(p) for p in siblings.values())}) are in its own tree: read "
-            f"them for what {lacks} lacks.")
+    return sentence.format(names=", ".join(siblings), paths=", ".join(str(p) for p in siblings.values()),
+                           lacks=d.get("hot_part") or "the code you change")
