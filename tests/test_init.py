@@ -29,6 +29,10 @@ def project(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+def commands(config) -> tuple[str, str, str]:
+    return config.build.command, config.test.command, config.bench.command
+
+
 def written(folder: Path, tmp_path: Path):
     proc = init(folder, home=tmp_path / "home")
     assert proc.returncode == 0, proc.stderr
@@ -45,8 +49,7 @@ def test_a_makefile_c_project_with_a_bench_target(tmp_path):
                                           "bench/b: bench/b.c src/fast.c\n\t$(CC) $(CFLAGS) -o $@ $^\n"
                                           "test: all\n\t./tests/t\nbench: all\n\t./bench/b\n.PHONY: test bench\n"})
     config, out = written(folder, tmp_path)
-    assert (config.build.command, config.test.command, config.bench.command) == \
-        ('make -j"$(nproc)"', "make test", "make bench")
+    assert commands(config) == ('make -j"$(nproc)"', "make test", "make bench")
     assert config.name == "fastc" and config.hot_paths == ("src/**", "include/**")
     assert {"tests/**", "bench/**", "Makefile"} <= set(config.protected)
     assert "bench: `make bench` (Makefile target `bench`)" in out
@@ -72,8 +75,7 @@ def test_a_cargo_crate_with_benches(tmp_path):
                                           "src/lib.rs": "pub fn f() {}\n", "benches/b.rs": "fn main() {}\n",
                                           "tests/t.rs": "#[test] fn t() {}\n"})
     config, out = written(folder, tmp_path)
-    assert (config.build.command, config.test.command, config.bench.command) == \
-        ("cargo build --release", "cargo test --release", "cargo bench")
+    assert commands(config) == ("cargo build --release", "cargo test --release", "cargo bench")
     assert config.name == "fastcrate" and config.hot_paths == ("src/**",)
     assert {"tests/**", "benches/**", "Cargo.toml"} <= set(config.protected)
     assert config.apt == ("rustc", "cargo")
@@ -87,8 +89,7 @@ def test_a_python_package_with_pytest_and_a_bench_script(tmp_path):
         "bench/run.py": "print('METRIC seconds=1')\n"})
     config, out = written(folder, tmp_path)
     assert config.name == "fastpkg" and config.hot_paths == ("fastpkg/**",)
-    assert (config.build.command, config.test.command, config.bench.command) == \
-        ("python3 -m compileall -q fastpkg", "python3 -m pytest -q", "python3 bench/run.py")
+    assert commands(config) == ("python3 -m compileall -q fastpkg", "python3 -m pytest -q", "python3 bench/run.py")
     assert config.apt == ("python3-pytest",)
     assert {"tests/**", "bench/**", "pyproject.toml"} <= set(config.protected)
     assert "bench: `python3 bench/run.py` (the script bench/run.py)" in out
@@ -100,9 +101,8 @@ def test_a_python_package_with_unittest_tests(tmp_path):
                                         "bench.py": "print('METRIC seconds=1')\n"})
     config, _ = written(folder, tmp_path)
     assert config.name == "slowpkg"
-    assert (config.test.command, config.bench.command) == \
-        ("python3 -m unittest discover -s tests", "python3 bench.py")
-    assert config.build.command == "python3 -m compileall -q slowpkg"
+    assert commands(config) == \
+        ("python3 -m compileall -q slowpkg", "python3 -m unittest discover -s tests", "python3 bench.py")
 
 
 def test_a_python_package_with_a_c_extension_builds_it_in_place(tmp_path):
@@ -149,8 +149,7 @@ def test_a_package_json_with_test_and_bench_scripts(tmp_path):
         "test/t.js": "", "bench/b.js": ""})
     config, out = written(folder, tmp_path)
     assert config.name == "fastjs" and config.hot_paths == ("src/**",)
-    assert (config.build.command, config.test.command, config.bench.command) == \
-        ("npm run build --if-present", "npm test", "npm run bench")
+    assert commands(config) == ("npm run build --if-present", "npm test", "npm run bench")
     assert config.apt == ("nodejs", "npm")
     assert {"test/**", "bench/**", "package.json"} <= set(config.protected)
     assert "bench: `npm run bench` (package.json scripts.bench)" in out
