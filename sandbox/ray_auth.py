@@ -55,9 +55,17 @@ def prepare_client(address: str, token_file: str | Path | None = None) -> None:
 def _reread(loopback: bool) -> None:
     """Ray reads these variables when it is imported, and a process may have imported it before (a test, a
     bench): its configuration and token cache are read again, as Ray's own ray.init does for a new cluster."""
-    from ray._private import ray_constants
-    from ray._raylet import AuthenticationTokenLoader, Config
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-    if loopback:
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:  # Ray's internals (as ray._private.authentication_test_utils resets them): the pinned Ray's
+        from ray._private import ray_constants
+        from ray._raylet import AuthenticationTokenLoader, Config
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        if loopback:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError) as e:
+        raise ReadfirstError(f"this Ray ({_version()}) cannot be given the cluster's token after its import: "
+                             f"readfirst needs ray==2.60.0 (pip install 'readfirst[ray]'): {e}") from None
+
+
+def _version() -> str:
+    return getattr(sys.modules.get("ray"), "__version__", "unknown version")

@@ -305,7 +305,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError as e:
-            raise ReadfirstError("--ray needs Ray on this machine and on every node: pip install 'ray>=2.60'") from e
+            raise ReadfirstError("--ray needs Ray on this machine and on every node: pip install 'ray==2.60.0'") from e
         self._ray = ray
         if not ray.is_initialized():
             prepare_client(address, token_file)  # the cluster's token: see ray_auth
