@@ -236,7 +236,11 @@ def uses(text: str, path: str, known: frozenset[str] | set[str] = frozenset()) -
 
 @lru_cache(maxsize=64)
 def _definitions_cached(text: str, cpp: bool) -> tuple[Definition, ...]:
-    tree = c_parser(cpp).parse(text.encode("utf-8", "replace"))
+    return _definitions_of(c_parser(cpp).parse(text.encode("utf-8", "replace")), text)
+
+
+def _definitions_of(tree, text: str) -> tuple[Definition, ...]:
+    """The top-level definitions of `text` as tree-sitter parsed it (`tree`)."""
     # tree-sitter counts bytes; definitions are cut at whole lines, so its row numbers are all that is needed.
     starts = [0]
     for m in re.finditer("\n", text):
@@ -311,12 +315,18 @@ def _parsed(text: str, cpp: bool):
     return c_parser(cpp).parse(text.encode("utf-8", "replace"))
 
 
-def _syntax_errors(text: str, path: str, *, keep: bool = True) -> list[tuple[str, str]]:
+def _parse(text: str, path: str):
+    """`text` parsed in its path's grammar, not cached (a ported file is read once; a big file's tree holds tens
+    of MB)."""
+    return c_parser(_cpp(path)).parse(text.encode("utf-8", "replace"))
+
+
+def _syntax_errors(text: str, path: str, tree=None) -> list[tuple[str, str]]:
     """tree-sitter's ERROR and MISSING nodes in the file, in order: (what identifies it wherever it stands, where
-    and what it is). A MISSING node is identified by the line it is missing from, an ERROR by its text. `keep`:
-    the parse is cached (a ported file is read once; a big file's tree holds tens of MB)."""
-    tree = _parsed(text, _cpp(path)) if keep else c_parser(_cpp(path)).parse(text.encode("utf-8", "replace"))
-    root = tree.root_node
+    and what it is). A MISSING node is identified by the line it is missing from, an ERROR by its text. `tree`:
+    the text already parsed; without it the parse is cached (the tree's files and the fork's are read again for
+    every port into them)."""
+    root = (tree if tree is not None else _parsed(text, _cpp(path))).root_node
     lines = text.split("\n")
     out: list[tuple[str, str]] = []
     stack = [root] if root.has_error else []
@@ -334,12 +344,14 @@ def _syntax_errors(text: str, path: str, *, keep: bool = True) -> list[tuple[str
     return out
 
 
-def parse_problem(path: str, before: str, after: str, sources: Sequence[tuple[str, str]] = ()) -> str:
+def parse_problem(path: str, before: str, after: str, sources: Sequence[tuple[str, str]] = (), *,
+                  after_tree=None) -> str:
     """Why `after` (a file of the tree with a port applied) does not parse, as tree-sitter says it: the first
     syntax error it has that `before` (the tree's file) did not have, nor the fork's code the port came from
     (`sources`: (path, text), each parsed in its path's grammar; code tree-sitter misreads as written, such as a
-    macro it does not know, compiles where it came from). "" when it parses."""
-    errors = _syntax_errors(after, path, keep=False)
+    macro it does not know, compiles where it came from). "" when it parses. `after_tree`: `after` already parsed
+    (hunk_port's, which moved_away read too)."""
+    errors = _syntax_errors(after, path, after_tree if after_tree is not None else _parse(after, path))
     if not errors:
         return ""
     allowed: dict[str, int] = {}
@@ -390,8 +402,7 @@ def normalized(text: str, path: str) -> tuple[str, ...]:
     parameters (by position instead), parentheses around a primary or a whole expression, empty statements."""
     out: list[str] = []
     # Not through _parsed: these are a port's lines, read once; cached, they would push out the tree's files.
-    tree = c_parser(_cpp(path)).parse(text.encode("utf-8", "replace"))
-    stack: list[tuple[Any, dict[str, str]]] = [(tree.root_node, {})]
+    stack: list[tuple[Any, dict[str, str]]] = [(_parse(text, path).root_node, {})]
     while stack:
         node, params = stack.pop()
         kind = node.type
@@ -778,10 +789,11 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
     symbol = names[0] if names else hunk.get("symbol", "")
     if no_change(path, ours, merged):
         return Dropped("hunk", what, "no change", "only comments, whitespace or spelling differ", symbol)
-    moved = moved_away(path, ours, merged, fork, hot_paths) if fork is not None else []
+    merged_tree = _parse(merged, path)  # read by both checks below: a 12,000-line file takes 70 ms to parse
+    moved = moved_away(path, ours, merged, fork, hot_paths, after_tree=merged_tree) if fork is not None else []
     if moved:
         return Dropped("hunk", what, "moved", "; ".join(f"{n} moved to {p}" for n, p in moved), moved[0][0])
-    problem = parse_problem(path, ours, merged, real)
+    problem = parse_problem(path, ours, merged, real, after_tree=merged_tree)
     if problem:
         return Dropped("hunk", what, "does not parse", problem, symbol)
     where = f"{named} in {path}" if named else f"{path} {hunk.get('symbol') or ''}".strip()
@@ -791,7 +803,7 @@ def hunk_port(hunk: dict[str, Any], *, current: Tree, base: Tree, forks: dict[st
 
 def touched(path: str, before: str, patch: str) -> list[str]:
     """The functions of `before` whose lines a unified diff of it removes or adds to, in file order."""
-    spans = function_spans(before, Path(path).suffix)
+    spans = _function_spans(before, Path(path).suffix)
     lines: list[int] = []
     old, body = 0, False
     for ln in patch.splitlines():
@@ -812,15 +824,23 @@ def touched(path: str, before: str, patch: str) -> list[str]:
     return out
 
 
-def moved_away(path: str, before: str, after: str, fork: Tree, hot_paths: Sequence[str] = ()) -> list[tuple[str, str]]:
+@lru_cache(maxsize=16)
+def _function_spans(text: str, suffix: str) -> list:
+    # The tree's file, read once for all the hunks ported into it (not once per hunk).
+    return function_spans(text, suffix)
+
+
+def moved_away(path: str, before: str, after: str, fork: Tree, hot_paths: Sequence[str] = (), *,
+               after_tree=None) -> list[tuple[str, str]]:
     """The functions `after` no longer defines that the fork still defines (in another file, or elsewhere in
     this one): (name, where the fork keeps it). Such a change is a move; applied alone it is a deletion that
-    fails at the link."""
+    fails at the link. `after_tree`: `after` already parsed (its definitions are read from it, not cached: a
+    merged file is read once)."""
     counts: dict[str, int] = {}
     for d in definitions(before, path):
         if d.kind == "function":
             counts[d.name] = counts.get(d.name, 0) + 1
-    for d in definitions(after, path):
+    for d in (_definitions_of(after_tree, after) if after_tree is not None else definitions(after, path)):
         if d.kind == "function" and d.name in counts:
             counts[d.name] -= 1
     gone = {n for n, c in counts.items() if c > 0}

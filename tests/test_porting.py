@@ -261,6 +261,41 @@ def test_a_hunk_port_is_titled_after_the_function_whose_lines_it_changes(tmp_pat
     assert made.title == "port the fork's hunk to sum in a.c"
 
 
+def test_hunks_into_one_file_read_the_tree_file_once_and_each_merged_file_once(tmp_path, monkeypatch):
+    """A 12,000-line file takes 70 ms to parse: the tree's file is read for its functions once for all the hunks
+    ported into it, and each merged file is parsed once for both of its checks (moved, parses)."""
+    from collections import Counter
+
+    from readfirst.knowledge_base import chunking
+    current = UPSTREAM_C + "\n/* this run's copy */\n"  # a text no earlier test cached
+    up = make_tree(tmp_path / "up", {"a.c": current})
+    fork = make_tree(tmp_path / "fork", {"a.c": current}, name="fork")
+    parsed: Counter[bytes] = Counter()
+    spans: Counter[str] = Counter()
+
+    class Counting:
+        def __init__(self, parser):
+            self.parser = parser
+
+        def parse(self, data, *args):
+            parsed[data] += 1
+            return self.parser.parse(data, *args)
+
+    monkeypatch.setattr(porting, "c_parser", lambda cpp: Counting(chunking.c_parser(cpp)))
+    monkeypatch.setattr(porting, "function_spans",
+                        lambda text, suffix: spans.update([text]) or chunking.function_spans(text, suffix))
+    other = ("// fork-diff fork vs up: a.c:10-14 other\n@@ -10,5 +10,5 @@\n     return s * scale;\n }\n \n"
+             " int other(int a) {\n-    return a + 1;\n+    return a + 3;\n }")
+    for i, text in enumerate((HUNK, other)):
+        hunk = {"id": f"c{i}", "repo": "fork", "path": "a.c", "symbol": "", "text": text}
+        made = porting.hunk_port(hunk, current=up, base=up, forks={"fork": fork}, merge_file=merge_file)
+        assert isinstance(made, porting.Candidate), made
+    assert spans == Counter({current: 1})
+    # whole files (the copy's mark at their end): the tree's, and one per hunk; a port's lines are parsed apart
+    merged = [data for data in parsed if data.endswith(b"copy */\n") and data != current.encode()]
+    assert len(merged) == 2 and all(parsed[m] == 1 for m in merged), parsed.values()
+
+
 def test_a_name_the_destination_file_cannot_see_comes_along_from_the_fork(tmp_path):
     # `clamp8` is static in another file of the tree: a word of the tree, but not visible in the file the port
     # lands in. The fork's copy comes along, and the file builds.
