@@ -76,6 +76,23 @@ def test_manifest_strings_cannot_add_keys_or_paths_outside(attack):
     assert config.hot_paths == ("src/**", "crates/*/src/**")
 
 
+def test_build_requirements_become_package_names_never_options_or_text(attack):
+    """[build-system] requires is written into [sandbox] apt, whose names reach apt-get as root: each becomes
+    python3-NAME from its leading name characters, or nothing."""
+    hostile = ["setuptools_scm>=6", "x; touch /tmp/CANARY", "-o APT::Get::Trivial-Only=true", "$(id)", "\nevil",
+               "Cython", 42, "../../etc", "a" * 300]
+    root = tree(attack, {"pyproject.toml": "[build-system]\nrequires = " + json.dumps(hostile)
+                         + '\nbuild-backend = "mesonpy"\n', "pkg/__init__.py": "", "pkg/f.c": "",
+                         "tests/conftest.py": "", "bench.py": ""})
+    proc = init(root, home=attack.root / "home")
+    assert proc.returncode == 0, proc.stderr
+    apt = load_config(root / "readfirst.toml").apt  # loads: every name passed the loader's check
+    bad = [p for p in apt if not p.startswith(("python3-", "cython3")) or any(c in p for c in " ;$\n/")]
+    if bad:
+        attack.escaped(f"a build requirement reached [sandbox] apt as {bad}")
+    assert {"python3-setuptools-scm", "python3-x", "cython3"} <= set(apt), apt
+
+
 def test_force_never_writes_through_a_link(attack):
     outside = attack.root / "victim.txt"
     outside.write_text("precious\n")
