@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
-import stat
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from urllib.parse import quote
 
 from ..errors import ReadfirstError
 from ..records import metric_matches
+from .runner import refuse_unless_plain
 
 MIGRATIONS = [
     """
@@ -50,8 +49,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """A ledger's experiments, for showing a run (a folder someone may have sent): opened read-only, through no
     symlink, no FIFO or device; whatever is not a readable ledger of JSON objects is LedgerUnreadable, naming
     the file."""
-    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-        _plain_or_absent(path.with_name(name))
+    refuse_unless_plain(path, LedgerUnreadable)
     try:
         db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
         try:
@@ -65,16 +63,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise LedgerUnreadable(f"{path} holds an experiment that is no JSON object with an id, so run "
                                f"{path.parent.name}'s experiments cannot be shown")
     return rows
-
-
-def _plain_or_absent(path: Path) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise LedgerUnreadable(f"{path} is not a plain file (a symlink, a FIFO or a device), so run "
-                               f"{path.parent.name}'s ledger is not opened")
 
 
 def tsv_columns(metric: str) -> tuple[str, ...]:

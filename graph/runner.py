@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Paths
-from ..errors import ReadfirstError
+from ..errors import ReadfirstError, RunFolderRefused
 from ..sandbox.readback import read_bytes_inside
 from ..sources import git
 
@@ -69,6 +70,20 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, directory / "meta.json")
 
 
+def refuse_unless_plain(database: Path, error: type[ReadfirstError] = RunFolderRefused) -> None:
+    """A run folder's SQLite database and its -wal and -shm files: each a plain file or absent, checked before
+    SQLite opens them. A run folder may come from someone else, and SQLite follows a symlink (reading, or with
+    WAL writing, a file elsewhere) and waits for ever, deaf to SIGTERM, on opening a FIFO."""
+    for path in (database, database.with_name(f"{database.name}-wal"), database.with_name(f"{database.name}-shm")):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise error(f"{path} is not a plain file (a symlink, a FIFO or a device), so run "
+                        f"{database.parent.name}'s {database.name} is not opened")
+
+
 def spec_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The target spec a run was made with (readfirst.targets); runs made before specs existed were llama.cpp."""
     if meta.get("target_spec"):
@@ -84,6 +99,7 @@ def open_checkpointer(directory: Path):
 
     from .checkpoint_serde import PlainDataSerializer
     path = directory / "checkpoints.sqlite"
+    refuse_unless_plain(path)
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")

@@ -4,16 +4,19 @@ figures `trace list` shows. Readers open nothing for writing."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from ..sandbox.readback import open_inside, read_bytes_inside
 from .checkpoint_serde import PlainDataSerializer
+from .runner import refuse_unless_plain
 from .trace import TRACE_FILE, TraceError
 
 # A blob is one recorded prompt, reply or result; past this it is not something this run wrote.
@@ -136,10 +139,11 @@ def has_trace(directory: Path) -> bool:
 
 def _saver(directory: Path) -> tuple[SqliteSaver, sqlite3.Connection] | None:
     path = directory / "checkpoints.sqlite"
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    refuse_unless_plain(path)
     # Read-only: showing a run must never change it, even while it runs.
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, check_same_thread=False, timeout=30)
     return SqliteSaver(conn, serde=PlainDataSerializer(path)), conn
 
 

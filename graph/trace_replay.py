@@ -15,6 +15,7 @@ different decision, gate, hypothesis or query, not different samples.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import sqlite3
 import tempfile
@@ -24,10 +25,12 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..agents.llm import LLMError, LLMResponse
 from ..records import Objective, from_dict
 from .ledger import Ledger
+from .runner import refuse_unless_plain
 from .trace import TARGET_METHODS, TraceError, canonical, decode_result, digest, plain, raise_recorded
 from .trace_read import Step, Trace
 from .deps import llm_roles  # replay composes the LLM roles exactly as a run does
@@ -354,14 +357,16 @@ class ReplayLLM:
 # -- scratch copies of the run's stores ------------------------------------------------------------------------------
 
 def copy_sqlite(src: Path, dest: Path) -> None:
-    """A consistent copy of a SQLite database (WAL included) through SQLite's own backup."""
-    with closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as s, closing(sqlite3.connect(dest)) as d:
+    """A consistent copy of a SQLite database (WAL included) through SQLite's own backup; a run folder's file
+    that is no plain file is refused, not followed or waited on."""
+    refuse_unless_plain(src)
+    with closing(sqlite3.connect(f"file:{quote(str(src))}?mode=ro", uri=True)) as s, closing(sqlite3.connect(dest)) as d:
         s.backup(d)
 
 
 def copy_ledger_before(trace: Trace, src: Path, dest: Path, later: list[Step]) -> Ledger:
     """The ledger as it was before `later` steps ran: rows those steps recorded are dropped."""
-    if src.exists():
+    if os.path.lexists(src):  # a dangling symlink too is refused, not taken for no ledger
         copy_sqlite(src, dest)
     ledger = Ledger(dest)
     keys = [c["key"] for s in later for c in s.calls if c["kind"] == "ledger" and c.get("key")]

@@ -250,3 +250,48 @@ def test_a_replayed_run_opens_no_repository_outside_its_data_directory(attack, t
     if set(trees) - {"ours"}:
         attack.escaped(f"replay opened a repository outside the data directory: {sorted(trees)}")
     assert sorted(trees) == ["ours"]
+
+
+# SQLite follows a symlink (reading, and with WAL writing, a file elsewhere) and waits for ever, deaf to SIGTERM,
+# on opening a FIFO: a run folder's databases are refused unless each is a plain file.
+REPLAYS = {
+    "trace replay": lambda out: ["trace", "replay", "run-a"],
+    "trace fork": lambda out: ["trace", "fork", "run-a", "--from", "3", "--prepare-only"],
+}
+OPENS_CHECKPOINTS = {**REPLAYS, "trace show": lambda out: ["trace", "show", "run-a"],
+                     "report --html": ABOUT_RUN_A["report --html"]}
+
+
+def _database_symlink(path: Path, root: Path) -> None:
+    """The run's own database, moved out of the folder and linked back: every read of it would succeed."""
+    outside = root / "outside" / path.name
+    outside.parent.mkdir()
+    path.rename(outside)
+    path.symlink_to(outside)
+
+
+DATABASE_DAMAGE = {
+    "a FIFO": lambda p, root: (p.unlink(), os.mkfifo(p)),
+    "a symlink out of the folder": _database_symlink,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DATABASE_DAMAGE))
+@pytest.mark.parametrize(("database", "command"), [("checkpoints.sqlite", c) for c in sorted(OPENS_CHECKPOINTS)]
+                         + [("ledger.sqlite", c) for c in sorted(REPLAYS)])  # its listings: tested above
+def test_a_run_database_that_is_no_plain_file_is_refused_not_opened(attack, recorded, database, command,
+                                                                    damage):  # noqa: F811
+    home = _two_runs(recorded, attack.root)
+    DATABASE_DAMAGE[damage](home / "runs" / "run-a" / database, attack.root)
+    outside = attack.root / "outside"
+    before = {p.name: p.read_bytes() for p in outside.iterdir()} if outside.exists() else {}
+    proc = _readfirst(attack, home, OPENS_CHECKPOINTS[command](attack.root))
+    after = {p.name: p.read_bytes() for p in outside.iterdir()} if outside.exists() else {}
+    if after != before:
+        attack.escaped(f"`readfirst {command}` wrote through run-a's {database} symlink: "
+                       f"{sorted(set(after) ^ set(before)) or 'changed bytes'}")
+    if "Traceback" in proc.stderr:
+        attack.escaped(f"`readfirst {command}` of a damaged {database} is a traceback:\n{proc.stderr[-2000:]}")
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and said.count("error:") == 1 and f"run-a/{database} is not a plain file" in said, \
+        proc.stderr[-2000:]
