@@ -213,13 +213,17 @@ def list_runs(paths: Paths) -> list[dict[str, Any]]:
         if d.is_dir():
             # the folder's name is what every command takes; a meta.json may name anything
             meta = {**read_meta(d), "run_id": d.name}
-            if meta.get("status") == "running" and meta.get("pid") and not _alive(meta["pid"]):
+            if meta.get("status") == "running" and meta.get("pid") is not None and not _alive(meta["pid"]):
                 meta["status"] = "crashed"
             runs.append(meta)
     return runs
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: Any) -> bool:
+    """Whether the process a meta.json names runs; a pid that names no one process (a string, 0 or -1, which
+    signal a group, one too large for the kernel) is none."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
         return True

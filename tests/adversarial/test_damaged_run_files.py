@@ -193,6 +193,16 @@ def test_a_meta_naming_another_run_is_listed_under_its_folder(attack, recorded, 
 
 
 
+@pytest.mark.parametrize("pid", ["x", 2**70, -1, 0, True])
+def test_a_running_meta_naming_no_process_is_listed_as_crashed(attack, recorded, pid):  # noqa: F811
+    home = _two_runs(recorded, attack.root)
+    meta = home / "runs" / "run-a" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": "running", "pid": pid}))
+    for listing in sorted(LISTINGS):
+        runs = _listed(attack, home, listing)
+        assert runs["run-a"]["status"] == "crashed" and runs["run-b"]["status"] == "finished", (listing, runs)
+
+
 def _trace_symlink(path: Path, root: Path) -> None:
     outside = root / "secret.jsonl"
     outside.write_text(json.dumps({"event": "step_start", "step": 1, "node": SECRET}) + "\n")
