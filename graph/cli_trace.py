@@ -216,7 +216,8 @@ def replay_cmd(ctx: typer.Context, run_id: str = typer.Argument(...),
         from .runner import spec_of
         _, target = compose_target(app.paths, spec_of(read_meta(trace.directory)), say=app.say)
     try:
-        report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target)
+        report = replay(trace.directory, from_step=from_step, until_step=until_step, target=target,
+                        caches=(app.paths.cache,))
     except sqlite3.DatabaseError as e:  # a run folder is data from anywhere: damaged, it is said, not a traceback
         raise TraceError(f"run {run_id}'s checkpoints or ledger cannot be read ({str(e)[:200]}), so it cannot be "
                          f"replayed; `readfirst trace show {run_id}` still shows what its trace recorded") from e

@@ -249,11 +249,10 @@ def _outcome(error: dict[str, str] | None) -> str:
 def fork_trees_of(info: dict[str, Any], run_dir: Path, caches: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The fork trees a run read, reopened at the recorded revisions (git keeps them in the cache). A run folder
     may come from someone else and names these paths itself: only repositories inside readfirst's own sources
-    caches (the data directory that holds the run, the cache it uses, which may live elsewhere:
+    caches (the data directory that holds the run, and `caches`: the cache it uses, which may live elsewhere,
     READFIRST_CACHE) are opened, never a folder elsewhere on the host."""
-    from ..config import Paths
     from ..sources import GitTree
-    roots = [run_dir.resolve().parent.parent, *(c.resolve() for c in caches or (Paths.resolve().cache,))]
+    roots = [run_dir.resolve().parent.parent, *(c.resolve() for c in caches)]
     trees = {}
     for name, t in (info.get("fork_trees") or {}).items():
         repo = Path(str(t.get("repo") or "")).resolve() if t.get("repo") else None
@@ -391,10 +390,12 @@ def _interrupted(step: Step) -> bool:
 
 
 def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | None = None,
-           target: Any = None, make_roles: Callable[[Any], dict[str, Any]] | None = None) -> ReplayReport:
+           target: Any = None, make_roles: Callable[[Any], dict[str, Any]] | None = None,
+           caches: tuple[Path, ...] = ()) -> ReplayReport:
     """Replay run_dir from `from_step` (its first step by default). `target` given: builds and benchmarks run
     for real (--rerun-sandbox); otherwise the recording answers. `make_roles(llm)` rebuilds the
-    LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model (default: llm_roles)."""
+    LLM implementer and planner ({"implement": ..., "plan": ...}) around the replayed model (default: llm_roles).
+    `caches`: where, besides the run's data directory, the fork trees it read may be reopened (Paths.cache)."""
     from .runner import open_checkpointer
     from .workflow import RunDeps, build_graph
     trace = Trace(run_dir)
@@ -411,10 +412,10 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
     has = info.get("has", {})
     llm = ReplayLLM(replayer) if has.get("llm") else None
     replay_target = target if target is not None else ReplayTarget(replayer, info)
+    fork_trees = fork_trees_of(info, run_dir, caches)
     roles: dict[str, Any] = {}
     if has.get("implement") or has.get("plan"):
-        roles = (make_roles(llm) if make_roles is not None
-                 else llm_roles(llm, replay_target, fork_trees_of(info, run_dir)))
+        roles = make_roles(llm) if make_roles is not None else llm_roles(llm, replay_target, fork_trees)
 
     with tempfile.TemporaryDirectory(prefix="readfirst-replay-") as scratch_name:
         scratch = Path(scratch_name)
@@ -426,7 +427,7 @@ def replay(run_dir: Path, *, from_step: int | None = None, until_step: int | Non
                        implement=roles.get("implement"), plan=roles.get("plan"),
                        spent_usd=replayer.value("spent_usd", lambda: 0.0),
                        clock=replayer.value("clock", lambda: 0.0), wrap_node=replayer.wrap_node,
-                       fork_trees=fork_trees_of(info, run_dir))
+                       fork_trees=fork_trees)
         saver, conn = open_checkpointer(scratch)
         try:
             graph = build_graph(deps, checkpointer=saver)

@@ -260,6 +260,12 @@ def test_a_replayed_run_opens_no_repository_outside_its_data_directory(attack, t
     if set(trees) - {"ours"}:
         attack.escaped(f"replay opened a repository outside the data directory: {sorted(trees)}")
     assert sorted(trees) == ["ours"]
+    # the cache the command uses (READFIRST_CACHE, elsewhere) is passed in, and is the only other place opened
+    cache = tmp_path / "shared-cache"
+    sp.run(["git", "init", "-q", str(cache / "sources" / "fork")], check=True)
+    info["fork_trees"]["cached"] = {"repo": str(cache / "sources" / "fork"), "revision": "HEAD"}
+    assert sorted(fork_trees_of(info, run_dir, (cache,))) == ["cached", "ours"]
+    assert sorted(fork_trees_of(info, run_dir)) == ["ours"]
 
 
 # SQLite follows a symlink (reading, and with WAL writing, a file elsewhere) and waits for ever, deaf to SIGTERM,
