@@ -20,8 +20,10 @@ from typing import Any
 from ..errors import ReadfirstError
 from ..records import Guard, Objective
 from ..sandbox.image import is_debian_package
+from ..sandbox.readback import read_bytes_inside
 
 CONFIG_NAME = "readfirst.toml"
+MAX_CONFIG_BYTES = 1 << 20  # a project's description, not its data
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # use fullmatch
 _METRIC_LINE = re.compile(r"^\s*METRIC\s+([A-Za-z_][A-Za-z0-9_.\-]*)\s*=\s*(\S+)")
 
@@ -114,13 +116,17 @@ def find_config(source: str | Path) -> Path | None:
 def load_config(path: str | Path, source: str | None = None) -> ProjectConfig:
     """The file, validated. `source`: the source the command line named (--source with --target-config); it
     replaces the file's own `[target] source`, which may otherwise only name its own folder or below."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
+    given = Path(path).expanduser()
+    # The file itself is never followed through a link: its folder is what `source = "."` names, and a cloned
+    # project's readfirst.toml linked to another project's would make that other folder the source.
+    path = given.parent.resolve() / given.name
+    if not path.is_file() and not path.is_symlink():
         raise ConfigError(f"{path}: no such file")
     try:
-        text = path.read_text()
+        text = read_bytes_inside(path.parent, path.name, limit=MAX_CONFIG_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read ({e})") from None
+        raise ConfigError(f"{path}: cannot be read ({e}; it must be a regular file, not a link, of at most "
+                          f"{MAX_CONFIG_BYTES >> 20} MiB)") from None
     return parse_config(text, path, source)
 
 

@@ -7,6 +7,7 @@ absolute path, a link out of the folder) is refused unless the command line name
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,31 @@ def test_readfirst_run_refuses_an_outside_source_in_one_sentence_before_any_run_
     assert "[target] source" in proc.stderr and "--source" in proc.stderr, proc.stderr[-2000:]
     if (home / "runs").is_dir() and any((home / "runs").iterdir()):
         attack.escaped("a run folder was made for a project whose source lies outside it")
+
+
+def test_a_readfirst_toml_that_is_a_link_a_fifo_or_huge_is_refused_in_a_sentence(attack):
+    # The file a cloned project ships: linked to another project's file, its `source = "."` named that project's
+    # folder (the link was resolved first); a FIFO or a huge file is no configuration either.
+    elsewhere = project(attack.root / "elsewhere")
+    cases = {}
+    linked = attack.root / "linked"
+    linked.mkdir()
+    (linked / "readfirst.toml").symlink_to(elsewhere)
+    cases["a link to another project's file"] = linked / "readfirst.toml"
+    fifo = attack.root / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "readfirst.toml")
+    cases["a FIFO"] = fifo / "readfirst.toml"
+    huge = attack.root / "huge"
+    huge.mkdir()
+    with open(huge / "readfirst.toml", "w") as f:
+        f.write(CONFIG.format(source='"."', apt="[]"))
+        f.write("# " + "x" * (8 << 20) + "\n")
+    cases["an 8 MiB file"] = huge / "readfirst.toml"
+    for what, path in cases.items():
+        try:
+            config = load_config(path)
+        except ConfigError as e:
+            assert "\n" not in str(e) and "readfirst.toml" in str(e), str(e)
+            continue
+        attack.escaped(f"{what} was loaded as the project's configuration (source {config.source})")
