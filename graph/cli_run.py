@@ -222,17 +222,14 @@ def run(ctx: typer.Context,
         summary = execute(deps, directory, run_id, options=options, meta=meta)
         if executor is not None:
             summary["ray_nodes"] = executor.node_report()
-        if hasattr(tgt, "load_watch"):  # this process's measurements (a Ray node's are its own)
-            summary["host_load"] = tgt.load_watch.report()
-            # kept with the run, for `report` and the page
-            write_meta(directory, {**read_meta(directory), "host_load": summary["host_load"]})
     except KeyboardInterrupt:
         app.err.print(f"interrupted: progress is saved; continue with `readfirst run --resume {run_id}`")
         raise typer.Exit(130)
     finally:
         ledger.close()
         if executor is not None:
-            meta = {**read_meta(directory), "ray_nodes": executor.node_report()}  # the nodes' noise, kept
+            # the nodes' noise, kept however the run ended; `meta` is what execute and the budget wrote
+            meta["ray_nodes"] = executor.node_report()
             write_meta(directory, meta)
             executor.close()
         from .report_html import write_after_run  # finished, interrupted or failed: the page shows what there is
@@ -240,7 +237,7 @@ def run(ctx: typer.Context,
     if as_json:
         app.emit_json(summary)
     else:
-        _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows(), read_meta(directory))
+        _print_summary(app, summary, Ledger(directory / "ledger.sqlite").rows(), meta)
 
 
 # What a resumed run takes from the command line; it keeps every other option it started with.

@@ -183,6 +183,8 @@ def export(deps, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
             "results_tsv": str(directory / "results.tsv"), "report": str(plot) if plot else None,
             "calibration": state.get("calibration", ""), "facts": (state.get("profile") or {}).get("facts", []),
             "measured_on": setup, "by_class": by_class(rows, [r["id"] for r in kept]),
+            # what other processes did to this process's measurements (a Ray node's are its own)
+            **({"host_load": deps.target.load_watch.report()} if hasattr(deps.target, "load_watch") else {}),
             **attribution(rows, kept, state.get("candidate_stats") or {})}
 
 

@@ -8,6 +8,7 @@ import re
 import sqlite3
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import typer
@@ -156,6 +157,34 @@ def test_the_page_says_how_many_runs_a_busy_machine_cost(cli, finished, tmp_path
     assert cli("report", "run-a", "--html", str(page)).exit_code == 0
     text = page.read_text()
     assert "busy machine" in text and "5 runs retaken" in text and "2 of 8 measurements stayed busy" in text
+
+
+class BusyTarget(StandInTarget):
+    """Its measurements were retaken for other processes' load, as sandbox.host_load.LoadWatch reports it."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.load_watch = SimpleNamespace(report=lambda: {"measured": 8, "retaken": 5, "contaminated": 2})
+
+
+def test_a_run_on_a_busy_machine_says_so_and_keeps_it_with_its_summary(cli, paths, monkeypatch, tmp_path):
+    from readfirst.graph import deps
+
+    def compose(_paths, spec, **_):
+        sandbox = CountingSandbox()
+        return sandbox, BusyTarget(paths.home, Path(spec["source"]), sandbox)
+    monkeypatch.setattr(deps, "compose_target", compose)
+    monkeypatch.setattr(deps, "open_knowledge_base", lambda *_, **__: None)
+    source = make_source(paths.home / "source")
+    ran = cli("run", "--offline", "--source", str(source), "--budget-experiments", "2", "--calibration-pairs", "0",
+              "--max-runs", "16")
+    assert ran.exit_code == 0, ran.output
+    assert "busy machine: 5 runs retaken" in " ".join(ran.output.split()), ran.output
+    [run_dir] = list(paths.runs.iterdir())
+    assert json.loads((run_dir / "meta.json").read_text())["summary"]["host_load"]["retaken"] == 5
+    page = tmp_path / "run.html"
+    assert cli("report", run_dir.name, "--html", str(page)).exit_code == 0
+    assert "2 of 8 measurements stayed busy" in page.read_text()
 
 
 @pytest.mark.parametrize("width", [80, 200])
