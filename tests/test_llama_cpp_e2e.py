@@ -162,11 +162,11 @@ def test_the_bandwidth_probe_bounds_what_generation_reads(llama):
     here while generation read 27, and the profile called the bandwidth untrustworthy."""
     from readfirst.sandbox.machine_lock import machine_lock
     from readfirst.targets.llama_cpp.model import bytes_read_per_token
-    from readfirst.targets.llama_cpp.profile import measure_read_bandwidth
+    from readfirst.targets.llama_cpp.profile import read_bandwidth
     target, baseline, model = llama
     threads = int(baseline.variant["run"]["threads"])
     with machine_lock(target.paths.cache, exclusive=True):
-        read_gbs = measure_read_bandwidth(target.sandbox, target.paths.cache / "probes", threads=threads)
+        read_gbs = read_bandwidth(target.sandbox, target.paths.cache / "probes", threads=threads).gbs
     result = target.bench(baseline.commit, model=model,
                           options=BenchOptions(n_prompt=0, n_gen=32, repetitions=3, threads=threads))
     tg = result.get("tg32")

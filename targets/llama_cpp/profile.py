@@ -39,17 +39,12 @@ class RooflineProfile:
 class BandwidthReading:
     gbs: float
     foreign_share: float | None = None  # other processes' share of the CPUs while it ran (sandbox.host_load)
-    retakes: int = 0
-
-
-def measure_read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib: int = 1024) -> float:
-    """Best-of-20 read bandwidth (GB/s) inside the sandbox, with the benchmark's thread count."""
-    return read_bandwidth(sandbox, scratch, threads=threads, mib=mib).gbs
 
 
 def read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib: int = 1024,
                    watch: LoadWatch | None = None) -> BandwidthReading:
-    """measure_read_bandwidth with the load it ran under; with a `watch`, retaken while the machine is busy."""
+    """Best-of-20 read bandwidth (GB/s) inside the sandbox, with the benchmark's thread count, and the load it ran
+    under; with a `watch`, retaken while the machine is busy."""
     scratch.mkdir(parents=True, exist_ok=True)
     src = scratch / "read_bandwidth.c"
     with resources.as_file(resources.files("readfirst.targets.llama_cpp") / "native" / "read_bandwidth.c") as f:
@@ -60,12 +55,12 @@ def read_bandwidth(sandbox: Sandbox, scratch: Path, *, threads: int, mib: int = 
         return sandbox.run(f"gcc -O3 -march=native -fopenmp /bw/read_bandwidth.c -o /tmp/bw && "
                            f"OMP_NUM_THREADS={threads} OMP_PROC_BIND=spread /tmp/bw {mib}",
                            mounts=[Mount(scratch, "/bw", True)], timeout_s=300)
-    r, retakes = (run(), 0) if watch is None else watch.take(
+    r, _ = (run(), 0) if watch is None else watch.take(
         run, lambda r: r.foreign_share if r.ok else None, what="the bandwidth probe")
     if not r.ok:
         raise RuntimeError(f"the bandwidth probe failed: {r.output_tail[-500:]}")
     line = next(ln for ln in r.output_tail.splitlines() if ln.startswith("{"))
-    return BandwidthReading(float(json.loads(line)["read_gbs"]), r.foreign_share, retakes)
+    return BandwidthReading(float(json.loads(line)["read_gbs"]), r.foreign_share)
 
 
 def make_profile(bench: BenchResult, *, read_gbs: float, bytes_per_token: int,
