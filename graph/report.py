@@ -66,8 +66,8 @@ def short_reason(reason: str, limit: int = SHORT_REASON) -> str:
 
 def full_reasons(rows: list[dict[str, Any]]) -> list[str]:
     """Each experiment whose reason the table shortened, with its whole reason: printed wrapped, never cut."""
-    return [f"{r['id']}: {' '.join(str(r.get('reason') or '').split())}" for r in rows
-            if short_reason(r.get("reason") or "") != " ".join(str(r.get("reason") or "").split())]
+    wholes = ((r["id"], " ".join(str(r.get("reason") or "").split())) for r in rows)
+    return [f"{id_}: {whole}" for id_, whole in wholes if short_reason(whole) != whole]
 
 
 def llm_caption(llm: dict[str, Any]) -> str:
