@@ -12,14 +12,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_report_html import _interrupted_run  # noqa: E402
+from test_report_html import _interrupted_run, cli  # noqa: E402, F401 - cli: the run and trace commands' fixture
 from test_trace_standin import StandInTarget, record_run  # noqa: E402
 
-from readfirst.graph import cli_run  # noqa: E402
 from readfirst.sandbox import machine_lock as ml  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -107,15 +104,7 @@ def test_results_tsv_has_the_source_column(paths):
     assert rows[-1]["source"] == "fork" and rows[-1]["wait_s"] == "2.5" and rows[-1]["build_s"] == "1.0"
 
 
-def test_a_resumed_run_names_the_options_it_ignores(paths, monkeypatch):
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-    cli_run.register(app)
-    runner = CliRunner()
-    cli = lambda *args, width=200: runner.invoke(app, list(args), terminal_width=width)  # noqa: E731
+def test_a_resumed_run_names_the_options_it_ignores(cli, paths, monkeypatch):
     run_id = _interrupted_run(cli, paths, monkeypatch)
     resumed = cli("run", "--resume", run_id, "--budget-minutes", "5", "--workers", "2")
     assert f"resuming run {run_id} with the options it started with; ignored: --budget-minutes, --workers" \
